@@ -1,0 +1,73 @@
+//! Who is calling: the bearer token, checked against the org and app in the path.
+
+use axum::extract::{FromRequestParts, Path};
+use axum::http::request::Parts;
+use std::collections::HashMap;
+
+use crate::{ApiError, AppState};
+use store::tenants::App;
+use store::tokens::Role;
+
+/// A verified caller of `/{org}/{app}/…`, with the app it is allowed to act in.
+pub struct Caller {
+    pub app: App,
+    pub role: Role,
+    /// The username, for user tokens.
+    pub user: Option<String>,
+}
+
+impl Caller {
+    /// App tokens may manage any user; a user token only itself.
+    pub fn may_act_as(&self, username: &str) -> Result<(), ApiError> {
+        match (self.role, &self.user) {
+            (Role::App, _) => Ok(()),
+            (Role::User, Some(me)) if me == username => Ok(()),
+            _ => Err(ApiError::Forbidden("a user token may only act on its own user".into())),
+        }
+    }
+
+    pub fn require_app(&self) -> Result<(), ApiError> {
+        match self.role {
+            Role::App => Ok(()),
+            Role::User => Err(ApiError::Forbidden("this needs an app token".into())),
+        }
+    }
+}
+
+#[axum::async_trait]
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let Path(params) = Path::<HashMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let (org, app) = match (params.get("org"), params.get("app")) {
+            (Some(org), Some(app)) => (org.as_str(), app.as_str()),
+            _ => return Err(ApiError::NotFound("no such route".into())),
+        };
+        let token = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| ApiError::Unauthorized("missing 'Authorization: Bearer <token>' header".into()))?;
+        let claims = state.tokens.verify(token.trim())?;
+        if claims.org != org || claims.app != app {
+            return Err(ApiError::Unauthorized("token belongs to another app".into()));
+        }
+        let app = state.store.find_app(org, app).await?;
+        let user = match claims.role {
+            Role::App if claims.ver != app.secret_version => {
+                return Err(ApiError::Unauthorized("token revoked: the app's secret was rotated".into()))
+            }
+            Role::App => None,
+            Role::User => Some(claims.sub),
+        };
+        Ok(Caller {
+            app,
+            role: claims.role,
+            user,
+        })
+    }
+}

@@ -1,0 +1,147 @@
+//! rumqttd, embedded: started on its own OS thread (its `start()` blocks forever and has no
+//! shutdown), bound to loopback, and accepting only clients that present this process's
+//! internal credentials: the gate's relayed connections, the bridge and the presence
+//! publisher.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use rumqttd::{Config, ConnectionSettings, RouterConfig, SegmentConfig, ServerSettings};
+
+use crate::Error;
+
+/// How the embedded broker is sized.
+#[derive(Debug, Clone)]
+pub struct BrokerSettings {
+    /// Loopback port for rumqttd; 0 picks a free one.
+    pub port: u16,
+    /// Connections rumqttd admits: the gate's limit plus internal clients.
+    pub max_connections: usize,
+    /// Largest packet rumqttd accepts.
+    pub max_payload_size: usize,
+    /// Unacknowledged QoS 1/2 messages per connection.
+    pub max_inflight: usize,
+    /// Segment size and count of each per-user filter's in-memory log. Small, because
+    /// rumqttd keeps one log per filter forever; the database is the real history.
+    pub segment_bytes: usize,
+    pub segment_count: usize,
+    /// Segment size of the one log all outboxes share (read by the bridges).
+    pub outbox_segment_bytes: usize,
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        BrokerSettings {
+            port: 0,
+            max_connections: 10_100,
+            max_payload_size: 256 * 1024,
+            max_inflight: 1000,
+            segment_bytes: 64 * 1024,
+            segment_count: 2,
+            outbox_segment_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// A running embedded rumqttd and how internal clients reach it.
+#[derive(Debug, Clone)]
+pub struct EmbeddedBroker {
+    pub addr: SocketAddr,
+    pub username: String,
+    pub password: String,
+}
+
+impl EmbeddedBroker {
+    /// Starts rumqttd and waits until it accepts connections.
+    pub fn start(settings: &BrokerSettings) -> Result<EmbeddedBroker, Error> {
+        let port = match settings.port {
+            0 => TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map_err(Error::io("picking a port for the embedded broker"))?
+                .port(),
+            port => port,
+        };
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Err(Error::Broker(format!("port {addr} is already taken")));
+        }
+        let username = "chatd-internal".to_string();
+        let password = store::tokens::random_secret(32);
+
+        let mut connections = ConnectionSettings {
+            connection_timeout_ms: 10_000,
+            max_payload_size: settings.max_payload_size,
+            max_inflight_count: settings.max_inflight,
+            auth: None,
+            external_auth: None,
+            // Without it, a publish to a topic nobody has subscribed to yet (a message to an
+            // offline user) disconnects the publisher.
+            dynamic_filters: true,
+        };
+        let (user, pass) = (username.clone(), password.clone());
+        connections.set_auth_handler(move |_client_id, u, p| {
+            let ok = u == user && p == pass;
+            async move { ok }
+        });
+        let config = Config {
+            router: RouterConfig {
+                max_connections: settings.max_connections,
+                max_outgoing_packet_count: 200,
+                max_segment_size: settings.segment_bytes,
+                max_segment_count: settings.segment_count,
+                custom_segment: Some(HashMap::from([(
+                    store::topics::OUTBOX_FILTER.to_string(),
+                    SegmentConfig {
+                        max_segment_size: settings.outbox_segment_bytes,
+                        max_segment_count: 4,
+                    },
+                )])),
+                ..Default::default()
+            },
+            v4: Some(HashMap::from([(
+                "internal".to_string(),
+                ServerSettings {
+                    name: "internal".into(),
+                    listen: addr,
+                    tls: None,
+                    next_connection_delay_ms: 0,
+                    connections,
+                },
+            )])),
+            ..Default::default()
+        };
+        std::thread::Builder::new()
+            .name("rumqttd".into())
+            .spawn(move || {
+                let mut broker = rumqttd::Broker::new(config);
+                if let Err(e) = broker.start() {
+                    tracing::error!(error = %e, "embedded broker stopped");
+                }
+            })
+            .map_err(Error::io("starting the embedded broker thread"))?;
+
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            if Instant::now() > deadline {
+                return Err(Error::Broker(format!("did not start listening on {addr}")));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        tracing::info!(%addr, "embedded broker listening (loopback only)");
+        Ok(EmbeddedBroker {
+            addr,
+            username,
+            password,
+        })
+    }
+
+    /// MQTT options for an internal client of this broker.
+    pub fn client_options(&self, client_id: &str) -> rumqttc::MqttOptions {
+        let mut options = rumqttc::MqttOptions::new(client_id, self.addr.ip().to_string(), self.addr.port());
+        options.set_credentials(&self.username, &self.password);
+        options.set_keep_alive(Duration::from_secs(30));
+        options.set_max_packet_size(usize::MAX >> 1, usize::MAX >> 1);
+        options
+    }
+}

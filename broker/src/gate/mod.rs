@@ -1,0 +1,219 @@
+//! The gate: chatd's MQTT front door.
+//!
+//! Accept loops for TCP, WebSocket and TLS hand each connection to its own task at once;
+//! TLS and WebSocket handshakes run in that task under a timeout, so a connection that never
+//! finishes its handshake holds up nobody else (rumqttd's own listeners would stall).
+
+mod acl;
+mod session;
+mod transport;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use async_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio_rustls::rustls;
+use tokio_rustls::TlsAcceptor;
+
+pub use acl::{Acl, Identity};
+use transport::ClientIo;
+
+use crate::presence::Presence;
+use crate::{EmbeddedBroker, Error};
+
+/// Limits and timeouts of the gate.
+#[derive(Debug, Clone)]
+pub struct GateSettings {
+    /// Device connections held at once; beyond it CONNECT is refused as busy.
+    pub max_connections: usize,
+    /// Time a device has to send CONNECT after its transport is up.
+    pub connect_timeout: Duration,
+    /// Time a TLS or WebSocket handshake may take.
+    pub handshake_timeout: Duration,
+    /// Largest MQTT packet a device may send.
+    pub max_packet_size: usize,
+    /// MQTT 5 topic aliases a device may set.
+    pub topic_alias_max: u16,
+}
+
+impl Default for GateSettings {
+    fn default() -> Self {
+        GateSettings {
+            max_connections: 10_000,
+            connect_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            max_packet_size: 256 * 1024,
+            topic_alias_max: 16,
+        }
+    }
+}
+
+/// The sockets the gate serves. Bound by the caller, so tests can use port 0 and the
+/// binary can report a taken port clearly.
+#[derive(Default)]
+pub struct Listeners {
+    pub tcp: Option<TcpListener>,
+    pub ws: Option<TcpListener>,
+    pub tls: Option<(TcpListener, TlsAcceptor)>,
+}
+
+/// What every session needs.
+pub(crate) struct Shared {
+    pub settings: GateSettings,
+    pub store: store::Store,
+    pub tokens: store::tokens::Tokens,
+    pub broker: EmbeddedBroker,
+    pub presence: Presence,
+    pub slots: Arc<Semaphore>,
+}
+
+/// The gate, ready to serve.
+#[derive(Clone)]
+pub struct Gate {
+    shared: Arc<Shared>,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Tcp,
+    Ws,
+    Tls,
+}
+
+impl Gate {
+    pub fn new(
+        settings: GateSettings,
+        store: store::Store,
+        tokens: store::tokens::Tokens,
+        broker: EmbeddedBroker,
+        presence: Presence,
+    ) -> Gate {
+        let slots = Arc::new(Semaphore::new(settings.max_connections));
+        Gate {
+            shared: Arc::new(Shared {
+                settings,
+                store,
+                tokens,
+                broker,
+                presence,
+                slots,
+            }),
+        }
+    }
+
+    /// Serves all listeners until `shutdown` turns true; open sessions are then closed.
+    pub async fn run(self, listeners: Listeners, shutdown: watch::Receiver<bool>) {
+        let mut tasks = tokio::task::JoinSet::new();
+        if let Some(l) = listeners.tcp {
+            tasks.spawn(self.clone().accept_loop(l, Kind::Tcp, None, shutdown.clone()));
+        }
+        if let Some(l) = listeners.ws {
+            tasks.spawn(self.clone().accept_loop(l, Kind::Ws, None, shutdown.clone()));
+        }
+        if let Some((l, acceptor)) = listeners.tls {
+            tasks.spawn(self.clone().accept_loop(l, Kind::Tls, Some(acceptor), shutdown.clone()));
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    async fn accept_loop(self, listener: TcpListener, kind: Kind, tls: Option<TlsAcceptor>, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let shared = self.shared.clone();
+                        let (tls, shutdown) = (tls.clone(), shutdown.clone());
+                        tokio::spawn(async move {
+                            let _ = stream.set_nodelay(true);
+                            match handshake(stream, kind, tls, shared.settings.handshake_timeout).await {
+                                Ok(io) => session::serve(io, shared, shutdown).await,
+                                Err(e) => tracing::debug!(%peer, ?kind, error = %e, "handshake failed"),
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        // Usually out of file descriptors: back off rather than spin.
+                        tracing::warn!(error = %e, ?kind, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+async fn handshake(stream: TcpStream, kind: Kind, tls: Option<TlsAcceptor>, limit: Duration) -> std::io::Result<ClientIo> {
+    let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timeout");
+    match kind {
+        Kind::Tcp => Ok(ClientIo::Tcp(stream)),
+        Kind::Tls => {
+            let acceptor = tls.expect("TLS listener without an acceptor");
+            let stream = tokio::time::timeout(limit, acceptor.accept(stream)).await.map_err(|_| timed_out())??;
+            Ok(ClientIo::Tls(Box::new(stream)))
+        }
+        Kind::Ws => {
+            let ws = tokio::time::timeout(limit, async_tungstenite::tokio::accept_hdr_async(stream, ws_upgrade))
+                .await
+                .map_err(|_| timed_out())?
+                .map_err(std::io::Error::other)?;
+            Ok(ClientIo::Ws(Box::new(ws)))
+        }
+    }
+}
+
+/// Accepts WebSocket upgrades on `/mqtt` only, and agrees to the `mqtt` subprotocol that
+/// MQTT clients ask for (MQTT.js and browsers refuse a server that does not).
+fn ws_upgrade(request: &Request, mut response: Response) -> Result<Response, ErrorResponse> {
+    if request.uri().path() != "/mqtt" {
+        let mut refusal = ErrorResponse::new(Some("MQTT is served at /mqtt".into()));
+        *refusal.status_mut() = StatusCode::NOT_FOUND;
+        return Err(refusal);
+    }
+    let offered = request
+        .headers()
+        .get_all("sec-websocket-protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .find(|p| *p == "mqtt" || *p == "mqttv3.1");
+    if let Some(protocol) = offered {
+        response
+            .headers_mut()
+            .insert("sec-websocket-protocol", HeaderValue::from_str(protocol).expect("static header"));
+    }
+    Ok(response)
+}
+
+/// Builds a TLS acceptor from PEM files (certificate chain and private key).
+pub fn tls_acceptor(cert_path: &str, key_path: &str) -> Result<TlsAcceptor, Error> {
+    let read = |path: &str| std::fs::read(path).map_err(Error::io(format!("reading {path}")));
+    let certs = rustls_pemfile::certs(&mut read(cert_path)?.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::Tls(format!("{cert_path}: {e}")))?;
+    if certs.is_empty() {
+        return Err(Error::Tls(format!("{cert_path}: no certificate found")));
+    }
+    let key = rustls_pemfile::private_key(&mut read(key_path)?.as_slice())
+        .map_err(|e| Error::Tls(format!("{key_path}: {e}")))?
+        .ok_or_else(|| Error::Tls(format!("{key_path}: no private key found")))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| Error::Tls(e.to_string()))?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Binds a listener, with an error that names the port when it is taken.
+pub async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, Error> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(Error::io(format!("cannot listen for {what} on {addr}")))
+}

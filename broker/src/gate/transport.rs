@@ -1,0 +1,69 @@
+//! The byte streams devices reach the gate over: plain TCP, TLS, and WebSocket (binary
+//! frames carrying MQTT, as MQTT.js and browsers speak it).
+
+use std::io;
+
+use async_tungstenite::tokio::TokioAdapter;
+use async_tungstenite::tungstenite::Message;
+use async_tungstenite::WebSocketStream;
+use bytes::BytesMut;
+use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+
+/// One device connection's transport.
+pub enum ClientIo {
+    Tcp(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+    Ws(Box<WebSocketStream<TokioAdapter<TcpStream>>>),
+}
+
+impl ClientIo {
+    /// Reads what is available into `buf`; `Ok(0)` means the device closed the connection.
+    /// Cancel-safe: nothing read is lost if the future is dropped.
+    pub async fn read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        match self {
+            ClientIo::Tcp(s) => s.read_buf(buf).await,
+            ClientIo::Tls(s) => s.read_buf(buf).await,
+            ClientIo::Ws(ws) => loop {
+                match ws.next().await {
+                    None | Some(Ok(Message::Close(_))) => return Ok(0),
+                    Some(Ok(Message::Binary(data))) if data.is_empty() => continue,
+                    Some(Ok(Message::Binary(data))) => {
+                        buf.extend_from_slice(&data);
+                        return Ok(data.len());
+                    }
+                    // Pings are answered by the WebSocket layer itself.
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                    Some(Ok(Message::Text(_))) => {
+                        return Err(io::Error::new(io::ErrorKind::InvalidData, "MQTT over WebSocket needs binary frames"))
+                    }
+                    Some(Err(e)) => return Err(io::Error::other(e)),
+                }
+            },
+        }
+    }
+
+    pub async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            ClientIo::Tcp(s) => s.write_all(bytes).await,
+            ClientIo::Tls(s) => {
+                s.write_all(bytes).await?;
+                s.flush().await
+            }
+            ClientIo::Ws(ws) => ws
+                .send(Message::binary(bytes.to_vec()))
+                .await
+                .map_err(io::Error::other),
+        }
+    }
+
+    pub async fn close(&mut self) {
+        let _ = match self {
+            ClientIo::Tcp(s) => s.shutdown().await,
+            ClientIo::Tls(s) => s.shutdown().await,
+            ClientIo::Ws(ws) => ws.close(None).await.map_err(io::Error::other),
+        };
+    }
+}

@@ -1,0 +1,139 @@
+//! chatd's configuration: built-in defaults, then an optional TOML file (`--config`), then
+//! environment variables `CHATD_<SECTION>__<KEY>` (e.g. `CHATD_MQTT__TCP=0.0.0.0:1883`),
+//! and `DATABASE_URL` for the database. See `chatd.example.toml` for every key.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    /// Where the SQLite database lives when `database_url` is not set.
+    pub data_dir: PathBuf,
+    /// `sqlite://…` or `postgres://…`; empty means SQLite in `data_dir`.
+    pub database_url: String,
+    /// Connections in the database pool.
+    pub database_pool: u32,
+    /// Create the dev app `demo/chat` (and print its credentials) when there are no apps.
+    pub dev_app: bool,
+    pub mqtt: MqttConfig,
+    pub api: ApiConfig,
+    pub broker: BrokerConfig,
+    pub bridge: BridgeConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct MqttConfig {
+    /// MQTT over TCP; empty disables it.
+    pub tcp: String,
+    /// MQTT over WebSocket, at path `/mqtt`; empty disables it.
+    pub ws: String,
+    /// MQTT over TLS; empty disables it. Needs `tls_cert` and `tls_key`.
+    pub tls: String,
+    pub tls_cert: String,
+    pub tls_key: String,
+    pub max_connections: usize,
+    pub connect_timeout_secs: u64,
+    pub handshake_timeout_secs: u64,
+    pub max_packet_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ApiConfig {
+    pub listen: String,
+    pub app_token_ttl_secs: u64,
+    pub user_token_ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct BrokerConfig {
+    /// rumqttd's loopback port; 0 picks a free one.
+    pub port: u16,
+    pub segment_bytes: usize,
+    pub segment_count: usize,
+    pub outbox_segment_bytes: usize,
+    pub max_inflight: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct BridgeConfig {
+    pub max_batch: usize,
+}
+
+const DEFAULTS: &str = r#"
+data_dir = "chatd-data"
+database_url = ""
+database_pool = 8
+dev_app = true
+
+[mqtt]
+tcp = "127.0.0.1:11883"
+ws = "127.0.0.1:18083"
+tls = ""
+tls_cert = ""
+tls_key = ""
+max_connections = 10000
+connect_timeout_secs = 10
+handshake_timeout_secs = 10
+max_packet_bytes = 262144
+
+[api]
+listen = "127.0.0.1:18080"
+app_token_ttl_secs = 86400
+user_token_ttl_secs = 604800
+
+[broker]
+port = 0
+segment_bytes = 65536
+segment_count = 2
+outbox_segment_bytes = 16777216
+max_inflight = 1000
+
+[bridge]
+max_batch = 512
+"#;
+
+impl Config {
+    /// Defaults, then `file` if given, then the environment.
+    pub fn load(file: Option<&std::path::Path>) -> Result<Config, config::ConfigError> {
+        let mut builder = config::Config::builder().add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
+        if let Some(file) = file {
+            builder = builder.add_source(config::File::from(file).format(config::FileFormat::Toml).required(true));
+        }
+        builder = builder.add_source(config::Environment::with_prefix("CHATD").prefix_separator("_").separator("__"));
+        if let Ok(url) = std::env::var("DATABASE_URL") {
+            builder = builder.set_override("database_url", url)?;
+        }
+        builder.build()?.try_deserialize()
+    }
+
+    /// The built-in defaults alone (what tests start from).
+    pub fn defaults() -> Config {
+        config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .expect("built-in defaults parse")
+    }
+
+    /// The database to use: `database_url`, or SQLite in `data_dir`.
+    pub fn database_url(&self) -> String {
+        if self.database_url.is_empty() {
+            format!("sqlite://{}", self.data_dir.join("chatd.db").display())
+        } else {
+            self.database_url.clone()
+        }
+    }
+}
+
+/// Parses an optional listen address: empty means disabled.
+pub fn listen_addr(value: &str, what: &str) -> anyhow::Result<Option<SocketAddr>> {
+    if value.trim().is_empty() {
+        return Ok(None);
+    }
+    value
+        .parse()
+        .map(Some)
+        .map_err(|_| anyhow::anyhow!("{what}: '{value}' is not an address like 127.0.0.1:1883"))
+}

@@ -1,0 +1,183 @@
+//! `chatd`: the gate, the embedded rumqttd, the bridge and the REST API wired into one
+//! process. The binary (`src/main.rs`) only parses the command line; [`start`] does the
+//! work, and tests call it to run a whole server on port 0.
+
+pub mod config;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use broker::gate::{self, GateSettings, Listeners};
+use broker::presence::Presence;
+use broker::{BrokerSettings, EmbeddedBroker, Gate};
+pub use config::Config;
+use store::tokens::Tokens;
+use store::Store;
+
+/// A running chatd.
+pub struct Server {
+    pub mqtt_addr: Option<SocketAddr>,
+    pub ws_addr: Option<SocketAddr>,
+    pub tls_addr: Option<SocketAddr>,
+    pub api_addr: SocketAddr,
+    pub store: Store,
+    pub tokens: Tokens,
+    pub presence: Presence,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+/// Starts every component. All listeners are bound before anything is spawned, so a taken
+/// port is a clear error at start rather than a half-running server.
+pub async fn start(config: Config) -> anyhow::Result<Server> {
+    let url = config.database_url();
+    if url.starts_with("sqlite:") && config.database_url.is_empty() {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    }
+    let store = Store::connect(&url, config.database_pool)
+        .await
+        .with_context(|| format!("opening database {}", redact(&url)))?;
+    let tokens = Tokens::new(&store.server_key("jwt").await?);
+
+    let tcp = bind_opt(&config.mqtt.tcp, "MQTT (mqtt.tcp)").await?;
+    let ws = bind_opt(&config.mqtt.ws, "MQTT over WebSocket (mqtt.ws)").await?;
+    let tls = match bind_opt(&config.mqtt.tls, "MQTT over TLS (mqtt.tls)").await? {
+        Some(listener) => {
+            let acceptor = gate::tls_acceptor(&config.mqtt.tls_cert, &config.mqtt.tls_key)?;
+            Some((listener, acceptor))
+        }
+        None => None,
+    };
+    let api_addr = config::listen_addr(&config.api.listen, "api.listen")?.context("api.listen must be set")?;
+    let api_listener = gate::bind(api_addr, "the HTTP API (api.listen)").await?;
+
+    let broker = EmbeddedBroker::start(&BrokerSettings {
+        port: config.broker.port,
+        // Every device connection is one rumqttd connection; internal clients need a few more.
+        max_connections: config.mqtt.max_connections + 16,
+        max_payload_size: config.mqtt.max_packet_bytes + 512,
+        max_inflight: config.broker.max_inflight,
+        segment_bytes: config.broker.segment_bytes,
+        segment_count: config.broker.segment_count,
+        outbox_segment_bytes: config.broker.outbox_segment_bytes,
+    })?;
+    let presence = Presence::start(&broker);
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    let server_addrs = (
+        tcp.as_ref().map(|l| l.local_addr()).transpose()?,
+        ws.as_ref().map(|l| l.local_addr()).transpose()?,
+        tls.as_ref().map(|(l, _)| l.local_addr()).transpose()?,
+        api_listener.local_addr()?,
+    );
+
+    let bridge_options = broker.client_options(&format!("chatd-bridge-{}", store::tokens::random_secret(8)));
+    let bridge_settings = bridge::BridgeSettings {
+        max_batch: config.bridge.max_batch,
+    };
+    let (bridge_store, bridge_shutdown) = (store.clone(), shutdown_rx.clone());
+    tasks.spawn(async move {
+        if let Err(e) = bridge::run(bridge_options, bridge_store, bridge_settings, bridge_shutdown).await {
+            tracing::error!(error = %e, "bridge stopped");
+        }
+    });
+
+    let gate = Gate::new(
+        GateSettings {
+            max_connections: config.mqtt.max_connections,
+            connect_timeout: Duration::from_secs(config.mqtt.connect_timeout_secs),
+            handshake_timeout: Duration::from_secs(config.mqtt.handshake_timeout_secs),
+            max_packet_size: config.mqtt.max_packet_bytes,
+            ..GateSettings::default()
+        },
+        store.clone(),
+        tokens.clone(),
+        broker,
+        presence.clone(),
+    );
+    tasks.spawn(gate.run(Listeners { tcp, ws, tls }, shutdown_rx.clone()));
+
+    let api_state = api::AppState {
+        store: store.clone(),
+        tokens: tokens.clone(),
+        settings: api::ApiSettings {
+            app_token_ttl: Duration::from_secs(config.api.app_token_ttl_secs),
+            user_token_ttl: Duration::from_secs(config.api.user_token_ttl_secs),
+        },
+    };
+    let api_shutdown = shutdown_rx.clone();
+    tasks.spawn(async move {
+        if let Err(e) = api::serve(api_listener, api_state, api_shutdown).await {
+            tracing::error!(error = %e, "API stopped");
+        }
+    });
+
+    let (mqtt_addr, ws_addr, tls_addr, api_addr) = server_addrs;
+    Ok(Server {
+        mqtt_addr,
+        ws_addr,
+        tls_addr,
+        api_addr,
+        store,
+        tokens,
+        presence,
+        shutdown,
+        tasks,
+    })
+}
+
+impl Server {
+    /// Stops accepting, closes device connections, finishes API requests in flight.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+    }
+
+    /// Waits until a component stops by itself (which only happens on a fatal error).
+    pub async fn wait(&mut self) {
+        self.tasks.join_next().await;
+    }
+}
+
+/// Creates the dev app `demo/chat` if there is no app yet; returns its credentials then.
+pub async fn ensure_dev_app(store: &Store) -> anyhow::Result<Option<store::tenants::Credentials>> {
+    if !store.list_apps().await?.is_empty() {
+        return Ok(None);
+    }
+    match store.create_app("demo", "chat").await {
+        Ok((_, credentials)) => Ok(Some(credentials)),
+        // Another process sharing the database got there first.
+        Err(e) if matches!(e, store::Error::Conflict(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn bind_opt(value: &str, what: &str) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    match config::listen_addr(value, what)? {
+        Some(addr) => Ok(Some(gate::bind(addr, what).await?)),
+        None => Ok(None),
+    }
+}
+
+/// A database URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.find(':') {
+                Some(colon) => format!("{}{}:***{}", &url[..scheme + 3], &creds[..colon], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}

@@ -1,0 +1,136 @@
+//! The `chatd` binary: parses the command line and hands over to the library.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use chatd::Config;
+
+/// chatd: a self-hosted chat backend on MQTT.
+///
+/// With no command it serves: MQTT over TCP and WebSocket (/mqtt) through the gate, the
+/// embedded broker, the bridge and the REST API, on SQLite in ./chatd-data unless
+/// DATABASE_URL points to PostgreSQL. On first start it creates the dev app demo/chat and
+/// prints its credentials.
+///
+/// Configuration: built-in defaults, then --config FILE (TOML, see chatd.example.toml),
+/// then environment variables CHATD_<SECTION>__<KEY> (for example CHATD_MQTT__TCP,
+/// CHATD_API__LISTEN, CHATD_DATA_DIR), then DATABASE_URL.
+#[derive(Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    /// A TOML configuration file.
+    #[arg(long, short, global = true, env = "CHATD_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default).
+    Serve,
+    /// Manage tenants (org/app pairs) and their credentials.
+    App {
+        #[command(subcommand)]
+        command: AppCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AppCommand {
+    /// Create an app and print its client id and secret.
+    Create {
+        #[arg(long)]
+        org: String,
+        #[arg(long)]
+        app: String,
+    },
+    /// Replace an app's client secret; app tokens issued before stop working.
+    RotateSecret {
+        #[arg(long)]
+        org: String,
+        #[arg(long)]
+        app: String,
+    },
+    /// List apps.
+    List,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,rumqttd=warn".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let config = Config::load(cli.config.as_deref()).context("loading configuration")?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(config).await,
+        Command::App { command } => app(config, command).await,
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let dev_app = config.dev_app;
+    let mut server = chatd::start(config).await?;
+    if dev_app {
+        match chatd::ensure_dev_app(&server.store).await? {
+            Some(creds) => {
+                println!("Created the dev app demo/chat. Keep these; the secret is not shown again:");
+                println!("  org:           demo");
+                println!("  app:           chat");
+                println!("  client_id:     {}", creds.client_id);
+                println!("  client_secret: {}", creds.client_secret);
+            }
+            None => {
+                if let Ok(app) = server.store.find_app("demo", "chat").await {
+                    println!("Dev app demo/chat: client_id {} (secret shown on first start; `chatd app rotate-secret --org demo --app chat` makes a new one)", app.client_id);
+                }
+            }
+        }
+    }
+    let show = |addr: Option<std::net::SocketAddr>| addr.map_or("off".to_string(), |a| a.to_string());
+    println!("MQTT (TCP):       {}", show(server.mqtt_addr));
+    println!("MQTT (WebSocket): {}", server.ws_addr.map_or("off".into(), |a| format!("ws://{a}/mqtt")));
+    println!("MQTT (TLS):       {}", show(server.tls_addr));
+    println!("REST API:         http://{}", server.api_addr);
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {
+            tracing::info!("shutting down");
+            server.shutdown().await;
+        }
+        _ = server.wait() => anyhow::bail!("a component stopped unexpectedly; see the log"),
+    }
+    Ok(())
+}
+
+async fn app(config: Config, command: AppCommand) -> anyhow::Result<()> {
+    let url = config.database_url();
+    if config.database_url.is_empty() {
+        std::fs::create_dir_all(&config.data_dir)?;
+    }
+    let store = store::Store::connect(&url, 2).await.with_context(|| format!("opening {}", chatd::redact(&url)))?;
+    match command {
+        AppCommand::Create { org, app } => {
+            let (app, creds) = store.create_app(&org, &app).await?;
+            println!("Created app {}/{} (id {}).", app.org, app.name, app.id);
+            println!("client_id:     {}", creds.client_id);
+            println!("client_secret: {}", creds.client_secret);
+        }
+        AppCommand::RotateSecret { org, app } => {
+            let creds = store.rotate_app_secret(&org, &app).await?;
+            println!("New secret for {org}/{app}; app tokens issued before no longer work.");
+            println!("client_id:     {}", creds.client_id);
+            println!("client_secret: {}", creds.client_secret);
+        }
+        AppCommand::List => {
+            for app in store.list_apps().await? {
+                println!("{}/{}\tclient_id {}\tid {}", app.org, app.name, app.client_id, app.id);
+            }
+        }
+    }
+    Ok(())
+}

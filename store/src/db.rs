@@ -1,0 +1,176 @@
+//! The database handle: one `sqlx::Any` pool over SQLite or PostgreSQL, and the migrations.
+//!
+//! The schema is written once in SQL that both backends accept (TEXT, BIGINT, no
+//! auto-increment, `ON CONFLICT`, `RETURNING`), so every query in this crate runs on both.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, ConnectOptions, Executor};
+
+use crate::error::{Error, Result};
+
+/// Which database is behind the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The storage handle shared by the gate, the bridge and the API. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pub(crate) pool: AnyPool,
+    backend: Backend,
+}
+
+/// Each migration is a list of statements, applied once, in order, in one transaction.
+const MIGRATIONS: &[&[&str]] = &[&[
+    "CREATE TABLE server_keys (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE apps (
+        id TEXT PRIMARY KEY,
+        org TEXT NOT NULL,
+        name TEXT NOT NULL,
+        client_id TEXT NOT NULL UNIQUE,
+        secret_hash TEXT NOT NULL,
+        secret_version BIGINT NOT NULL,
+        created_at BIGINT NOT NULL,
+        UNIQUE (org, name)
+    )",
+    "CREATE TABLE users (
+        app_id TEXT NOT NULL,
+        username TEXT NOT NULL,
+        password_hash TEXT NOT NULL,
+        nickname TEXT,
+        metadata TEXT NOT NULL,
+        inbox_seq BIGINT NOT NULL,
+        created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL,
+        PRIMARY KEY (app_id, username)
+    )",
+    "CREATE TABLE conversations (
+        app_id TEXT NOT NULL,
+        conv TEXT NOT NULL,
+        last_seq BIGINT NOT NULL,
+        PRIMARY KEY (app_id, conv)
+    )",
+    "CREATE TABLE messages (
+        id TEXT PRIMARY KEY,
+        app_id TEXT NOT NULL,
+        conv TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        chat TEXT NOT NULL,
+        sender TEXT NOT NULL,
+        sender_device TEXT NOT NULL,
+        recipient TEXT NOT NULL,
+        cid TEXT NOT NULL,
+        msg_type TEXT NOT NULL,
+        body TEXT NOT NULL,
+        ext TEXT,
+        ts BIGINT NOT NULL,
+        UNIQUE (app_id, conv, seq),
+        UNIQUE (app_id, sender, cid)
+    )",
+    "CREATE TABLE inbox (
+        app_id TEXT NOT NULL,
+        username TEXT NOT NULL,
+        useq BIGINT NOT NULL,
+        message_id TEXT NOT NULL,
+        PRIMARY KEY (app_id, username, useq)
+    )",
+]];
+
+impl Store {
+    /// Connects to `url` (`sqlite://path` or `postgres://…`) and runs pending migrations.
+    /// A SQLite file is created if missing; SQLite runs in WAL mode with `synchronous=FULL`,
+    /// so a committed (acked) message survives a crash of the process or the machine.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            return Err(Error::invalid(
+                "database url",
+                "must start with sqlite: or postgres:",
+            ));
+        };
+        let mut url = url.to_string();
+        if backend == Backend::Sqlite && !url.contains("mode=") {
+            url.push_str(if url.contains('?') { "&" } else { "?" });
+            url.push_str("mode=rwc");
+        }
+        let options = AnyConnectOptions::from_str(&url)?.disable_statement_logging();
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        conn.execute("PRAGMA journal_mode=WAL").await?;
+                        conn.execute("PRAGMA synchronous=FULL").await?;
+                        conn.execute("PRAGMA busy_timeout=10000").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await?;
+        let store = Store { pool, backend };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        self.pool
+            .execute("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY)")
+            .await?;
+        for (i, statements) in MIGRATIONS.iter().enumerate() {
+            let version = i as i64 + 1;
+            let mut tx = self.pool.begin().await?;
+            // Taking the row first serialises concurrent starters on PostgreSQL.
+            let claimed = sqlx::query(
+                "INSERT INTO schema_migrations (version) VALUES ($1) ON CONFLICT DO NOTHING",
+            )
+            .bind(version)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if claimed == 0 {
+                continue;
+            }
+            for statement in *statements {
+                tx.execute(*statement).await?;
+            }
+            tx.commit().await?;
+            tracing::info!(version, "applied migration");
+        }
+        Ok(())
+    }
+
+    /// A server-wide secret, generated on first use and kept in the database, so that
+    /// tokens stay valid across restarts and across processes sharing one database.
+    pub async fn server_key(&self, name: &str) -> Result<String> {
+        let fresh = crate::tokens::random_secret(32);
+        sqlx::query("INSERT INTO server_keys (name, value) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(name)
+            .bind(&fresh)
+            .execute(&self.pool)
+            .await?;
+        let value: String = sqlx::query_scalar("SELECT value FROM server_keys WHERE name = $1")
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(value)
+    }
+}

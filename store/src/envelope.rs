@@ -1,0 +1,379 @@
+//! The JSON envelope on the wire (documented in `topics.md`), and the small binary frames
+//! the gate and the bridge put around it inside the broker.
+//!
+//! Devices publish *client ops* (`send`, `sync`) on their outbox; the server answers with
+//! *server ops* (`msg`, `ack`, `error`, `synced`) on their inbox. Parsing never panics and
+//! turns every problem into an [`OpError`] with a stable `code` and a message that names
+//! the problem.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The largest envelope a device may publish, in bytes.
+pub const MAX_ENVELOPE_BYTES: usize = 64 * 1024;
+/// The longest client message id (`cid`).
+pub const MAX_CID_BYTES: usize = 128;
+/// The most messages one `sync` reply carries.
+pub const MAX_SYNC_LIMIT: i64 = 200;
+
+/// The kind of conversation a message belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChatType {
+    /// One to one.
+    User,
+}
+
+impl ChatType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChatType::User => "user",
+        }
+    }
+}
+
+/// Message types, as in the Agora/Easemob message formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MsgType {
+    Txt,
+    Img,
+    Audio,
+    Video,
+    File,
+    Loc,
+    Cmd,
+    Custom,
+}
+
+impl MsgType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MsgType::Txt => "txt",
+            MsgType::Img => "img",
+            MsgType::Audio => "audio",
+            MsgType::Video => "video",
+            MsgType::File => "file",
+            MsgType::Loc => "loc",
+            MsgType::Cmd => "cmd",
+            MsgType::Custom => "custom",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<MsgType> {
+        serde_json::from_value(Value::String(s.to_string())).ok()
+    }
+
+    /// Checks the body against the type's required fields.
+    fn validate_body(self, body: &Value) -> Result<(), String> {
+        let obj = body.as_object().ok_or("body must be an object")?;
+        let string = |k: &str| obj.get(k).and_then(Value::as_str).filter(|s| !s.is_empty());
+        let number = |k: &str| obj.get(k).and_then(Value::as_f64);
+        let need = |ok: bool, what: &str| if ok { Ok(()) } else { Err(what.to_string()) };
+        match self {
+            MsgType::Txt => need(string("msg").is_some(), "txt body needs a non-empty string 'msg'"),
+            MsgType::Img | MsgType::Audio | MsgType::Video | MsgType::File => {
+                need(string("url").is_some(), "body needs a non-empty string 'url'")
+            }
+            MsgType::Loc => {
+                let lat = number("lat").ok_or("loc body needs a number 'lat'")?;
+                let lng = number("lng").ok_or("loc body needs a number 'lng'")?;
+                need(
+                    (-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lng),
+                    "loc 'lat' must be within ±90 and 'lng' within ±180",
+                )
+            }
+            MsgType::Cmd => need(string("action").is_some(), "cmd body needs a non-empty string 'action'"),
+            MsgType::Custom => need(
+                string("customEvent").is_some(),
+                "custom body needs a non-empty string 'customEvent'",
+            ),
+        }
+    }
+}
+
+/// `{"op":"send",…}`: send a message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SendOp {
+    pub cid: String,
+    pub chat: ChatType,
+    pub to: String,
+    pub kind: MsgType,
+    pub body: Value,
+    pub ext: Option<Value>,
+}
+
+/// `{"op":"sync","after":N,"limit":L}`: fetch inbox entries after `useq` N.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyncOp {
+    pub cid: Option<String>,
+    pub after: i64,
+    pub limit: i64,
+}
+
+/// Something a device asks the server to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientOp {
+    Send(SendOp),
+    Sync(SyncOp),
+}
+
+/// Why a client op was refused: sent back as `{"op":"error","cid","code","message"}`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OpError {
+    pub op: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cid: Option<String>,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl OpError {
+    pub fn new(cid: Option<String>, code: &'static str, message: impl Into<String>) -> OpError {
+        OpError {
+            op: "error",
+            cid,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RawSend {
+    chat: ChatType,
+    to: String,
+    #[serde(rename = "type")]
+    kind: MsgType,
+    body: Value,
+    #[serde(default)]
+    ext: Option<Value>,
+}
+
+/// Parses what a device published on its outbox.
+pub fn parse_client_op(payload: &[u8]) -> Result<ClientOp, OpError> {
+    if payload.len() > MAX_ENVELOPE_BYTES {
+        return Err(OpError::new(
+            None,
+            "too_large",
+            format!("envelope is {} bytes; the limit is {MAX_ENVELOPE_BYTES}", payload.len()),
+        ));
+    }
+    let value: Value = serde_json::from_slice(payload)
+        .map_err(|e| OpError::new(None, "bad_json", format!("not valid JSON: {e}")))?;
+    let obj = value
+        .as_object()
+        .ok_or_else(|| OpError::new(None, "bad_json", "the envelope must be a JSON object"))?;
+    let cid = match obj.get("cid") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_CID_BYTES => Some(s.clone()),
+        Some(_) => {
+            return Err(OpError::new(
+                None,
+                "invalid",
+                format!("'cid' must be a string of 1-{MAX_CID_BYTES} bytes"),
+            ))
+        }
+    };
+    let invalid = |message: String| OpError::new(cid.clone(), "invalid", message);
+    match obj.get("op").and_then(Value::as_str) {
+        Some("send") => {
+            let cid = cid.clone().ok_or_else(|| invalid("'send' needs a 'cid' (the client's message id)".into()))?;
+            let raw: RawSend = serde_json::from_value(value.clone()).map_err(|e| invalid(e.to_string()))?;
+            raw.kind.validate_body(&raw.body).map_err(invalid)?;
+            let to = crate::names::username(&raw.to).map_err(|e| invalid(format!("'to': {e}")))?;
+            Ok(ClientOp::Send(SendOp {
+                cid,
+                chat: raw.chat,
+                to,
+                kind: raw.kind,
+                body: raw.body,
+                ext: raw.ext.filter(|e| !e.is_null()),
+            }))
+        }
+        Some("sync") => {
+            let after = match obj.get("after") {
+                None => 0,
+                Some(v) => v.as_i64().filter(|n| *n >= 0).ok_or_else(|| invalid("'after' must be a non-negative integer".into()))?,
+            };
+            let limit = match obj.get("limit") {
+                None => 100,
+                Some(v) => v
+                    .as_i64()
+                    .filter(|n| (1..=MAX_SYNC_LIMIT).contains(n))
+                    .ok_or_else(|| invalid(format!("'limit' must be an integer from 1 to {MAX_SYNC_LIMIT}")))?,
+            };
+            Ok(ClientOp::Sync(SyncOp { cid, after, limit }))
+        }
+        Some(other) => Err(OpError::new(cid, "unknown_op", format!("unknown op '{other}'"))),
+        None => Err(invalid("missing string field 'op'".into())),
+    }
+}
+
+/// A stored message as a device receives it: `{"op":"msg",…}` on the inbox, and the items
+/// of `synced` replies and REST history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Delivered {
+    #[serde(default = "op_msg")]
+    pub op: String,
+    /// Server message id.
+    pub id: String,
+    /// Conversation id, e.g. `u:alice:bob`.
+    pub conv: String,
+    /// Position in the conversation (1, 2, 3, … with no gaps).
+    pub seq: i64,
+    /// Position in the receiving user's inbox; absent in conversation history.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub useq: Option<i64>,
+    pub ts: i64,
+    pub chat: String,
+    pub from: String,
+    /// The sending device (MQTT client id), on the sender's own copies only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from_device: Option<String>,
+    pub to: String,
+    /// The sender's `cid`, on the sender's own copies only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cid: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub body: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ext: Option<Value>,
+}
+
+fn op_msg() -> String {
+    "msg".into()
+}
+
+/// `{"op":"ack",…}`: the message with this `cid` is stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ack {
+    pub op: String,
+    pub cid: String,
+    pub id: String,
+    pub conv: String,
+    pub seq: i64,
+    pub ts: i64,
+}
+
+/// `{"op":"synced",…}`: one page of a device's catch-up.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Synced {
+    pub op: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cid: Option<String>,
+    /// The `after` the device asked for.
+    pub after: i64,
+    /// The highest `useq` in this page (equal to `after` when the page is empty):
+    /// the next request's `after`.
+    pub last: i64,
+    /// True when more entries follow this page.
+    pub more: bool,
+    pub msgs: Vec<Delivered>,
+}
+
+/// Who among a user's connected devices gets an inbox publish; the gate applies it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route<'a> {
+    All,
+    Only(&'a str),
+    Except(&'a str),
+}
+
+/// Wraps an inbox payload with its route: `[kind][len][device][json]`.
+pub fn frame_inbox(route: Route<'_>, json: &[u8]) -> Vec<u8> {
+    let (kind, device) = match route {
+        Route::All => (0u8, ""),
+        Route::Only(d) => (1, d),
+        Route::Except(d) => (2, d),
+    };
+    frame(kind, device, json)
+}
+
+/// Splits an inbox frame into its route and JSON.
+pub fn unframe_inbox(payload: &[u8]) -> Option<(Route<'_>, &[u8])> {
+    let (kind, device, json) = unframe(payload)?;
+    let route = match kind {
+        0 => Route::All,
+        1 => Route::Only(device),
+        2 => Route::Except(device),
+        _ => return None,
+    };
+    Some((route, json))
+}
+
+/// Wraps an outbox payload with the device that published it (the gate knows; the
+/// bridge cannot tell from the topic).
+pub fn frame_outbox(device: &str, json: &[u8]) -> Vec<u8> {
+    frame(0x10, device, json)
+}
+
+/// Splits an outbox frame into the sending device and the payload the device published.
+pub fn unframe_outbox(payload: &[u8]) -> Option<(&str, &[u8])> {
+    match unframe(payload)? {
+        (0x10, device, json) => Some((device, json)),
+        _ => None,
+    }
+}
+
+fn frame(kind: u8, device: &str, json: &[u8]) -> Vec<u8> {
+    let device = &device.as_bytes()[..device.len().min(255)];
+    let mut out = Vec::with_capacity(2 + device.len() + json.len());
+    out.push(kind);
+    out.push(device.len() as u8);
+    out.extend_from_slice(device);
+    out.extend_from_slice(json);
+    out
+}
+
+fn unframe(payload: &[u8]) -> Option<(u8, &str, &[u8])> {
+    let kind = *payload.first()?;
+    let len = *payload.get(1)? as usize;
+    let device = std::str::from_utf8(payload.get(2..2 + len)?).ok()?;
+    Some((kind, device, &payload[2 + len..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(payload: &str) -> OpError {
+        parse_client_op(payload.as_bytes()).unwrap_err()
+    }
+
+    #[test]
+    fn parses_send() {
+        let op = parse_client_op(br#"{"op":"send","cid":"c1","chat":"user","to":"Bob","type":"txt","body":{"msg":"hi"}}"#).unwrap();
+        let ClientOp::Send(send) = op else { panic!("not a send") };
+        assert_eq!((send.cid.as_str(), send.to.as_str(), send.kind), ("c1", "bob", MsgType::Txt));
+    }
+
+    #[test]
+    fn refuses_bad_input_with_codes() {
+        assert_eq!(err("{not json").code, "bad_json");
+        assert_eq!(err("[1]").code, "bad_json");
+        let e = err(r#"{"op":"dance","cid":"c9"}"#);
+        assert_eq!((e.code, e.cid.as_deref()), ("unknown_op", Some("c9")));
+        let e = err(r#"{"op":"send","cid":"c2","chat":"user","to":"bob","type":"txt","body":{}}"#);
+        assert_eq!((e.code, e.cid.as_deref()), ("invalid", Some("c2")));
+        assert!(e.message.contains("msg"), "{}", e.message);
+        assert_eq!(err(r#"{"op":"send","chat":"user","to":"bob","type":"txt","body":{"msg":"x"}}"#).code, "invalid");
+        assert_eq!(err(r#"{"op":"send","cid":"c","chat":"user","to":"b/#","type":"txt","body":{"msg":"x"}}"#).code, "invalid");
+        assert_eq!(err(r#"{"op":"send","cid":"c","chat":"user","to":"b","type":"gif","body":{"msg":"x"}}"#).code, "invalid");
+        assert_eq!(err(r#"{"op":"send","cid":"c","chat":"user","to":"b","type":"loc","body":{"lat":91,"lng":0}}"#).code, "invalid");
+        let big = format!(r#"{{"op":"send","cid":"c","chat":"user","to":"b","type":"txt","body":{{"msg":"{}"}}}}"#, "x".repeat(MAX_ENVELOPE_BYTES));
+        assert_eq!(err(&big).code, "too_large");
+        assert_eq!(err(r#"{"op":"sync","after":-1}"#).code, "invalid");
+    }
+
+    #[test]
+    fn frames_round_trip() {
+        let f = frame_inbox(Route::Except("phone"), b"{}");
+        assert_eq!(unframe_inbox(&f), Some((Route::Except("phone"), &b"{}"[..])));
+        let f = frame_outbox("tab", b"{\"op\":1}");
+        assert_eq!(unframe_outbox(&f), Some(("tab", &b"{\"op\":1}"[..])));
+        assert_eq!(unframe_outbox(b"{}"), None);
+        assert_eq!(unframe_inbox(&[0, 9, b'a']), None);
+    }
+}

@@ -1,0 +1,319 @@
+//! Messages: stored once per conversation with a gap-free `seq`, and indexed once per
+//! participant in their *inbox* with a gap-free per-user `useq`.
+//!
+//! The inbox is what makes catching up exact: a device remembers the highest `useq` it has
+//! processed and asks for everything after it (`sync`), getting each message once and in
+//! order whatever it missed while offline, regardless of what the broker kept.
+//!
+//! Writes come in batches ([`Store::store_batch`]): one transaction, so one fsync, for many
+//! messages (group commit).
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+use sqlx::any::AnyRow;
+use sqlx::{Any, Row, Transaction};
+
+use crate::envelope::{Delivered, MsgType};
+use crate::error::Result;
+use crate::Store;
+
+/// A message a bridge has validated and wants stored.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub app_id: String,
+    pub sender: String,
+    pub sender_device: String,
+    pub recipient: String,
+    pub cid: String,
+    pub kind: MsgType,
+    /// The body, as JSON text.
+    pub body: String,
+    /// App-defined extension fields, as JSON text.
+    pub ext: Option<String>,
+}
+
+/// A message as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredMessage {
+    pub id: String,
+    pub conv: String,
+    pub seq: i64,
+    pub ts: i64,
+    pub chat: String,
+    pub sender: String,
+    pub sender_device: String,
+    pub recipient: String,
+    pub cid: String,
+    pub kind: String,
+    pub body: String,
+    pub ext: Option<String>,
+}
+
+/// What happened to one message of a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Newly stored, with its inbox positions for the recipient and (unless they are the
+    /// same user) the sender.
+    Stored {
+        msg: StoredMessage,
+        recipient_useq: i64,
+        sender_useq: Option<i64>,
+    },
+    /// The sender already sent this `cid`: the message stored then.
+    Duplicate(StoredMessage),
+    /// Not stored, for a reason the sender is told.
+    Refused { code: &'static str, message: String },
+}
+
+/// The conversation id of a one-to-one chat: the same for both directions.
+pub fn user_conv(a: &str, b: &str) -> String {
+    if a <= b {
+        format!("u:{a}:{b}")
+    } else {
+        format!("u:{b}:{a}")
+    }
+}
+
+const MSG_COLUMNS: &str =
+    "m.id, m.conv, m.seq, m.ts, m.chat, m.sender, m.sender_device, m.recipient, m.cid, m.msg_type, m.body, m.ext";
+
+fn message_from_row(row: &AnyRow) -> Result<StoredMessage> {
+    Ok(StoredMessage {
+        id: row.try_get("id")?,
+        conv: row.try_get("conv")?,
+        seq: row.try_get("seq")?,
+        ts: row.try_get("ts")?,
+        chat: row.try_get("chat")?,
+        sender: row.try_get("sender")?,
+        sender_device: row.try_get("sender_device")?,
+        recipient: row.try_get("recipient")?,
+        cid: row.try_get("cid")?,
+        kind: row.try_get("msg_type")?,
+        body: row.try_get("body")?,
+        ext: row.try_get("ext")?,
+    })
+}
+
+impl StoredMessage {
+    /// The message as `viewer` receives it; the sender's own copies carry the `cid` and
+    /// sending device so their other devices can match them up.
+    pub fn delivered(&self, viewer: &str, useq: Option<i64>) -> Delivered {
+        let own = viewer == self.sender;
+        Delivered {
+            op: "msg".into(),
+            id: self.id.clone(),
+            conv: self.conv.clone(),
+            seq: self.seq,
+            useq,
+            ts: self.ts,
+            chat: self.chat.clone(),
+            from: self.sender.clone(),
+            from_device: own.then(|| self.sender_device.clone()),
+            to: self.recipient.clone(),
+            cid: own.then(|| self.cid.clone()),
+            kind: self.kind.clone(),
+            body: serde_json::from_str(&self.body).unwrap_or(Value::Null),
+            ext: self.ext.as_deref().and_then(|e| serde_json::from_str(e).ok()),
+        }
+    }
+}
+
+impl Store {
+    /// Stores a batch of messages in one transaction and says what became of each.
+    /// An `Err` means nothing of the batch was stored.
+    pub async fn store_batch(&self, batch: &[NewMessage]) -> Result<Vec<Outcome>> {
+        let mut tx = self.pool.begin().await?;
+        let mut outcomes: Vec<Outcome> = Vec::with_capacity(batch.len());
+        // (app, sender, cid) -> index of the outcome that stored it, for repeats in one batch.
+        let mut in_batch: HashMap<(&str, &str, &str), usize> = HashMap::new();
+        for m in batch {
+            let key = (m.app_id.as_str(), m.sender.as_str(), m.cid.as_str());
+            if let Some(&i) = in_batch.get(&key) {
+                if let Outcome::Stored { msg, .. } = &outcomes[i] {
+                    outcomes.push(Outcome::Duplicate(msg.clone()));
+                    continue;
+                }
+            }
+            let outcome = store_one(&mut tx, m).await?;
+            if matches!(outcome, Outcome::Stored { .. }) {
+                in_batch.insert(key, outcomes.len());
+            }
+            outcomes.push(outcome);
+        }
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+
+    /// A conversation's messages with `from_seq <= seq <= to_seq`, in seq order, at most `limit`.
+    pub async fn history(&self, app_id: &str, conv: &str, from_seq: i64, to_seq: i64, limit: i64) -> Result<Vec<StoredMessage>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {MSG_COLUMNS} FROM messages m
+             WHERE m.app_id = $1 AND m.conv = $2 AND m.seq >= $3 AND m.seq <= $4
+             ORDER BY m.seq LIMIT $5"
+        ))
+        .bind(app_id)
+        .bind(conv)
+        .bind(from_seq)
+        .bind(to_seq)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(message_from_row).collect()
+    }
+
+    /// The last `seq` of a conversation (0 when it has none).
+    pub async fn conversation_head(&self, app_id: &str, conv: &str) -> Result<i64> {
+        let seq: Option<i64> = sqlx::query_scalar("SELECT last_seq FROM conversations WHERE app_id = $1 AND conv = $2")
+            .bind(app_id)
+            .bind(conv)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(seq.unwrap_or(0))
+    }
+
+    /// Up to `limit` entries of a user's inbox after `useq` `after`, in order, and whether
+    /// more follow.
+    pub async fn inbox_after(&self, app_id: &str, user: &str, after: i64, limit: i64) -> Result<(Vec<Delivered>, bool)> {
+        let rows = sqlx::query(&format!(
+            "SELECT i.useq, {MSG_COLUMNS} FROM inbox i JOIN messages m ON m.id = i.message_id
+             WHERE i.app_id = $1 AND i.username = $2 AND i.useq > $3
+             ORDER BY i.useq LIMIT $4"
+        ))
+        .bind(app_id)
+        .bind(user)
+        .bind(after)
+        .bind(limit + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        let more = rows.len() as i64 > limit;
+        let msgs = rows
+            .iter()
+            .take(limit as usize)
+            .map(|row| Ok(message_from_row(row)?.delivered(user, Some(row.try_get("useq")?))))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((msgs, more))
+    }
+
+    /// The highest `useq` of a user's inbox.
+    pub async fn inbox_head(&self, app_id: &str, user: &str) -> Result<i64> {
+        let seq: Option<i64> = sqlx::query_scalar("SELECT inbox_seq FROM users WHERE app_id = $1 AND username = $2")
+            .bind(app_id)
+            .bind(user)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(seq.unwrap_or(0))
+    }
+
+    /// How many messages an app has stored (used by tests and the bench tool's check).
+    pub async fn count_messages(&self, app_id: &str) -> Result<i64> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM messages WHERE app_id = $1")
+            .bind(app_id)
+            .fetch_one(&self.pool)
+            .await?)
+    }
+}
+
+async fn store_one(tx: &mut Transaction<'static, Any>, m: &NewMessage) -> Result<Outcome> {
+    let existing = sqlx::query(&format!(
+        "SELECT {MSG_COLUMNS} FROM messages m WHERE m.app_id = $1 AND m.sender = $2 AND m.cid = $3"
+    ))
+    .bind(&m.app_id)
+    .bind(&m.sender)
+    .bind(&m.cid)
+    .fetch_optional(&mut **tx)
+    .await?;
+    if let Some(row) = existing {
+        return Ok(Outcome::Duplicate(message_from_row(&row)?));
+    }
+    let Some(_) = bump_inbox(tx, &m.app_id, &m.recipient, false).await? else {
+        return Ok(Outcome::Refused {
+            code: "unknown_recipient",
+            message: format!("no user '{}' in this app", m.recipient),
+        });
+    };
+    let conv = user_conv(&m.sender, &m.recipient);
+    let seq: i64 = sqlx::query_scalar(
+        "INSERT INTO conversations (app_id, conv, last_seq) VALUES ($1, $2, 1)
+         ON CONFLICT (app_id, conv) DO UPDATE SET last_seq = conversations.last_seq + 1
+         RETURNING last_seq",
+    )
+    .bind(&m.app_id)
+    .bind(&conv)
+    .fetch_one(&mut **tx)
+    .await?;
+    let msg = StoredMessage {
+        id: uuid::Uuid::now_v7().to_string(),
+        conv,
+        seq,
+        ts: crate::now_ms(),
+        chat: "user".into(),
+        sender: m.sender.clone(),
+        sender_device: m.sender_device.clone(),
+        recipient: m.recipient.clone(),
+        cid: m.cid.clone(),
+        kind: m.kind.as_str().into(),
+        body: m.body.clone(),
+        ext: m.ext.clone(),
+    };
+    sqlx::query(
+        "INSERT INTO messages (id, app_id, conv, seq, chat, sender, sender_device, recipient, cid, msg_type, body, ext, ts)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+    )
+    .bind(&msg.id)
+    .bind(&m.app_id)
+    .bind(&msg.conv)
+    .bind(msg.seq)
+    .bind(&msg.chat)
+    .bind(&msg.sender)
+    .bind(&msg.sender_device)
+    .bind(&msg.recipient)
+    .bind(&msg.cid)
+    .bind(&msg.kind)
+    .bind(&msg.body)
+    .bind(&msg.ext)
+    .bind(msg.ts)
+    .execute(&mut **tx)
+    .await?;
+    let recipient_useq = add_to_inbox(tx, &m.app_id, &m.recipient, &msg.id)
+        .await?
+        .ok_or_else(|| crate::Error::NotFound(format!("user {}", m.recipient)))?;
+    // A sender deleted while their message was in flight gets no inbox entry.
+    let sender_useq = if m.sender != m.recipient {
+        add_to_inbox(tx, &m.app_id, &m.sender, &msg.id).await?
+    } else {
+        None
+    };
+    Ok(Outcome::Stored {
+        msg,
+        recipient_useq,
+        sender_useq,
+    })
+}
+
+/// Advances a user's inbox head (or, with `advance` false, just reads it, taking the row
+/// lock on PostgreSQL); `None` if there is no such user.
+async fn bump_inbox(tx: &mut Transaction<'static, Any>, app_id: &str, user: &str, advance: bool) -> Result<Option<i64>> {
+    Ok(sqlx::query_scalar(
+        "UPDATE users SET inbox_seq = inbox_seq + $1 WHERE app_id = $2 AND username = $3 RETURNING inbox_seq",
+    )
+    .bind(advance as i64)
+    .bind(app_id)
+    .bind(user)
+    .fetch_optional(&mut **tx)
+    .await?)
+}
+
+async fn add_to_inbox(tx: &mut Transaction<'static, Any>, app_id: &str, user: &str, message_id: &str) -> Result<Option<i64>> {
+    let Some(useq) = bump_inbox(tx, app_id, user, true).await? else {
+        return Ok(None);
+    };
+    sqlx::query("INSERT INTO inbox (app_id, username, useq, message_id) VALUES ($1, $2, $3, $4)")
+        .bind(app_id)
+        .bind(user)
+        .bind(useq)
+        .bind(message_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(Some(useq))
+}

@@ -1,0 +1,227 @@
+//! Users of an app: username (unique within the app), password hash, nickname and
+//! metadata (a small object of string values), and the head of their inbox.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+use sqlx::Row;
+
+use crate::error::{Error, Result};
+use crate::tokens::{hash_secret, verify_secret};
+use crate::Store;
+
+/// The most bytes a user's metadata may take, serialised.
+pub const MAX_METADATA_BYTES: usize = 4096;
+/// The longest nickname, in characters.
+pub const MAX_NICKNAME_CHARS: usize = 100;
+
+/// A user as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct User {
+    pub username: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nickname: Option<String>,
+    pub metadata: Map<String, Value>,
+    pub created: i64,
+    pub modified: i64,
+}
+
+/// What is needed to create a user.
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    pub username: String,
+    pub password: String,
+    pub nickname: Option<String>,
+}
+
+/// A change to a user's profile; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct UserUpdate {
+    pub nickname: Option<String>,
+    pub metadata: Option<Map<String, Value>>,
+}
+
+fn validate_nickname(nickname: &Option<String>) -> Result<()> {
+    match nickname {
+        Some(n) if n.chars().count() > MAX_NICKNAME_CHARS => Err(Error::invalid(
+            "nickname",
+            format!("at most {MAX_NICKNAME_CHARS} characters"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn validate_metadata(metadata: &Map<String, Value>) -> Result<String> {
+    if let Some((key, _)) = metadata.iter().find(|(_, v)| !v.is_string()) {
+        return Err(Error::invalid(
+            "metadata",
+            format!("value of '{key}' must be a string"),
+        ));
+    }
+    let text = serde_json::to_string(metadata).map_err(|e| Error::Internal(e.to_string()))?;
+    if text.len() > MAX_METADATA_BYTES {
+        return Err(Error::invalid(
+            "metadata",
+            format!("at most {MAX_METADATA_BYTES} bytes"),
+        ));
+    }
+    Ok(text)
+}
+
+fn user_from_row(row: &sqlx::any::AnyRow) -> Result<User> {
+    let metadata: String = row.try_get("metadata")?;
+    Ok(User {
+        username: row.try_get("username")?,
+        nickname: row.try_get("nickname")?,
+        metadata: serde_json::from_str(&metadata).unwrap_or_default(),
+        created: row.try_get("created_at")?,
+        modified: row.try_get("updated_at")?,
+    })
+}
+
+const USER_COLUMNS: &str = "username, nickname, metadata, created_at, updated_at";
+
+impl Store {
+    /// Creates users, all or none. Usernames must be valid and new; the error names the
+    /// first one that is not.
+    pub async fn create_users(&self, app_id: &str, users: &[NewUser]) -> Result<Vec<User>> {
+        let mut seen = std::collections::HashSet::new();
+        for u in users {
+            crate::names::validate_name("username", &u.username)?;
+            if u.password.is_empty() || u.password.len() > 128 {
+                return Err(Error::invalid("password", "must be 1-128 bytes"));
+            }
+            validate_nickname(&u.nickname)?;
+            if !seen.insert(&u.username) {
+                return Err(Error::Conflict(format!("user {} (twice in the request)", u.username)));
+            }
+        }
+        // Hash outside the transaction: argon2 is slow on purpose.
+        let hashes = users
+            .iter()
+            .map(|u| hash_secret(&u.password))
+            .collect::<Result<Vec<_>>>()?;
+        let now = crate::now_ms();
+        let mut tx = self.pool.begin().await?;
+        for (u, hash) in users.iter().zip(&hashes) {
+            let inserted = sqlx::query(
+                "INSERT INTO users (app_id, username, password_hash, nickname, metadata, inbox_seq, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, '{}', 0, $5, $5) ON CONFLICT DO NOTHING",
+            )
+            .bind(app_id)
+            .bind(&u.username)
+            .bind(hash)
+            .bind(&u.nickname)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if inserted == 0 {
+                return Err(Error::Conflict(format!("user {}", u.username)));
+            }
+        }
+        tx.commit().await?;
+        Ok(users
+            .iter()
+            .map(|u| User {
+                username: u.username.clone(),
+                nickname: u.nickname.clone(),
+                metadata: Map::new(),
+                created: now,
+                modified: now,
+            })
+            .collect())
+    }
+
+    pub async fn get_user(&self, app_id: &str, username: &str) -> Result<User> {
+        let row = sqlx::query(&format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE app_id = $1 AND username = $2"
+        ))
+        .bind(app_id)
+        .bind(username)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("user {username}")))?;
+        user_from_row(&row)
+    }
+
+    pub async fn user_exists(&self, app_id: &str, username: &str) -> Result<bool> {
+        let found: Option<i64> =
+            sqlx::query_scalar("SELECT inbox_seq FROM users WHERE app_id = $1 AND username = $2")
+                .bind(app_id)
+                .bind(username)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(found.is_some())
+    }
+
+    /// A page of users ordered by username, starting after `cursor` (the last username of
+    /// the previous page).
+    pub async fn list_users(&self, app_id: &str, limit: i64, cursor: Option<&str>) -> Result<Vec<User>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE app_id = $1 AND username > $2
+             ORDER BY username LIMIT $3"
+        ))
+        .bind(app_id)
+        .bind(cursor.unwrap_or(""))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(user_from_row).collect()
+    }
+
+    pub async fn update_user(&self, app_id: &str, username: &str, update: UserUpdate) -> Result<User> {
+        validate_nickname(&update.nickname)?;
+        let metadata = update.metadata.as_ref().map(validate_metadata).transpose()?;
+        let changed = sqlx::query(
+            "UPDATE users SET nickname = COALESCE($1, nickname), metadata = COALESCE($2, metadata),
+             updated_at = $3 WHERE app_id = $4 AND username = $5",
+        )
+        .bind(&update.nickname)
+        .bind(&metadata)
+        .bind(crate::now_ms())
+        .bind(app_id)
+        .bind(username)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if changed == 0 {
+            return Err(Error::NotFound(format!("user {username}")));
+        }
+        self.get_user(app_id, username).await
+    }
+
+    /// Deletes a user and their inbox. Messages they exchanged stay in their peers' history.
+    pub async fn delete_user(&self, app_id: &str, username: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let deleted = sqlx::query("DELETE FROM users WHERE app_id = $1 AND username = $2")
+            .bind(app_id)
+            .bind(username)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if deleted == 0 {
+            return Err(Error::NotFound(format!("user {username}")));
+        }
+        sqlx::query("DELETE FROM inbox WHERE app_id = $1 AND username = $2")
+            .bind(app_id)
+            .bind(username)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Checks a user's password (for the password grant).
+    pub async fn check_password(&self, app_id: &str, username: &str, password: &str) -> Result<()> {
+        let hash: Option<String> =
+            sqlx::query_scalar("SELECT password_hash FROM users WHERE app_id = $1 AND username = $2")
+                .bind(app_id)
+                .bind(username)
+                .fetch_optional(&self.pool)
+                .await?;
+        match hash {
+            Some(hash) if verify_secret(password, &hash) => Ok(()),
+            _ => Err(Error::BadCredentials),
+        }
+    }
+}
