@@ -1,0 +1,149 @@
+//! The REST API: tokens, tenants, users, validation errors.
+
+mod common;
+
+use common::{spawn_app, Backend};
+use serde_json::json;
+
+async fn tokens_and_tenants(backend: Backend) {
+    let t = spawn_app(backend).await;
+    // Wrong secret, unknown grant, bad JSON: clear 4xx.
+    let (status, body) = t
+        .post("/token", None, json!({"grant_type": "client_credentials", "client_id": t.client_id, "client_secret": "nope"}))
+        .await;
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = t.post("/token", None, json!({"grant_type": "magic"})).await;
+    assert_eq!(status, 400, "{body}");
+    let resp = t.http.post(t.url("/token")).body("{oops").send().await.unwrap();
+    let (status, body) = common::into_json(resp).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("bad_request")), "{body}");
+
+    // No token, a forged token, a user token where an app token is needed.
+    let resp = t.http.get(t.url("/users")).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    let forged = store::tokens::Tokens::new("not-the-key")
+        .issue("x", "demo", "chat", store::tokens::Role::App, 1, 60)
+        .unwrap();
+    assert_eq!(t.get("/users", &forged).await.0, 401);
+    let alice = t.user("alice").await;
+    assert_eq!(t.get("/users", &alice).await.0, 403);
+    assert_eq!(t.get("/users/alice", &alice).await.0, 200);
+
+    // Another app: same username is another user, and tokens do not cross.
+    let (other, creds) = t.server.store.create_app("acme", "support").await.unwrap();
+    let other_url = format!("{}/acme/support", t.api);
+    let resp = t
+        .http
+        .post(format!("{other_url}/token"))
+        .json(&json!({"grant_type": "client_credentials", "client_id": creds.client_id, "client_secret": creds.client_secret}))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = common::into_json(resp).await;
+    assert_eq!(status, 200);
+    let other_token = body["access_token"].as_str().unwrap().to_string();
+    assert_eq!(t.get("/users", &other_token).await.0, 401, "a token of acme/support worked in demo/chat");
+    let resp = t.http.get(format!("{other_url}/users/alice")).bearer_auth(&other_token).send().await.unwrap();
+    assert_eq!(resp.status(), 404, "alice of demo/chat visible in acme/support");
+    let resp = t
+        .http
+        .post(format!("{other_url}/users"))
+        .bearer_auth(&other_token)
+        .json(&json!({"username": "alice", "password": "other"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201, "same username in another app");
+    assert_eq!(other.org, "acme");
+
+    // Rotating the secret revokes app tokens issued before it.
+    t.server.store.rotate_app_secret("demo", "chat").await.unwrap();
+    let (status, body) = t.get("/users", &t.app_token).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body["error_description"].as_str().unwrap().contains("rotated"));
+
+    // An expired token is refused.
+    let expired = t.token(json!({"grant_type": "password", "username": "alice", "password": "pw", "ttl": 1})).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let (status, body) = t.get("/users/alice", &expired).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body["error_description"].as_str().unwrap().contains("expired"), "{body}");
+}
+
+async fn users_crud_and_validation(backend: Backend) {
+    let t = spawn_app(backend).await;
+    let tok = t.app_token.clone();
+    let (status, body) = t
+        .post("/users", Some(&tok), json!([{"username": "Alice", "password": "pw", "nickname": "Al"}, {"username": "bob", "password": "pw"}]))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["entities"][0]["username"], "alice", "usernames are lower-cased");
+
+    for (bad, needle) in [
+        (json!({"username": "carol"}), "password"),
+        (json!({"password": "pw"}), "username"),
+        (json!({"username": "ca/rol", "password": "pw"}), "username"),
+        (json!({"username": "carol", "password": "pw", "age": 3}), "age"),
+        (json!([]), "1 to"),
+        (json!("carol"), "object"),
+    ] {
+        let (status, body) = t.post("/users", Some(&tok), bad.clone()).await;
+        assert_eq!(status, 400, "{bad} -> {body}");
+        let text = body["error_description"].as_str().unwrap();
+        assert!(text.contains(needle), "{bad}: '{text}' does not mention {needle}");
+    }
+    let (status, body) = t.post("/users", Some(&tok), json!({"username": "bob", "password": "x"})).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body["error_description"].as_str().unwrap().contains("bob"));
+    // All or nothing: one duplicate in a batch creates none.
+    let (status, _) = t.post("/users", Some(&tok), json!([{"username": "dave", "password": "x"}, {"username": "bob", "password": "x"}])).await;
+    assert_eq!(status, 409);
+    assert_eq!(t.get("/users/dave", &tok).await.0, 404);
+
+    // Paging with a cursor.
+    for name in ["u1", "u2", "u3"] {
+        t.user(name).await;
+    }
+    let (status, page1) = t.get("/users?limit=2", &tok).await;
+    assert_eq!(status, 200);
+    assert_eq!(page1["count"], 2);
+    let cursor = page1["cursor"].as_str().unwrap();
+    let (_, page2) = t.get(&format!("/users?limit=2&cursor={cursor}"), &tok).await;
+    let (_, page3) = t.get(&format!("/users?limit=2&cursor={}", page2["cursor"].as_str().unwrap()), &tok).await;
+    let names: Vec<_> = [&page1, &page2, &page3]
+        .iter()
+        .flat_map(|p| p["entities"].as_array().unwrap().iter().map(|u| u["username"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(names, ["alice", "bob", "u1", "u2", "u3"]);
+    assert!(page3["cursor"].is_null());
+    assert_eq!(t.get("/users?limit=0", &tok).await.0, 400);
+
+    // Update nickname and metadata; validation of metadata.
+    let resp = t
+        .http
+        .put(t.url("/users/bob"))
+        .bearer_auth(&tok)
+        .json(&json!({"nickname": "Bobby", "metadata": {"avatar": "https://x/y.png"}}))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = common::into_json(resp).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["entities"][0]["nickname"], "Bobby");
+    assert_eq!(body["entities"][0]["metadata"]["avatar"], "https://x/y.png");
+    let resp = t.http.put(t.url("/users/bob")).bearer_auth(&tok).json(&json!({"metadata": {"n": 1}})).send().await.unwrap();
+    assert_eq!(resp.status(), 400);
+    let resp = t.http.put(t.url("/users/nobody")).bearer_auth(&tok).json(&json!({"nickname": "x"})).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+
+    // Delete; the user's password no longer works.
+    let resp = t.http.delete(t.url("/users/bob")).bearer_auth(&tok).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(t.get("/users/bob", &tok).await.0, 404);
+    let (status, _) = t.post("/token", None, json!({"grant_type": "password", "username": "bob", "password": "pw"})).await;
+    assert_eq!(status, 401);
+    let resp = t.http.delete(t.url("/users/bob")).bearer_auth(&tok).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+}
+
+on_both_backends!(tokens_and_tenants, users_crud_and_validation);

@@ -1,0 +1,255 @@
+//! Test support: a whole chatd on port 0 with a fresh database (SQLite file or a new
+//! PostgreSQL database), users with tokens, and MQTT clients.
+#![allow(dead_code)]
+
+pub mod raw;
+
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use serde_json::{json, Value};
+
+pub use chatd::Server;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Generates one test per storage backend from an `async fn(Backend)`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}
+
+/// The PostgreSQL server tests create their databases on. Tests fail (never skip) when
+/// it does not answer.
+pub fn postgres_base_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A fresh, empty database URL for one test.
+pub async fn fresh_database(backend: Backend) -> (String, Option<tempfile::TempDir>) {
+    match backend {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().unwrap();
+            let url = format!("sqlite://{}", dir.path().join("chatd.db").display());
+            (url, Some(dir))
+        }
+        Backend::Postgres => {
+            use sqlx::Connection;
+            let base = postgres_base_url();
+            let name = format!("chatd_test_{}", store::tokens::random_secret(12).to_ascii_lowercase());
+            let mut conn = sqlx::PgConnection::connect(&base)
+                .await
+                .unwrap_or_else(|e| panic!("PostgreSQL at {base} is required for the tests: {e}"));
+            sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
+            let url = match base.rfind('/') {
+                Some(slash) if base[..slash].contains("://") && slash > base.find("://").unwrap() + 2 => {
+                    let query = base[slash..].find('?').map(|q| &base[slash + q..]).unwrap_or("");
+                    format!("{}/{name}{query}", &base[..slash])
+                }
+                _ => format!("{base}/{name}"),
+            };
+            (url, None)
+        }
+    }
+}
+
+/// A running server, its dev app and an HTTP client.
+pub struct TestApp {
+    pub server: Server,
+    pub api: String,
+    pub http: reqwest::Client,
+    pub org: String,
+    pub app: String,
+    pub client_id: String,
+    pub client_secret: String,
+    pub app_token: String,
+    pub database_url: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// The configuration tests start from: everything on port 0, and the given database.
+pub fn test_config(database_url: &str) -> chatd::Config {
+    let mut config = chatd::Config::defaults();
+    config.database_url = database_url.to_string();
+    config.dev_app = false;
+    config.mqtt.tcp = "127.0.0.1:0".into();
+    config.mqtt.ws = "127.0.0.1:0".into();
+    config.api.listen = "127.0.0.1:0".into();
+    config
+}
+
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    let (url, dir) = fresh_database(backend).await;
+    spawn_app_with(test_config(&url), dir).await
+}
+
+pub async fn spawn_app_with(config: chatd::Config, dir: Option<tempfile::TempDir>) -> TestApp {
+    let database_url = config.database_url.clone();
+    let server = chatd::start(config).await.expect("server starts");
+    let (app, creds) = server.store.create_app("demo", "chat").await.unwrap();
+    let api = format!("http://{}", server.api_addr);
+    let http = reqwest::Client::new();
+    let mut t = TestApp {
+        server,
+        api,
+        http,
+        org: app.org,
+        app: app.name,
+        client_id: creds.client_id,
+        client_secret: creds.client_secret,
+        app_token: String::new(),
+        database_url,
+        _dir: dir,
+    };
+    t.app_token = t.token(json!({"grant_type": "client_credentials", "client_id": t.client_id, "client_secret": t.client_secret})).await;
+    t
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}/{}/{}{}", self.api, self.org, self.app, path)
+    }
+
+    /// POSTs to the token endpoint and returns the access token (panics if refused).
+    pub async fn token(&self, body: Value) -> String {
+        let (status, body) = self.post("/token", None, body).await;
+        assert_eq!(status, 200, "{body}");
+        body["access_token"].as_str().unwrap().to_string()
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+        let mut req = self.http.post(self.url(path)).json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        into_json(req.send().await.unwrap()).await
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> (u16, Value) {
+        into_json(self.http.get(self.url(path)).bearer_auth(token).send().await.unwrap()).await
+    }
+
+    /// Creates a user (password "pw") and returns a user token.
+    pub async fn user(&self, name: &str) -> String {
+        let (status, body) = self.post("/users", Some(&self.app_token), json!({"username": name, "password": "pw"})).await;
+        assert_eq!(status, 201, "{body}");
+        self.user_token(name).await
+    }
+
+    pub async fn user_token(&self, name: &str) -> String {
+        self.token(json!({"grant_type": "password", "username": name, "password": "pw"})).await
+    }
+
+    pub fn mqtt_port(&self) -> u16 {
+        self.server.mqtt_addr.unwrap().port()
+    }
+
+    pub fn outbox(&self, user: &str) -> String {
+        format!("chat/{}/{}/u/{user}/out", self.org, self.app)
+    }
+
+    pub fn inbox(&self, user: &str) -> String {
+        format!("chat/{}/{}/u/{user}/in", self.org, self.app)
+    }
+
+    /// A connected rumqttc 3.1.1 device subscribed to its inbox.
+    pub async fn device(&self, user: &str, token: &str, device: &str) -> Device {
+        let mut options = MqttOptions::new(device, "127.0.0.1", self.mqtt_port());
+        options.set_credentials(user, token);
+        options.set_keep_alive(Duration::from_secs(30));
+        let (client, eventloop) = AsyncClient::new(options, 100);
+        let mut d = Device {
+            client,
+            eventloop,
+            user: user.to_string(),
+            outbox: self.outbox(user),
+        };
+        d.client.subscribe(self.inbox(user), QoS::AtLeastOnce).await.unwrap();
+        d.wait_for(|p| matches!(p, Packet::SubAck(_))).await;
+        d
+    }
+}
+
+pub async fn into_json(resp: reqwest::Response) -> (u16, Value) {
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+/// A device: a rumqttc client and its event loop, polled by the test.
+pub struct Device {
+    pub client: AsyncClient,
+    pub eventloop: EventLoop,
+    pub user: String,
+    pub outbox: String,
+}
+
+impl Device {
+    pub async fn publish(&self, envelope: Value) {
+        self.client.publish(&self.outbox, QoS::AtLeastOnce, false, envelope.to_string()).await.unwrap();
+    }
+
+    pub async fn send_text(&self, cid: &str, to: &str, text: &str) {
+        self.publish(json!({"op": "send", "cid": cid, "chat": "user", "to": to, "type": "txt", "body": {"msg": text}})).await;
+    }
+
+    /// Polls until a packet matches, failing after 10 s.
+    pub async fn wait_for(&mut self, mut pred: impl FnMut(&Packet) -> bool) -> Packet {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match tokio::time::timeout_at(deadline, self.eventloop.poll()).await {
+                Ok(Ok(Event::Incoming(p))) if pred(&p) => return p,
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => panic!("{}: connection error while waiting: {e}", self.user),
+                Err(_) => panic!("{}: nothing matching arrived within 10 s", self.user),
+            }
+        }
+    }
+
+    /// The next inbox envelope with the given op.
+    pub async fn next_op(&mut self, op: &str) -> Value {
+        let packet = self
+            .wait_for(|p| matches!(p, Packet::Publish(p) if serde_json::from_slice::<Value>(&p.payload).is_ok_and(|v| v["op"] == op)))
+            .await;
+        let Packet::Publish(p) = packet else { unreachable!() };
+        serde_json::from_slice(&p.payload).unwrap()
+    }
+
+    /// Collects inbox envelopes for `window`, while keeping the connection alive.
+    pub async fn collect(&mut self, window: Duration) -> Vec<Value> {
+        let mut got = Vec::new();
+        let deadline = tokio::time::Instant::now() + window;
+        while let Ok(event) = tokio::time::timeout_at(deadline, self.eventloop.poll()).await {
+            if let Ok(Event::Incoming(Packet::Publish(p))) = event {
+                got.push(serde_json::from_slice(&p.payload).unwrap());
+            }
+        }
+        got
+    }
+
+    /// Polls in the background (keeps the connection alive and acks) until dropped.
+    pub fn keep_polling(mut self) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move { while self.eventloop.poll().await.is_ok() {} })
+    }
+}

@@ -1,0 +1,187 @@
+//! A raw MQTT client for tests that need to see exact packets (CONNACK and SUBACK codes,
+//! MQTT 5 reason codes, keepalive 0, WebSocket): it writes packets with rumqttc's codecs
+//! over TCP or WebSocket and reads back whatever the server sends.
+
+use std::time::Duration;
+
+use async_tungstenite::tokio::TokioAdapter;
+use async_tungstenite::tungstenite::client::IntoClientRequest;
+use async_tungstenite::tungstenite::Message;
+use async_tungstenite::WebSocketStream;
+use bytes::BytesMut;
+use futures_util::StreamExt;
+use rumqttc::mqttbytes::v4;
+use rumqttc::v5::mqttbytes::v5;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub enum Transport {
+    Tcp(TcpStream),
+    Ws(Box<WebSocketStream<TokioAdapter<TcpStream>>>),
+}
+
+pub struct Raw {
+    transport: Transport,
+    buf: BytesMut,
+}
+
+impl Raw {
+    pub async fn tcp(port: u16) -> Raw {
+        let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        Raw {
+            transport: Transport::Tcp(stream),
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// A WebSocket connection to `/mqtt` offering the `mqtt` subprotocol; asserts that the
+    /// server agrees to it, as MQTT.js and browsers require.
+    pub async fn ws(port: u16) -> Raw {
+        let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let mut request = format!("ws://127.0.0.1:{port}/mqtt").into_client_request().unwrap();
+        request.headers_mut().insert("sec-websocket-protocol", "mqtt".parse().unwrap());
+        let (ws, response) = async_tungstenite::tokio::client_async(request, stream).await.unwrap();
+        assert_eq!(response.headers().get("sec-websocket-protocol").unwrap(), "mqtt");
+        Raw {
+            transport: Transport::Ws(Box::new(ws)),
+            buf: BytesMut::new(),
+        }
+    }
+
+    pub async fn write(&mut self, bytes: &[u8]) {
+        match &mut self.transport {
+            Transport::Tcp(s) => s.write_all(bytes).await.unwrap(),
+            Transport::Ws(ws) => ws.send(Message::binary(bytes.to_vec())).await.unwrap(),
+        }
+    }
+
+    pub async fn send4(&mut self, packet: v4::Packet) {
+        let mut out = BytesMut::new();
+        packet.write(&mut out, usize::MAX).unwrap();
+        self.write(&out).await;
+    }
+
+    pub async fn send5(&mut self, packet: v5::Packet) {
+        let mut out = BytesMut::new();
+        packet.write(&mut out, None).unwrap();
+        self.write(&out).await;
+    }
+
+    /// Reads more bytes; false when the server closed the connection.
+    async fn fill(&mut self) -> bool {
+        match &mut self.transport {
+            Transport::Tcp(s) => matches!(s.read_buf(&mut self.buf).await, Ok(n) if n > 0),
+            Transport::Ws(ws) => loop {
+                match ws.next().await {
+                    Some(Ok(Message::Binary(data))) => {
+                        self.buf.extend_from_slice(&data);
+                        return true;
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    _ => return false,
+                }
+            },
+        }
+    }
+
+    /// The next 3.1.1 packet, or None if the server closes the connection first.
+    pub async fn recv4(&mut self) -> Option<v4::Packet> {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match v4::Packet::read(&mut self.buf, usize::MAX >> 1) {
+                    Ok(p) => return Some(p),
+                    Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {
+                        if !self.fill().await {
+                            return None;
+                        }
+                    }
+                    Err(e) => panic!("bad packet from server: {e}"),
+                }
+            }
+        })
+        .await
+        .expect("no packet within 10 s")
+    }
+
+    pub async fn recv5(&mut self) -> Option<v5::Packet> {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match v5::Packet::read(&mut self.buf, None) {
+                    Ok(p) => return Some(p),
+                    Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(_)) => {
+                        if !self.fill().await {
+                            return None;
+                        }
+                    }
+                    Err(e) => panic!("bad packet from server: {e}"),
+                }
+            }
+        })
+        .await
+        .expect("no packet within 10 s")
+    }
+
+    /// 3.1.1 CONNECT; returns the CONNACK code.
+    pub async fn connect4(&mut self, client_id: &str, user: &str, password: &str, keep_alive: u16) -> v4::ConnectReturnCode {
+        let mut connect = v4::Connect::new(client_id);
+        connect.keep_alive = keep_alive;
+        connect.set_login(user, password);
+        self.send4(v4::Packet::Connect(connect)).await;
+        match self.recv4().await {
+            Some(v4::Packet::ConnAck(ack)) => ack.code,
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    /// MQTT 5 CONNECT; returns the CONNACK.
+    pub async fn connect5(&mut self, client_id: &str, user: &str, password: &str, keep_alive: u16) -> v5::ConnAck {
+        let mut connect = v5::Connect {
+            keep_alive,
+            client_id: client_id.into(),
+            clean_start: true,
+            properties: None,
+        };
+        connect.keep_alive = keep_alive;
+        let login = v5::Login {
+            username: user.into(),
+            password: password.into(),
+        };
+        self.send5(v5::Packet::Connect(connect, None, Some(login))).await;
+        match self.recv5().await {
+            Some(v5::Packet::ConnAck(ack)) => ack,
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    /// Waits for the next 3.1.1 PUBLISH and returns its topic and JSON payload.
+    pub async fn next_publish4(&mut self) -> (String, serde_json::Value) {
+        loop {
+            match self.recv4().await {
+                Some(v4::Packet::Publish(p)) => {
+                    if p.qos != rumqttc::QoS::AtMostOnce {
+                        self.send4(v4::Packet::PubAck(v4::PubAck::new(p.pkid))).await;
+                    }
+                    return (p.topic, serde_json::from_slice(&p.payload).unwrap());
+                }
+                Some(_) => continue,
+                None => panic!("connection closed while waiting for a publish"),
+            }
+        }
+    }
+
+    /// Waits for the next MQTT 5 PUBLISH and returns its topic and JSON payload.
+    pub async fn next_publish5(&mut self) -> (String, serde_json::Value) {
+        loop {
+            match self.recv5().await {
+                Some(v5::Packet::Publish(p)) => {
+                    if p.qos != rumqttc::v5::mqttbytes::QoS::AtMostOnce {
+                        self.send5(v5::Packet::PubAck(v5::PubAck::new(p.pkid, None))).await;
+                    }
+                    return (String::from_utf8(p.topic.to_vec()).unwrap(), serde_json::from_slice(&p.payload).unwrap());
+                }
+                Some(_) => continue,
+                None => panic!("connection closed while waiting for a publish"),
+            }
+        }
+    }
+}
