@@ -105,6 +105,10 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 }
 
 pub async fn spawn_app_with(config: chatd::Config, dir: Option<tempfile::TempDir>) -> TestApp {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,rumqttd=off".into()))
+        .with_test_writer()
+        .try_init();
     let database_url = config.database_url.clone();
     let server = chatd::start(config).await.expect("server starts");
     let (app, creds) = server.store.create_app("demo", "chat").await.unwrap();
@@ -178,6 +182,7 @@ impl TestApp {
         let mut options = MqttOptions::new(device, "127.0.0.1", self.mqtt_port());
         options.set_credentials(user, token);
         options.set_keep_alive(Duration::from_secs(30));
+        options.set_max_packet_size(1 << 20, 1 << 20);
         let (client, eventloop) = AsyncClient::new(options, 100);
         let mut d = Device {
             client,

@@ -8,7 +8,7 @@
 //! with rumqttd, so a device may use keepalive 0 (which rumqttd refuses) and a silent device
 //! is dropped after 1.5 × its keepalive.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -140,6 +140,7 @@ pub(crate) async fn serve(mut io: ClientIo, shared: Arc<Shared>, shutdown: watch
         aliases: HashMap::new(),
         pending_subs: HashMap::new(),
         pending_unsubs: HashMap::new(),
+        upstream_inflight: VecDeque::new(),
     };
     let keep_alive = request.keep_alive;
     let close = session.relay(&mut io, &mut upstream, buf, keep_alive, shutdown).await;
@@ -385,6 +386,11 @@ struct Session {
     pending_subs: HashMap<u16, Vec<bool>>,
     /// UNSUBSCRIBEs in flight: packet id -> number of filters (a 5 UNSUBACK needs one code each).
     pending_unsubs: HashMap<u16, usize>,
+    /// QoS 1 publishes from rumqttd not yet acknowledged to it, in the order it sent them,
+    /// with whether the device (or the gate, for publishes routed to another device) is
+    /// done with each. rumqttd drops a connection that acks out of order, so acks go up
+    /// only from the front of this queue.
+    upstream_inflight: VecDeque<(u16, bool)>,
 }
 
 /// Where one parsed packet goes.
@@ -497,7 +503,7 @@ impl Session {
                 self.subscribe(s.pkid, filters, out);
             }
             v4::Packet::Unsubscribe(u) => self.unsubscribe(u.pkid, u.topics, out),
-            v4::Packet::PubAck(a) => to_broker(out, v4::Packet::PubAck(a)),
+            v4::Packet::PubAck(a) => self.device_acked(a.pkid, out),
             v4::Packet::PubRec(a) => to_broker(out, v4::Packet::PubRec(a)),
             v4::Packet::PubRel(a) => to_broker(out, v4::Packet::PubRel(a)),
             v4::Packet::PubComp(a) => to_broker(out, v4::Packet::PubComp(a)),
@@ -562,7 +568,7 @@ impl Session {
                 self.subscribe(s.pkid, filters, out);
             }
             v5::Packet::Unsubscribe(u) => self.unsubscribe(u.pkid, u.filters, out),
-            v5::Packet::PubAck(a) => to_broker(out, v4::Packet::PubAck(v4::PubAck::new(a.pkid))),
+            v5::Packet::PubAck(a) => self.device_acked(a.pkid, out),
             v5::Packet::PubRec(a) => to_broker(out, v4::Packet::PubRec(v4::PubRec::new(a.pkid))),
             v5::Packet::PubRel(a) => to_broker(out, v4::Packet::PubRel(v4::PubRel::new(a.pkid))),
             v5::Packet::PubComp(a) => to_broker(out, v4::Packet::PubComp(v4::PubComp::new(a.pkid))),
@@ -654,6 +660,9 @@ impl Session {
             };
             match packet {
                 v4::Packet::Publish(mut p) => {
+                    if p.qos == QoS::AtLeastOnce {
+                        self.upstream_inflight.push_back((p.pkid, false));
+                    }
                     if p.topic == self.acl.inbox() {
                         let Some((route, json)) = unframe_inbox(&p.payload) else {
                             tracing::error!(topic = %p.topic, "inbox publish without a route frame; dropped");
@@ -726,11 +735,34 @@ impl Session {
         }
     }
 
-    /// A publish meant for another device of this user: acknowledged to rumqttd, not sent.
-    fn ack_dropped(&self, p: &v4::Publish, out: &mut Outgoing) {
+    /// The device acknowledged a QoS 1 publish.
+    fn device_acked(&mut self, pkid: u16, out: &mut Outgoing) {
+        match self.upstream_inflight.iter_mut().find(|(id, done)| *id == pkid && !done) {
+            Some(entry) => entry.1 = true,
+            None => tracing::debug!(pkid, device = %self.identity.device, "unsolicited PUBACK from a device"),
+        }
+        self.release_acks(out);
+    }
+
+    /// Sends rumqttd the acks it may now take: those at the front of the queue.
+    fn release_acks(&mut self, out: &mut Outgoing) {
+        while let Some(&(pkid, true)) = self.upstream_inflight.front() {
+            self.upstream_inflight.pop_front();
+            to_broker(out, v4::Packet::PubAck(v4::PubAck::new(pkid)));
+        }
+    }
+
+    /// A publish meant for another device of this user: acknowledged to rumqttd (in
+    /// order), not sent.
+    fn ack_dropped(&mut self, p: &v4::Publish, out: &mut Outgoing) {
         match p.qos {
             QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => to_broker(out, v4::Packet::PubAck(v4::PubAck::new(p.pkid))),
+            QoS::AtLeastOnce => {
+                if let Some(entry) = self.upstream_inflight.iter_mut().rev().find(|(id, done)| *id == p.pkid && !done) {
+                    entry.1 = true;
+                }
+                self.release_acks(out);
+            }
             // The bridge publishes inboxes at QoS 1, so QoS 2 cannot be capped here; ack the
             // first step and let the device answer the PUBREL.
             QoS::ExactlyOnce => to_broker(out, v4::Packet::PubRec(v4::PubRec::new(p.pkid))),
