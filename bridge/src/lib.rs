@@ -64,14 +64,27 @@ struct PendingSend {
 }
 
 /// Runs a bridge until `shutdown` turns true.
-pub async fn run(mut options: MqttOptions, store: Store, settings: BridgeSettings, mut shutdown: watch::Receiver<bool>) -> Result<(), Error> {
-    options.set_manual_acks(true);
-    options.set_clean_session(true);
-    let (client, eventloop) = AsyncClient::new(options, 10_000);
+///
+/// The bridge holds two connections to the broker: one consumes outboxes (and sends only
+/// acks), one publishes deliveries. On a single connection, acks for consumed messages
+/// queue behind deliveries waiting for the broker's acks, and under a burst both sides
+/// wait for each other.
+pub async fn run(options: MqttOptions, store: Store, settings: BridgeSettings, mut shutdown: watch::Receiver<bool>) -> Result<(), Error> {
+    let mut consumer_options = options.clone();
+    consumer_options.set_client_id(format!("{}-in", options.client_id()));
+    consumer_options.set_manual_acks(true);
+    consumer_options.set_clean_session(true);
+    let (consumer, consumer_loop) = AsyncClient::new(consumer_options, 10_000);
+    let mut producer_options = options.clone();
+    producer_options.set_client_id(format!("{}-out", options.client_id()));
+    producer_options.set_inflight(1000);
+    let (producer, producer_loop) = AsyncClient::new(producer_options, 10_000);
+
     let (incoming_tx, mut incoming) = mpsc::unbounded_channel();
-    let poller = tokio::spawn(poll(eventloop, client.clone(), incoming_tx));
+    let consumer_task = tokio::spawn(poll(consumer_loop, Some(consumer.clone()), incoming_tx.clone()));
+    let producer_task = tokio::spawn(poll(producer_loop, None, incoming_tx));
     let mut bridge = Bridge {
-        client,
+        client: producer,
         store,
         apps: HashMap::new(),
     };
@@ -84,27 +97,31 @@ pub async fn run(mut options: MqttOptions, store: Store, settings: BridgeSetting
                 }
                 bridge.process(&batch).await;
                 for publish in batch.drain(..) {
-                    bridge.client.ack(&publish).await?;
+                    consumer.ack(&publish).await?;
                 }
             }
             _ = shutdown.changed() => break,
         }
     }
-    poller.abort();
+    consumer_task.abort();
+    producer_task.abort();
     Ok(())
 }
 
-/// Drives the MQTT connection: (re)subscribes after every CONNACK and passes outbox
-/// publishes on. Never blocks on the processor (the channel is unbounded; rumqttd's
-/// inflight limit bounds it, since nothing is acked before it is processed).
-async fn poll(mut eventloop: EventLoop, client: AsyncClient, incoming: mpsc::UnboundedSender<Publish>) {
+/// Drives one MQTT connection. The consumer's (`subscriber` set) (re)subscribes after
+/// every CONNACK and passes outbox publishes on; it never blocks on the processor (the
+/// channel is unbounded; rumqttd's inflight limit bounds it, since nothing is acked before
+/// it is processed).
+async fn poll(mut eventloop: EventLoop, subscriber: Option<AsyncClient>, incoming: mpsc::UnboundedSender<Publish>) {
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                if let Err(e) = client.try_subscribe(store::topics::OUTBOX_SHARED_FILTER, QoS::AtLeastOnce) {
-                    tracing::error!(error = %e, "bridge cannot subscribe");
+                if let Some(client) = &subscriber {
+                    if let Err(e) = client.try_subscribe(store::topics::OUTBOX_SHARED_FILTER, QoS::AtLeastOnce) {
+                        tracing::error!(error = %e, "bridge cannot subscribe");
+                    }
+                    tracing::info!("bridge subscribed to {}", store::topics::OUTBOX_SHARED_FILTER);
                 }
-                tracing::info!("bridge subscribed to {}", store::topics::OUTBOX_SHARED_FILTER);
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 if incoming.send(publish).is_err() {

@@ -121,10 +121,12 @@ impl EmbeddedBroker {
             })
             .map_err(Error::io("starting the embedded broker thread"))?;
 
+        // Ready when it accepts our credentials: that also proves the port is ours, not
+        // taken by someone else between picking it and rumqttd binding it.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        while !accepts_login(addr, &username, &password) {
             if Instant::now() > deadline {
-                return Err(Error::Broker(format!("did not start listening on {addr}")));
+                return Err(Error::Broker(format!("did not start on {addr} (is the port taken?)")));
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -144,4 +146,24 @@ impl EmbeddedBroker {
         options.set_max_packet_size(usize::MAX >> 1, usize::MAX >> 1);
         options
     }
+}
+
+/// Connects, logs in and disconnects cleanly; true if rumqttd accepted the login.
+fn accepts_login(addr: SocketAddr, username: &str, password: &str) -> bool {
+    use rumqttc::mqttbytes::v4;
+    use std::io::{Read, Write};
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut connect = v4::Connect::new(format!("chatd-probe-{}", store::tokens::random_secret(8)));
+    connect.set_login(username, password);
+    let mut out = bytes::BytesMut::new();
+    if v4::Packet::Connect(connect).write(&mut out, usize::MAX).is_err() || stream.write_all(&out).is_err() {
+        return false;
+    }
+    let mut connack = [0u8; 4];
+    let accepted = stream.read_exact(&mut connack).is_ok() && connack[0] == 0x20 && connack[3] == 0;
+    let _ = stream.write_all(&[0xE0, 0x00]);
+    accepted
 }

@@ -1,0 +1,172 @@
+//! The `chatd` binary as a real process: first start prints the dev app's credentials,
+//! and every acked message survives `kill -9`.
+
+mod common;
+
+use std::collections::HashSet;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::Backend;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+struct Chatd {
+    child: Child,
+    mqtt_port: u16,
+    api: String,
+    lines: Vec<String>,
+}
+
+/// Starts the binary on free ports and reads its banner.
+async fn start_chatd(database_url: &str, data_dir: &std::path::Path) -> Chatd {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chatd"))
+        .env("DATABASE_URL", database_url)
+        .env("CHATD_DATA_DIR", data_dir)
+        .env("CHATD_MQTT__TCP", "127.0.0.1:0")
+        .env("CHATD_MQTT__WS", "")
+        .env("CHATD_API__LISTEN", "127.0.0.1:0")
+        .env("RUST_LOG", std::env::var("CHILD_LOG").unwrap_or("warn".into()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("chatd starts");
+    let mut reader = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut lines = Vec::new();
+    let banner = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = reader.next_line().await.unwrap() {
+            let done = line.starts_with("REST API:");
+            lines.push(line);
+            if done {
+                break;
+            }
+        }
+    });
+    banner.await.expect("chatd printed its addresses");
+    let value = |prefix: &str| {
+        lines
+            .iter()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(|v| v.trim().to_string()))
+            .unwrap_or_else(|| panic!("no '{prefix}' in {lines:?}"))
+    };
+    let mqtt_port = value("MQTT (TCP):").rsplit(':').next().unwrap().parse().unwrap();
+    let api = value("REST API:");
+    // Keep draining stdout so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = reader.next_line().await {} });
+    Chatd { child, mqtt_port, api, lines }
+}
+
+async fn post(http: &reqwest::Client, url: String, token: Option<&str>, body: Value) -> Value {
+    let mut req = http.post(url).json(&body);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let (status, body) = common::into_json(req.send().await.unwrap()).await;
+    assert!(status < 300, "{status} {body}");
+    body
+}
+
+async fn acked_messages_survive_kill_9(backend: Backend) {
+    let (url, dir) = common::fresh_database(backend).await;
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut chatd = start_chatd(&url, data_dir.path()).await;
+    let banner = chatd.lines.join("\n");
+    assert!(banner.contains("Created the dev app demo/chat"), "{banner}");
+    let field = |name: &str| {
+        chatd.lines.iter().find_map(|l| l.trim().strip_prefix(name).map(|v| v.trim().to_string())).unwrap()
+    };
+    let (client_id, client_secret) = (field("client_id:"), field("client_secret:"));
+    let http = reqwest::Client::new();
+    let base = format!("{}/demo/chat", chatd.api);
+    let app_token = post(&http, format!("{base}/token"), None, json!({"grant_type": "client_credentials", "client_id": client_id, "client_secret": client_secret})).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    post(&http, format!("{base}/users"), Some(&app_token), json!([{"username": "alice", "password": "pw"}, {"username": "bob", "password": "pw"}])).await;
+    let alice = post(&http, format!("{base}/token"), None, json!({"grant_type": "password", "username": "alice", "password": "pw"})).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Alice streams messages; the server is killed while acks are still arriving.
+    let mut options = MqttOptions::new("alice-phone", "127.0.0.1", chatd.mqtt_port);
+    options.set_credentials("alice", &alice);
+    let (client, mut eventloop) = AsyncClient::new(options, 1000);
+    client.subscribe("chat/demo/chat/u/alice/in", QoS::AtLeastOnce).await.unwrap();
+    let sender = client.clone();
+    tokio::spawn(async move {
+        for i in 0..2000 {
+            let envelope = json!({"op": "send", "cid": format!("k{i}"), "chat": "user", "to": "bob", "type": "txt", "body": {"msg": format!("m{i}")}});
+            if sender.publish("chat/demo/chat/u/alice/out", QoS::AtLeastOnce, false, envelope.to_string()).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut acked = HashSet::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), eventloop.poll()).await.expect("acks keep coming") {
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                let v: Value = serde_json::from_slice(&p.payload).unwrap();
+                if v["op"] == "ack" {
+                    acked.insert(v["cid"].as_str().unwrap().to_string());
+                }
+            }
+            Ok(_) => {}
+            Err(e) => panic!("connection failed before the kill: {e}"),
+        }
+        if acked.len() >= 300 {
+            break;
+        }
+    }
+    // SIGKILL: no shutdown code runs.
+    chatd.child.start_kill().unwrap();
+    chatd.child.wait().await.unwrap();
+    // Acks already on the wire are acks too.
+    while let Ok(Ok(event)) = tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await {
+        if let Event::Incoming(Packet::Publish(p)) = event {
+            let v: Value = serde_json::from_slice(&p.payload).unwrap();
+            if v["op"] == "ack" {
+                acked.insert(v["cid"].as_str().unwrap().to_string());
+            }
+        }
+    }
+
+    // Restarted on the same database: every acked message is there, seqs have no gaps.
+    let chatd = start_chatd(&url, data_dir.path()).await;
+    assert!(!chatd.lines.join("\n").contains("Created the dev app"), "dev app created twice");
+    let base = format!("{}/demo/chat", chatd.api);
+    let app_token = post(&http, format!("{base}/token"), None, json!({"grant_type": "client_credentials", "client_id": client_id, "client_secret": client_secret})).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut stored = Vec::new();
+    let mut from_seq = 1;
+    loop {
+        let resp = http
+            .get(format!("{base}/users/bob/conversations/user/alice/messages?from_seq={from_seq}&limit=200"))
+            .bearer_auth(&app_token)
+            .send()
+            .await
+            .unwrap();
+        let (status, page) = common::into_json(resp).await;
+        assert_eq!(status, 200, "{page}");
+        let entities = page["entities"].as_array().unwrap().clone();
+        if entities.is_empty() {
+            break;
+        }
+        from_seq = entities.last().unwrap()["seq"].as_i64().unwrap() + 1;
+        stored.extend(entities);
+    }
+    let seqs: Vec<i64> = stored.iter().map(|m| m["seq"].as_i64().unwrap()).collect();
+    assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>(), "gaps in seq");
+    let stored_texts: HashSet<String> = stored.iter().map(|m| m["body"]["msg"].as_str().unwrap().to_string()).collect();
+    let missing: Vec<_> = acked.iter().filter(|cid| !stored_texts.contains(&format!("m{}", &cid[1..]))).collect();
+    assert!(missing.is_empty(), "{} acked messages lost after kill -9: {missing:?}", missing.len());
+    assert!(acked.len() >= 300);
+    drop(dir);
+}
+
+on_both_backends!(acked_messages_survive_kill_9);
