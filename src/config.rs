@@ -97,11 +97,16 @@ max_batch = 512
 impl Config {
     /// Defaults, then `file` if given, then the environment.
     pub fn load(file: Option<&std::path::Path>) -> Result<Config, config::ConfigError> {
-        let mut builder = config::Config::builder().add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
+        let mut builder =
+            config::Config::builder().add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
         if let Some(file) = file {
             builder = builder.add_source(config::File::from(file).format(config::FileFormat::Toml).required(true));
         }
-        builder = builder.add_source(config::Environment::with_prefix("CHATD").prefix_separator("_").separator("__"));
+        builder = builder.add_source(
+            config::Environment::with_prefix("CHATD")
+                .prefix_separator("_")
+                .separator("__"),
+        );
         if let Ok(url) = std::env::var("DATABASE_URL") {
             builder = builder.set_override("database_url", url)?;
         }

@@ -156,7 +156,7 @@ pub async fn ensure_dev_app(store: &Store) -> anyhow::Result<Option<store::tenan
     match store.create_app("demo", "chat").await {
         Ok((_, credentials)) => Ok(Some(credentials)),
         // Another process sharing the database got there first.
-        Err(e) if matches!(e, store::Error::Conflict(_)) => Ok(None),
+        Err(store::Error::Conflict(_)) => Ok(None),
         Err(e) => Err(e.into()),
     }
 }

@@ -95,7 +95,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     let show = |addr: Option<std::net::SocketAddr>| addr.map_or("off".to_string(), |a| a.to_string());
     println!("MQTT (TCP):       {}", show(server.mqtt_addr));
-    println!("MQTT (WebSocket): {}", server.ws_addr.map_or("off".into(), |a| format!("ws://{a}/mqtt")));
+    println!(
+        "MQTT (WebSocket): {}",
+        server.ws_addr.map_or("off".into(), |a| format!("ws://{a}/mqtt"))
+    );
     println!("MQTT (TLS):       {}", show(server.tls_addr));
     println!("REST API:         http://{}", server.api_addr);
     tokio::select! {
@@ -113,7 +116,9 @@ async fn app(config: Config, command: AppCommand) -> anyhow::Result<()> {
     if config.database_url.is_empty() {
         std::fs::create_dir_all(&config.data_dir)?;
     }
-    let store = store::Store::connect(&url, 2).await.with_context(|| format!("opening {}", chatd::redact(&url)))?;
+    let store = store::Store::connect(&url, 2)
+        .await
+        .with_context(|| format!("opening {}", chatd::redact(&url)))?;
     match command {
         AppCommand::Create { org, app } => {
             let (app, creds) = store.create_app(&org, &app).await?;

@@ -9,7 +9,11 @@ async fn tokens_and_tenants(backend: Backend) {
     let t = spawn_app(backend).await;
     // Wrong secret, unknown grant, bad JSON: clear 4xx.
     let (status, body) = t
-        .post("/token", None, json!({"grant_type": "client_credentials", "client_id": t.client_id, "client_secret": "nope"}))
+        .post(
+            "/token",
+            None,
+            json!({"grant_type": "client_credentials", "client_id": t.client_id, "client_secret": "nope"}),
+        )
         .await;
     assert_eq!(status, 401, "{body}");
     let (status, body) = t.post("/token", None, json!({"grant_type": "magic"})).await;
@@ -42,8 +46,18 @@ async fn tokens_and_tenants(backend: Backend) {
     let (status, body) = common::into_json(resp).await;
     assert_eq!(status, 200);
     let other_token = body["access_token"].as_str().unwrap().to_string();
-    assert_eq!(t.get("/users", &other_token).await.0, 401, "a token of acme/support worked in demo/chat");
-    let resp = t.http.get(format!("{other_url}/users/alice")).bearer_auth(&other_token).send().await.unwrap();
+    assert_eq!(
+        t.get("/users", &other_token).await.0,
+        401,
+        "a token of acme/support worked in demo/chat"
+    );
+    let resp = t
+        .http
+        .get(format!("{other_url}/users/alice"))
+        .bearer_auth(&other_token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 404, "alice of demo/chat visible in acme/support");
     let resp = t
         .http
@@ -63,18 +77,27 @@ async fn tokens_and_tenants(backend: Backend) {
     assert!(body["error_description"].as_str().unwrap().contains("rotated"));
 
     // An expired token is refused.
-    let expired = t.token(json!({"grant_type": "password", "username": "alice", "password": "pw", "ttl": 1})).await;
+    let expired = t
+        .token(json!({"grant_type": "password", "username": "alice", "password": "pw", "ttl": 1}))
+        .await;
     tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
     let (status, body) = t.get("/users/alice", &expired).await;
     assert_eq!(status, 401, "{body}");
-    assert!(body["error_description"].as_str().unwrap().contains("expired"), "{body}");
+    assert!(
+        body["error_description"].as_str().unwrap().contains("expired"),
+        "{body}"
+    );
 }
 
 async fn users_crud_and_validation(backend: Backend) {
     let t = spawn_app(backend).await;
     let tok = t.app_token.clone();
     let (status, body) = t
-        .post("/users", Some(&tok), json!([{"username": "Alice", "password": "pw", "nickname": "Al"}, {"username": "bob", "password": "pw"}]))
+        .post(
+            "/users",
+            Some(&tok),
+            json!([{"username": "Alice", "password": "pw", "nickname": "Al"}, {"username": "bob", "password": "pw"}]),
+        )
         .await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["entities"][0]["username"], "alice", "usernames are lower-cased");
@@ -92,11 +115,19 @@ async fn users_crud_and_validation(backend: Backend) {
         let text = body["error_description"].as_str().unwrap();
         assert!(text.contains(needle), "{bad}: '{text}' does not mention {needle}");
     }
-    let (status, body) = t.post("/users", Some(&tok), json!({"username": "bob", "password": "x"})).await;
+    let (status, body) = t
+        .post("/users", Some(&tok), json!({"username": "bob", "password": "x"}))
+        .await;
     assert_eq!(status, 409, "{body}");
     assert!(body["error_description"].as_str().unwrap().contains("bob"));
     // All or nothing: one duplicate in a batch creates none.
-    let (status, _) = t.post("/users", Some(&tok), json!([{"username": "dave", "password": "x"}, {"username": "bob", "password": "x"}])).await;
+    let (status, _) = t
+        .post(
+            "/users",
+            Some(&tok),
+            json!([{"username": "dave", "password": "x"}, {"username": "bob", "password": "x"}]),
+        )
+        .await;
     assert_eq!(status, 409);
     assert_eq!(t.get("/users/dave", &tok).await.0, 404);
 
@@ -109,10 +140,21 @@ async fn users_crud_and_validation(backend: Backend) {
     assert_eq!(page1["count"], 2);
     let cursor = page1["cursor"].as_str().unwrap();
     let (_, page2) = t.get(&format!("/users?limit=2&cursor={cursor}"), &tok).await;
-    let (_, page3) = t.get(&format!("/users?limit=2&cursor={}", page2["cursor"].as_str().unwrap()), &tok).await;
+    let (_, page3) = t
+        .get(
+            &format!("/users?limit=2&cursor={}", page2["cursor"].as_str().unwrap()),
+            &tok,
+        )
+        .await;
     let names: Vec<_> = [&page1, &page2, &page3]
         .iter()
-        .flat_map(|p| p["entities"].as_array().unwrap().iter().map(|u| u["username"].as_str().unwrap().to_string()))
+        .flat_map(|p| {
+            p["entities"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|u| u["username"].as_str().unwrap().to_string())
+        })
         .collect();
     assert_eq!(names, ["alice", "bob", "u1", "u2", "u3"]);
     assert!(page3["cursor"].is_null());
@@ -131,18 +173,50 @@ async fn users_crud_and_validation(backend: Backend) {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["entities"][0]["nickname"], "Bobby");
     assert_eq!(body["entities"][0]["metadata"]["avatar"], "https://x/y.png");
-    let resp = t.http.put(t.url("/users/bob")).bearer_auth(&tok).json(&json!({"metadata": {"n": 1}})).send().await.unwrap();
+    let resp = t
+        .http
+        .put(t.url("/users/bob"))
+        .bearer_auth(&tok)
+        .json(&json!({"metadata": {"n": 1}}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 400);
-    let resp = t.http.put(t.url("/users/nobody")).bearer_auth(&tok).json(&json!({"nickname": "x"})).send().await.unwrap();
+    let resp = t
+        .http
+        .put(t.url("/users/nobody"))
+        .bearer_auth(&tok)
+        .json(&json!({"nickname": "x"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 404);
 
     // Delete; the user's password no longer works.
-    let resp = t.http.delete(t.url("/users/bob")).bearer_auth(&tok).send().await.unwrap();
+    let resp = t
+        .http
+        .delete(t.url("/users/bob"))
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(t.get("/users/bob", &tok).await.0, 404);
-    let (status, _) = t.post("/token", None, json!({"grant_type": "password", "username": "bob", "password": "pw"})).await;
+    let (status, _) = t
+        .post(
+            "/token",
+            None,
+            json!({"grant_type": "password", "username": "bob", "password": "pw"}),
+        )
+        .await;
     assert_eq!(status, 401);
-    let resp = t.http.delete(t.url("/users/bob")).bearer_auth(&tok).send().await.unwrap();
+    let resp = t
+        .http
+        .delete(t.url("/users/bob"))
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 404);
 }
 

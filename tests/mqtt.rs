@@ -18,16 +18,32 @@ async fn refuses_bad_tokens(backend: Backend) {
     let port = t.mqtt_port();
 
     let mut raw = Raw::tcp(port).await;
-    assert_eq!(raw.connect4("p", "alice", &alice, 30).await, v4::ConnectReturnCode::Success);
+    assert_eq!(
+        raw.connect4("p", "alice", &alice, 30).await,
+        v4::ConnectReturnCode::Success
+    );
 
     // 3.1.1: wrong token, someone else's token, forged, expired, no password at all.
     let bob = t.user("bob").await;
-    let forged = store::tokens::Tokens::new("forger").issue("alice", "demo", "chat", store::tokens::Role::User, 0, 600).unwrap();
-    let expired = t.token(json!({"grant_type": "password", "username": "alice", "password": "pw", "ttl": 1})).await;
+    let forged = store::tokens::Tokens::new("forger")
+        .issue("alice", "demo", "chat", store::tokens::Role::User, 0, 600)
+        .unwrap();
+    let expired = t
+        .token(json!({"grant_type": "password", "username": "alice", "password": "pw", "ttl": 1}))
+        .await;
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    for bad in ["garbage", bob.as_str(), forged.as_str(), expired.as_str(), t.app_token.as_str()] {
+    for bad in [
+        "garbage",
+        bob.as_str(),
+        forged.as_str(),
+        expired.as_str(),
+        t.app_token.as_str(),
+    ] {
         let mut raw = Raw::tcp(port).await;
-        assert_eq!(raw.connect4("p", "alice", bad, 30).await, v4::ConnectReturnCode::NotAuthorized);
+        assert_eq!(
+            raw.connect4("p", "alice", bad, 30).await,
+            v4::ConnectReturnCode::NotAuthorized
+        );
         assert!(raw.recv4().await.is_none(), "connection left open after refusal");
     }
     // MQTT 5: 0x87.
@@ -40,22 +56,52 @@ async fn refuses_bad_tokens(backend: Backend) {
     let other_app = t.server.store.find_app("acme", "chat").await.unwrap();
     t.server
         .store
-        .create_users(&other_app.id, &[store::users::NewUser { username: "alice".into(), password: "pw".into(), nickname: None }])
+        .create_users(
+            &other_app.id,
+            &[store::users::NewUser {
+                username: "alice".into(),
+                password: "pw".into(),
+                nickname: None,
+            }],
+        )
         .await
         .unwrap();
     let _ = creds;
-    let acme_alice = t.server.tokens.issue("alice", "acme", "chat", store::tokens::Role::User, 0, 600).unwrap();
+    let acme_alice = t
+        .server
+        .tokens
+        .issue("alice", "acme", "chat", store::tokens::Role::User, 0, 600)
+        .unwrap();
     let mut raw = Raw::tcp(port).await;
-    assert_eq!(raw.connect4("p", "alice", &acme_alice, 30).await, v4::ConnectReturnCode::Success);
-    raw.send4(v4::Packet::Subscribe(v4::Subscribe::new("chat/demo/chat/u/alice/in", QoS::AtLeastOnce))).await;
+    assert_eq!(
+        raw.connect4("p", "alice", &acme_alice, 30).await,
+        v4::ConnectReturnCode::Success
+    );
+    raw.send4(v4::Packet::Subscribe(v4::Subscribe::new(
+        "chat/demo/chat/u/alice/in",
+        QoS::AtLeastOnce,
+    )))
+    .await;
     match raw.recv4().await {
-        Some(v4::Packet::SubAck(ack)) => assert_eq!(ack.return_codes, vec![v4::SubscribeReasonCode::Failure], "acme's alice read demo's alice"),
+        Some(v4::Packet::SubAck(ack)) => assert_eq!(
+            ack.return_codes,
+            vec![v4::SubscribeReasonCode::Failure],
+            "acme's alice read demo's alice"
+        ),
         other => panic!("{other:?}"),
     }
     // A deleted user's token stops working.
-    t.http.delete(t.url("/users/bob")).bearer_auth(&t.app_token).send().await.unwrap();
+    t.http
+        .delete(t.url("/users/bob"))
+        .bearer_auth(&t.app_token)
+        .send()
+        .await
+        .unwrap();
     let mut raw = Raw::tcp(port).await;
-    assert_eq!(raw.connect4("p", "bob", &bob, 30).await, v4::ConnectReturnCode::NotAuthorized);
+    assert_eq!(
+        raw.connect4("p", "bob", &bob, 30).await,
+        v4::ConnectReturnCode::NotAuthorized
+    );
 }
 
 async fn enforces_topic_acl(backend: Backend) {
@@ -89,7 +135,11 @@ async fn enforces_topic_acl(backend: Backend) {
     match raw.recv4().await {
         Some(v4::Packet::SubAck(ack)) => {
             assert_eq!(ack.pkid, 7);
-            let got: Vec<bool> = ack.return_codes.iter().map(|c| *c != v4::SubscribeReasonCode::Failure).collect();
+            let got: Vec<bool> = ack
+                .return_codes
+                .iter()
+                .map(|c| *c != v4::SubscribeReasonCode::Failure)
+                .collect();
             let want: Vec<bool> = filters.iter().map(|(_, ok)| *ok).collect();
             assert_eq!(got, want);
         }
@@ -99,7 +149,10 @@ async fn enforces_topic_acl(backend: Backend) {
     let mut p = v4::Publish::new("chat/demo/chat/u/bob/out", QoS::AtLeastOnce, "{}");
     p.pkid = 1;
     raw.send4(v4::Packet::Publish(p)).await;
-    assert!(raw.recv4().await.is_none(), "forbidden 3.1.1 publish did not close the connection");
+    assert!(
+        raw.recv4().await.is_none(),
+        "forbidden 3.1.1 publish did not close the connection"
+    );
 
     // MQTT 5: SUBACK and PUBACK carry 0x87, and the connection stays up.
     let mut raw = Raw::tcp(port).await;
@@ -121,7 +174,12 @@ async fn enforces_topic_acl(backend: Backend) {
         }
         other => panic!("{other:?}"),
     }
-    let mut p = v5::Publish::new("chat/demo/chat/u/bob/out", rumqttc::v5::mqttbytes::QoS::AtLeastOnce, "{}", None);
+    let mut p = v5::Publish::new(
+        "chat/demo/chat/u/bob/out",
+        rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        "{}",
+        None,
+    );
     p.pkid = 9;
     raw.send5(v5::Packet::Publish(p)).await;
     match raw.recv5().await {
@@ -144,14 +202,25 @@ async fn send_ack_deliver_echo_and_duplicates(backend: Backend) {
 
     phone.send_text("c1", "bob", "hello").await;
     let ack = phone.next_op("ack").await;
-    assert_eq!((ack["cid"].as_str(), ack["seq"].as_i64(), ack["conv"].as_str()), (Some("c1"), Some(1), Some("u:alice:bob")));
+    assert_eq!(
+        (ack["cid"].as_str(), ack["seq"].as_i64(), ack["conv"].as_str()),
+        (Some("c1"), Some(1), Some("u:alice:bob"))
+    );
     for bob in [&mut bob1, &mut bob2] {
         let msg = bob.next_op("msg").await;
-        assert_eq!((msg["from"].as_str(), msg["body"]["msg"].as_str(), msg["id"].as_str()), (Some("alice"), Some("hello"), ack["id"].as_str()));
+        assert_eq!(
+            (msg["from"].as_str(), msg["body"]["msg"].as_str(), msg["id"].as_str()),
+            (Some("alice"), Some("hello"), ack["id"].as_str())
+        );
         assert!(msg.get("cid").is_none(), "the sender's cid leaked to the recipient");
     }
     let echo = tablet.next_op("msg").await;
-    assert_eq!((echo["id"].as_str(), echo["cid"].as_str(), echo["from_device"].as_str()), (ack["id"].as_str(), Some("c1"), Some("alice-phone")));
+    // The ack tells the sending device its own inbox position, the one its tablet saw.
+    assert_eq!(ack["useq"], echo["useq"]);
+    assert_eq!(
+        (echo["id"].as_str(), echo["cid"].as_str(), echo["from_device"].as_str()),
+        (ack["id"].as_str(), Some("c1"), Some("alice-phone"))
+    );
 
     // The same cid again (a retry): the same ack, nothing delivered twice, one row stored.
     phone.send_text("c1", "bob", "hello").await;
@@ -174,12 +243,27 @@ async fn send_ack_deliver_echo_and_duplicates(backend: Backend) {
     assert_eq!(phone.next_op("msg").await["body"]["msg"], "hi alice");
 
     // History over REST, by seq range, for either side.
-    let (status, history) = t.get("/users/bob/conversations/user/alice/messages?from_seq=2&to_seq=3", &bob_token).await;
+    let (status, history) = t
+        .get(
+            "/users/bob/conversations/user/alice/messages?from_seq=2&to_seq=3",
+            &bob_token,
+        )
+        .await;
     assert_eq!(status, 200, "{history}");
-    let seqs: Vec<i64> = history["entities"].as_array().unwrap().iter().map(|m| m["seq"].as_i64().unwrap()).collect();
+    let seqs: Vec<i64> = history["entities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_i64().unwrap())
+        .collect();
     assert_eq!(seqs, [2, 3]);
     assert_eq!(history["last_seq"], 3);
-    assert_eq!(t.get("/users/alice/conversations/user/bob/messages", &bob_token).await.0, 403);
+    assert_eq!(
+        t.get("/users/alice/conversations/user/bob/messages", &bob_token)
+            .await
+            .0,
+        403
+    );
 }
 
 async fn bad_input_gets_errors_and_loses_nothing(backend: Backend) {
@@ -197,7 +281,11 @@ async fn bad_input_gets_errors_and_loses_nothing(backend: Backend) {
         (json!({"op": "send", "cid": "x4", "chat": "user", "to": "bob", "type": "txt", "body": {"msg": "x".repeat(70_000)}}).to_string(), "too_large"),
     ];
     for (payload, code) in &cases {
-        alice.client.publish(&alice.outbox, QoS::AtLeastOnce, false, payload.clone()).await.unwrap();
+        alice
+            .client
+            .publish(&alice.outbox, QoS::AtLeastOnce, false, payload.clone())
+            .await
+            .unwrap();
         let err = alice.next_op("error").await;
         assert_eq!(err["code"], *code, "{err}");
         assert!(!err["message"].as_str().unwrap().is_empty());
@@ -245,7 +333,8 @@ async fn catch_up_after_offline(backend: Backend) {
     let mut after = last_seen;
     let mut got = Vec::new();
     loop {
-        bob.publish(json!({"op": "sync", "cid": format!("s{after}"), "after": after, "limit": 100})).await;
+        bob.publish(json!({"op": "sync", "cid": format!("s{after}"), "after": after, "limit": 100}))
+            .await;
         let page = bob.next_op("synced").await;
         assert_eq!(page["after"], after);
         for m in page["msgs"].as_array().unwrap() {
@@ -260,9 +349,16 @@ async fn catch_up_after_offline(backend: Backend) {
     assert_eq!(got, want);
 
     // The REST inbox gives the same, and the seqs have no gaps.
-    let (status, page) = t.get(&format!("/users/bob/inbox?after={last_seen}&limit=200"), &bob_token).await;
+    let (status, page) = t
+        .get(&format!("/users/bob/inbox?after={last_seen}&limit=200"), &bob_token)
+        .await;
     assert_eq!(status, 200);
-    let useqs: Vec<i64> = page["msgs"].as_array().unwrap().iter().map(|m| m["useq"].as_i64().unwrap()).collect();
+    let useqs: Vec<i64> = page["msgs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["useq"].as_i64().unwrap())
+        .collect();
     assert_eq!(useqs, ((last_seen + 1)..=(last_seen + 200)).collect::<Vec<_>>());
     assert_eq!(page["more"], true);
 }
@@ -272,7 +368,11 @@ async fn presence_counts_devices(backend: Backend) {
     let alice_token = t.user("alice").await;
     let bob_token = t.user("bob").await;
     let mut watcher = t.device("bob", &bob_token, "watcher").await;
-    watcher.client.subscribe("chat/demo/chat/presence/alice", QoS::AtLeastOnce).await.unwrap();
+    watcher
+        .client
+        .subscribe("chat/demo/chat/presence/alice", QoS::AtLeastOnce)
+        .await
+        .unwrap();
     watcher.wait_for(|p| matches!(p, rumqttc::Packet::SubAck(_))).await;
 
     let phone = t.device("alice", &alice_token, "phone").await;
@@ -285,15 +385,25 @@ async fn presence_counts_devices(backend: Backend) {
     assert_eq!((p["status"].as_str(), p["devices"].as_i64()), (Some("online"), Some(1)));
     drop(tablet);
     let p = watcher.next_op_on_presence().await;
-    assert_eq!((p["status"].as_str(), p["devices"].as_i64()), (Some("offline"), Some(0)));
+    assert_eq!(
+        (p["status"].as_str(), p["devices"].as_i64()),
+        (Some("offline"), Some(0))
+    );
     assert!(p["last_seen"].as_i64().unwrap() > 0);
 
     // Retained: a late subscriber gets the current state at once.
     let mut late = Raw::tcp(t.mqtt_port()).await;
     late.connect4("late", "bob", &bob_token, 30).await;
-    late.send4(v4::Packet::Subscribe(v4::Subscribe::new("chat/demo/chat/presence/alice", QoS::AtLeastOnce))).await;
+    late.send4(v4::Packet::Subscribe(v4::Subscribe::new(
+        "chat/demo/chat/presence/alice",
+        QoS::AtLeastOnce,
+    )))
+    .await;
     let (topic, p) = late.next_publish4().await;
-    assert_eq!((topic.as_str(), p["status"].as_str()), ("chat/demo/chat/presence/alice", Some("offline")));
+    assert_eq!(
+        (topic.as_str(), p["status"].as_str()),
+        ("chat/demo/chat/presence/alice", Some("offline"))
+    );
     // Nobody but the server publishes presence.
     let mut raw = Raw::tcp(t.mqtt_port()).await;
     raw.connect4("liar", "alice", &alice_token, 30).await;
@@ -305,8 +415,12 @@ async fn presence_counts_devices(backend: Backend) {
 
 impl common::Device {
     async fn next_op_on_presence(&mut self) -> serde_json::Value {
-        let packet = self.wait_for(|p| matches!(p, rumqttc::Packet::Publish(p) if p.topic.contains("/presence/"))).await;
-        let rumqttc::Packet::Publish(p) = packet else { unreachable!() };
+        let packet = self
+            .wait_for(|p| matches!(p, rumqttc::Packet::Publish(p) if p.topic.contains("/presence/")))
+            .await;
+        let rumqttc::Packet::Publish(p) = packet else {
+            unreachable!()
+        };
         serde_json::from_slice(&p.payload).unwrap()
     }
 }
@@ -321,14 +435,25 @@ async fn websocket_v4_and_v5_and_keepalive_zero(backend: Backend) {
     let mut bob = Raw::ws(ws_port).await;
     let ack = bob.connect5("bob-web", "bob", &bob_token, 0).await;
     assert_eq!(ack.code, v5::ConnectReturnCode::Success);
-    let sub = v5::Subscribe::new(v5::Filter::new(t.inbox("bob"), rumqttc::v5::mqttbytes::QoS::AtLeastOnce), None);
+    let sub = v5::Subscribe::new(
+        v5::Filter::new(t.inbox("bob"), rumqttc::v5::mqttbytes::QoS::AtLeastOnce),
+        None,
+    );
     bob.send5(v5::Packet::Subscribe(sub)).await;
     assert!(matches!(bob.recv5().await, Some(v5::Packet::SubAck(_))));
 
     // 3.1.1 over WebSocket, keepalive 0, and a topic alias-free publish.
     let mut alice = Raw::ws(ws_port).await;
-    assert_eq!(alice.connect4("alice-web", "alice", &alice_token, 0).await, v4::ConnectReturnCode::Success);
-    alice.send4(v4::Packet::Subscribe(v4::Subscribe::new(t.inbox("alice"), QoS::AtLeastOnce))).await;
+    assert_eq!(
+        alice.connect4("alice-web", "alice", &alice_token, 0).await,
+        v4::ConnectReturnCode::Success
+    );
+    alice
+        .send4(v4::Packet::Subscribe(v4::Subscribe::new(
+            t.inbox("alice"),
+            QoS::AtLeastOnce,
+        )))
+        .await;
     assert!(matches!(alice.recv4().await, Some(v4::Packet::SubAck(_))));
     let mut p = v4::Publish::new(
         t.outbox("alice"),
@@ -340,14 +465,21 @@ async fn websocket_v4_and_v5_and_keepalive_zero(backend: Backend) {
     let (_, ack) = alice.next_publish4().await;
     assert_eq!((ack["op"].as_str(), ack["cid"].as_str()), (Some("ack"), Some("w1")));
     let (topic, msg) = bob.next_publish5().await;
-    assert_eq!((topic, msg["type"].as_str(), msg["body"]["addr"].as_str()), (t.inbox("bob"), Some("loc"), Some("Berlin")));
+    assert_eq!(
+        (topic, msg["type"].as_str(), msg["body"]["addr"].as_str()),
+        (t.inbox("bob"), Some("loc"), Some("Berlin"))
+    );
 
     // MQTT 5 topic alias: set once, then publish with an empty topic.
-    let mut props = v5::PublishProperties { topic_alias: Some(1), ..Default::default() };
+    let mut props = v5::PublishProperties {
+        topic_alias: Some(1),
+        ..Default::default()
+    };
     let mut p = v5::Publish::new(
         t.outbox("bob"),
         rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
-        json!({"op": "send", "cid": "a1", "chat": "user", "to": "alice", "type": "txt", "body": {"msg": "one"}}).to_string(),
+        json!({"op": "send", "cid": "a1", "chat": "user", "to": "alice", "type": "txt", "body": {"msg": "one"}})
+            .to_string(),
         Some(props.clone()),
     );
     p.pkid = 1;
@@ -356,20 +488,27 @@ async fn websocket_v4_and_v5_and_keepalive_zero(backend: Backend) {
     let mut p = v5::Publish::new(
         "",
         rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
-        json!({"op": "send", "cid": "a2", "chat": "user", "to": "alice", "type": "txt", "body": {"msg": "two"}}).to_string(),
+        json!({"op": "send", "cid": "a2", "chat": "user", "to": "alice", "type": "txt", "body": {"msg": "two"}})
+            .to_string(),
         Some(props),
     );
     p.pkid = 2;
     bob.send5(v5::Packet::Publish(p)).await;
     let (_, m1) = alice.next_publish4().await;
     let (_, m2) = alice.next_publish4().await;
-    assert_eq!((m1["body"]["msg"].as_str(), m2["body"]["msg"].as_str()), (Some("one"), Some("two")));
+    assert_eq!(
+        (m1["body"]["msg"].as_str(), m2["body"]["msg"].as_str()),
+        (Some("one"), Some("two"))
+    );
 
     // A plain HTTP request is not served, and the listener carries on.
     let resp = reqwest::get(format!("http://127.0.0.1:{ws_port}/other")).await;
     assert!(resp.map_or(true, |r| r.status().is_client_error()));
     let mut again = Raw::ws(ws_port).await;
-    assert_eq!(again.connect4("alice-web2", "alice", &alice_token, 0).await, v4::ConnectReturnCode::Success);
+    assert_eq!(
+        again.connect4("alice-web2", "alice", &alice_token, 0).await,
+        v4::ConnectReturnCode::Success
+    );
 }
 
 async fn silent_device_is_dropped_and_handshakes_time_out(backend: Backend) {
@@ -383,7 +522,10 @@ async fn silent_device_is_dropped_and_handshakes_time_out(backend: Backend) {
     // An idle TCP connection that never upgrades to WebSocket does not block others.
     let _idle = tokio::net::TcpStream::connect(t.server.ws_addr.unwrap()).await.unwrap();
     let mut ws = Raw::ws(t.server.ws_addr.unwrap().port()).await;
-    assert_eq!(ws.connect4("w", "alice", &alice_token, 30).await, v4::ConnectReturnCode::Success);
+    assert_eq!(
+        ws.connect4("w", "alice", &alice_token, 30).await,
+        v4::ConnectReturnCode::Success
+    );
 
     // A socket that never sends CONNECT is closed.
     let mut silent = Raw::tcp(t.mqtt_port()).await;
@@ -391,7 +533,10 @@ async fn silent_device_is_dropped_and_handshakes_time_out(backend: Backend) {
 
     // Keepalive 1 s and then silence: dropped after 1.5 s, and presence says offline.
     let mut raw = Raw::tcp(t.mqtt_port()).await;
-    assert_eq!(raw.connect4("k", "alice", &alice_token, 1).await, v4::ConnectReturnCode::Success);
+    assert_eq!(
+        raw.connect4("k", "alice", &alice_token, 1).await,
+        v4::ConnectReturnCode::Success
+    );
     let started = std::time::Instant::now();
     assert!(raw.recv4().await.is_none());
     assert!(started.elapsed() >= Duration::from_millis(1400), "dropped too early");

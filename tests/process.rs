@@ -56,7 +56,12 @@ async fn start_chatd(database_url: &str, data_dir: &std::path::Path) -> Chatd {
     let api = value("REST API:");
     // Keep draining stdout so the child never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = reader.next_line().await {} });
-    Chatd { child, mqtt_port, api, lines }
+    Chatd {
+        child,
+        mqtt_port,
+        api,
+        lines,
+    }
 }
 
 async fn post(http: &reqwest::Client, url: String, token: Option<&str>, body: Value) -> Value {
@@ -76,17 +81,39 @@ async fn acked_messages_survive_kill_9(backend: Backend) {
     let banner = chatd.lines.join("\n");
     assert!(banner.contains("Created the dev app demo/chat"), "{banner}");
     let field = |name: &str| {
-        chatd.lines.iter().find_map(|l| l.trim().strip_prefix(name).map(|v| v.trim().to_string())).unwrap()
+        chatd
+            .lines
+            .iter()
+            .find_map(|l| l.trim().strip_prefix(name).map(|v| v.trim().to_string()))
+            .unwrap()
     };
     let (client_id, client_secret) = (field("client_id:"), field("client_secret:"));
     let http = reqwest::Client::new();
     let base = format!("{}/demo/chat", chatd.api);
-    let app_token = post(&http, format!("{base}/token"), None, json!({"grant_type": "client_credentials", "client_id": client_id, "client_secret": client_secret})).await["access_token"]
+    let app_token = post(
+        &http,
+        format!("{base}/token"),
+        None,
+        json!({"grant_type": "client_credentials", "client_id": client_id, "client_secret": client_secret}),
+    )
+    .await["access_token"]
         .as_str()
         .unwrap()
         .to_string();
-    post(&http, format!("{base}/users"), Some(&app_token), json!([{"username": "alice", "password": "pw"}, {"username": "bob", "password": "pw"}])).await;
-    let alice = post(&http, format!("{base}/token"), None, json!({"grant_type": "password", "username": "alice", "password": "pw"})).await["access_token"]
+    post(
+        &http,
+        format!("{base}/users"),
+        Some(&app_token),
+        json!([{"username": "alice", "password": "pw"}, {"username": "bob", "password": "pw"}]),
+    )
+    .await;
+    let alice = post(
+        &http,
+        format!("{base}/token"),
+        None,
+        json!({"grant_type": "password", "username": "alice", "password": "pw"}),
+    )
+    .await["access_token"]
         .as_str()
         .unwrap()
         .to_string();
@@ -95,19 +122,34 @@ async fn acked_messages_survive_kill_9(backend: Backend) {
     let mut options = MqttOptions::new("alice-phone", "127.0.0.1", chatd.mqtt_port);
     options.set_credentials("alice", &alice);
     let (client, mut eventloop) = AsyncClient::new(options, 1000);
-    client.subscribe("chat/demo/chat/u/alice/in", QoS::AtLeastOnce).await.unwrap();
+    client
+        .subscribe("chat/demo/chat/u/alice/in", QoS::AtLeastOnce)
+        .await
+        .unwrap();
     let sender = client.clone();
     tokio::spawn(async move {
         for i in 0..2000 {
             let envelope = json!({"op": "send", "cid": format!("k{i}"), "chat": "user", "to": "bob", "type": "txt", "body": {"msg": format!("m{i}")}});
-            if sender.publish("chat/demo/chat/u/alice/out", QoS::AtLeastOnce, false, envelope.to_string()).await.is_err() {
+            if sender
+                .publish(
+                    "chat/demo/chat/u/alice/out",
+                    QoS::AtLeastOnce,
+                    false,
+                    envelope.to_string(),
+                )
+                .await
+                .is_err()
+            {
                 return;
             }
         }
     });
     let mut acked = HashSet::new();
     loop {
-        match tokio::time::timeout(Duration::from_secs(20), eventloop.poll()).await.expect("acks keep coming") {
+        match tokio::time::timeout(Duration::from_secs(20), eventloop.poll())
+            .await
+            .expect("acks keep coming")
+        {
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 let v: Value = serde_json::from_slice(&p.payload).unwrap();
                 if v["op"] == "ack" {
@@ -136,9 +178,18 @@ async fn acked_messages_survive_kill_9(backend: Backend) {
 
     // Restarted on the same database: every acked message is there, seqs have no gaps.
     let chatd = start_chatd(&url, data_dir.path()).await;
-    assert!(!chatd.lines.join("\n").contains("Created the dev app"), "dev app created twice");
+    assert!(
+        !chatd.lines.join("\n").contains("Created the dev app"),
+        "dev app created twice"
+    );
     let base = format!("{}/demo/chat", chatd.api);
-    let app_token = post(&http, format!("{base}/token"), None, json!({"grant_type": "client_credentials", "client_id": client_id, "client_secret": client_secret})).await["access_token"]
+    let app_token = post(
+        &http,
+        format!("{base}/token"),
+        None,
+        json!({"grant_type": "client_credentials", "client_id": client_id, "client_secret": client_secret}),
+    )
+    .await["access_token"]
         .as_str()
         .unwrap()
         .to_string();
@@ -146,7 +197,9 @@ async fn acked_messages_survive_kill_9(backend: Backend) {
     let mut from_seq = 1;
     loop {
         let resp = http
-            .get(format!("{base}/users/bob/conversations/user/alice/messages?from_seq={from_seq}&limit=200"))
+            .get(format!(
+                "{base}/users/bob/conversations/user/alice/messages?from_seq={from_seq}&limit=200"
+            ))
             .bearer_auth(&app_token)
             .send()
             .await
@@ -162,9 +215,19 @@ async fn acked_messages_survive_kill_9(backend: Backend) {
     }
     let seqs: Vec<i64> = stored.iter().map(|m| m["seq"].as_i64().unwrap()).collect();
     assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>(), "gaps in seq");
-    let stored_texts: HashSet<String> = stored.iter().map(|m| m["body"]["msg"].as_str().unwrap().to_string()).collect();
-    let missing: Vec<_> = acked.iter().filter(|cid| !stored_texts.contains(&format!("m{}", &cid[1..]))).collect();
-    assert!(missing.is_empty(), "{} acked messages lost after kill -9: {missing:?}", missing.len());
+    let stored_texts: HashSet<String> = stored
+        .iter()
+        .map(|m| m["body"]["msg"].as_str().unwrap().to_string())
+        .collect();
+    let missing: Vec<_> = acked
+        .iter()
+        .filter(|cid| !stored_texts.contains(&format!("m{}", &cid[1..])))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} acked messages lost after kill -9: {missing:?}",
+        missing.len()
+    );
     assert!(acked.len() >= 300);
     drop(dir);
 }

@@ -59,7 +59,9 @@ impl FromRequestParts<AppState> for Caller {
         let app = state.store.find_app(org, app).await?;
         let user = match claims.role {
             Role::App if claims.ver != app.secret_version => {
-                return Err(ApiError::Unauthorized("token revoked: the app's secret was rotated".into()))
+                return Err(ApiError::Unauthorized(
+                    "token revoked: the app's secret was rotated".into(),
+                ))
             }
             Role::App => None,
             Role::User => Some(claims.sub),

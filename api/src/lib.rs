@@ -44,12 +44,21 @@ pub struct AppState {
 /// All routes.
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/health", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
+        .route(
+            "/health",
+            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+        )
         .route("/:org/:app/token", post(tokens::issue))
         .route("/:org/:app/users", post(users::create).get(users::list))
-        .route("/:org/:app/users/:username", get(users::get).put(users::update).delete(users::delete))
+        .route(
+            "/:org/:app/users/:username",
+            get(users::get).put(users::update).delete(users::delete),
+        )
         .route("/:org/:app/users/:username/inbox", get(messages::inbox))
-        .route("/:org/:app/users/:username/conversations/user/:peer/messages", get(messages::history))
+        .route(
+            "/:org/:app/users/:username/conversations/user/:peer/messages",
+            get(messages::history),
+        )
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .with_state(state)
 }

@@ -32,7 +32,9 @@ pub async fn history(
     caller.may_act_as(&username)?;
     let limit = q.limit.unwrap_or(50);
     if !(1..=MAX_SYNC_LIMIT).contains(&limit) {
-        return Err(ApiError::BadRequest(format!("'limit' must be from 1 to {MAX_SYNC_LIMIT}")));
+        return Err(ApiError::BadRequest(format!(
+            "'limit' must be from 1 to {MAX_SYNC_LIMIT}"
+        )));
     }
     let from_seq = q.from_seq.unwrap_or(1);
     let to_seq = q.to_seq.unwrap_or(i64::MAX);
@@ -40,10 +42,15 @@ pub async fn history(
         return Err(ApiError::BadRequest("need 1 <= from_seq <= to_seq".into()));
     }
     let conv = user_conv(&username, &peer);
-    let msgs = state.store.history(&caller.app.id, &conv, from_seq, to_seq, limit).await?;
+    let msgs = state
+        .store
+        .history(&caller.app.id, &conv, from_seq, to_seq, limit)
+        .await?;
     let last_seq = state.store.conversation_head(&caller.app.id, &conv).await?;
     let entities: Vec<_> = msgs.iter().map(|m| m.delivered(&username, None)).collect();
-    Ok(Json(json!({"conv": conv, "last_seq": last_seq, "count": entities.len(), "entities": entities})))
+    Ok(Json(
+        json!({"conv": conv, "last_seq": last_seq, "count": entities.len(), "entities": entities}),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -63,7 +70,9 @@ pub async fn inbox(
     let after = q.after.unwrap_or(0);
     let limit = q.limit.unwrap_or(100);
     if after < 0 || !(1..=MAX_SYNC_LIMIT).contains(&limit) {
-        return Err(ApiError::BadRequest(format!("need after >= 0 and limit from 1 to {MAX_SYNC_LIMIT}")));
+        return Err(ApiError::BadRequest(format!(
+            "need after >= 0 and limit from 1 to {MAX_SYNC_LIMIT}"
+        )));
     }
     if !state.store.user_exists(&caller.app.id, &username).await? {
         return Err(ApiError::NotFound(format!("user {username} not found")));
@@ -71,5 +80,7 @@ pub async fn inbox(
     let (msgs, more) = state.store.inbox_after(&caller.app.id, &username, after, limit).await?;
     let last = msgs.last().and_then(|m| m.useq).unwrap_or(after);
     let head = state.store.inbox_head(&caller.app.id, &username).await?;
-    Ok(Json(json!({"after": after, "last": last, "more": more, "head": head, "msgs": msgs})))
+    Ok(Json(
+        json!({"after": after, "last": last, "more": more, "head": head, "msgs": msgs}),
+    ))
 }

@@ -34,11 +34,17 @@ fn lifetime(requested: Option<i64>, max: std::time::Duration) -> Result<i64, Api
     match requested {
         None | Some(0) => Ok(max),
         Some(ttl) if ttl > 0 => Ok(ttl.min(max)),
-        Some(_) => Err(ApiError::BadRequest("'ttl' must be a positive number of seconds".into())),
+        Some(_) => Err(ApiError::BadRequest(
+            "'ttl' must be a positive number of seconds".into(),
+        )),
     }
 }
 
-pub async fn issue(State(state): State<AppState>, Path((org, app)): Path<(String, String)>, body: Bytes) -> Result<Json<Value>, ApiError> {
+pub async fn issue(
+    State(state): State<AppState>,
+    Path((org, app)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
     let grant: Grant = parse_json(&body)?;
     let app = state.store.find_app(&org, &app).await?;
     match grant {
@@ -47,12 +53,23 @@ pub async fn issue(State(state): State<AppState>, Path((org, app)): Path<(String
             client_secret,
             ttl,
         } => {
-            state.store.check_client_secret(&app, &client_id, &client_secret).await?;
+            state
+                .store
+                .check_client_secret(&app, &client_id, &client_secret)
+                .await?;
             let ttl = lifetime(ttl, state.settings.app_token_ttl)?;
-            let token = state.tokens.issue(&client_id, &org, &app.name, Role::App, app.secret_version, ttl)?;
-            Ok(Json(json!({"access_token": token, "expires_in": ttl, "application": app.id})))
+            let token = state
+                .tokens
+                .issue(&client_id, &org, &app.name, Role::App, app.secret_version, ttl)?;
+            Ok(Json(
+                json!({"access_token": token, "expires_in": ttl, "application": app.id}),
+            ))
         }
-        Grant::Password { username, password, ttl } => {
+        Grant::Password {
+            username,
+            password,
+            ttl,
+        } => {
             let username = username.trim().to_ascii_lowercase();
             state.store.check_password(&app.id, &username, &password).await?;
             let ttl = lifetime(ttl, state.settings.user_token_ttl)?;

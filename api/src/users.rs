@@ -31,7 +31,11 @@ enum OneOrMany {
 /// The most users one request may create.
 const MAX_BATCH: usize = 60;
 
-pub async fn create(State(state): State<AppState>, caller: Caller, body: Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     caller.require_app()?;
     let value: Value = parse_json(&body)?;
     let parsed: OneOrMany = serde_json::from_value(value.clone()).map_err(|_| explain_user_body(&value))?;
@@ -53,19 +57,27 @@ pub async fn create(State(state): State<AppState>, caller: Caller, body: Bytes) 
         })
         .collect::<Result<Vec<_>, store::Error>>()?;
     let created = state.store.create_users(&caller.app.id, &users).await?;
-    Ok((StatusCode::CREATED, Json(json!({"action": "post", "entities": created, "count": created.len()}))))
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"action": "post", "entities": created, "count": created.len()})),
+    ))
 }
 
 /// Names the field that is missing or of the wrong type, for a clear 400.
 fn explain_user_body(value: &Value) -> ApiError {
     let first = match value {
-        Value::Array(items) => items.iter().find(|i| serde_json::from_value::<NewUserBody>((*i).clone()).is_err()),
+        Value::Array(items) => items
+            .iter()
+            .find(|i| serde_json::from_value::<NewUserBody>((*i).clone()).is_err()),
         other => Some(other),
     };
     let problem = match first.and_then(Value::as_object) {
         None => "each user must be an object".to_string(),
         Some(obj) => {
-            if let Some(key) = obj.keys().find(|k| !["username", "password", "nickname"].contains(&k.as_str())) {
+            if let Some(key) = obj
+                .keys()
+                .find(|k| !["username", "password", "nickname"].contains(&k.as_str()))
+            {
                 format!("unknown field '{key}'")
             } else if !obj.get("username").is_some_and(Value::is_string) {
                 "'username' is required and must be a string".into()
@@ -85,18 +97,33 @@ pub struct ListQuery {
     cursor: Option<String>,
 }
 
-pub async fn list(State(state): State<AppState>, caller: Caller, Query(q): Query<ListQuery>) -> Result<Json<Value>, ApiError> {
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
     caller.require_app()?;
     let limit = q.limit.unwrap_or(50);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::BadRequest("'limit' must be from 1 to 1000".into()));
     }
-    let users = state.store.list_users(&caller.app.id, limit, q.cursor.as_deref()).await?;
-    let cursor = (users.len() as i64 == limit).then(|| users.last().map(|u| u.username.clone())).flatten();
-    Ok(Json(json!({"action": "get", "entities": users, "count": users.len(), "cursor": cursor})))
+    let users = state
+        .store
+        .list_users(&caller.app.id, limit, q.cursor.as_deref())
+        .await?;
+    let cursor = (users.len() as i64 == limit)
+        .then(|| users.last().map(|u| u.username.clone()))
+        .flatten();
+    Ok(Json(
+        json!({"action": "get", "entities": users, "count": users.len(), "cursor": cursor}),
+    ))
 }
 
-pub async fn get(State(state): State<AppState>, caller: Caller, Path((_, _, username)): Path<(String, String, String)>) -> Result<Json<Value>, ApiError> {
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((_, _, username)): Path<(String, String, String)>,
+) -> Result<Json<Value>, ApiError> {
     let username = username.to_ascii_lowercase();
     caller.may_act_as(&username)?;
     let user = state.store.get_user(&caller.app.id, &username).await?;
@@ -135,9 +162,15 @@ pub async fn update(
     Ok(Json(json!({"action": "put", "entities": [user], "count": 1})))
 }
 
-pub async fn delete(State(state): State<AppState>, caller: Caller, Path((_, _, username)): Path<(String, String, String)>) -> Result<Json<Value>, ApiError> {
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((_, _, username)): Path<(String, String, String)>,
+) -> Result<Json<Value>, ApiError> {
     caller.require_app()?;
     let username = username.to_ascii_lowercase();
     state.store.delete_user(&caller.app.id, &username).await?;
-    Ok(Json(json!({"action": "delete", "entities": [{"username": username}], "count": 1})))
+    Ok(Json(
+        json!({"action": "delete", "entities": [{"username": username}], "count": 1}),
+    ))
 }

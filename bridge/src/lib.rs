@@ -69,7 +69,12 @@ struct PendingSend {
 /// acks), one publishes deliveries. On a single connection, acks for consumed messages
 /// queue behind deliveries waiting for the broker's acks, and under a burst both sides
 /// wait for each other.
-pub async fn run(options: MqttOptions, store: Store, settings: BridgeSettings, mut shutdown: watch::Receiver<bool>) -> Result<(), Error> {
+pub async fn run(
+    options: MqttOptions,
+    store: Store,
+    settings: BridgeSettings,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), Error> {
     let mut consumer_options = options.clone();
     consumer_options.set_client_id(format!("{}-in", options.client_id()));
     consumer_options.set_manual_acks(true);
@@ -173,7 +178,12 @@ impl Bridge {
                     tracing::warn!(error = %e, size = news.len(), "batch failed; storing one by one");
                     let mut outcomes = Vec::with_capacity(news.len());
                     for m in &news {
-                        outcomes.push(self.store.store_batch(std::slice::from_ref(m)).await.map(|mut o| o.remove(0)));
+                        outcomes.push(
+                            self.store
+                                .store_batch(std::slice::from_ref(m))
+                                .await
+                                .map(|mut o| o.remove(0)),
+                        );
                     }
                     outcomes
                 }
@@ -183,7 +193,11 @@ impl Bridge {
             }
         }
         for (from, op) in syncs {
-            let reply = match self.store.inbox_after(&from.app_id, &from.user, op.after, op.limit).await {
+            let reply = match self
+                .store
+                .inbox_after(&from.app_id, &from.user, op.after, op.limit)
+                .await
+            {
                 Ok((msgs, more)) => serde_json::to_vec(&Synced {
                     op: "synced".into(),
                     cid: op.cid,
@@ -197,7 +211,8 @@ impl Bridge {
                     serde_json::to_vec(&OpError::new(op.cid, "internal", "sync failed; retry"))
                 }
             };
-            self.publish(&from, &from.user, Route::Only(&from.device), reply.unwrap_or_default()).await;
+            self.publish(&from, &from.user, Route::Only(&from.device), reply.unwrap_or_default())
+                .await;
         }
     }
 
@@ -234,20 +249,33 @@ impl Bridge {
 
     async fn deliver(&self, pending: &PendingSend, outcome: Result<Outcome, store::Error>) {
         let from = &pending.from;
-        let (msg, useqs) = match outcome {
+        // `deliveries`: the inbox positions to deliver at; none for a duplicate, which was
+        // delivered when it was first stored (only its ack is repeated).
+        let (msg, own_useq, deliveries) = match outcome {
             Ok(Outcome::Stored {
                 msg,
                 recipient_useq,
                 sender_useq,
-            }) => (msg, Some((recipient_useq, sender_useq))),
-            Ok(Outcome::Duplicate(msg)) => (msg, None),
+            }) => {
+                let own = if msg.recipient == msg.sender {
+                    Some(recipient_useq)
+                } else {
+                    sender_useq
+                };
+                (msg, own, Some((recipient_useq, sender_useq)))
+            }
+            Ok(Outcome::Duplicate { msg, sender_useq }) => (msg, sender_useq, None),
             Ok(Outcome::Refused { code, message }) => {
                 let e = OpError::new(Some(pending.cid.clone()), code, message);
                 return self.reply(from, Route::Only(&from.device), &e).await;
             }
             Err(e) => {
                 tracing::error!(error = %e, user = %from.user, "storing a message failed");
-                let e = OpError::new(Some(pending.cid.clone()), "internal", "the message was not stored; retry with the same cid");
+                let e = OpError::new(
+                    Some(pending.cid.clone()),
+                    "internal",
+                    "the message was not stored; retry with the same cid",
+                );
                 return self.reply(from, Route::Only(&from.device), &e).await;
             }
         };
@@ -258,15 +286,16 @@ impl Bridge {
             conv: msg.conv.clone(),
             seq: msg.seq,
             ts: msg.ts,
+            useq: own_useq,
         };
         self.reply(from, Route::Only(&from.device), &ack).await;
-        // A duplicate was delivered when it was first stored; only its ack is repeated.
-        let Some((recipient_useq, sender_useq)) = useqs else {
+        let Some((recipient_useq, sender_useq)) = deliveries else {
             return;
         };
         let to_recipient = serde_json::to_vec(&msg.delivered(&msg.recipient, Some(recipient_useq))).unwrap_or_default();
         if msg.recipient == msg.sender {
-            self.publish(from, &msg.recipient, Route::Except(&from.device), to_recipient).await;
+            self.publish(from, &msg.recipient, Route::Except(&from.device), to_recipient)
+                .await;
         } else {
             self.publish(from, &msg.recipient, Route::All, to_recipient).await;
             if let Some(useq) = sender_useq {
@@ -304,5 +333,11 @@ fn new_message(from: &Sender, op: SendOp) -> Result<(PendingSend, NewMessage), O
         body: op.body.to_string(),
         ext: op.ext.map(|e| e.to_string()),
     };
-    Ok((PendingSend { from: from.clone(), cid: op.cid }, message))
+    Ok((
+        PendingSend {
+            from: from.clone(),
+            cid: op.cid,
+        },
+        message,
+    ))
 }

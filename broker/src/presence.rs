@@ -75,7 +75,10 @@ impl Presence {
         });
         // Published under the lock so that the retained value follows the count's order.
         let topic = store::topics::presence(&user.org, &user.app, &user.user);
-        if let Err(e) = self.publisher.try_publish(topic, QoS::AtLeastOnce, true, payload.to_string()) {
+        if let Err(e) = self
+            .publisher
+            .try_publish(topic, QoS::AtLeastOnce, true, payload.to_string())
+        {
             tracing::warn!(error = %e, user = %user.user, "presence update dropped");
         }
     }

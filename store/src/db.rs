@@ -92,10 +92,7 @@ impl Store {
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             Backend::Postgres
         } else {
-            return Err(Error::invalid(
-                "database url",
-                "must start with sqlite: or postgres:",
-            ));
+            return Err(Error::invalid("database url", "must start with sqlite: or postgres:"));
         };
         let mut url = url.to_string();
         if backend == Backend::Sqlite && !url.contains("mode=") {
@@ -139,13 +136,11 @@ impl Store {
             let version = i as i64 + 1;
             let mut tx = self.pool.begin().await?;
             // Taking the row first serialises concurrent starters on PostgreSQL.
-            let claimed = sqlx::query(
-                "INSERT INTO schema_migrations (version) VALUES ($1) ON CONFLICT DO NOTHING",
-            )
-            .bind(version)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+            let claimed = sqlx::query("INSERT INTO schema_migrations (version) VALUES ($1) ON CONFLICT DO NOTHING")
+                .bind(version)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
             if claimed == 0 {
                 continue;
             }

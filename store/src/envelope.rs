@@ -159,8 +159,8 @@ pub fn parse_client_op(payload: &[u8]) -> Result<ClientOp, OpError> {
             format!("envelope is {} bytes; the limit is {MAX_ENVELOPE_BYTES}", payload.len()),
         ));
     }
-    let value: Value = serde_json::from_slice(payload)
-        .map_err(|e| OpError::new(None, "bad_json", format!("not valid JSON: {e}")))?;
+    let value: Value =
+        serde_json::from_slice(payload).map_err(|e| OpError::new(None, "bad_json", format!("not valid JSON: {e}")))?;
     let obj = value
         .as_object()
         .ok_or_else(|| OpError::new(None, "bad_json", "the envelope must be a JSON object"))?;
@@ -178,7 +178,9 @@ pub fn parse_client_op(payload: &[u8]) -> Result<ClientOp, OpError> {
     let invalid = |message: String| OpError::new(cid.clone(), "invalid", message);
     match obj.get("op").and_then(Value::as_str) {
         Some("send") => {
-            let cid = cid.clone().ok_or_else(|| invalid("'send' needs a 'cid' (the client's message id)".into()))?;
+            let cid = cid
+                .clone()
+                .ok_or_else(|| invalid("'send' needs a 'cid' (the client's message id)".into()))?;
             let raw: RawSend = serde_json::from_value(value.clone()).map_err(|e| invalid(e.to_string()))?;
             raw.kind.validate_body(&raw.body).map_err(invalid)?;
             let to = crate::names::username(&raw.to).map_err(|e| invalid(format!("'to': {e}")))?;
@@ -194,7 +196,10 @@ pub fn parse_client_op(payload: &[u8]) -> Result<ClientOp, OpError> {
         Some("sync") => {
             let after = match obj.get("after") {
                 None => 0,
-                Some(v) => v.as_i64().filter(|n| *n >= 0).ok_or_else(|| invalid("'after' must be a non-negative integer".into()))?,
+                Some(v) => v
+                    .as_i64()
+                    .filter(|n| *n >= 0)
+                    .ok_or_else(|| invalid("'after' must be a non-negative integer".into()))?,
             };
             let limit = match obj.get("limit") {
                 None => 100,
@@ -255,6 +260,10 @@ pub struct Ack {
     pub conv: String,
     pub seq: i64,
     pub ts: i64,
+    /// The message's position in the sender's own inbox, so the sending device can move its
+    /// sync position past it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub useq: Option<i64>,
 }
 
 /// `{"op":"synced",…}`: one page of a device's catch-up.
@@ -344,9 +353,14 @@ mod tests {
 
     #[test]
     fn parses_send() {
-        let op = parse_client_op(br#"{"op":"send","cid":"c1","chat":"user","to":"Bob","type":"txt","body":{"msg":"hi"}}"#).unwrap();
+        let op =
+            parse_client_op(br#"{"op":"send","cid":"c1","chat":"user","to":"Bob","type":"txt","body":{"msg":"hi"}}"#)
+                .unwrap();
         let ClientOp::Send(send) = op else { panic!("not a send") };
-        assert_eq!((send.cid.as_str(), send.to.as_str(), send.kind), ("c1", "bob", MsgType::Txt));
+        assert_eq!(
+            (send.cid.as_str(), send.to.as_str(), send.kind),
+            ("c1", "bob", MsgType::Txt)
+        );
     }
 
     #[test]
@@ -358,11 +372,26 @@ mod tests {
         let e = err(r#"{"op":"send","cid":"c2","chat":"user","to":"bob","type":"txt","body":{}}"#);
         assert_eq!((e.code, e.cid.as_deref()), ("invalid", Some("c2")));
         assert!(e.message.contains("msg"), "{}", e.message);
-        assert_eq!(err(r#"{"op":"send","chat":"user","to":"bob","type":"txt","body":{"msg":"x"}}"#).code, "invalid");
-        assert_eq!(err(r#"{"op":"send","cid":"c","chat":"user","to":"b/#","type":"txt","body":{"msg":"x"}}"#).code, "invalid");
-        assert_eq!(err(r#"{"op":"send","cid":"c","chat":"user","to":"b","type":"gif","body":{"msg":"x"}}"#).code, "invalid");
-        assert_eq!(err(r#"{"op":"send","cid":"c","chat":"user","to":"b","type":"loc","body":{"lat":91,"lng":0}}"#).code, "invalid");
-        let big = format!(r#"{{"op":"send","cid":"c","chat":"user","to":"b","type":"txt","body":{{"msg":"{}"}}}}"#, "x".repeat(MAX_ENVELOPE_BYTES));
+        assert_eq!(
+            err(r#"{"op":"send","chat":"user","to":"bob","type":"txt","body":{"msg":"x"}}"#).code,
+            "invalid"
+        );
+        assert_eq!(
+            err(r#"{"op":"send","cid":"c","chat":"user","to":"b/#","type":"txt","body":{"msg":"x"}}"#).code,
+            "invalid"
+        );
+        assert_eq!(
+            err(r#"{"op":"send","cid":"c","chat":"user","to":"b","type":"gif","body":{"msg":"x"}}"#).code,
+            "invalid"
+        );
+        assert_eq!(
+            err(r#"{"op":"send","cid":"c","chat":"user","to":"b","type":"loc","body":{"lat":91,"lng":0}}"#).code,
+            "invalid"
+        );
+        let big = format!(
+            r#"{{"op":"send","cid":"c","chat":"user","to":"b","type":"txt","body":{{"msg":"{}"}}}}"#,
+            "x".repeat(MAX_ENVELOPE_BYTES)
+        );
         assert_eq!(err(&big).code, "too_large");
         assert_eq!(err(r#"{"op":"sync","after":-1}"#).code, "invalid");
     }

@@ -60,8 +60,12 @@ pub enum Outcome {
         recipient_useq: i64,
         sender_useq: Option<i64>,
     },
-    /// The sender already sent this `cid`: the message stored then.
-    Duplicate(StoredMessage),
+    /// The sender already sent this `cid`: the message stored then, and its place in the
+    /// sender's inbox.
+    Duplicate {
+        msg: StoredMessage,
+        sender_useq: Option<i64>,
+    },
     /// Not stored, for a reason the sender is told.
     Refused { code: &'static str, message: String },
 }
@@ -130,8 +134,21 @@ impl Store {
         for m in batch {
             let key = (m.app_id.as_str(), m.sender.as_str(), m.cid.as_str());
             if let Some(&i) = in_batch.get(&key) {
-                if let Outcome::Stored { msg, .. } = &outcomes[i] {
-                    outcomes.push(Outcome::Duplicate(msg.clone()));
+                if let Outcome::Stored {
+                    msg,
+                    recipient_useq,
+                    sender_useq,
+                } = &outcomes[i]
+                {
+                    let sender_useq = if msg.sender == msg.recipient {
+                        Some(*recipient_useq)
+                    } else {
+                        *sender_useq
+                    };
+                    outcomes.push(Outcome::Duplicate {
+                        msg: msg.clone(),
+                        sender_useq,
+                    });
                     continue;
                 }
             }
@@ -146,7 +163,14 @@ impl Store {
     }
 
     /// A conversation's messages with `from_seq <= seq <= to_seq`, in seq order, at most `limit`.
-    pub async fn history(&self, app_id: &str, conv: &str, from_seq: i64, to_seq: i64, limit: i64) -> Result<Vec<StoredMessage>> {
+    pub async fn history(
+        &self,
+        app_id: &str,
+        conv: &str,
+        from_seq: i64,
+        to_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<StoredMessage>> {
         let rows = sqlx::query(&format!(
             "SELECT {MSG_COLUMNS} FROM messages m
              WHERE m.app_id = $1 AND m.conv = $2 AND m.seq >= $3 AND m.seq <= $4
@@ -174,7 +198,13 @@ impl Store {
 
     /// Up to `limit` entries of a user's inbox after `useq` `after`, in order, and whether
     /// more follow.
-    pub async fn inbox_after(&self, app_id: &str, user: &str, after: i64, limit: i64) -> Result<(Vec<Delivered>, bool)> {
+    pub async fn inbox_after(
+        &self,
+        app_id: &str,
+        user: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<(Vec<Delivered>, bool)> {
         let rows = sqlx::query(&format!(
             "SELECT i.useq, {MSG_COLUMNS} FROM inbox i JOIN messages m ON m.id = i.message_id
              WHERE i.app_id = $1 AND i.username = $2 AND i.useq > $3
@@ -224,7 +254,15 @@ async fn store_one(tx: &mut Transaction<'static, Any>, m: &NewMessage) -> Result
     .fetch_optional(&mut **tx)
     .await?;
     if let Some(row) = existing {
-        return Ok(Outcome::Duplicate(message_from_row(&row)?));
+        let msg = message_from_row(&row)?;
+        let sender_useq =
+            sqlx::query_scalar("SELECT useq FROM inbox WHERE app_id = $1 AND username = $2 AND message_id = $3")
+                .bind(&m.app_id)
+                .bind(&m.sender)
+                .bind(&msg.id)
+                .fetch_optional(&mut **tx)
+                .await?;
+        return Ok(Outcome::Duplicate { msg, sender_useq });
     }
     let Some(_) = bump_inbox(tx, &m.app_id, &m.recipient, false).await? else {
         return Ok(Outcome::Refused {
@@ -293,7 +331,12 @@ async fn store_one(tx: &mut Transaction<'static, Any>, m: &NewMessage) -> Result
 
 /// Advances a user's inbox head (or, with `advance` false, just reads it, taking the row
 /// lock on PostgreSQL); `None` if there is no such user.
-async fn bump_inbox(tx: &mut Transaction<'static, Any>, app_id: &str, user: &str, advance: bool) -> Result<Option<i64>> {
+async fn bump_inbox(
+    tx: &mut Transaction<'static, Any>,
+    app_id: &str,
+    user: &str,
+    advance: bool,
+) -> Result<Option<i64>> {
     Ok(sqlx::query_scalar(
         "UPDATE users SET inbox_seq = inbox_seq + $1 WHERE app_id = $2 AND username = $3 RETURNING inbox_seq",
     )
@@ -304,7 +347,12 @@ async fn bump_inbox(tx: &mut Transaction<'static, Any>, app_id: &str, user: &str
     .await?)
 }
 
-async fn add_to_inbox(tx: &mut Transaction<'static, Any>, app_id: &str, user: &str, message_id: &str) -> Result<Option<i64>> {
+async fn add_to_inbox(
+    tx: &mut Transaction<'static, Any>,
+    app_id: &str,
+    user: &str,
+    message_id: &str,
+) -> Result<Option<i64>> {
     let Some(useq) = bump_inbox(tx, app_id, user, true).await? else {
         return Ok(None);
     };

@@ -36,11 +36,7 @@ pub fn username(name: &str) -> Result<String> {
 /// Device (MQTT client) ids: 1..=128 printable ASCII characters other than space,
 /// `/`, `+`, `#`: they travel inside internal frames and logs.
 pub fn validate_device(id: &str) -> Result<()> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_graphic() && !b"/+#".contains(&b));
+    let ok = !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic() && !b"/+#".contains(&b));
     if ok {
         Ok(())
     } else {

@@ -52,10 +52,7 @@ fn validate_nickname(nickname: &Option<String>) -> Result<()> {
 
 fn validate_metadata(metadata: &Map<String, Value>) -> Result<String> {
     if let Some((key, _)) = metadata.iter().find(|(_, v)| !v.is_string()) {
-        return Err(Error::invalid(
-            "metadata",
-            format!("value of '{key}' must be a string"),
-        ));
+        return Err(Error::invalid("metadata", format!("value of '{key}' must be a string")));
     }
     let text = serde_json::to_string(metadata).map_err(|e| Error::Internal(e.to_string()))?;
     if text.len() > MAX_METADATA_BYTES {
@@ -145,12 +142,11 @@ impl Store {
     }
 
     pub async fn user_exists(&self, app_id: &str, username: &str) -> Result<bool> {
-        let found: Option<i64> =
-            sqlx::query_scalar("SELECT inbox_seq FROM users WHERE app_id = $1 AND username = $2")
-                .bind(app_id)
-                .bind(username)
-                .fetch_optional(&self.pool)
-                .await?;
+        let found: Option<i64> = sqlx::query_scalar("SELECT inbox_seq FROM users WHERE app_id = $1 AND username = $2")
+            .bind(app_id)
+            .bind(username)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(found.is_some())
     }
 

@@ -61,7 +61,10 @@ pub async fn fresh_database(backend: Backend) -> (String, Option<tempfile::TempD
             let mut conn = sqlx::PgConnection::connect(&base)
                 .await
                 .unwrap_or_else(|e| panic!("PostgreSQL at {base} is required for the tests: {e}"));
-            sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
+            sqlx::query(&format!("CREATE DATABASE {name}"))
+                .execute(&mut conn)
+                .await
+                .unwrap();
             let url = match base.rfind('/') {
                 Some(slash) if base[..slash].contains("://") && slash > base.find("://").unwrap() + 2 => {
                     let query = base[slash..].find('?').map(|q| &base[slash + q..]).unwrap_or("");
@@ -106,7 +109,9 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 
 pub async fn spawn_app_with(config: chatd::Config, dir: Option<tempfile::TempDir>) -> TestApp {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,rumqttd=off".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,rumqttd=off".into()),
+        )
         .with_test_writer()
         .try_init();
     let database_url = config.database_url.clone();
@@ -126,7 +131,9 @@ pub async fn spawn_app_with(config: chatd::Config, dir: Option<tempfile::TempDir
         database_url,
         _dir: dir,
     };
-    t.app_token = t.token(json!({"grant_type": "client_credentials", "client_id": t.client_id, "client_secret": t.client_secret})).await;
+    t.app_token = t
+        .token(json!({"grant_type": "client_credentials", "client_id": t.client_id, "client_secret": t.client_secret}))
+        .await;
     t
 }
 
@@ -156,13 +163,20 @@ impl TestApp {
 
     /// Creates a user (password "pw") and returns a user token.
     pub async fn user(&self, name: &str) -> String {
-        let (status, body) = self.post("/users", Some(&self.app_token), json!({"username": name, "password": "pw"})).await;
+        let (status, body) = self
+            .post(
+                "/users",
+                Some(&self.app_token),
+                json!({"username": name, "password": "pw"}),
+            )
+            .await;
         assert_eq!(status, 201, "{body}");
         self.user_token(name).await
     }
 
     pub async fn user_token(&self, name: &str) -> String {
-        self.token(json!({"grant_type": "password", "username": name, "password": "pw"})).await
+        self.token(json!({"grant_type": "password", "username": name, "password": "pw"}))
+            .await
     }
 
     pub fn mqtt_port(&self) -> u16 {
@@ -212,11 +226,15 @@ pub struct Device {
 
 impl Device {
     pub async fn publish(&self, envelope: Value) {
-        self.client.publish(&self.outbox, QoS::AtLeastOnce, false, envelope.to_string()).await.unwrap();
+        self.client
+            .publish(&self.outbox, QoS::AtLeastOnce, false, envelope.to_string())
+            .await
+            .unwrap();
     }
 
     pub async fn send_text(&self, cid: &str, to: &str, text: &str) {
-        self.publish(json!({"op": "send", "cid": cid, "chat": "user", "to": to, "type": "txt", "body": {"msg": text}})).await;
+        self.publish(json!({"op": "send", "cid": cid, "chat": "user", "to": to, "type": "txt", "body": {"msg": text}}))
+            .await;
     }
 
     /// Polls until a packet matches, failing after 10 s.

@@ -39,7 +39,9 @@ impl Raw {
     pub async fn ws(port: u16) -> Raw {
         let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
         let mut request = format!("ws://127.0.0.1:{port}/mqtt").into_client_request().unwrap();
-        request.headers_mut().insert("sec-websocket-protocol", "mqtt".parse().unwrap());
+        request
+            .headers_mut()
+            .insert("sec-websocket-protocol", "mqtt".parse().unwrap());
         let (ws, response) = async_tungstenite::tokio::client_async(request, stream).await.unwrap();
         assert_eq!(response.headers().get("sec-websocket-protocol").unwrap(), "mqtt");
         Raw {
@@ -122,7 +124,13 @@ impl Raw {
     }
 
     /// 3.1.1 CONNECT; returns the CONNACK code.
-    pub async fn connect4(&mut self, client_id: &str, user: &str, password: &str, keep_alive: u16) -> v4::ConnectReturnCode {
+    pub async fn connect4(
+        &mut self,
+        client_id: &str,
+        user: &str,
+        password: &str,
+        keep_alive: u16,
+    ) -> v4::ConnectReturnCode {
         let mut connect = v4::Connect::new(client_id);
         connect.keep_alive = keep_alive;
         connect.set_login(user, password);
@@ -177,7 +185,10 @@ impl Raw {
                     if p.qos != rumqttc::v5::mqttbytes::QoS::AtMostOnce {
                         self.send5(v5::Packet::PubAck(v5::PubAck::new(p.pkid, None))).await;
                     }
-                    return (String::from_utf8(p.topic.to_vec()).unwrap(), serde_json::from_slice(&p.payload).unwrap());
+                    return (
+                        String::from_utf8(p.topic.to_vec()).unwrap(),
+                        serde_json::from_slice(&p.payload).unwrap(),
+                    );
                 }
                 Some(_) => continue,
                 None => panic!("connection closed while waiting for a publish"),

@@ -120,7 +120,13 @@ impl Gate {
         while tasks.join_next().await.is_some() {}
     }
 
-    async fn accept_loop(self, listener: TcpListener, kind: Kind, tls: Option<TlsAcceptor>, mut shutdown: watch::Receiver<bool>) {
+    async fn accept_loop(
+        self,
+        listener: TcpListener,
+        kind: Kind,
+        tls: Option<TlsAcceptor>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -147,13 +153,20 @@ impl Gate {
     }
 }
 
-async fn handshake(stream: TcpStream, kind: Kind, tls: Option<TlsAcceptor>, limit: Duration) -> std::io::Result<ClientIo> {
+async fn handshake(
+    stream: TcpStream,
+    kind: Kind,
+    tls: Option<TlsAcceptor>,
+    limit: Duration,
+) -> std::io::Result<ClientIo> {
     let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timeout");
     match kind {
         Kind::Tcp => Ok(ClientIo::Tcp(stream)),
         Kind::Tls => {
             let acceptor = tls.expect("TLS listener without an acceptor");
-            let stream = tokio::time::timeout(limit, acceptor.accept(stream)).await.map_err(|_| timed_out())??;
+            let stream = tokio::time::timeout(limit, acceptor.accept(stream))
+                .await
+                .map_err(|_| timed_out())??;
             Ok(ClientIo::Tls(Box::new(stream)))
         }
         Kind::Ws => {
@@ -168,6 +181,8 @@ async fn handshake(stream: TcpStream, kind: Kind, tls: Option<TlsAcceptor>, limi
 
 /// Accepts WebSocket upgrades on `/mqtt` only, and agrees to the `mqtt` subprotocol that
 /// MQTT clients ask for (MQTT.js and browsers refuse a server that does not).
+// The signature is the one tungstenite asks for; its large error type is not ours to change.
+#[allow(clippy::result_large_err)]
 fn ws_upgrade(request: &Request, mut response: Response) -> Result<Response, ErrorResponse> {
     if request.uri().path() != "/mqtt" {
         let mut refusal = ErrorResponse::new(Some("MQTT is served at /mqtt".into()));
@@ -183,9 +198,10 @@ fn ws_upgrade(request: &Request, mut response: Response) -> Result<Response, Err
         .map(str::trim)
         .find(|p| *p == "mqtt" || *p == "mqttv3.1");
     if let Some(protocol) = offered {
-        response
-            .headers_mut()
-            .insert("sec-websocket-protocol", HeaderValue::from_str(protocol).expect("static header"));
+        response.headers_mut().insert(
+            "sec-websocket-protocol",
+            HeaderValue::from_str(protocol).expect("static header"),
+        );
     }
     Ok(response)
 }

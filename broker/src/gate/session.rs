@@ -74,7 +74,12 @@ pub(crate) async fn serve(mut io: ClientIo, shared: Arc<Shared>, shutdown: watch
     let slot = shared.slots.clone().try_acquire_owned().ok();
     let mut buf = BytesMut::with_capacity(1024);
     let max_packet = shared.settings.max_packet_size;
-    let request = match timeout(shared.settings.connect_timeout, read_connect(&mut io, &mut buf, max_packet)).await {
+    let request = match timeout(
+        shared.settings.connect_timeout,
+        read_connect(&mut io, &mut buf, max_packet),
+    )
+    .await
+    {
         Ok(Ok(Ok(request))) => request,
         Ok(Ok(Err((version, refusal)))) => {
             refuse(&mut io, version, refusal, None).await;
@@ -107,7 +112,13 @@ pub(crate) async fn serve(mut io: ClientIo, shared: Arc<Shared>, shutdown: watch
     let acl = Acl::new(&identity);
     if let Some(will) = &request.will {
         if !acl.may_publish(&will.topic) {
-            refuse(&mut io, version, Refusal::NotAuthorized, Some("a will may only go to your own outbox".into())).await;
+            refuse(
+                &mut io,
+                version,
+                Refusal::NotAuthorized,
+                Some("a will may only go to your own outbox".into()),
+            )
+            .await;
             return;
         }
     }
@@ -156,7 +167,8 @@ pub(crate) async fn serve(mut io: ClientIo, shared: Arc<Shared>, shutdown: watch
     if let Close::Shutdown = &close {
         if version == Version::V5 {
             let mut out = BytesMut::new();
-            let _ = v5::Packet::Disconnect(v5::Disconnect::new(v5::DisconnectReasonCode::ServerShuttingDown)).write(&mut out, None);
+            let _ = v5::Packet::Disconnect(v5::Disconnect::new(v5::DisconnectReasonCode::ServerShuttingDown))
+                .write(&mut out, None);
             let _ = io.write_all(&out).await;
         }
     }
@@ -175,7 +187,10 @@ async fn read_connect(
                 let _ = header;
                 let (level, packet_type) = (connect_level(buf), buf[0] >> 4);
                 if packet_type != 1 {
-                    return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "first packet is not CONNECT"));
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "first packet is not CONNECT",
+                    ));
                 }
                 return Ok(match level {
                     Some(4) => match v4::Packet::read(buf, max_packet) {
@@ -231,7 +246,10 @@ fn connect_level(buf: &[u8]) -> Option<u8> {
 
 async fn authenticate(shared: &Shared, request: &ConnectRequest) -> Result<Identity, (Refusal, String)> {
     let not_authorized = |why: &str| (Refusal::NotAuthorized, why.to_string());
-    let (username, token) = request.login.as_ref().ok_or_else(|| not_authorized("no username/password"))?;
+    let (username, token) = request
+        .login
+        .as_ref()
+        .ok_or_else(|| not_authorized("no username/password"))?;
     let claims = shared
         .tokens
         .verify(token)
@@ -346,10 +364,17 @@ async fn refuse(io: &mut ClientIo, version: Version, refusal: Refusal, reason: O
     io.close().await;
 }
 
-fn write_connack(out: &mut BytesMut, version: Version, session_present: bool, assigned_id: Option<&str>, shared: &Shared) {
+fn write_connack(
+    out: &mut BytesMut,
+    version: Version,
+    session_present: bool,
+    assigned_id: Option<&str>,
+    shared: &Shared,
+) {
     match version {
         Version::V4 => {
-            let _ = v4::Packet::ConnAck(v4::ConnAck::new(v4::ConnectReturnCode::Success, session_present)).write(out, usize::MAX);
+            let _ = v4::Packet::ConnAck(v4::ConnAck::new(v4::ConnectReturnCode::Success, session_present))
+                .write(out, usize::MAX);
         }
         Version::V5 => {
             let properties = v5::ConnAckProperties {
@@ -421,7 +446,7 @@ impl Session {
         loop {
             if pending_device_bytes {
                 pending_device_bytes = false;
-                if let Err(close) = self.from_device(&mut device_buf, &mut out) {
+                if let Err(close) = self.handle_device_bytes(&mut device_buf, &mut out) {
                     let _ = flush(io, upstream, &mut out).await;
                     return close;
                 }
@@ -445,7 +470,7 @@ impl Session {
                     match read {
                         Ok(0) | Err(_) => return Close::Upstream,
                         Ok(_) => {
-                            if let Err(close) = self.from_broker(&mut broker_buf, &mut out) {
+                            if let Err(close) = self.handle_broker_bytes(&mut broker_buf, &mut out) {
                                 return close;
                             }
                             if let Err(close) = flush(io, upstream, &mut out).await {
@@ -469,13 +494,18 @@ impl Session {
     }
 
     /// Handles every complete packet the device has sent.
-    fn from_device(&mut self, buf: &mut BytesMut, out: &mut Outgoing) -> Result<(), Close> {
+    fn handle_device_bytes(&mut self, buf: &mut BytesMut, out: &mut Outgoing) -> Result<(), Close> {
         loop {
             match self.version {
                 Version::V4 => match v4::Packet::read(buf, self.max_packet) {
                     Ok(packet) => self.device_v4(packet, out)?,
                     Err(mqttbytes::Error::InsufficientBytes(_)) => return Ok(()),
-                    Err(e) => return Err(malformed(e.to_string(), matches!(e, mqttbytes::Error::PayloadSizeLimitExceeded(_)))),
+                    Err(e) => {
+                        return Err(malformed(
+                            e.to_string(),
+                            matches!(e, mqttbytes::Error::PayloadSizeLimitExceeded(_)),
+                        ))
+                    }
                 },
                 Version::V5 => match v5::Packet::read(buf, Some(self.max_packet as u32)) {
                     Ok(packet) => self.device_v5(packet, out)?,
@@ -494,7 +524,10 @@ impl Session {
             v4::Packet::Publish(p) => {
                 if !self.acl.may_publish(&p.topic) {
                     // 3.1.1 has no way to refuse a publish but closing the connection.
-                    return Err(Close::Violation(v5::DisconnectReasonCode::NotAuthorized, format!("publish to '{}' not allowed", p.topic)));
+                    return Err(Close::Violation(
+                        v5::DisconnectReasonCode::NotAuthorized,
+                        format!("publish to '{}' not allowed", p.topic),
+                    ));
                 }
                 self.forward_publish(p.topic, p.qos, p.pkid, p.dup, &p.payload, out);
             }
@@ -514,7 +547,12 @@ impl Session {
                 to_broker(out, v4::Packet::Disconnect);
                 return Err(Close::Device);
             }
-            other => return Err(protocol_error(format!("unexpected {:?} from a device", packet_name_v4(&other)))),
+            other => {
+                return Err(protocol_error(format!(
+                    "unexpected {:?} from a device",
+                    packet_name_v4(&other)
+                )))
+            }
         }
         Ok(())
     }
@@ -522,10 +560,14 @@ impl Session {
     fn device_v5(&mut self, packet: v5::Packet, out: &mut Outgoing) -> Result<(), Close> {
         match packet {
             v5::Packet::Publish(p) => {
-                let mut topic = String::from_utf8(p.topic.to_vec()).map_err(|_| malformed("topic is not UTF-8".into(), false))?;
+                let mut topic =
+                    String::from_utf8(p.topic.to_vec()).map_err(|_| malformed("topic is not UTF-8".into(), false))?;
                 if let Some(alias) = p.properties.as_ref().and_then(|props| props.topic_alias) {
                     if alias == 0 || alias > self.topic_alias_max {
-                        return Err(Close::Violation(v5::DisconnectReasonCode::TopicAliasInvalid, format!("topic alias {alias} out of range")));
+                        return Err(Close::Violation(
+                            v5::DisconnectReasonCode::TopicAliasInvalid,
+                            format!("topic alias {alias} out of range"),
+                        ));
                     }
                     if topic.is_empty() {
                         topic = self
@@ -581,7 +623,10 @@ impl Session {
                 return Err(Close::Device);
             }
             v5::Packet::Auth(_) => {
-                return Err(Close::Violation(v5::DisconnectReasonCode::ProtocolError, "enhanced authentication is not supported".into()))
+                return Err(Close::Violation(
+                    v5::DisconnectReasonCode::ProtocolError,
+                    "enhanced authentication is not supported".into(),
+                ))
             }
             _ => return Err(protocol_error("unexpected packet from a device".into())),
         }
@@ -590,7 +635,8 @@ impl Session {
 
     fn forward_publish(&mut self, topic: String, qos: QoS, pkid: u16, dup: bool, payload: &[u8], out: &mut Outgoing) {
         // Retain is dropped: an outbox is a queue to the bridge, not a state.
-        let mut publish = v4::Publish::from_bytes(topic, qos, Bytes::from(frame_outbox(&self.identity.device, payload)));
+        let mut publish =
+            v4::Publish::from_bytes(topic, qos, Bytes::from(frame_outbox(&self.identity.device, payload)));
         publish.pkid = pkid;
         publish.dup = dup;
         to_broker(out, v4::Packet::Publish(publish));
@@ -624,12 +670,24 @@ impl Session {
 
     /// Writes a SUBACK with one code per original filter: refused ones get "not
     /// authorized", the others take rumqttd's codes in order.
-    fn write_suback(&self, pkid: u16, allowed: &[bool], broker_codes: &mut dyn Iterator<Item = v4::SubscribeReasonCode>, out: &mut Outgoing) {
+    fn write_suback(
+        &self,
+        pkid: u16,
+        allowed: &[bool],
+        broker_codes: &mut dyn Iterator<Item = v4::SubscribeReasonCode>,
+        out: &mut Outgoing,
+    ) {
         match self.version {
             Version::V4 => {
                 let codes = allowed
                     .iter()
-                    .map(|ok| if *ok { broker_codes.next().unwrap_or(v4::SubscribeReasonCode::Failure) } else { v4::SubscribeReasonCode::Failure })
+                    .map(|ok| {
+                        if *ok {
+                            broker_codes.next().unwrap_or(v4::SubscribeReasonCode::Failure)
+                        } else {
+                            v4::SubscribeReasonCode::Failure
+                        }
+                    })
                     .collect();
                 let _ = v4::Packet::SubAck(v4::SubAck::new(pkid, codes)).write(&mut out.to_device, usize::MAX);
             }
@@ -638,17 +696,26 @@ impl Session {
                     .iter()
                     .map(|ok| match (ok, ok.then(|| broker_codes.next()).flatten()) {
                         (false, _) => v5::SubscribeReasonCode::NotAuthorized,
-                        (true, Some(v4::SubscribeReasonCode::Success(qos))) => v5::SubscribeReasonCode::Success(qos_v5(qos)),
+                        (true, Some(v4::SubscribeReasonCode::Success(qos))) => {
+                            v5::SubscribeReasonCode::Success(qos_v5(qos))
+                        }
                         (true, _) => v5::SubscribeReasonCode::Unspecified,
                     })
                     .collect();
-                to_device_v5(out, v5::Packet::SubAck(v5::SubAck { pkid, return_codes: codes, properties: None }));
+                to_device_v5(
+                    out,
+                    v5::Packet::SubAck(v5::SubAck {
+                        pkid,
+                        return_codes: codes,
+                        properties: None,
+                    }),
+                );
             }
         }
     }
 
     /// Handles every complete packet rumqttd has sent.
-    fn from_broker(&mut self, buf: &mut BytesMut, out: &mut Outgoing) -> Result<(), Close> {
+    fn handle_broker_bytes(&mut self, buf: &mut BytesMut, out: &mut Outgoing) -> Result<(), Close> {
         loop {
             let packet = match v4::Packet::read(buf, usize::MAX >> 1) {
                 Ok(packet) => packet,
@@ -711,7 +778,10 @@ impl Session {
                     Version::V5 => to_device_v5(out, v5::Packet::PubComp(v5::PubComp::new(a.pkid, None))),
                 },
                 v4::Packet::SubAck(ack) => {
-                    let allowed = self.pending_subs.remove(&ack.pkid).unwrap_or_else(|| vec![true; ack.return_codes.len()]);
+                    let allowed = self
+                        .pending_subs
+                        .remove(&ack.pkid)
+                        .unwrap_or_else(|| vec![true; ack.return_codes.len()]);
                     self.write_suback(ack.pkid, &allowed, &mut ack.return_codes.into_iter(), out);
                 }
                 v4::Packet::UnsubAck(ack) => {
@@ -737,7 +807,11 @@ impl Session {
 
     /// The device acknowledged a QoS 1 publish.
     fn device_acked(&mut self, pkid: u16, out: &mut Outgoing) {
-        match self.upstream_inflight.iter_mut().find(|(id, done)| *id == pkid && !done) {
+        match self
+            .upstream_inflight
+            .iter_mut()
+            .find(|(id, done)| *id == pkid && !done)
+        {
             Some(entry) => entry.1 = true,
             None => tracing::debug!(pkid, device = %self.identity.device, "unsolicited PUBACK from a device"),
         }
@@ -758,7 +832,12 @@ impl Session {
         match p.qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => {
-                if let Some(entry) = self.upstream_inflight.iter_mut().rev().find(|(id, done)| *id == p.pkid && !done) {
+                if let Some(entry) = self
+                    .upstream_inflight
+                    .iter_mut()
+                    .rev()
+                    .find(|(id, done)| *id == p.pkid && !done)
+                {
                     entry.1 = true;
                 }
                 self.release_acks(out);

@@ -37,7 +37,10 @@ impl ClientIo {
                     // Pings are answered by the WebSocket layer itself.
                     Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
                     Some(Ok(Message::Text(_))) => {
-                        return Err(io::Error::new(io::ErrorKind::InvalidData, "MQTT over WebSocket needs binary frames"))
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "MQTT over WebSocket needs binary frames",
+                        ))
                     }
                     Some(Err(e)) => return Err(io::Error::other(e)),
                 }
@@ -52,10 +55,7 @@ impl ClientIo {
                 s.write_all(bytes).await?;
                 s.flush().await
             }
-            ClientIo::Ws(ws) => ws
-                .send(Message::binary(bytes.to_vec()))
-                .await
-                .map_err(io::Error::other),
+            ClientIo::Ws(ws) => ws.send(Message::binary(bytes.to_vec())).await.map_err(io::Error::other),
         }
     }
 

@@ -1,0 +1,177 @@
+//! Other people's MQTT clients: Eclipse Mosquitto's `mosquitto_pub`/`mosquitto_sub`
+//! (3.1.1 and 5), over TCP and TLS, against the gate. `scripts/test.sh` installs them.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::Backend;
+use serde_json::{json, Value};
+use tokio::process::Command;
+
+fn self_signed_cert(dir: &std::path::Path) -> (String, String) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let status = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl is installed");
+    assert!(status.success());
+    (cert.display().to_string(), key.display().to_string())
+}
+
+async fn mosquitto_clients_over_tcp_and_tls(backend: Backend) {
+    let (url, db_dir) = common::fresh_database(backend).await;
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed_cert(certs.path());
+    let mut config = common::test_config(&url);
+    config.mqtt.tls = "127.0.0.1:0".into();
+    config.mqtt.tls_cert = cert.clone();
+    config.mqtt.tls_key = key;
+    config.mqtt.handshake_timeout_secs = 2;
+    let t = common::spawn_app_with(config, db_dir).await;
+    let alice = t.user("alice").await;
+    let bob = t.user("bob").await;
+    let tls_port = t.server.tls_addr.unwrap().port().to_string();
+    let tcp_port = t.mqtt_port().to_string();
+
+    // An idle connection on the TLS port must not hold up real handshakes.
+    let _idle = tokio::net::TcpStream::connect(t.server.tls_addr.unwrap())
+        .await
+        .unwrap();
+
+    // Bob listens with mosquitto_sub over TLS, MQTT 5, for one message.
+    let sub = Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &tls_port,
+            "--cafile",
+            &cert,
+            "-V",
+            "mqttv5",
+            "-q",
+            "1",
+            "-C",
+            "1",
+        ])
+        .args(["-i", "bob-cli", "-u", "bob", "-P", &bob, "-t", &t.inbox("bob")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("mosquitto_sub is installed");
+    let waiting = tokio::spawn(sub.wait_with_output());
+
+    // Alice sends with mosquitto_pub over plain TCP, MQTT 3.1.1, until bob's client has
+    // subscribed and received one (mosquitto_sub gives no signal when it has subscribed).
+    let mut attempt = 0;
+    while !waiting.is_finished() {
+        attempt += 1;
+        assert!(attempt < 50, "mosquitto_sub never received a message");
+        let envelope = json!({"op": "send", "cid": format!("cli{attempt}"), "chat": "user", "to": "bob", "type": "txt", "body": {"msg": "from mosquitto"}});
+        let status = Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &tcp_port,
+                "-V",
+                "mqttv311",
+                "-q",
+                "1",
+                "-i",
+                "alice-cli",
+            ])
+            .args([
+                "-u",
+                "alice",
+                "-P",
+                &alice,
+                "-t",
+                &t.outbox("alice"),
+                "-m",
+                &envelope.to_string(),
+            ])
+            .status()
+            .await
+            .unwrap();
+        assert!(status.success(), "mosquitto_pub failed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let output = waiting.await.unwrap().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let msg: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        (msg["op"].as_str(), msg["from"].as_str(), msg["body"]["msg"].as_str()),
+        (Some("msg"), Some("alice"), Some("from mosquitto"))
+    );
+
+    // Forbidden subscriptions are refused with a SUBACK the client understands.
+    for version in ["mqttv311", "mqttv5"] {
+        let out = Command::new("mosquitto_sub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &tcp_port,
+                "-V",
+                version,
+                "-W",
+                "3",
+                "-i",
+                "snoop",
+            ])
+            .args(["-u", "alice", "-P", &alice, "-t", "chat/#"])
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("denied"), "{version}: {stderr}");
+    }
+    // A bad token is refused at CONNECT, in words the client prints.
+    let out = Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &tls_port,
+            "--cafile",
+            &cert,
+            "-W",
+            "3",
+            "-u",
+            "alice",
+            "-P",
+            "forged",
+            "-t",
+            "x",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not authorised"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+on_both_backends!(mosquitto_clients_over_tcp_and_tls);
