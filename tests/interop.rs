@@ -37,15 +37,15 @@ fn self_signed_cert(dir: &std::path::Path) -> (String, String) {
 }
 
 async fn mosquitto_clients_over_tcp_and_tls(backend: Backend) {
-    let (url, db_dir) = common::fresh_database(backend).await;
+    let db = common::fresh_database(backend).await;
     let certs = tempfile::tempdir().unwrap();
     let (cert, key) = self_signed_cert(certs.path());
-    let mut config = common::test_config(&url);
+    let mut config = common::test_config(&db.url);
     config.mqtt.tls = "127.0.0.1:0".into();
     config.mqtt.tls_cert = cert.clone();
     config.mqtt.tls_key = key;
     config.mqtt.handshake_timeout_secs = 2;
-    let t = common::spawn_app_with(config, db_dir).await;
+    let t = common::spawn_app_with(config, db).await;
     let alice = t.user("alice").await;
     let bob = t.user("bob").await;
     let tls_port = t.server.tls_addr.unwrap().port().to_string();

@@ -512,11 +512,11 @@ async fn websocket_v4_and_v5_and_keepalive_zero(backend: Backend) {
 }
 
 async fn silent_device_is_dropped_and_handshakes_time_out(backend: Backend) {
-    let (url, dir) = common::fresh_database(backend).await;
-    let mut config = common::test_config(&url);
+    let db = common::fresh_database(backend).await;
+    let mut config = common::test_config(&db.url);
     config.mqtt.connect_timeout_secs = 1;
     config.mqtt.handshake_timeout_secs = 1;
-    let t = common::spawn_app_with(config, dir).await;
+    let t = common::spawn_app_with(config, db).await;
     let alice_token = t.user("alice").await;
 
     // An idle TCP connection that never upgrades to WebSocket does not block others.

@@ -75,7 +75,8 @@ async fn post(http: &reqwest::Client, url: String, token: Option<&str>, body: Va
 }
 
 async fn acked_messages_survive_kill_9(backend: Backend) {
-    let (url, dir) = common::fresh_database(backend).await;
+    let db = common::fresh_database(backend).await;
+    let url = db.url.clone();
     let data_dir = tempfile::tempdir().unwrap();
     let mut chatd = start_chatd(&url, data_dir.path()).await;
     let banner = chatd.lines.join("\n");
@@ -229,7 +230,8 @@ async fn acked_messages_survive_kill_9(backend: Backend) {
         missing.len()
     );
     assert!(acked.len() >= 300);
-    drop(dir);
+    drop(chatd);
+    drop(db);
 }
 
 on_both_backends!(acked_messages_survive_kill_9);

@@ -46,13 +46,45 @@ pub fn postgres_base_url() -> String {
     std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
-/// A fresh, empty database URL for one test.
-pub async fn fresh_database(backend: Backend) -> (String, Option<tempfile::TempDir>) {
+/// A fresh, empty database for one test; a PostgreSQL one is dropped when this is.
+pub struct TestDb {
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+    pg_name: Option<String>,
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some(name) = self.pg_name.take() else { return };
+        // Drop is not async: do it on a thread of its own with its own runtime.
+        let _ = std::thread::spawn(move || {
+            use sqlx::Connection;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&postgres_base_url()).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut conn)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+pub async fn fresh_database(backend: Backend) -> TestDb {
     match backend {
         Backend::Sqlite => {
             let dir = tempfile::tempdir().unwrap();
             let url = format!("sqlite://{}", dir.path().join("chatd.db").display());
-            (url, Some(dir))
+            TestDb {
+                url,
+                _dir: Some(dir),
+                pg_name: None,
+            }
         }
         Backend::Postgres => {
             use sqlx::Connection;
@@ -65,14 +97,23 @@ pub async fn fresh_database(backend: Backend) -> (String, Option<tempfile::TempD
                 .execute(&mut conn)
                 .await
                 .unwrap();
-            let url = match base.rfind('/') {
-                Some(slash) if base[..slash].contains("://") && slash > base.find("://").unwrap() + 2 => {
-                    let query = base[slash..].find('?').map(|q| &base[slash + q..]).unwrap_or("");
-                    format!("{}/{name}{query}", &base[..slash])
-                }
-                _ => format!("{base}/{name}"),
+            // Same server and options, other database: replace the path of the URL.
+            let (head, query) = base.split_once('?').map_or((base.as_str(), ""), |(h, q)| (h, q));
+            let authority_end = head.find("://").map_or(0, |i| i + 3);
+            let head = match head[authority_end..].find('/') {
+                Some(slash) => &head[..authority_end + slash],
+                None => head,
             };
-            (url, None)
+            let url = if query.is_empty() {
+                format!("{head}/{name}")
+            } else {
+                format!("{head}/{name}?{query}")
+            };
+            TestDb {
+                url,
+                _dir: None,
+                pg_name: Some(name),
+            }
         }
     }
 }
@@ -88,7 +129,8 @@ pub struct TestApp {
     pub client_secret: String,
     pub app_token: String,
     pub database_url: String,
-    _dir: Option<tempfile::TempDir>,
+    // Last, so the database outlives the server using it.
+    _db: TestDb,
 }
 
 /// The configuration tests start from: everything on port 0, and the given database.
@@ -103,11 +145,11 @@ pub fn test_config(database_url: &str) -> chatd::Config {
 }
 
 pub async fn spawn_app(backend: Backend) -> TestApp {
-    let (url, dir) = fresh_database(backend).await;
-    spawn_app_with(test_config(&url), dir).await
+    let db = fresh_database(backend).await;
+    spawn_app_with(test_config(&db.url), db).await
 }
 
-pub async fn spawn_app_with(config: chatd::Config, dir: Option<tempfile::TempDir>) -> TestApp {
+pub async fn spawn_app_with(config: chatd::Config, db: TestDb) -> TestApp {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,rumqttd=off".into()),
@@ -129,7 +171,7 @@ pub async fn spawn_app_with(config: chatd::Config, dir: Option<tempfile::TempDir
         client_secret: creds.client_secret,
         app_token: String::new(),
         database_url,
-        _dir: dir,
+        _db: db,
     };
     t.app_token = t
         .token(json!({"grant_type": "client_credentials", "client_id": t.client_id, "client_secret": t.client_secret}))

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Runs the whole test suite, after making sure what the tests need is on the machine:
+#   - a PostgreSQL server: the one at $DATABASE_URL (default postgres://postgres@127.0.0.1:5432/test)
+#     if it answers; otherwise Debian's postgresql package is installed if missing and a
+#     throwaway cluster is started on a free port for this run;
+#   - mosquitto_pub/mosquitto_sub and openssl (interoperability and TLS tests).
+# Tests never skip for want of a service: if one cannot be had, they fail.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+apt_updated=""
+apt_install() {
+    if [ -z "$apt_updated" ]; then
+        $SUDO apt-get update -qq
+        apt_updated=1
+    fi
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
+}
+
+missing=()
+command -v mosquitto_sub >/dev/null || missing+=(mosquitto-clients)
+command -v openssl >/dev/null || missing+=(openssl)
+command -v psql >/dev/null || missing+=(postgresql-client)
+[ ${#missing[@]} -eq 0 ] || { echo "installing ${missing[*]}"; apt_install "${missing[@]}"; }
+
+export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}"
+if psql "$DATABASE_URL" -qtAc 'select 1' >/dev/null 2>&1; then
+    echo "using PostgreSQL at ${DATABASE_URL%%\?*}"
+else
+    echo "no PostgreSQL answers at $DATABASE_URL; starting a throwaway cluster"
+    ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || apt_install postgresql
+    bin="$(dirname "$(ls -d /usr/lib/postgresql/*/bin/initdb | sort -V | tail -n 1)")"
+    dir="$(mktemp -d /tmp/chatd-pg.XXXXXX)"
+    port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+    run_as=()
+    if [ "$(id -u)" -eq 0 ]; then
+        id postgres >/dev/null 2>&1 || useradd --system --no-create-home postgres
+        chown postgres "$dir"
+        run_as=(runuser -u postgres --)
+    fi
+    "${run_as[@]}" "$bin/initdb" -D "$dir/data" -U postgres --auth=trust >/dev/null
+    "${run_as[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/log" -w \
+        -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off" start >/dev/null
+    trap '"${run_as[@]}" "$bin/pg_ctl" -D "$dir/data" -m immediate stop >/dev/null 2>&1; rm -rf "$dir"' EXIT
+    export DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
+fi
+
+cargo test --workspace --all-targets "$@"
