@@ -12,7 +12,8 @@ use chatd::Config;
 /// With no command it serves: MQTT over TCP and WebSocket (/mqtt) through the gate, the
 /// embedded broker, the bridge and the REST API, on SQLite in ./chatd-data unless
 /// DATABASE_URL points to PostgreSQL. On first start it creates the dev app demo/chat and
-/// prints its credentials.
+/// prints its credentials. Default listeners: MQTT 127.0.0.1:11883, MQTT over WebSocket
+/// ws://127.0.0.1:18083/mqtt, REST API http://127.0.0.1:18080 (TLS off).
 ///
 /// Configuration: built-in defaults, then --config FILE (TOML, see chatd.example.toml),
 /// then environment variables CHATD_<SECTION>__<KEY> (for example CHATD_MQTT__TCP,

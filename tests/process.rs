@@ -28,7 +28,10 @@ async fn start_chatd(database_url: &str, data_dir: &std::path::Path) -> Chatd {
         .env("CHATD_MQTT__TCP", "127.0.0.1:0")
         .env("CHATD_MQTT__WS", "")
         .env("CHATD_API__LISTEN", "127.0.0.1:0")
-        .env("RUST_LOG", std::env::var("CHILD_LOG").unwrap_or("warn,rumqttd=off".into()))
+        .env(
+            "RUST_LOG",
+            std::env::var("CHILD_LOG").unwrap_or("warn,rumqttd=off".into()),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)

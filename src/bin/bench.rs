@@ -125,7 +125,11 @@ fn now_us() -> u64 {
 #[derive(Clone)]
 enum Protocol {
     /// chatd: users `s{i}` → `r{i}`, JSON envelopes on outbox/inbox topics.
-    Chatd { org: String, app: String, tokens: Arc<Vec<(String, String)>> },
+    Chatd {
+        org: String,
+        app: String,
+        tokens: Arc<Vec<(String, String)>>,
+    },
     /// Plain MQTT: `bench/{i}`.
     Plain,
 }
@@ -137,9 +141,21 @@ async fn main() -> anyhow::Result<()> {
             run_chatd(&traffic, database_url.as_deref()).await?.print();
         }
         Mode::Mqtt { traffic, host, port } => {
-            run(&traffic, &host, port, Protocol::Plain, format!("plain MQTT {host}:{port}")).await?.print();
+            run(
+                &traffic,
+                &host,
+                port,
+                Protocol::Plain,
+                format!("plain MQTT {host}:{port}"),
+            )
+            .await?
+            .print();
         }
-        Mode::Compare { traffic, database_url, mosquitto_port } => {
+        Mode::Compare {
+            traffic,
+            database_url,
+            mosquitto_port,
+        } => {
             let chatd = run_chatd(&traffic, database_url.as_deref()).await?;
             let (port, _mosquitto) = match mosquitto_port {
                 Some(port) => (port, None),
@@ -148,7 +164,14 @@ async fn main() -> anyhow::Result<()> {
                     (port, Some(child))
                 }
             };
-            let plain = run(&traffic, "127.0.0.1", port, Protocol::Plain, format!("mosquitto :{port} (no storage)")).await?;
+            let plain = run(
+                &traffic,
+                "127.0.0.1",
+                port,
+                Protocol::Plain,
+                format!("mosquitto :{port} (no storage)"),
+            )
+            .await?;
             chatd.print();
             plain.print();
             println!("chatd / mosquitto throughput: {:.2}x", chatd.rate() / plain.rate());
@@ -163,7 +186,10 @@ async fn spawn_mosquitto() -> anyhow::Result<(u16, tokio::process::Child)> {
     let dir = std::env::temp_dir().join(format!("bench-mosquitto-{port}"));
     std::fs::create_dir_all(&dir)?;
     let conf = dir.join("mosquitto.conf");
-    std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 100\n"))?;
+    std::fs::write(
+        &conf,
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 100\n"),
+    )?;
     let child = tokio::process::Command::new("mosquitto")
         .arg("-c")
         .arg(&conf)
@@ -187,13 +213,28 @@ async fn run_chatd(traffic: &Traffic, database_url: Option<&str>) -> anyhow::Res
         Some(base) => {
             use sqlx::Connection;
             let name = format!("chatd_bench_{}", now_us());
-            let mut conn = sqlx::PgConnection::connect(base).await.context("connecting to PostgreSQL")?;
-            sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await?;
+            let mut conn = sqlx::PgConnection::connect(base)
+                .await
+                .context("connecting to PostgreSQL")?;
+            sqlx::query(&format!("CREATE DATABASE {name}"))
+                .execute(&mut conn)
+                .await?;
             let head = base.split('?').next().unwrap();
-            let head = &head[..head.rfind('/').filter(|i| *i > head.find("://").unwrap() + 2).unwrap_or(head.len())];
-            (format!("{head}/{name}"), "chatd (PostgreSQL)".to_string(), Some((base.to_string(), name)))
+            let head = &head[..head
+                .rfind('/')
+                .filter(|i| *i > head.find("://").unwrap() + 2)
+                .unwrap_or(head.len())];
+            (
+                format!("{head}/{name}"),
+                "chatd (PostgreSQL)".to_string(),
+                Some((base.to_string(), name)),
+            )
         }
-        None => (format!("sqlite://{}", data_dir.path().join("chatd.db").display()), "chatd (SQLite)".to_string(), None),
+        None => (
+            format!("sqlite://{}", data_dir.path().join("chatd.db").display()),
+            "chatd (SQLite)".to_string(),
+            None,
+        ),
     };
     let exe = std::env::current_exe()?.with_file_name("chatd");
     let mut child = tokio::process::Command::new(&exe)
@@ -245,7 +286,12 @@ async fn run_chatd(traffic: &Traffic, database_url: Option<&str>) -> anyhow::Res
             Ok::<Value, anyhow::Error>(body)
         }
     };
-    let app_token = post(format!("{base}/token"), None, json!({"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret})).await?["access_token"]
+    let app_token = post(
+        format!("{base}/token"),
+        None,
+        json!({"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret}),
+    )
+    .await?["access_token"]
         .as_str()
         .unwrap()
         .to_string();
@@ -253,29 +299,50 @@ async fn run_chatd(traffic: &Traffic, database_url: Option<&str>) -> anyhow::Res
     for chunk in (0..traffic.pairs).collect::<Vec<_>>().chunks(30) {
         let users: Vec<Value> = chunk
             .iter()
-            .flat_map(|i| [json!({"username": format!("s{i}"), "password": "pw"}), json!({"username": format!("r{i}"), "password": "pw"})])
+            .flat_map(|i| {
+                [
+                    json!({"username": format!("s{i}"), "password": "pw"}),
+                    json!({"username": format!("r{i}"), "password": "pw"}),
+                ]
+            })
             .collect();
         post(format!("{base}/users"), Some(app_token.clone()), Value::Array(users)).await?;
     }
     for i in 0..traffic.pairs {
         let mut pair = Vec::new();
         for user in [format!("s{i}"), format!("r{i}")] {
-            let body = post(format!("{base}/token"), None, json!({"grant_type": "password", "username": user, "password": "pw"})).await?;
+            let body = post(
+                format!("{base}/token"),
+                None,
+                json!({"grant_type": "password", "username": user, "password": "pw"}),
+            )
+            .await?;
             pair.push(body["access_token"].as_str().unwrap().to_string());
         }
         tokens.push((pair[0].clone(), pair[1].clone()));
     }
-    let protocol = Protocol::Chatd { org: "demo".into(), app: "chat".into(), tokens: Arc::new(tokens) };
+    let protocol = Protocol::Chatd {
+        org: "demo".into(),
+        app: "chat".into(),
+        tokens: Arc::new(tokens),
+    };
     let report = run(traffic, "127.0.0.1", port, protocol, label).await?;
 
     // Every acked message must be stored: count them through the history API.
     let mut stored = 0;
     for i in 0..traffic.pairs {
-        let resp = http.get(format!("{base}/users/s{i}/conversations/user/r{i}/messages?limit=1")).bearer_auth(&app_token).send().await?;
+        let resp = http
+            .get(format!("{base}/users/s{i}/conversations/user/r{i}/messages?limit=1"))
+            .bearer_auth(&app_token)
+            .send()
+            .await?;
         let body: Value = resp.json().await?;
         stored += body["last_seq"].as_u64().unwrap_or(0) as usize;
     }
-    println!("{}: {stored} messages stored for {} expected", report.label, report.expected);
+    println!(
+        "{}: {stored} messages stored for {} expected",
+        report.label, report.expected
+    );
     if stored != report.expected {
         bail!("stored {stored} messages, expected {}", report.expected);
     }
@@ -284,7 +351,9 @@ async fn run_chatd(traffic: &Traffic, database_url: Option<&str>) -> anyhow::Res
     if let Some((base, name)) = pg_db {
         use sqlx::Connection;
         let mut conn = sqlx::PgConnection::connect(&base).await?;
-        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await?;
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut conn)
+            .await?;
     }
     Ok(report)
 }
@@ -302,7 +371,10 @@ async fn run(traffic: &Traffic, host: &str, port: u16, protocol: Protocol, label
                 o.set_credentials(format!("r{i}"), &tokens[i].1);
                 (o, format!("chat/{org}/{app}/u/r{i}/in"))
             }
-            Protocol::Plain => (MqttOptions::new(format!("bench-r{i}"), host, port), format!("bench/{i}")),
+            Protocol::Plain => (
+                MqttOptions::new(format!("bench-r{i}"), host, port),
+                format!("bench/{i}"),
+            ),
         };
         let (client, mut eventloop) = client(options);
         client.subscribe(&topic, QoS::AtLeastOnce).await?;
@@ -321,7 +393,9 @@ async fn run(traffic: &Traffic, host: &str, port: u16, protocol: Protocol, label
             while got < want {
                 match eventloop.poll().await {
                     Ok(Event::Incoming(Packet::Publish(p))) => {
-                        let Ok(v) = serde_json::from_slice::<Value>(&p.payload) else { continue };
+                        let Ok(v) = serde_json::from_slice::<Value>(&p.payload) else {
+                            continue;
+                        };
                         let sent = if chatd { v["ext"]["t"].as_u64() } else { v["t"].as_u64() };
                         if let Some(sent) = sent {
                             local.push(now_us().saturating_sub(sent));
@@ -343,7 +417,8 @@ async fn run(traffic: &Traffic, host: &str, port: u16, protocol: Protocol, label
     drop(done_tx);
 
     let started = Instant::now();
-    let per_sender_interval = (traffic.rate > 0).then(|| Duration::from_secs_f64(traffic.pairs as f64 / traffic.rate as f64));
+    let per_sender_interval =
+        (traffic.rate > 0).then(|| Duration::from_secs_f64(traffic.pairs as f64 / traffic.rate as f64));
     let text = "x".repeat(traffic.size);
     let mut senders = Vec::new();
     for i in 0..traffic.pairs {
@@ -353,7 +428,10 @@ async fn run(traffic: &Traffic, host: &str, port: u16, protocol: Protocol, label
                 o.set_credentials(format!("s{i}"), &tokens[i].0);
                 (o, format!("chat/{org}/{app}/u/s{i}/out"))
             }
-            Protocol::Plain => (MqttOptions::new(format!("bench-s{i}"), host, port), format!("bench/{i}")),
+            Protocol::Plain => (
+                MqttOptions::new(format!("bench-s{i}"), host, port),
+                format!("bench/{i}"),
+            ),
         };
         let (client, mut eventloop) = client(options);
         let (protocol, text, messages) = (protocol.clone(), text.clone(), traffic.messages);
@@ -397,7 +475,13 @@ async fn run(traffic: &Traffic, host: &str, port: u16, protocol: Protocol, label
     }
     let mut latencies_us = std::mem::take(&mut *latencies.lock().await);
     latencies_us.sort_unstable();
-    Ok(Report { label, delivered: latencies_us.len(), expected, elapsed: last - started, latencies_us })
+    Ok(Report {
+        label,
+        delivered: latencies_us.len(),
+        expected,
+        elapsed: last - started,
+        latencies_us,
+    })
 }
 
 fn client(mut options: MqttOptions) -> (AsyncClient, rumqttc::EventLoop) {

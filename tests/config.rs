@@ -1,0 +1,39 @@
+//! Start-up errors an operator sees.
+
+mod common;
+
+use common::Backend;
+
+#[tokio::test]
+async fn a_taken_port_is_a_clear_error() {
+    let db = common::fresh_database(Backend::Sqlite).await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let mut config = common::test_config(&db.url);
+    config.mqtt.tcp = format!("127.0.0.1:{port}");
+    let err = chatd::start(config).await.err().expect("start fails");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains(&format!("127.0.0.1:{port}")) && text.contains("mqtt.tcp"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_bad_database_url_is_a_clear_error() {
+    let mut config = common::test_config("mysql://nope");
+    config.database_url = "mysql://nope".into();
+    let err = chatd::start(config).await.err().expect("start fails");
+    assert!(format!("{err:#}").contains("sqlite: or postgres:"), "{err:#}");
+}
+
+#[tokio::test]
+async fn tls_needs_readable_pem_files() {
+    let db = common::fresh_database(Backend::Sqlite).await;
+    let mut config = common::test_config(&db.url);
+    config.mqtt.tls = "127.0.0.1:0".into();
+    config.mqtt.tls_cert = "/nonexistent/cert.pem".into();
+    config.mqtt.tls_key = "/nonexistent/key.pem".into();
+    let err = chatd::start(config).await.err().expect("start fails");
+    assert!(format!("{err:#}").contains("/nonexistent/cert.pem"), "{err:#}");
+}
