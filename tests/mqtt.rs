@@ -542,6 +542,61 @@ async fn silent_device_is_dropped_and_handshakes_time_out(backend: Backend) {
     assert!(started.elapsed() >= Duration::from_millis(1400), "dropped too early");
 }
 
+/// A will goes out when a device vanishes, not when it says goodbye, in either form of an
+/// MQTT 5 DISCONNECT (with a reason code, or the short form without one).
+async fn wills_follow_how_a_device_leaves(backend: Backend) {
+    let t = spawn_app(backend).await;
+    let alice_token = t.user("alice").await;
+    let bob_token = t.user("bob").await;
+    let mut bob = t.device("bob", &bob_token, "bob-phone").await;
+
+    let connect_with_will = |cid: &'static str| {
+        let will = v5::LastWill::new(
+            t.outbox("alice"),
+            json!({"op": "send", "cid": cid, "chat": "user", "to": "bob", "type": "txt", "body": {"msg": cid}})
+                .to_string(),
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+            false,
+            None,
+        );
+        let connect = v5::Connect {
+            keep_alive: 30,
+            client_id: format!("alice-{cid}"),
+            clean_start: true,
+            properties: None,
+        };
+        let login = v5::Login {
+            username: "alice".into(),
+            password: alice_token.clone(),
+        };
+        v5::Packet::Connect(connect, Some(will), Some(login))
+    };
+    for (cid, goodbye) in [
+        ("short-form", Some(vec![0xE0u8, 0x00])),
+        ("with-reason", Some(vec![0xE0u8, 0x01, 0x00])),
+        ("with-properties", Some(vec![0xE0u8, 0x02, 0x00, 0x00])),
+        ("vanished", None),
+        ("asked-for-will", Some(vec![0xE0u8, 0x01, 0x04])),
+    ] {
+        let mut raw = Raw::tcp(t.mqtt_port()).await;
+        raw.send5(connect_with_will(cid)).await;
+        assert!(matches!(raw.recv5().await, Some(v5::Packet::ConnAck(a)) if a.code == v5::ConnectReturnCode::Success));
+        match goodbye {
+            Some(bytes) => raw.write(&bytes).await,
+            None => {}
+        }
+        drop(raw);
+    }
+    // Only the wills of the device that vanished and of the one that asked for it arrive.
+    let got = bob.collect(Duration::from_millis(1500)).await;
+    let texts: Vec<_> = got
+        .iter()
+        .filter(|m| m["op"] == "msg")
+        .map(|m| m["body"]["msg"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(texts, ["vanished", "asked-for-will"]);
+}
+
 on_both_backends!(
     refuses_bad_tokens,
     enforces_topic_acl,
@@ -551,4 +606,5 @@ on_both_backends!(
     presence_counts_devices,
     websocket_v4_and_v5_and_keepalive_zero,
     silent_device_is_dropped_and_handshakes_time_out,
+    wills_follow_how_a_device_leaves,
 );

@@ -507,6 +507,18 @@ impl Session {
                         ))
                     }
                 },
+                // MQTT 5 lets a DISCONNECT omit its properties, or its reason code too (as
+                // Mosquitto's clients do); rumqttc's codec rejects both short forms.
+                Version::V5 if short_disconnect(buf).is_some() => {
+                    let (len, code) = short_disconnect(buf).unwrap_or_default();
+                    let _ = buf.split_to(len);
+                    let reason = if code == v5::DisconnectReasonCode::DisconnectWithWillMessage as u8 {
+                        v5::DisconnectReasonCode::DisconnectWithWillMessage
+                    } else {
+                        v5::DisconnectReasonCode::NormalDisconnection
+                    };
+                    self.device_v5(v5::Packet::Disconnect(v5::Disconnect::new(reason)), out)?
+                }
                 Version::V5 => match v5::Packet::read(buf, Some(self.max_packet as u32)) {
                     Ok(packet) => self.device_v5(packet, out)?,
                     Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(_)) => return Ok(()),
@@ -871,6 +883,16 @@ async fn flush(io: &mut ClientIo, upstream: &mut TcpStream, out: &mut Outgoing) 
         out.to_device.clear();
     }
     Ok(())
+}
+
+/// An MQTT 5 DISCONNECT without properties: `E0 00` (normal) or `E0 01 <reason>`; returns
+/// its length and reason code.
+fn short_disconnect(buf: &[u8]) -> Option<(usize, u8)> {
+    match buf {
+        [0xE0, 0x00, ..] => Some((2, 0)),
+        [0xE0, 0x01, code, ..] => Some((3, *code)),
+        _ => None,
+    }
 }
 
 fn malformed(why: String, too_large: bool) -> Close {
