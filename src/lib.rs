@@ -103,7 +103,17 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     );
     tasks.spawn(gate.run(Listeners { tcp, ws, tls }, shutdown_rx.clone()));
 
+    let kicker = presence.clone();
     let api_state = api::AppState {
+        on_user_deleted: std::sync::Arc::new(move |org, app, user| {
+            let key = broker::presence::UserKey {
+                org: org.into(),
+                app: app.into(),
+                user: user.into(),
+            };
+            let closed = kicker.disconnect_user(&key);
+            tracing::info!(%org, %app, %user, closed, "user deleted; closing their connections");
+        }),
         store: store.clone(),
         tokens: tokens.clone(),
         settings: api::ApiSettings {

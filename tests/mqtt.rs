@@ -90,13 +90,24 @@ async fn refuses_bad_tokens(backend: Backend) {
         ),
         other => panic!("{other:?}"),
     }
-    // A deleted user's token stops working.
+    // Deleting a user closes their open connections (MQTT 5: DISCONNECT 0x98), and their
+    // token stops working.
+    let mut bob_online = Raw::tcp(port).await;
+    assert_eq!(
+        bob_online.connect5("bob-5", "bob", &bob, 30).await.code,
+        v5::ConnectReturnCode::Success
+    );
     t.http
         .delete(t.url("/users/bob"))
         .bearer_auth(&t.app_token)
         .send()
         .await
         .unwrap();
+    match bob_online.recv5().await {
+        Some(v5::Packet::Disconnect(d)) => assert_eq!(d.reason_code, v5::DisconnectReasonCode::AdministrativeAction),
+        other => panic!("expected DISCONNECT, got {other:?}"),
+    }
+    assert!(bob_online.recv5().await.is_none());
     let mut raw = Raw::tcp(port).await;
     assert_eq!(
         raw.connect4("p", "bob", &bob, 30).await,
@@ -189,6 +200,19 @@ async fn enforces_topic_acl(backend: Backend) {
     // Still connected: a ping is answered.
     raw.send5(v5::Packet::PingReq(v5::PingReq)).await;
     assert!(matches!(raw.recv5().await, Some(v5::Packet::PingResp(_))));
+    // A forbidden QoS 0 publish has no ack to refuse it in: DISCONNECT 0x87.
+    let p = v5::Publish::new(
+        "chat/demo/chat/u/bob/out",
+        rumqttc::v5::mqttbytes::QoS::AtMostOnce,
+        "{}",
+        None,
+    );
+    raw.send5(v5::Packet::Publish(p)).await;
+    match raw.recv5().await {
+        Some(v5::Packet::Disconnect(d)) => assert_eq!(d.reason_code, v5::DisconnectReasonCode::NotAuthorized),
+        other => panic!("expected DISCONNECT, got {other:?}"),
+    }
+    assert!(raw.recv5().await.is_none());
 }
 
 async fn send_ack_deliver_echo_and_duplicates(backend: Backend) {
@@ -581,9 +605,8 @@ async fn wills_follow_how_a_device_leaves(backend: Backend) {
         let mut raw = Raw::tcp(t.mqtt_port()).await;
         raw.send5(connect_with_will(cid)).await;
         assert!(matches!(raw.recv5().await, Some(v5::Packet::ConnAck(a)) if a.code == v5::ConnectReturnCode::Success));
-        match goodbye {
-            Some(bytes) => raw.write(&bytes).await,
-            None => {}
+        if let Some(bytes) = goodbye {
+            raw.write(&bytes).await
         }
         drop(raw);
     }

@@ -237,4 +237,73 @@ async fn acked_messages_survive_kill_9(backend: Backend) {
     drop(db);
 }
 
-on_both_backends!(acked_messages_survive_kill_9);
+/// `chatd app create` and `chatd app rotate-secret`: what an operator runs.
+async fn operator_manages_apps_from_the_command_line(backend: Backend) {
+    let db = common::fresh_database(backend).await;
+    let data_dir = tempfile::tempdir().unwrap();
+    let cli = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_chatd"))
+            .args(args)
+            .env("DATABASE_URL", &db.url)
+            .env("CHATD_DATA_DIR", data_dir.path())
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+        (
+            output.status.success(),
+            stdout,
+            String::from_utf8_lossy(&output.stderr).to_string(),
+        )
+    };
+    let credential = |text: &str, name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+            .unwrap()
+    };
+    let (ok, created, err) = cli(&["app", "create", "--org", "acme", "--app", "support"]);
+    assert!(ok, "{err}");
+    let (id, secret) = (
+        credential(&created, "client_id:"),
+        credential(&created, "client_secret:"),
+    );
+    let (ok, _, err) = cli(&["app", "create", "--org", "acme", "--app", "support"]);
+    assert!(!ok && err.contains("already exists"), "{err}");
+    let (ok, _, err) = cli(&["app", "create", "--org", "Bad Org", "--app", "x"]);
+    assert!(!ok && err.contains("org"), "{err}");
+    let (ok, listed, _) = cli(&["app", "list"]);
+    assert!(ok && listed.contains("acme/support"), "{listed}");
+
+    let chatd = start_chatd(&db.url, data_dir.path()).await;
+    assert!(
+        !chatd.lines.join("\n").contains("Created the dev app"),
+        "dev app created although an app exists"
+    );
+    let http = reqwest::Client::new();
+    let token_url = format!("{}/acme/support/token", chatd.api);
+    let grant = |secret: &str| json!({"grant_type": "client_credentials", "client_id": id, "client_secret": secret});
+    let token = post(&http, token_url.clone(), None, grant(&secret)).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let users = format!("{}/acme/support/users", chatd.api);
+    assert_eq!(http.get(&users).bearer_auth(&token).send().await.unwrap().status(), 200);
+
+    let (ok, rotated, err) = cli(&["app", "rotate-secret", "--org", "acme", "--app", "support"]);
+    assert!(ok, "{err}");
+    let new_secret = credential(&rotated, "client_secret:");
+    assert_ne!(new_secret, secret);
+    assert_eq!(
+        http.get(&users).bearer_auth(&token).send().await.unwrap().status(),
+        401,
+        "old app token still works"
+    );
+    let resp = http.post(&token_url).json(&grant(&secret)).send().await.unwrap();
+    assert_eq!(resp.status(), 401, "old secret still works");
+    post(&http, token_url, None, grant(&new_secret)).await;
+}
+
+on_both_backends!(
+    acked_messages_survive_kill_9,
+    operator_manages_apps_from_the_command_line
+);

@@ -33,12 +33,17 @@ impl Default for ApiSettings {
     }
 }
 
+/// Told `(org, app, username)` after a user is deleted, so that their open MQTT
+/// connections can be closed (the API does not know about connections).
+pub type OnUserDeleted = std::sync::Arc<dyn Fn(&str, &str, &str) + Send + Sync>;
+
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
     pub store: store::Store,
     pub tokens: store::tokens::Tokens,
     pub settings: ApiSettings,
+    pub on_user_deleted: OnUserDeleted,
 }
 
 /// All routes.

@@ -6,9 +6,11 @@
 //! `{"user","status":"online"|"offline","devices":N,"last_seen":ms}`.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rumqttc::{AsyncClient, QoS};
+use tokio::sync::Notify;
 
 /// A user, as the gate knows them after CONNECT.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -18,10 +20,14 @@ pub struct UserKey {
     pub user: String,
 }
 
-/// Counts connected devices per user and publishes changes.
+/// Each open connection: its id and the signal that asks it to close.
+type Connections = Vec<(u64, Arc<Notify>)>;
+
+/// Tracks each user's connected devices, publishes changes, and can disconnect them all.
 #[derive(Clone)]
 pub struct Presence {
-    counts: Arc<Mutex<HashMap<UserKey, usize>>>,
+    devices: Arc<Mutex<HashMap<UserKey, Connections>>>,
+    next_id: Arc<AtomicU64>,
     publisher: AsyncClient,
 }
 
@@ -39,7 +45,8 @@ impl Presence {
             }
         });
         Presence {
-            counts: Arc::default(),
+            devices: Arc::default(),
+            next_id: Arc::default(),
             publisher,
         }
     }
@@ -47,33 +54,55 @@ impl Presence {
     /// Records a device connection; the returned guard records the disconnection when it
     /// is dropped, however the connection ends.
     pub fn connected(&self, user: UserKey) -> PresenceGuard {
-        self.change(&user, 1);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let kick = Arc::new(Notify::new());
+        let mut devices = self.devices.lock().unwrap();
+        let list = devices.entry(user.clone()).or_default();
+        list.push((id, kick.clone()));
+        self.publish(&user, list.len());
         PresenceGuard {
             presence: self.clone(),
             user,
+            id,
+            kick,
         }
     }
 
     /// How many devices of a user are connected.
     pub fn devices(&self, user: &UserKey) -> usize {
-        self.counts.lock().unwrap().get(user).copied().unwrap_or(0)
+        self.devices.lock().unwrap().get(user).map_or(0, Vec::len)
     }
 
-    fn change(&self, user: &UserKey, delta: isize) {
-        let mut counts = self.counts.lock().unwrap();
-        let count = counts.entry(user.clone()).or_insert(0);
-        *count = count.saturating_add_signed(delta);
-        let devices = *count;
-        if devices == 0 {
-            counts.remove(user);
+    /// Asks every connection of a user to close (the user was deleted); returns how many.
+    pub fn disconnect_user(&self, user: &UserKey) -> usize {
+        let devices = self.devices.lock().unwrap();
+        let list = devices.get(user).map(Vec::as_slice).unwrap_or_default();
+        for (_, kick) in list {
+            kick.notify_one();
         }
+        list.len()
+    }
+
+    fn disconnected(&self, user: &UserKey, id: u64) {
+        let mut devices = self.devices.lock().unwrap();
+        let Some(list) = devices.get_mut(user) else { return };
+        list.retain(|(other, _)| *other != id);
+        let count = list.len();
+        if count == 0 {
+            devices.remove(user);
+        }
+        self.publish(user, count);
+    }
+
+    /// Publishes a user's presence; called under the lock so that the retained value
+    /// follows the count's order.
+    fn publish(&self, user: &UserKey, devices: usize) {
         let payload = serde_json::json!({
             "user": user.user,
             "status": if devices > 0 { "online" } else { "offline" },
             "devices": devices,
             "last_seen": store::now_ms(),
         });
-        // Published under the lock so that the retained value follows the count's order.
         let topic = store::topics::presence(&user.org, &user.app, &user.user);
         if let Err(e) = self
             .publisher
@@ -88,10 +117,19 @@ impl Presence {
 pub struct PresenceGuard {
     presence: Presence,
     user: UserKey,
+    id: u64,
+    kick: Arc<Notify>,
+}
+
+impl PresenceGuard {
+    /// Resolves when the server wants this connection closed.
+    pub async fn kicked(&self) {
+        self.kick.notified().await
+    }
 }
 
 impl Drop for PresenceGuard {
     fn drop(&mut self) {
-        self.presence.change(&self.user, -1);
+        self.presence.disconnected(&self.user, self.id);
     }
 }

@@ -108,6 +108,22 @@ impl Raw {
     pub async fn recv5(&mut self) -> Option<v5::Packet> {
         tokio::time::timeout(Duration::from_secs(10), async {
             loop {
+                // rumqttc cannot parse a DISCONNECT with a reason code but no properties.
+                if self.buf.len() >= 3 && self.buf[..2] == [0xE0, 0x01] {
+                    let reason = self.buf[2];
+                    let _ = self.buf.split_to(3);
+                    let code = match reason {
+                        0x98 => v5::DisconnectReasonCode::AdministrativeAction,
+                        0x8B => v5::DisconnectReasonCode::ServerShuttingDown,
+                        0x8D => v5::DisconnectReasonCode::KeepAliveTimeout,
+                        0x87 => v5::DisconnectReasonCode::NotAuthorized,
+                        0x95 => v5::DisconnectReasonCode::PacketTooLarge,
+                        0x81 => v5::DisconnectReasonCode::MalformedPacket,
+                        0x82 => v5::DisconnectReasonCode::ProtocolError,
+                        other => panic!("unexpected DISCONNECT reason {other:#x}"),
+                    };
+                    return Some(v5::Packet::Disconnect(v5::Disconnect::new(code)));
+                }
                 match v5::Packet::read(&mut self.buf, None) {
                     Ok(p) => return Some(p),
                     Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(_)) => {

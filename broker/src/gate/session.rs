@@ -55,6 +55,8 @@ enum Close {
     /// The device broke a rule; 5 devices get a DISCONNECT with this reason.
     Violation(v5::DisconnectReasonCode, String),
     Shutdown,
+    /// The server closed it (the user was deleted).
+    Kicked,
 }
 
 /// The version-neutral part of a CONNECT that the gate acts on.
@@ -136,7 +138,7 @@ pub(crate) async fn serve(mut io: ClientIo, shared: Arc<Shared>, shutdown: watch
     if io.write_all(&out).await.is_err() {
         return;
     }
-    let _presence = shared.presence.connected(UserKey {
+    let presence = shared.presence.connected(UserKey {
         org: identity.org.clone(),
         app: identity.app.clone(),
         user: identity.user.clone(),
@@ -154,23 +156,27 @@ pub(crate) async fn serve(mut io: ClientIo, shared: Arc<Shared>, shutdown: watch
         upstream_inflight: VecDeque::new(),
     };
     let keep_alive = request.keep_alive;
-    let close = session.relay(&mut io, &mut upstream, buf, keep_alive, shutdown).await;
+    let close = session
+        .relay(&mut io, &mut upstream, buf, keep_alive, &presence, shutdown)
+        .await;
     tracing::debug!(user = %session.identity.user, device = %session.identity.device, ?close, "device disconnected");
-    if let Close::Violation(reason, why) = &close {
-        tracing::info!(user = %session.identity.user, device = %session.identity.device, %why, "closing a device connection");
-        if version == Version::V5 {
-            let mut out = BytesMut::new();
-            let _ = v5::Packet::Disconnect(v5::Disconnect::new(*reason)).write(&mut out, None);
-            let _ = io.write_all(&out).await;
+    let reason = match &close {
+        Close::Violation(reason, why) => {
+            tracing::info!(user = %session.identity.user, device = %session.identity.device, %why, "closing a device connection");
+            Some(*reason)
         }
+        Close::Shutdown => Some(v5::DisconnectReasonCode::ServerShuttingDown),
+        Close::Kicked => Some(v5::DisconnectReasonCode::AdministrativeAction),
+        Close::Device | Close::Upstream => None,
+    };
+    if let (Some(reason), Version::V5) = (reason, version) {
+        // Written by hand: rumqttc's encoder puts a stray byte after a DISCONNECT without
+        // properties. Reason code, no properties: `E0 01 <reason>`.
+        let _ = io.write_all(&[0xE0, 0x01, reason as u8]).await;
     }
-    if let Close::Shutdown = &close {
-        if version == Version::V5 {
-            let mut out = BytesMut::new();
-            let _ = v5::Packet::Disconnect(v5::Disconnect::new(v5::DisconnectReasonCode::ServerShuttingDown))
-                .write(&mut out, None);
-            let _ = io.write_all(&out).await;
-        }
+    if matches!(close, Close::Kicked | Close::Shutdown) {
+        // A server-side close is no reason to publish the device's will.
+        let _ = upstream.write_all(&[0xE0, 0x00]).await;
     }
     io.close().await;
 }
@@ -432,6 +438,7 @@ impl Session {
         upstream: &mut TcpStream,
         mut device_buf: BytesMut,
         keep_alive: u16,
+        presence: &crate::presence::PresenceGuard,
         mut shutdown: watch::Receiver<bool>,
     ) -> Close {
         let mut broker_buf = BytesMut::with_capacity(4096);
@@ -489,6 +496,7 @@ impl Session {
                     }
                 }
                 _ = shutdown.changed() => return Close::Shutdown,
+                _ = presence.kicked() => return Close::Kicked,
             }
         }
     }
