@@ -161,46 +161,21 @@ async fn users_crud_and_validation(backend: Backend) {
     assert_eq!(t.get("/users?limit=0", &tok).await.0, 400);
 
     // Update nickname and metadata; validation of metadata.
-    let resp = t
-        .http
-        .put(t.url("/users/bob"))
-        .bearer_auth(&tok)
-        .json(&json!({"nickname": "Bobby", "metadata": {"avatar": "https://x/y.png"}}))
-        .send()
-        .await
-        .unwrap();
-    let (status, body) = common::into_json(resp).await;
+    let (status, body) = t
+        .put(
+            "/users/bob",
+            &tok,
+            json!({"nickname": "Bobby", "metadata": {"avatar": "https://x/y.png"}}),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["entities"][0]["nickname"], "Bobby");
     assert_eq!(body["entities"][0]["metadata"]["avatar"], "https://x/y.png");
-    let resp = t
-        .http
-        .put(t.url("/users/bob"))
-        .bearer_auth(&tok)
-        .json(&json!({"metadata": {"n": 1}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 400);
-    let resp = t
-        .http
-        .put(t.url("/users/nobody"))
-        .bearer_auth(&tok)
-        .json(&json!({"nickname": "x"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 404);
+    assert_eq!(t.put("/users/bob", &tok, json!({"metadata": {"n": 1}})).await.0, 400);
+    assert_eq!(t.put("/users/nobody", &tok, json!({"nickname": "x"})).await.0, 404);
 
     // Delete; the user's password no longer works.
-    let resp = t
-        .http
-        .delete(t.url("/users/bob"))
-        .bearer_auth(&tok)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    assert_eq!(t.delete("/users/bob", &tok).await.0, 200);
     assert_eq!(t.get("/users/bob", &tok).await.0, 404);
     let (status, _) = t
         .post(
@@ -210,14 +185,7 @@ async fn users_crud_and_validation(backend: Backend) {
         )
         .await;
     assert_eq!(status, 401);
-    let resp = t
-        .http
-        .delete(t.url("/users/bob"))
-        .bearer_auth(&tok)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 404);
+    assert_eq!(t.delete("/users/bob", &tok).await.0, 404);
 }
 
 on_both_backends!(tokens_and_tenants, users_crud_and_validation);

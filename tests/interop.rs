@@ -57,22 +57,16 @@ async fn mosquitto_clients_over_tcp_and_tls(backend: Backend) {
         .unwrap();
 
     // Bob listens with mosquitto_sub over TLS, MQTT 5, for one message.
-    let sub = Command::new("mosquitto_sub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &tls_port,
-            "--cafile",
-            &cert,
-            "-V",
-            "mqttv5",
-            "-q",
-            "1",
-            "-C",
-            "1",
-        ])
-        .args(["-i", "bob-cli", "-u", "bob", "-P", &bob, "-t", &t.inbox("bob")])
+    let tls = Endpoint {
+        port: &tls_port,
+        cafile: Some(&cert),
+    };
+    let tcp = Endpoint {
+        port: &tcp_port,
+        cafile: None,
+    };
+    let sub = mosquitto("mosquitto_sub", &tls, "mqttv5", "bob-cli", "bob", &bob)
+        .args(["-q", "1", "-C", "1", "-t", &t.inbox("bob")])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -87,29 +81,8 @@ async fn mosquitto_clients_over_tcp_and_tls(backend: Backend) {
         attempt += 1;
         assert!(attempt < 50, "mosquitto_sub never received a message");
         let envelope = json!({"op": "send", "cid": format!("cli{attempt}"), "chat": "user", "to": "bob", "type": "txt", "body": {"msg": "from mosquitto"}});
-        let status = Command::new("mosquitto_pub")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &tcp_port,
-                "-V",
-                "mqttv311",
-                "-q",
-                "1",
-                "-i",
-                "alice-cli",
-            ])
-            .args([
-                "-u",
-                "alice",
-                "-P",
-                &alice,
-                "-t",
-                &t.outbox("alice"),
-                "-m",
-                &envelope.to_string(),
-            ])
+        let status = mosquitto("mosquitto_pub", &tcp, "mqttv311", "alice-cli", "alice", &alice)
+            .args(["-q", "1", "-t", &t.outbox("alice"), "-m", &envelope.to_string()])
             .status()
             .await
             .unwrap();
@@ -126,20 +99,8 @@ async fn mosquitto_clients_over_tcp_and_tls(backend: Backend) {
 
     // Forbidden subscriptions are refused with a SUBACK the client understands.
     for version in ["mqttv311", "mqttv5"] {
-        let out = Command::new("mosquitto_sub")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &tcp_port,
-                "-V",
-                version,
-                "-W",
-                "3",
-                "-i",
-                "snoop",
-            ])
-            .args(["-u", "alice", "-P", &alice, "-t", "chat/#"])
+        let out = mosquitto("mosquitto_sub", &tcp, version, "snoop", "alice", &alice)
+            .args(["-W", "3", "-t", "chat/#"])
             .output()
             .await
             .unwrap();
@@ -147,23 +108,8 @@ async fn mosquitto_clients_over_tcp_and_tls(backend: Backend) {
         assert!(stderr.contains("denied"), "{version}: {stderr}");
     }
     // A bad token is refused at CONNECT, in words the client prints.
-    let out = Command::new("mosquitto_sub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &tls_port,
-            "--cafile",
-            &cert,
-            "-W",
-            "3",
-            "-u",
-            "alice",
-            "-P",
-            "forged",
-            "-t",
-            "x",
-        ])
+    let out = mosquitto("mosquitto_sub", &tls, "mqttv311", "forger", "alice", "forged")
+        .args(["-W", "3", "-t", "x"])
         .output()
         .await
         .unwrap();
@@ -172,6 +118,35 @@ async fn mosquitto_clients_over_tcp_and_tls(backend: Backend) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Where a Mosquitto client connects: a port, with TLS if `cafile` is set.
+struct Endpoint<'a> {
+    port: &'a str,
+    cafile: Option<&'a str>,
+}
+
+/// A Mosquitto client command with the connection arguments filled in.
+fn mosquitto(program: &str, to: &Endpoint, version: &str, client_id: &str, user: &str, password: &str) -> Command {
+    let mut command = Command::new(program);
+    command.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        to.port,
+        "-V",
+        version,
+        "-i",
+        client_id,
+        "-u",
+        user,
+        "-P",
+        password,
+    ]);
+    if let Some(cafile) = to.cafile {
+        command.args(["--cafile", cafile]);
+    }
+    command
 }
 
 on_both_backends!(mosquitto_clients_over_tcp_and_tls);

@@ -67,6 +67,14 @@ async fn start_chatd(database_url: &str, data_dir: &std::path::Path) -> Chatd {
     }
 }
 
+async fn fetch_app_token(http: &reqwest::Client, base: &str, client_id: &str, client_secret: &str) -> String {
+    let grant = json!({"grant_type": "client_credentials", "client_id": client_id, "client_secret": client_secret});
+    post(http, format!("{base}/token"), None, grant).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 async fn post(http: &reqwest::Client, url: String, token: Option<&str>, body: Value) -> Value {
     let mut req = http.post(url).json(&body);
     if let Some(t) = token {
@@ -94,16 +102,7 @@ async fn acked_messages_survive_kill_9(backend: Backend) {
     let (client_id, client_secret) = (field("client_id:"), field("client_secret:"));
     let http = reqwest::Client::new();
     let base = format!("{}/demo/chat", chatd.api);
-    let app_token = post(
-        &http,
-        format!("{base}/token"),
-        None,
-        json!({"grant_type": "client_credentials", "client_id": client_id, "client_secret": client_secret}),
-    )
-    .await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let app_token = fetch_app_token(&http, &base, &client_id, &client_secret).await;
     post(
         &http,
         format!("{base}/users"),
@@ -187,16 +186,7 @@ async fn acked_messages_survive_kill_9(backend: Backend) {
         "dev app created twice"
     );
     let base = format!("{}/demo/chat", chatd.api);
-    let app_token = post(
-        &http,
-        format!("{base}/token"),
-        None,
-        json!({"grant_type": "client_credentials", "client_id": client_id, "client_secret": client_secret}),
-    )
-    .await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let app_token = fetch_app_token(&http, &base, &client_id, &client_secret).await;
     let mut stored = Vec::new();
     let mut from_seq = 1;
     loop {

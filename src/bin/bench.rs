@@ -134,6 +134,37 @@ enum Protocol {
     Plain,
 }
 
+#[derive(Clone, Copy)]
+enum Side {
+    Sender,
+    Receiver,
+}
+
+impl Protocol {
+    /// The MQTT options and topic of pair `i`'s sender or receiver.
+    fn endpoint(&self, i: usize, side: Side, host: &str, port: u16) -> (MqttOptions, String) {
+        let (prefix, leaf) = match side {
+            Side::Sender => ("s", "out"),
+            Side::Receiver => ("r", "in"),
+        };
+        match self {
+            Protocol::Chatd { org, app, tokens } => {
+                let mut options = MqttOptions::new(format!("{prefix}{i}-dev"), host, port);
+                let token = match side {
+                    Side::Sender => &tokens[i].0,
+                    Side::Receiver => &tokens[i].1,
+                };
+                options.set_credentials(format!("{prefix}{i}"), token);
+                (options, format!("chat/{org}/{app}/u/{prefix}{i}/{leaf}"))
+            }
+            Protocol::Plain => (
+                MqttOptions::new(format!("bench-{prefix}{i}"), host, port),
+                format!("bench/{i}"),
+            ),
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().mode {
@@ -365,17 +396,7 @@ async fn run(traffic: &Traffic, host: &str, port: u16, protocol: Protocol, label
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
     let mut receivers = Vec::new();
     for i in 0..traffic.pairs {
-        let (options, topic) = match &protocol {
-            Protocol::Chatd { org, app, tokens } => {
-                let mut o = MqttOptions::new(format!("r{i}-dev"), host, port);
-                o.set_credentials(format!("r{i}"), &tokens[i].1);
-                (o, format!("chat/{org}/{app}/u/r{i}/in"))
-            }
-            Protocol::Plain => (
-                MqttOptions::new(format!("bench-r{i}"), host, port),
-                format!("bench/{i}"),
-            ),
-        };
+        let (options, topic) = protocol.endpoint(i, Side::Receiver, host, port);
         let (client, mut eventloop) = client(options);
         client.subscribe(&topic, QoS::AtLeastOnce).await?;
         // Wait for the SUBACK so no message is sent before anyone listens.
@@ -422,17 +443,7 @@ async fn run(traffic: &Traffic, host: &str, port: u16, protocol: Protocol, label
     let text = "x".repeat(traffic.size);
     let mut senders = Vec::new();
     for i in 0..traffic.pairs {
-        let (options, topic) = match &protocol {
-            Protocol::Chatd { org, app, tokens } => {
-                let mut o = MqttOptions::new(format!("s{i}-dev"), host, port);
-                o.set_credentials(format!("s{i}"), &tokens[i].0);
-                (o, format!("chat/{org}/{app}/u/s{i}/out"))
-            }
-            Protocol::Plain => (
-                MqttOptions::new(format!("bench-s{i}"), host, port),
-                format!("bench/{i}"),
-            ),
-        };
+        let (options, topic) = protocol.endpoint(i, Side::Sender, host, port);
         let (client, mut eventloop) = client(options);
         let (protocol, text, messages) = (protocol.clone(), text.clone(), traffic.messages);
         senders.push(tokio::spawn(async move {

@@ -199,6 +199,31 @@ impl TestApp {
         into_json(req.send().await.unwrap()).await
     }
 
+    pub async fn put(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
+        into_json(
+            self.http
+                .put(self.url(path))
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+
+    pub async fn delete(&self, path: &str, token: &str) -> (u16, Value) {
+        into_json(
+            self.http
+                .delete(self.url(path))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+
     pub async fn get(&self, path: &str, token: &str) -> (u16, Value) {
         into_json(self.http.get(self.url(path)).bearer_auth(token).send().await.unwrap()).await
     }
