@@ -620,6 +620,62 @@ async fn wills_follow_how_a_device_leaves(backend: Backend) {
     assert_eq!(texts, ["vanished", "asked-for-will"]);
 }
 
+/// MQTT 5 devices get no more unacknowledged publishes than their receive maximum, and no
+/// packet larger than their maximum packet size.
+async fn mqtt5_flow_control_and_packet_size(backend: Backend) {
+    let t = spawn_app(backend).await;
+    let alice_token = t.user("alice").await;
+    let bob_token = t.user("bob").await;
+    let mut alice = t.device("alice", &alice_token, "alice-phone").await;
+
+    let mut properties = v5::ConnectProperties::new();
+    properties.receive_maximum = Some(2);
+    properties.max_packet_size = Some(1024);
+    let mut bob = Raw::tcp(t.mqtt_port()).await;
+    let ack = bob
+        .connect5_with("bob-small", "bob", &bob_token, 30, Some(properties))
+        .await;
+    assert_eq!(ack.code, v5::ConnectReturnCode::Success);
+    bob.send5(v5::Packet::Subscribe(v5::Subscribe::new(
+        v5::Filter::new(t.inbox("bob"), rumqttc::v5::mqttbytes::QoS::AtLeastOnce),
+        None,
+    )))
+    .await;
+    assert!(matches!(bob.recv5().await, Some(v5::Packet::SubAck(_))));
+
+    alice.send_text("big", "bob", &"x".repeat(2000)).await;
+    for i in 1..=4 {
+        alice.send_text(&format!("m{i}"), "bob", &format!("m{i}")).await;
+    }
+    for _ in 0..5 {
+        alice.next_op("ack").await;
+    }
+    // Two publishes, unacknowledged; the oversized one never comes.
+    let mut pkids = Vec::new();
+    for want in ["m1", "m2"] {
+        match bob.recv5().await {
+            Some(v5::Packet::Publish(p)) => {
+                let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+                assert_eq!(v["body"]["msg"], want);
+                pkids.push(p.pkid);
+            }
+            other => panic!("expected a publish, got {other:?}"),
+        }
+    }
+    let nothing = tokio::time::timeout(Duration::from_millis(500), bob.recv5()).await;
+    assert!(
+        nothing.is_err(),
+        "a third publish exceeded the receive maximum: {nothing:?}"
+    );
+    // Each ack lets one more through.
+    bob.send5(v5::Packet::PubAck(v5::PubAck::new(pkids[0], None))).await;
+    let (_, m3) = bob.next_publish5().await;
+    assert_eq!(m3["body"]["msg"], "m3");
+    bob.send5(v5::Packet::PubAck(v5::PubAck::new(pkids[1], None))).await;
+    let (_, m4) = bob.next_publish5().await;
+    assert_eq!(m4["body"]["msg"], "m4");
+}
+
 on_both_backends!(
     refuses_bad_tokens,
     enforces_topic_acl,
@@ -630,4 +686,5 @@ on_both_backends!(
     websocket_v4_and_v5_and_keepalive_zero,
     silent_device_is_dropped_and_handshakes_time_out,
     wills_follow_how_a_device_leaves,
+    mqtt5_flow_control_and_packet_size,
 );

@@ -159,13 +159,24 @@ impl Raw {
 
     /// MQTT 5 CONNECT; returns the CONNACK.
     pub async fn connect5(&mut self, client_id: &str, user: &str, password: &str, keep_alive: u16) -> v5::ConnAck {
-        let mut connect = v5::Connect {
+        self.connect5_with(client_id, user, password, keep_alive, None).await
+    }
+
+    /// MQTT 5 CONNECT with properties; returns the CONNACK.
+    pub async fn connect5_with(
+        &mut self,
+        client_id: &str,
+        user: &str,
+        password: &str,
+        keep_alive: u16,
+        properties: Option<v5::ConnectProperties>,
+    ) -> v5::ConnAck {
+        let connect = v5::Connect {
             keep_alive,
             client_id: client_id.into(),
             clean_start: true,
-            properties: None,
+            properties,
         };
-        connect.keep_alive = keep_alive;
         let login = v5::Login {
             username: user.into(),
             password: password.into(),

@@ -67,6 +67,10 @@ struct ConnectRequest {
     keep_alive: u16,
     login: Option<(String, String)>,
     will: Option<v4::LastWill>,
+    /// MQTT 5: how many QoS 1/2 publishes the device takes unacknowledged.
+    receive_max: u16,
+    /// MQTT 5: the largest packet the device takes.
+    device_max_packet: usize,
 }
 
 /// Serves one device connection until it ends.
@@ -154,6 +158,10 @@ pub(crate) async fn serve(mut io: ClientIo, shared: Arc<Shared>, shutdown: watch
         pending_subs: HashMap::new(),
         pending_unsubs: HashMap::new(),
         upstream_inflight: VecDeque::new(),
+        receive_max: request.receive_max as usize,
+        device_max_packet: request.device_max_packet,
+        device_inflight: 0,
+        held: VecDeque::new(),
     };
     let keep_alive = request.keep_alive;
     let close = session
@@ -207,12 +215,25 @@ async fn read_connect(
                             keep_alive: c.keep_alive,
                             login: c.login.map(|l| (l.username, l.password)),
                             will: c.last_will,
+                            receive_max: u16::MAX,
+                            device_max_packet: usize::MAX,
                         }),
                         _ => Err((Version::V4, Refusal::Protocol)),
                     },
                     Some(5) => match v5::Packet::read(buf, Some(max_packet as u32)) {
                         Ok(v5::Packet::Connect(c, will, login)) => Ok(ConnectRequest {
                             version: Version::V5,
+                            receive_max: c
+                                .properties
+                                .as_ref()
+                                .and_then(|p| p.receive_maximum)
+                                .filter(|n| *n > 0)
+                                .unwrap_or(u16::MAX),
+                            device_max_packet: c
+                                .properties
+                                .as_ref()
+                                .and_then(|p| p.max_packet_size)
+                                .map_or(usize::MAX, |n| n as usize),
                             client_id: c.client_id,
                             clean: c.clean_start,
                             keep_alive: c.keep_alive,
@@ -422,6 +443,12 @@ struct Session {
     /// done with each. rumqttd drops a connection that acks out of order, so acks go up
     /// only from the front of this queue.
     upstream_inflight: VecDeque<(u16, bool)>,
+    /// MQTT 5 flow control towards the device: its receive maximum, the QoS 1/2 publishes
+    /// it has not acknowledged yet, and those held back until it does.
+    receive_max: usize,
+    device_max_packet: usize,
+    device_inflight: usize,
+    held: VecDeque<v4::Publish>,
 }
 
 /// Where one parsed packet goes.
@@ -559,7 +586,10 @@ impl Session {
             v4::Packet::PubAck(a) => self.device_acked(a.pkid, out),
             v4::Packet::PubRec(a) => to_broker(out, v4::Packet::PubRec(a)),
             v4::Packet::PubRel(a) => to_broker(out, v4::Packet::PubRel(a)),
-            v4::Packet::PubComp(a) => to_broker(out, v4::Packet::PubComp(a)),
+            v4::Packet::PubComp(a) => {
+                self.device_window_freed(out);
+                to_broker(out, v4::Packet::PubComp(a))
+            }
             v4::Packet::PingReq => {
                 let _ = v4::Packet::PingResp.write(&mut out.to_device, usize::MAX);
             }
@@ -633,7 +663,10 @@ impl Session {
             v5::Packet::PubAck(a) => self.device_acked(a.pkid, out),
             v5::Packet::PubRec(a) => to_broker(out, v4::Packet::PubRec(v4::PubRec::new(a.pkid))),
             v5::Packet::PubRel(a) => to_broker(out, v4::Packet::PubRel(v4::PubRel::new(a.pkid))),
-            v5::Packet::PubComp(a) => to_broker(out, v4::Packet::PubComp(v4::PubComp::new(a.pkid))),
+            v5::Packet::PubComp(a) => {
+                self.device_window_freed(out);
+                to_broker(out, v4::Packet::PubComp(v4::PubComp::new(a.pkid)))
+            }
             v5::Packet::PingReq(_) => to_device_v5(out, v5::Packet::PingResp(v5::PingResp)),
             v5::Packet::Disconnect(d) => {
                 // "Disconnect with will": close without DISCONNECT so rumqttd sends the will.
@@ -768,17 +801,10 @@ impl Session {
                         let skip = p.payload.len() - json.len();
                         p.payload = p.payload.slice(skip..);
                     }
-                    match self.version {
-                        Version::V4 => {
-                            let _ = v4::Packet::Publish(p).write(&mut out.to_device, usize::MAX);
-                        }
-                        Version::V5 => {
-                            let mut publish = v5::Publish::new(p.topic, qos_v5(p.qos), p.payload, None);
-                            publish.pkid = p.pkid;
-                            publish.dup = p.dup;
-                            publish.retain = p.retain;
-                            to_device_v5(out, v5::Packet::Publish(publish));
-                        }
+                    if p.qos != QoS::AtMostOnce && self.device_inflight >= self.receive_max {
+                        self.held.push_back(p);
+                    } else {
+                        self.publish_to_device(p, out);
                     }
                 }
                 v4::Packet::PubAck(a) => match self.version {
@@ -825,8 +851,43 @@ impl Session {
         }
     }
 
+    /// Writes a publish in the device's version; one larger than the device accepts is
+    /// dropped (and acknowledged upstream), as MQTT 5 requires.
+    fn publish_to_device(&mut self, p: v4::Publish, out: &mut Outgoing) {
+        let before = out.to_device.len();
+        match self.version {
+            Version::V4 => {
+                let _ = v4::Packet::Publish(p.clone()).write(&mut out.to_device, usize::MAX);
+            }
+            Version::V5 => {
+                let mut publish = v5::Publish::new(p.topic.clone(), qos_v5(p.qos), p.payload.clone(), None);
+                publish.pkid = p.pkid;
+                publish.dup = p.dup;
+                publish.retain = p.retain;
+                to_device_v5(out, v5::Packet::Publish(publish));
+            }
+        }
+        if out.to_device.len() - before > self.device_max_packet {
+            out.to_device.truncate(before);
+            tracing::info!(device = %self.identity.device, size = p.payload.len(), "publish larger than the device accepts; dropped");
+            self.ack_dropped(&p, out);
+        } else if p.qos != QoS::AtMostOnce {
+            self.device_inflight += 1;
+        }
+    }
+
+    /// The device finished a QoS 1/2 delivery: its receive window has room again.
+    fn device_window_freed(&mut self, out: &mut Outgoing) {
+        self.device_inflight = self.device_inflight.saturating_sub(1);
+        while self.device_inflight < self.receive_max {
+            let Some(p) = self.held.pop_front() else { break };
+            self.publish_to_device(p, out);
+        }
+    }
+
     /// The device acknowledged a QoS 1 publish.
     fn device_acked(&mut self, pkid: u16, out: &mut Outgoing) {
+        self.device_window_freed(out);
         match self
             .upstream_inflight
             .iter_mut()
