@@ -142,3 +142,51 @@ pub fn listen_addr(value: &str, what: &str) -> anyhow::Result<Option<SocketAddr>
         .map(Some)
         .map_err(|_| anyhow::anyhow!("{what}: '{value}' is not an address like 127.0.0.1:1883"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_overrides_defaults() {
+        let dir = std::env::temp_dir().join(format!("chatd-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("chatd.toml");
+        std::fs::write(
+            &file,
+            "data_dir = \"/srv/chat\"\n[mqtt]\ntcp = \"0.0.0.0:1883\"\ntls = \"\"\n[bridge]\nmax_batch = 64\n",
+        )
+        .unwrap();
+        let config = Config::load(Some(&file)).unwrap();
+        assert_eq!(config.mqtt.tcp, "0.0.0.0:1883");
+        assert_eq!(config.bridge.max_batch, 64);
+        assert_eq!(config.data_dir, PathBuf::from("/srv/chat"));
+        // Untouched keys keep their defaults.
+        assert_eq!(config.mqtt.ws, Config::defaults().mqtt.ws);
+        let broken = dir.join("broken.toml");
+        std::fs::write(&broken, "[mqtt]\nmax_connections = \"many\"\n").unwrap();
+        let err = Config::load(Some(&broken)).unwrap_err().to_string();
+        assert!(err.contains("max_connections"), "{err}");
+        assert!(Config::load(Some(&dir.join("missing.toml"))).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn database_url_defaults_to_sqlite_in_the_data_dir() {
+        let mut config = Config::defaults();
+        config.data_dir = PathBuf::from("/var/lib/chatd");
+        assert_eq!(config.database_url(), "sqlite:///var/lib/chatd/chatd.db");
+        config.database_url = "postgres://x@y/z".into();
+        assert_eq!(config.database_url(), "postgres://x@y/z");
+    }
+
+    #[test]
+    fn listen_addresses() {
+        assert_eq!(listen_addr("", "x").unwrap(), None);
+        assert!(listen_addr("127.0.0.1:1", "x").unwrap().is_some());
+        assert!(listen_addr("localhost", "mqtt.tcp")
+            .unwrap_err()
+            .to_string()
+            .contains("mqtt.tcp"));
+    }
+}

@@ -191,3 +191,16 @@ pub fn redact(url: &str) -> String {
         _ => url.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redacts_database_passwords() {
+        assert_eq!(
+            super::redact("postgres://chat:s3cret@db:5432/chat"),
+            "postgres://chat:***@db:5432/chat"
+        );
+        assert_eq!(super::redact("postgres://chat@db/chat"), "postgres://chat@db/chat");
+        assert_eq!(super::redact("sqlite://data/chatd.db"), "sqlite://data/chatd.db");
+    }
+}
