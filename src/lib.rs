@@ -5,6 +5,7 @@
 pub mod config;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -67,6 +68,8 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         outbox_segment_bytes: config.broker.outbox_segment_bytes,
     })?;
     let presence = Presence::start(&broker);
+    // What the API and the bridge may ask of live connections; the presence tracker holds them.
+    let live: Arc<dyn store::live::Live> = Arc::new(presence.clone());
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
@@ -82,8 +85,17 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         max_batch: config.bridge.max_batch,
     };
     let (bridge_store, bridge_shutdown) = (store.clone(), shutdown_rx.clone());
+    let bridge_live = live.clone();
     tasks.spawn(async move {
-        if let Err(e) = bridge::run(bridge_options, bridge_store, bridge_settings, bridge_shutdown).await {
+        if let Err(e) = bridge::run(
+            bridge_options,
+            bridge_store,
+            bridge_live,
+            bridge_settings,
+            bridge_shutdown,
+        )
+        .await
+        {
             tracing::error!(error = %e, "bridge stopped");
         }
     });
@@ -103,17 +115,8 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     );
     tasks.spawn(gate.run(Listeners { tcp, ws, tls }, shutdown_rx.clone()));
 
-    let kicker = presence.clone();
     let api_state = api::AppState {
-        on_user_deleted: std::sync::Arc::new(move |org, app, user| {
-            let key = broker::presence::UserKey {
-                org: org.into(),
-                app: app.into(),
-                user: user.into(),
-            };
-            let closed = kicker.disconnect_user(&key);
-            tracing::info!(%org, %app, %user, closed, "user deleted; closing their connections");
-        }),
+        live,
         store: store.clone(),
         tokens: tokens.clone(),
         settings: api::ApiSettings {

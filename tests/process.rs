@@ -103,6 +103,14 @@ async fn acked_messages_survive_kill_9(backend: Backend) {
     let http = reqwest::Client::new();
     let base = format!("{}/demo/chat", chatd.api);
     let app_token = fetch_app_token(&http, &base, &client_id, &client_secret).await;
+    let resp = http
+        .put(format!("{base}/settings"))
+        .bearer_auth(&app_token)
+        .json(&json!({"send_rate_per_sec": 1e9, "send_burst": 1e9}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{:?}", resp.text().await);
     post(
         &http,
         format!("{base}/users"),

@@ -3,14 +3,16 @@
 //! `POST /{org}/{app}/token`. See `docs/api.md` for every route.
 
 mod auth;
+mod channels;
 mod error;
 mod messages;
+mod social;
 mod tokens;
 mod users;
 
 use std::time::Duration;
 
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -33,17 +35,14 @@ impl Default for ApiSettings {
     }
 }
 
-/// Told `(org, app, username)` after a user is deleted, so that their open MQTT
-/// connections can be closed (the API does not know about connections).
-pub type OnUserDeleted = std::sync::Arc<dyn Fn(&str, &str, &str) + Send + Sync>;
-
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
     pub store: store::Store,
     pub tokens: store::tokens::Tokens,
     pub settings: ApiSettings,
-    pub on_user_deleted: OnUserDeleted,
+    /// The live device connections: to close them, drop room subscriptions, send events.
+    pub live: std::sync::Arc<dyn store::live::Live>,
 }
 
 /// All routes.
@@ -64,6 +63,29 @@ pub fn router(state: AppState) -> Router {
             "/:org/:app/users/:username/conversations/user/:peer/messages",
             get(messages::history),
         )
+        .route(
+            "/:org/:app/settings",
+            get(social::get_settings).put(social::put_settings),
+        )
+        .route("/:org/:app/users/:username/contacts/users", get(social::contacts))
+        .route(
+            "/:org/:app/users/:username/contacts/users/:friend",
+            post(social::add_contact).delete(social::remove_contact),
+        )
+        .route(
+            "/:org/:app/users/:username/blocks/users",
+            get(social::blocklist).post(social::block),
+        )
+        .route(
+            "/:org/:app/users/:username/blocks/users/:blocked",
+            delete(social::unblock),
+        )
+        .route(
+            "/:org/:app/metadata/user/:username",
+            get(social::get_metadata).put(social::put_metadata),
+        )
+        .merge(channels::routes(store::channels::ChannelKind::Group))
+        .merge(channels::routes(store::channels::ChannelKind::Room))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .with_state(state)
 }

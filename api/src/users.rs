@@ -170,7 +170,7 @@ pub async fn delete(
     caller.require_app()?;
     let username = username.to_ascii_lowercase();
     state.store.delete_user(&caller.app.id, &username).await?;
-    (state.on_user_deleted)(&caller.app.org, &caller.app.name, &username);
+    state.live.disconnect_user(&caller.app.org, &caller.app.name, &username);
     Ok(Json(
         json!({"action": "delete", "entities": [{"username": username}], "count": 1}),
     ))

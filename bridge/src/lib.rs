@@ -12,17 +12,17 @@
 //!    mid-batch leaves the publishes unacked rather than lost (and the device, having no
 //!    `ack`, retries with the same `cid`, which is stored once).
 
-use std::collections::HashMap;
+mod process;
+mod rules;
+
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
 use tokio::sync::{mpsc, watch};
 
-use store::envelope::{
-    frame_inbox, parse_client_op, unframe_outbox, Ack, ChatType, ClientOp, OpError, Route, SendOp, Synced,
-};
-use store::messages::{NewMessage, Outcome};
+use process::Bridge;
+use store::live::Live;
 use store::Store;
 
 /// How the bridge batches.
@@ -47,22 +47,6 @@ pub enum Error {
     Client(#[from] rumqttc::ClientError),
 }
 
-/// Where an answer goes: one device of one user.
-#[derive(Debug, Clone)]
-struct Sender {
-    org: String,
-    app: String,
-    app_id: String,
-    user: String,
-    device: String,
-}
-
-/// A send waiting for the batch commit.
-struct PendingSend {
-    from: Sender,
-    cid: String,
-}
-
 /// Runs a bridge until `shutdown` turns true.
 ///
 /// The bridge holds two connections to the broker: one consumes outboxes (and sends only
@@ -72,6 +56,7 @@ struct PendingSend {
 pub async fn run(
     options: MqttOptions,
     store: Store,
+    live: Arc<dyn Live>,
     settings: BridgeSettings,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), Error> {
@@ -88,11 +73,7 @@ pub async fn run(
     let (incoming_tx, mut incoming) = mpsc::unbounded_channel();
     let consumer_task = tokio::spawn(poll(consumer_loop, Some(consumer.clone()), incoming_tx.clone()));
     let producer_task = tokio::spawn(poll(producer_loop, None, incoming_tx));
-    let mut bridge = Bridge {
-        client: producer,
-        store,
-        apps: HashMap::new(),
-    };
+    let mut bridge = Bridge::new(producer, store, live);
     let mut batch = Vec::with_capacity(settings.max_batch);
     loop {
         tokio::select! {
@@ -140,204 +121,4 @@ async fn poll(mut eventloop: EventLoop, subscriber: Option<AsyncClient>, incomin
             }
         }
     }
-}
-
-struct Bridge {
-    client: AsyncClient,
-    store: Store,
-    /// (org, app) -> app id. Apps are never deleted, so entries never go stale.
-    apps: HashMap<(String, String), String>,
-}
-
-impl Bridge {
-    async fn process(&mut self, batch: &[Publish]) {
-        let mut sends: Vec<(PendingSend, NewMessage)> = Vec::new();
-        let mut syncs = Vec::new();
-        for publish in batch {
-            let Some((from, json)) = self.sender_of(publish).await else {
-                continue;
-            };
-            match parse_client_op(&json) {
-                Ok(ClientOp::Send(op)) => match new_message(&from, op) {
-                    Ok(pending) => sends.push(pending),
-                    Err(e) => self.reply(&from, Route::Only(&from.device), &e).await,
-                },
-                Ok(ClientOp::Sync(op)) => syncs.push((from, op)),
-                Err(e) => {
-                    tracing::debug!(user = %from.user, code = e.code, "refused an envelope");
-                    self.reply(&from, Route::Only(&from.device), &e).await;
-                }
-            }
-        }
-        if !sends.is_empty() {
-            let news: Vec<NewMessage> = sends.iter().map(|(_, m)| m.clone()).collect();
-            let outcomes = match self.store.store_batch(&news).await {
-                Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
-                Err(e) => {
-                    // One bad message must not sink the others: retry each on its own.
-                    tracing::warn!(error = %e, size = news.len(), "batch failed; storing one by one");
-                    let mut outcomes = Vec::with_capacity(news.len());
-                    for m in &news {
-                        outcomes.push(
-                            self.store
-                                .store_batch(std::slice::from_ref(m))
-                                .await
-                                .map(|mut o| o.remove(0)),
-                        );
-                    }
-                    outcomes
-                }
-            };
-            for ((pending, _), outcome) in sends.iter().zip(outcomes) {
-                self.deliver(pending, outcome).await;
-            }
-        }
-        for (from, op) in syncs {
-            let reply = match self
-                .store
-                .inbox_after(&from.app_id, &from.user, op.after, op.limit)
-                .await
-            {
-                Ok((msgs, more)) => serde_json::to_vec(&Synced {
-                    op: "synced".into(),
-                    cid: op.cid,
-                    after: op.after,
-                    last: msgs.last().and_then(|m| m.useq).unwrap_or(op.after),
-                    more,
-                    msgs,
-                }),
-                Err(e) => {
-                    tracing::error!(error = %e, "sync failed");
-                    serde_json::to_vec(&OpError::new(op.cid, "internal", "sync failed; retry"))
-                }
-            };
-            self.publish(&from, &from.user, Route::Only(&from.device), reply.unwrap_or_default())
-                .await;
-        }
-    }
-
-    /// Works out who published (topic and gate frame) and what.
-    async fn sender_of(&mut self, publish: &Publish) -> Option<(Sender, Vec<u8>)> {
-        let (org, app, user, _) = store::topics::parse_user_topic(&publish.topic)?;
-        let Some((device, json)) = unframe_outbox(&publish.payload) else {
-            tracing::error!(topic = %publish.topic, "outbox publish without the gate's frame; dropped");
-            return None;
-        };
-        let key = (org.to_string(), app.to_string());
-        let app_id = match self.apps.get(&key) {
-            Some(id) => id.clone(),
-            None => match self.store.find_app(org, app).await {
-                Ok(found) => {
-                    self.apps.insert(key, found.id.clone());
-                    found.id
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, %org, %app, "outbox publish for an unknown app; dropped");
-                    return None;
-                }
-            },
-        };
-        let sender = Sender {
-            org: org.into(),
-            app: app.into(),
-            app_id,
-            user: user.into(),
-            device: device.into(),
-        };
-        Some((sender, json.to_vec()))
-    }
-
-    async fn deliver(&self, pending: &PendingSend, outcome: Result<Outcome, store::Error>) {
-        let from = &pending.from;
-        // `deliveries`: the inbox positions to deliver at; none for a duplicate, which was
-        // delivered when it was first stored (only its ack is repeated).
-        let (msg, own_useq, deliveries) = match outcome {
-            Ok(Outcome::Stored {
-                msg,
-                recipient_useq,
-                sender_useq,
-            }) => {
-                let own = if msg.recipient == msg.sender {
-                    Some(recipient_useq)
-                } else {
-                    sender_useq
-                };
-                (msg, own, Some((recipient_useq, sender_useq)))
-            }
-            Ok(Outcome::Duplicate { msg, sender_useq }) => (msg, sender_useq, None),
-            Ok(Outcome::Refused { code, message }) => {
-                let e = OpError::new(Some(pending.cid.clone()), code, message);
-                return self.reply(from, Route::Only(&from.device), &e).await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, user = %from.user, "storing a message failed");
-                let e = OpError::new(
-                    Some(pending.cid.clone()),
-                    "internal",
-                    "the message was not stored; retry with the same cid",
-                );
-                return self.reply(from, Route::Only(&from.device), &e).await;
-            }
-        };
-        let ack = Ack {
-            op: "ack".into(),
-            cid: pending.cid.clone(),
-            id: msg.id.clone(),
-            conv: msg.conv.clone(),
-            seq: msg.seq,
-            ts: msg.ts,
-            useq: own_useq,
-        };
-        self.reply(from, Route::Only(&from.device), &ack).await;
-        let Some((recipient_useq, sender_useq)) = deliveries else {
-            return;
-        };
-        let to_recipient = serde_json::to_vec(&msg.delivered(&msg.recipient, Some(recipient_useq))).unwrap_or_default();
-        if msg.recipient == msg.sender {
-            self.publish(from, &msg.recipient, Route::Except(&from.device), to_recipient)
-                .await;
-        } else {
-            self.publish(from, &msg.recipient, Route::All, to_recipient).await;
-            if let Some(useq) = sender_useq {
-                let echo = serde_json::to_vec(&msg.delivered(&msg.sender, Some(useq))).unwrap_or_default();
-                self.publish(from, &msg.sender, Route::Except(&from.device), echo).await;
-            }
-        }
-    }
-
-    async fn reply(&self, to: &Sender, route: Route<'_>, body: &impl serde::Serialize) {
-        let json = serde_json::to_vec(body).unwrap_or_default();
-        self.publish(to, &to.user, route, json).await;
-    }
-
-    async fn publish(&self, tenant: &Sender, user: &str, route: Route<'_>, json: Vec<u8>) {
-        let topic = store::topics::inbox(&tenant.org, &tenant.app, user);
-        let payload = Bytes::from(frame_inbox(route, &json));
-        if let Err(e) = self.client.publish_bytes(topic, QoS::AtLeastOnce, false, payload).await {
-            tracing::error!(error = %e, "bridge cannot publish");
-        }
-    }
-}
-
-fn new_message(from: &Sender, op: SendOp) -> Result<(PendingSend, NewMessage), OpError> {
-    match op.chat {
-        ChatType::User => {}
-    }
-    let message = NewMessage {
-        app_id: from.app_id.clone(),
-        sender: from.user.clone(),
-        sender_device: from.device.clone(),
-        recipient: op.to,
-        cid: op.cid.clone(),
-        kind: op.kind,
-        body: op.body.to_string(),
-        ext: op.ext.map(|e| e.to_string()),
-    };
-    Ok((
-        PendingSend {
-            from: from.clone(),
-            cid: op.cid,
-        },
-        message,
-    ))
 }

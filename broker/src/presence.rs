@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rumqttc::{AsyncClient, QoS};
-use tokio::sync::Notify;
+use tokio::sync::mpsc;
 
 /// A user, as the gate knows them after CONNECT.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -20,8 +20,17 @@ pub struct UserKey {
     pub user: String,
 }
 
-/// Each open connection: its id and the signal that asks it to close.
-type Connections = Vec<(u64, Arc<Notify>)>;
+/// What the server asks of an open device connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    /// Close (the user was deleted).
+    Disconnect,
+    /// Stop delivering this chatroom (the user left or was kicked).
+    LeaveRoom(String),
+}
+
+/// Each open connection of a user: its id and where to send it controls.
+type Connections = Vec<(u64, mpsc::UnboundedSender<Control>)>;
 
 /// Tracks each user's connected devices, publishes changes, and can disconnect them all.
 #[derive(Clone)]
@@ -55,16 +64,16 @@ impl Presence {
     /// is dropped, however the connection ends.
     pub fn connected(&self, user: UserKey) -> PresenceGuard {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let kick = Arc::new(Notify::new());
+        let (tx, controls) = mpsc::unbounded_channel();
         let mut devices = self.devices.lock().unwrap();
         let list = devices.entry(user.clone()).or_default();
-        list.push((id, kick.clone()));
+        list.push((id, tx));
         self.publish(&user, list.len());
         PresenceGuard {
             presence: self.clone(),
             user,
             id,
-            kick,
+            controls,
         }
     }
 
@@ -73,12 +82,12 @@ impl Presence {
         self.devices.lock().unwrap().get(user).map_or(0, Vec::len)
     }
 
-    /// Asks every connection of a user to close (the user was deleted); returns how many.
-    pub fn disconnect_user(&self, user: &UserKey) -> usize {
+    /// Sends a control to every connection of a user; returns how many there are.
+    pub fn control(&self, user: &UserKey, control: Control) -> usize {
         let devices = self.devices.lock().unwrap();
         let list = devices.get(user).map(Vec::as_slice).unwrap_or_default();
-        for (_, kick) in list {
-            kick.notify_one();
+        for (_, tx) in list {
+            let _ = tx.send(control.clone());
         }
         list.len()
     }
@@ -118,18 +127,46 @@ pub struct PresenceGuard {
     presence: Presence,
     user: UserKey,
     id: u64,
-    kick: Arc<Notify>,
+    controls: mpsc::UnboundedReceiver<Control>,
 }
 
 impl PresenceGuard {
-    /// Resolves when the server wants this connection closed.
-    pub async fn kicked(&self) {
-        self.kick.notified().await
+    /// The next thing the server asks of this connection. Cancel-safe.
+    pub async fn next_control(&mut self) -> Control {
+        // The sender lives in `Presence` as long as this guard does.
+        self.controls.recv().await.unwrap_or(Control::Disconnect)
     }
 }
 
 impl Drop for PresenceGuard {
     fn drop(&mut self) {
         self.presence.disconnected(&self.user, self.id);
+    }
+}
+
+fn key(org: &str, app: &str, user: &str) -> UserKey {
+    UserKey {
+        org: org.to_string(),
+        app: app.to_string(),
+        user: user.to_string(),
+    }
+}
+
+impl store::live::Live for Presence {
+    fn disconnect_user(&self, org: &str, app: &str, user: &str) {
+        let closed = self.control(&key(org, app, user), Control::Disconnect);
+        tracing::info!(%org, %app, %user, closed, "closing a user's connections");
+    }
+
+    fn leave_room(&self, org: &str, app: &str, user: &str, room: &str) {
+        self.control(&key(org, app, user), Control::LeaveRoom(room.to_string()));
+    }
+
+    fn notify(&self, org: &str, app: &str, user: &str, event: &serde_json::Value) {
+        let topic = store::topics::inbox(org, app, user);
+        let payload = store::envelope::frame_inbox(store::envelope::Route::All, event.to_string().as_bytes());
+        if let Err(e) = self.publisher.try_publish(topic, QoS::AtLeastOnce, false, payload) {
+            tracing::warn!(error = %e, %user, "event dropped");
+        }
     }
 }

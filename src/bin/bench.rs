@@ -326,6 +326,16 @@ async fn run_chatd(traffic: &Traffic, database_url: Option<&str>) -> anyhow::Res
         .as_str()
         .unwrap()
         .to_string();
+    // The bench sends in bursts: lift the per-user send rate limit for this app.
+    let resp = http
+        .put(format!("{base}/settings"))
+        .bearer_auth(&app_token)
+        .json(&json!({"send_rate_per_sec": 1e9, "send_burst": 1e9}))
+        .send()
+        .await?;
+    if !resp.status().is_success() {
+        bail!("setting the app's rate limit: {}", resp.text().await?);
+    }
     let mut tokens = Vec::new();
     for chunk in (0..traffic.pairs).collect::<Vec<_>>().chunks(30) {
         let users: Vec<Value> = chunk

@@ -26,9 +26,10 @@ pub struct Store {
 }
 
 /// Each migration is a list of statements, applied once, in order, in one transaction.
-const MIGRATIONS: &[&[&str]] = &[&[
-    "CREATE TABLE server_keys (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    "CREATE TABLE apps (
+const MIGRATIONS: &[&[&str]] = &[
+    &[
+        "CREATE TABLE server_keys (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        "CREATE TABLE apps (
         id TEXT PRIMARY KEY,
         org TEXT NOT NULL,
         name TEXT NOT NULL,
@@ -38,7 +39,7 @@ const MIGRATIONS: &[&[&str]] = &[&[
         created_at BIGINT NOT NULL,
         UNIQUE (org, name)
     )",
-    "CREATE TABLE users (
+        "CREATE TABLE users (
         app_id TEXT NOT NULL,
         username TEXT NOT NULL,
         password_hash TEXT NOT NULL,
@@ -49,13 +50,13 @@ const MIGRATIONS: &[&[&str]] = &[&[
         updated_at BIGINT NOT NULL,
         PRIMARY KEY (app_id, username)
     )",
-    "CREATE TABLE conversations (
+        "CREATE TABLE conversations (
         app_id TEXT NOT NULL,
         conv TEXT NOT NULL,
         last_seq BIGINT NOT NULL,
         PRIMARY KEY (app_id, conv)
     )",
-    "CREATE TABLE messages (
+        "CREATE TABLE messages (
         id TEXT PRIMARY KEY,
         app_id TEXT NOT NULL,
         conv TEXT NOT NULL,
@@ -72,14 +73,89 @@ const MIGRATIONS: &[&[&str]] = &[&[
         UNIQUE (app_id, conv, seq),
         UNIQUE (app_id, sender, cid)
     )",
-    "CREATE TABLE inbox (
+        "CREATE TABLE inbox (
         app_id TEXT NOT NULL,
         username TEXT NOT NULL,
         useq BIGINT NOT NULL,
         message_id TEXT NOT NULL,
         PRIMARY KEY (app_id, username, useq)
     )",
-]];
+    ],
+    // 2: app settings, contacts and blocks, groups and chatrooms ("channels").
+    &[
+        "ALTER TABLE apps ADD COLUMN settings TEXT NOT NULL DEFAULT '{}'",
+        "CREATE TABLE contacts (
+        app_id TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        friend TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        PRIMARY KEY (app_id, owner, friend)
+    )",
+        "CREATE TABLE blocks (
+        app_id TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        blocked TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        PRIMARY KEY (app_id, owner, blocked)
+    )",
+        "CREATE TABLE channels (
+        id TEXT PRIMARY KEY,
+        app_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        name TEXT NOT NULL,
+        description TEXT NOT NULL,
+        public BIGINT NOT NULL,
+        members_only BIGINT NOT NULL,
+        allow_invites BIGINT NOT NULL,
+        max_members BIGINT NOT NULL,
+        owner TEXT NOT NULL,
+        announcement TEXT NOT NULL,
+        muted_all BIGINT NOT NULL,
+        last_seq BIGINT NOT NULL,
+        created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL
+    )",
+        "CREATE INDEX channels_app ON channels (app_id, kind, id)",
+        "CREATE TABLE channel_members (
+        channel_id TEXT NOT NULL,
+        app_id TEXT NOT NULL,
+        username TEXT NOT NULL,
+        role TEXT NOT NULL,
+        muted_until BIGINT NOT NULL,
+        joined_at BIGINT NOT NULL,
+        PRIMARY KEY (channel_id, username)
+    )",
+        "CREATE INDEX channel_members_user ON channel_members (app_id, username)",
+        "CREATE TABLE channel_bans (
+        channel_id TEXT NOT NULL,
+        username TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        PRIMARY KEY (channel_id, username)
+    )",
+        "CREATE TABLE channel_requests (
+        channel_id TEXT NOT NULL,
+        username TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        by_user TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        PRIMARY KEY (channel_id, username, kind)
+    )",
+        "CREATE TABLE room_messages (
+        room_id TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        id TEXT NOT NULL,
+        sender TEXT NOT NULL,
+        sender_device TEXT NOT NULL,
+        cid TEXT NOT NULL,
+        msg_type TEXT NOT NULL,
+        body TEXT NOT NULL,
+        ext TEXT,
+        ts BIGINT NOT NULL,
+        PRIMARY KEY (room_id, seq)
+    )",
+        "CREATE INDEX room_messages_cid ON room_messages (room_id, sender, cid)",
+    ],
+];
 
 impl Store {
     /// Connects to `url` (`sqlite://path` or `postgres://…`) and runs pending migrations.

@@ -22,12 +22,18 @@ pub const MAX_SYNC_LIMIT: i64 = 200;
 pub enum ChatType {
     /// One to one.
     User,
+    /// A group: stored, in every member's inbox.
+    Group,
+    /// A chatroom: live to subscribed members, with a short recent history.
+    Room,
 }
 
 impl ChatType {
     pub fn as_str(self) -> &'static str {
         match self {
             ChatType::User => "user",
+            ChatType::Group => "group",
+            ChatType::Room => "room",
         }
     }
 }
@@ -111,11 +117,28 @@ pub struct SyncOp {
     pub limit: i64,
 }
 
+/// `{"op":"typing","chat":"user"|"group","to":…}`: relayed, never stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TypingOp {
+    pub chat: ChatType,
+    pub to: String,
+}
+
+/// `{"op":"join"|"leave","room":…}`: enter or leave a chatroom.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoomOp {
+    pub cid: Option<String>,
+    pub room: String,
+}
+
 /// Something a device asks the server to do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientOp {
     Send(SendOp),
     Sync(SyncOp),
+    Typing(TypingOp),
+    Join(RoomOp),
+    Leave(RoomOp),
 }
 
 /// Why a client op was refused: sent back as `{"op":"error","cid","code","message"}`.
@@ -183,7 +206,11 @@ pub fn parse_client_op(payload: &[u8]) -> Result<ClientOp, OpError> {
                 .ok_or_else(|| invalid("'send' needs a 'cid' (the client's message id)".into()))?;
             let raw: RawSend = serde_json::from_value(value.clone()).map_err(|e| invalid(e.to_string()))?;
             raw.kind.validate_body(&raw.body).map_err(invalid)?;
-            let to = crate::names::username(&raw.to).map_err(|e| invalid(format!("'to': {e}")))?;
+            let to = match raw.chat {
+                ChatType::User => crate::names::username(&raw.to),
+                ChatType::Group | ChatType::Room => crate::names::id("to", &raw.to),
+            }
+            .map_err(|e| invalid(format!("'to': {e}")))?;
             Ok(ClientOp::Send(SendOp {
                 cid,
                 chat: raw.chat,
@@ -209,6 +236,32 @@ pub fn parse_client_op(payload: &[u8]) -> Result<ClientOp, OpError> {
                     .ok_or_else(|| invalid(format!("'limit' must be an integer from 1 to {MAX_SYNC_LIMIT}")))?,
             };
             Ok(ClientOp::Sync(SyncOp { cid, after, limit }))
+        }
+        Some("typing") => {
+            let chat: ChatType = obj
+                .get("chat")
+                .and_then(|c| serde_json::from_value(c.clone()).ok())
+                .filter(|c| *c != ChatType::Room)
+                .ok_or_else(|| invalid("'typing' needs 'chat': \"user\" or \"group\"".into()))?;
+            let to = obj
+                .get("to")
+                .and_then(Value::as_str)
+                .ok_or_else(|| invalid("'typing' needs 'to'".into()))?;
+            let to = crate::names::username(to).map_err(|e| invalid(format!("'to': {e}")))?;
+            Ok(ClientOp::Typing(TypingOp { chat, to }))
+        }
+        Some(op @ ("join" | "leave")) => {
+            let room = obj
+                .get("room")
+                .and_then(Value::as_str)
+                .ok_or_else(|| invalid(format!("'{op}' needs 'room'")))?;
+            let room = crate::names::id("room", room).map_err(|e| invalid(e.to_string()))?;
+            let op_value = RoomOp { cid, room };
+            Ok(if op == "join" {
+                ClientOp::Join(op_value)
+            } else {
+                ClientOp::Leave(op_value)
+            })
         }
         Some(other) => Err(OpError::new(cid, "unknown_op", format!("unknown op '{other}'"))),
         None => Err(invalid("missing string field 'op'".into())),

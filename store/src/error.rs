@@ -9,6 +9,8 @@ pub enum Error {
     Conflict(String),
     #[error("invalid {field}: {reason}")]
     Invalid { field: String, reason: String },
+    #[error("{0}")]
+    Forbidden(String),
     #[error("invalid credentials")]
     BadCredentials,
     #[error("token rejected: {0}")]

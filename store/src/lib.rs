@@ -6,9 +6,12 @@
 //!   `sqlx::Any` pool and one portable schema, cut by domain ([`tenants`], [`users`], [`messages`]);
 //! - [`tokens`]: signed, expiring JWTs for apps and users, and argon2 password hashing.
 
+pub mod channels;
+pub mod contacts;
 pub mod db;
 pub mod envelope;
 pub mod error;
+pub mod live;
 pub mod messages;
 pub mod names;
 pub mod tenants;

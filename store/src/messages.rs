@@ -14,7 +14,8 @@ use serde_json::Value;
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
-use crate::envelope::{Delivered, MsgType};
+use crate::channels::ChannelKind;
+use crate::envelope::{ChatType, Delivered, MsgType};
 use crate::error::Result;
 use crate::Store;
 
@@ -22,15 +23,20 @@ use crate::Store;
 #[derive(Debug, Clone)]
 pub struct NewMessage {
     pub app_id: String,
+    pub chat: ChatType,
     pub sender: String,
     pub sender_device: String,
-    pub recipient: String,
+    /// The recipient's username, or the group's or chatroom's id.
+    pub to: String,
     pub cid: String,
     pub kind: MsgType,
     /// The body, as JSON text.
     pub body: String,
     /// App-defined extension fields, as JSON text.
     pub ext: Option<String>,
+    /// The app's rules that storage enforces.
+    pub require_contacts: bool,
+    pub room_history: i64,
 }
 
 /// A message as stored.
@@ -53,12 +59,11 @@ pub struct StoredMessage {
 /// What happened to one message of a batch.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    /// Newly stored, with its inbox positions for the recipient and (unless they are the
-    /// same user) the sender.
+    /// Newly stored, with the inbox position it took for each user it belongs to (the
+    /// recipient and the sender, or every member of a group; none for a chatroom).
     Stored {
         msg: StoredMessage,
-        recipient_useq: i64,
-        sender_useq: Option<i64>,
+        useqs: Vec<(String, i64)>,
     },
     /// The sender already sent this `cid`: the message stored then, and its place in the
     /// sender's inbox.
@@ -134,17 +139,8 @@ impl Store {
         for m in batch {
             let key = (m.app_id.as_str(), m.sender.as_str(), m.cid.as_str());
             if let Some(&i) = in_batch.get(&key) {
-                if let Outcome::Stored {
-                    msg,
-                    recipient_useq,
-                    sender_useq,
-                } = &outcomes[i]
-                {
-                    let sender_useq = if msg.sender == msg.recipient {
-                        Some(*recipient_useq)
-                    } else {
-                        *sender_useq
-                    };
+                if let Outcome::Stored { msg, useqs } = &outcomes[i] {
+                    let sender_useq = useqs.iter().find(|(u, _)| *u == msg.sender).map(|(_, s)| *s);
                     outcomes.push(Outcome::Duplicate {
                         msg: msg.clone(),
                         sender_useq,
@@ -152,7 +148,7 @@ impl Store {
                     continue;
                 }
             }
-            let outcome = store_one(&mut tx, m).await?;
+            let outcome = self.store_one(&mut tx, m).await?;
             if matches!(outcome, Outcome::Stored { .. }) {
                 in_batch.insert(key, outcomes.len());
             }
@@ -235,6 +231,117 @@ impl Store {
         Ok(seq.unwrap_or(0))
     }
 
+    async fn store_one(&self, tx: &mut Transaction<'static, Any>, m: &NewMessage) -> Result<Outcome> {
+        if let Some(duplicate) = find_duplicate(tx, m).await? {
+            return Ok(duplicate);
+        }
+        let refused = |code: &'static str, message: String| Ok(Outcome::Refused { code, message });
+        let conv = match m.chat {
+            ChatType::User => {
+                if bump_inbox(tx, &m.app_id, &m.to, false).await?.is_none() {
+                    return refused("unknown_recipient", format!("no user '{}' in this app", m.to));
+                }
+                if self.has_blocked(&m.app_id, &m.to, &m.sender).await? {
+                    return refused("blocked", format!("{} does not accept your messages", m.to));
+                }
+                if m.require_contacts && m.to != m.sender && !self.are_contacts(&m.app_id, &m.sender, &m.to).await? {
+                    return refused(
+                        "not_contact",
+                        format!(
+                            "{} is not your contact; this app allows messages between contacts only",
+                            m.to
+                        ),
+                    );
+                }
+                user_conv(&m.sender, &m.to)
+            }
+            ChatType::Group | ChatType::Room => {
+                let kind = if m.chat == ChatType::Group {
+                    ChannelKind::Group
+                } else {
+                    ChannelKind::Room
+                };
+                if let Err(refusal) = self.check_sender(&m.app_id, kind, &m.to, &m.sender).await? {
+                    return refused(refusal.code, refusal.message);
+                }
+                format!("{}:{}", &kind.as_str()[..1], m.to)
+            }
+        };
+        let seq: i64 = if m.chat == ChatType::Room {
+            sqlx::query_scalar("UPDATE channels SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq")
+                .bind(&m.to)
+                .fetch_one(&mut **tx)
+                .await?
+        } else {
+            sqlx::query_scalar(
+                "INSERT INTO conversations (app_id, conv, last_seq) VALUES ($1, $2, 1)
+                 ON CONFLICT (app_id, conv) DO UPDATE SET last_seq = conversations.last_seq + 1
+                 RETURNING last_seq",
+            )
+            .bind(&m.app_id)
+            .bind(&conv)
+            .fetch_one(&mut **tx)
+            .await?
+        };
+        let msg = StoredMessage {
+            id: uuid::Uuid::now_v7().to_string(),
+            conv,
+            seq,
+            ts: crate::now_ms(),
+            chat: m.chat.as_str().into(),
+            sender: m.sender.clone(),
+            sender_device: m.sender_device.clone(),
+            recipient: m.to.clone(),
+            cid: m.cid.clone(),
+            kind: m.kind.as_str().into(),
+            body: m.body.clone(),
+            ext: m.ext.clone(),
+        };
+        let useqs = match m.chat {
+            ChatType::Room => {
+                store_room_message(tx, &msg, m.room_history).await?;
+                Vec::new()
+            }
+            ChatType::User => {
+                insert_message(tx, &m.app_id, &msg).await?;
+                let mut useqs = Vec::with_capacity(2);
+                for user in [&m.to, &m.sender] {
+                    if useqs.iter().any(|(u, _)| u == user) {
+                        continue;
+                    }
+                    // A sender deleted while their message was in flight gets no inbox entry.
+                    if let Some(useq) = add_to_inbox(tx, &m.app_id, user, &msg.id).await? {
+                        useqs.push((user.clone(), useq));
+                    }
+                }
+                useqs
+            }
+            ChatType::Group => {
+                insert_message(tx, &m.app_id, &msg).await?;
+                fan_out_to_members(tx, &m.app_id, &m.to, &msg.id).await?
+            }
+        };
+        Ok(Outcome::Stored { msg, useqs })
+    }
+
+    /// A chatroom's most recent messages (at most `limit`), oldest first.
+    pub async fn room_history(&self, room: &str, limit: i64) -> Result<Vec<StoredMessage>> {
+        let rows = sqlx::query(
+            "SELECT id, seq, ts, sender, sender_device, cid, msg_type, body, ext FROM room_messages
+             WHERE room_id = $1 ORDER BY seq DESC LIMIT $2",
+        )
+        .bind(room)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut msgs = rows
+            .iter()
+            .map(|row| room_message_from_row(room, row))
+            .collect::<Result<Vec<_>>>()?;
+        msgs.reverse();
+        Ok(msgs)
+    }
+
     /// How many messages an app has stored (used by tests and the bench tool's check).
     pub async fn count_messages(&self, app_id: &str) -> Result<i64> {
         Ok(sqlx::query_scalar("SELECT COUNT(*) FROM messages WHERE app_id = $1")
@@ -242,91 +349,6 @@ impl Store {
             .fetch_one(&self.pool)
             .await?)
     }
-}
-
-async fn store_one(tx: &mut Transaction<'static, Any>, m: &NewMessage) -> Result<Outcome> {
-    let existing = sqlx::query(&format!(
-        "SELECT {MSG_COLUMNS} FROM messages m WHERE m.app_id = $1 AND m.sender = $2 AND m.cid = $3"
-    ))
-    .bind(&m.app_id)
-    .bind(&m.sender)
-    .bind(&m.cid)
-    .fetch_optional(&mut **tx)
-    .await?;
-    if let Some(row) = existing {
-        let msg = message_from_row(&row)?;
-        let sender_useq =
-            sqlx::query_scalar("SELECT useq FROM inbox WHERE app_id = $1 AND username = $2 AND message_id = $3")
-                .bind(&m.app_id)
-                .bind(&m.sender)
-                .bind(&msg.id)
-                .fetch_optional(&mut **tx)
-                .await?;
-        return Ok(Outcome::Duplicate { msg, sender_useq });
-    }
-    let Some(_) = bump_inbox(tx, &m.app_id, &m.recipient, false).await? else {
-        return Ok(Outcome::Refused {
-            code: "unknown_recipient",
-            message: format!("no user '{}' in this app", m.recipient),
-        });
-    };
-    let conv = user_conv(&m.sender, &m.recipient);
-    let seq: i64 = sqlx::query_scalar(
-        "INSERT INTO conversations (app_id, conv, last_seq) VALUES ($1, $2, 1)
-         ON CONFLICT (app_id, conv) DO UPDATE SET last_seq = conversations.last_seq + 1
-         RETURNING last_seq",
-    )
-    .bind(&m.app_id)
-    .bind(&conv)
-    .fetch_one(&mut **tx)
-    .await?;
-    let msg = StoredMessage {
-        id: uuid::Uuid::now_v7().to_string(),
-        conv,
-        seq,
-        ts: crate::now_ms(),
-        chat: "user".into(),
-        sender: m.sender.clone(),
-        sender_device: m.sender_device.clone(),
-        recipient: m.recipient.clone(),
-        cid: m.cid.clone(),
-        kind: m.kind.as_str().into(),
-        body: m.body.clone(),
-        ext: m.ext.clone(),
-    };
-    sqlx::query(
-        "INSERT INTO messages (id, app_id, conv, seq, chat, sender, sender_device, recipient, cid, msg_type, body, ext, ts)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-    )
-    .bind(&msg.id)
-    .bind(&m.app_id)
-    .bind(&msg.conv)
-    .bind(msg.seq)
-    .bind(&msg.chat)
-    .bind(&msg.sender)
-    .bind(&msg.sender_device)
-    .bind(&msg.recipient)
-    .bind(&msg.cid)
-    .bind(&msg.kind)
-    .bind(&msg.body)
-    .bind(&msg.ext)
-    .bind(msg.ts)
-    .execute(&mut **tx)
-    .await?;
-    let recipient_useq = add_to_inbox(tx, &m.app_id, &m.recipient, &msg.id)
-        .await?
-        .ok_or_else(|| crate::Error::NotFound(format!("user {}", m.recipient)))?;
-    // A sender deleted while their message was in flight gets no inbox entry.
-    let sender_useq = if m.sender != m.recipient {
-        add_to_inbox(tx, &m.app_id, &m.sender, &msg.id).await?
-    } else {
-        None
-    };
-    Ok(Outcome::Stored {
-        msg,
-        recipient_useq,
-        sender_useq,
-    })
 }
 
 /// Advances a user's inbox head (or, with `advance` false, just reads it, taking the row
@@ -364,4 +386,143 @@ async fn add_to_inbox(
         .execute(&mut **tx)
         .await?;
     Ok(Some(useq))
+}
+
+fn room_message_from_row(room: &str, row: &AnyRow) -> Result<StoredMessage> {
+    Ok(StoredMessage {
+        id: row.try_get("id")?,
+        conv: format!("r:{room}"),
+        seq: row.try_get("seq")?,
+        ts: row.try_get("ts")?,
+        chat: "room".into(),
+        sender: row.try_get("sender")?,
+        sender_device: row.try_get("sender_device")?,
+        recipient: room.to_string(),
+        cid: row.try_get("cid")?,
+        kind: row.try_get("msg_type")?,
+        body: row.try_get("body")?,
+        ext: row.try_get("ext")?,
+    })
+}
+
+/// The message this sender already sent with this `cid`, if any.
+async fn find_duplicate(tx: &mut Transaction<'static, Any>, m: &NewMessage) -> Result<Option<Outcome>> {
+    if m.chat == ChatType::Room {
+        let row = sqlx::query(
+            "SELECT id, seq, ts, sender, sender_device, cid, msg_type, body, ext FROM room_messages
+             WHERE room_id = $1 AND sender = $2 AND cid = $3",
+        )
+        .bind(&m.to)
+        .bind(&m.sender)
+        .bind(&m.cid)
+        .fetch_optional(&mut **tx)
+        .await?;
+        return row
+            .map(|row| {
+                Ok(Outcome::Duplicate {
+                    msg: room_message_from_row(&m.to, &row)?,
+                    sender_useq: None,
+                })
+            })
+            .transpose();
+    }
+    let existing = sqlx::query(&format!(
+        "SELECT {MSG_COLUMNS} FROM messages m WHERE m.app_id = $1 AND m.sender = $2 AND m.cid = $3"
+    ))
+    .bind(&m.app_id)
+    .bind(&m.sender)
+    .bind(&m.cid)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some(row) = existing else { return Ok(None) };
+    let msg = message_from_row(&row)?;
+    let sender_useq =
+        sqlx::query_scalar("SELECT useq FROM inbox WHERE app_id = $1 AND username = $2 AND message_id = $3")
+            .bind(&m.app_id)
+            .bind(&m.sender)
+            .bind(&msg.id)
+            .fetch_optional(&mut **tx)
+            .await?;
+    Ok(Some(Outcome::Duplicate { msg, sender_useq }))
+}
+
+async fn insert_message(tx: &mut Transaction<'static, Any>, app_id: &str, msg: &StoredMessage) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO messages (id, app_id, conv, seq, chat, sender, sender_device, recipient, cid, msg_type, body, ext, ts)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+    )
+    .bind(&msg.id)
+    .bind(app_id)
+    .bind(&msg.conv)
+    .bind(msg.seq)
+    .bind(&msg.chat)
+    .bind(&msg.sender)
+    .bind(&msg.sender_device)
+    .bind(&msg.recipient)
+    .bind(&msg.cid)
+    .bind(&msg.kind)
+    .bind(&msg.body)
+    .bind(&msg.ext)
+    .bind(msg.ts)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Gives a group message a place in every member's inbox: two statements whatever the
+/// group's size.
+async fn fan_out_to_members(
+    tx: &mut Transaction<'static, Any>,
+    app_id: &str,
+    group: &str,
+    message_id: &str,
+) -> Result<Vec<(String, i64)>> {
+    let rows = sqlx::query(
+        "UPDATE users SET inbox_seq = inbox_seq + 1
+         WHERE app_id = $1 AND username IN (SELECT username FROM channel_members WHERE channel_id = $2)
+         RETURNING username, inbox_seq",
+    )
+    .bind(app_id)
+    .bind(group)
+    .fetch_all(&mut **tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO inbox (app_id, username, useq, message_id)
+         SELECT app_id, username, inbox_seq, $3 FROM users
+         WHERE app_id = $1 AND username IN (SELECT username FROM channel_members WHERE channel_id = $2)",
+    )
+    .bind(app_id)
+    .bind(group)
+    .bind(message_id)
+    .execute(&mut **tx)
+    .await?;
+    rows.iter()
+        .map(|row| Ok((row.try_get("username")?, row.try_get("inbox_seq")?)))
+        .collect()
+}
+
+/// Adds a chatroom message and forgets those beyond the room's history length.
+async fn store_room_message(tx: &mut Transaction<'static, Any>, msg: &StoredMessage, history: i64) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO room_messages (room_id, seq, id, sender, sender_device, cid, msg_type, body, ext, ts)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(&msg.recipient)
+    .bind(msg.seq)
+    .bind(&msg.id)
+    .bind(&msg.sender)
+    .bind(&msg.sender_device)
+    .bind(&msg.cid)
+    .bind(&msg.kind)
+    .bind(&msg.body)
+    .bind(&msg.ext)
+    .bind(msg.ts)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("DELETE FROM room_messages WHERE room_id = $1 AND seq <= $2")
+        .bind(&msg.recipient)
+        .bind(msg.seq - history)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }

@@ -69,3 +69,10 @@ mod tests {
         }
     }
 }
+
+/// Normalises and validates an id that goes into a topic (a group's or chatroom's).
+pub fn id(field: &str, value: &str) -> Result<String> {
+    let value = value.trim().to_ascii_lowercase();
+    validate_name(field, &value)?;
+    Ok(value)
+}

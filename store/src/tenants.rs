@@ -126,3 +126,114 @@ impl Store {
         rows.iter().map(app_from_row).collect()
     }
 }
+
+/// Per-app rules, set by the app's backend (`PUT /{org}/{app}/settings`). Every field has a
+/// default, so an app that never set anything gets sane behaviour.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AppSettings {
+    /// One-to-one messages only between contacts.
+    pub require_contacts: bool,
+    /// The largest message body (its JSON), in bytes.
+    pub max_message_bytes: usize,
+    /// Words refused (or masked) in text messages, matched case-insensitively.
+    pub forbidden_words: Vec<String>,
+    /// What to do with a forbidden word: refuse the message, or mask the word with `*`.
+    pub forbidden_action: ForbiddenAction,
+    /// Messages a user may send per second, sustained, and in a burst.
+    pub send_rate_per_sec: f64,
+    pub send_burst: f64,
+    /// How many recent messages a chatroom keeps for members who join later.
+    pub room_history: i64,
+    /// The most members a group or chatroom may have.
+    pub max_group_members: i64,
+    pub max_room_members: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForbiddenAction {
+    Reject,
+    Mask,
+}
+
+impl Default for AppSettings {
+    fn default() -> Self {
+        AppSettings {
+            require_contacts: false,
+            max_message_bytes: 16 * 1024,
+            forbidden_words: Vec::new(),
+            forbidden_action: ForbiddenAction::Reject,
+            send_rate_per_sec: 20.0,
+            send_burst: 40.0,
+            room_history: 100,
+            max_group_members: 3000,
+            max_room_members: 20_000,
+        }
+    }
+}
+
+impl AppSettings {
+    /// Checks the values make sense.
+    pub fn validate(&self) -> Result<()> {
+        let positive = |name: &str, ok: bool| {
+            if ok {
+                Ok(())
+            } else {
+                Err(Error::invalid(name, "must be positive"))
+            }
+        };
+        positive("max_message_bytes", self.max_message_bytes > 0)?;
+        positive("send_rate_per_sec", self.send_rate_per_sec > 0.0)?;
+        positive("send_burst", self.send_burst >= 1.0)?;
+        positive("max_group_members", self.max_group_members > 1)?;
+        positive("max_room_members", self.max_room_members > 1)?;
+        if !(0..=10_000).contains(&self.room_history) {
+            return Err(Error::invalid("room_history", "must be from 0 to 10000"));
+        }
+        if self.forbidden_words.len() > 1000
+            || self
+                .forbidden_words
+                .iter()
+                .any(|w| w.trim().is_empty() || w.len() > 100)
+        {
+            return Err(Error::invalid(
+                "forbidden_words",
+                "at most 1000 non-empty words of up to 100 bytes",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Store {
+    pub async fn app_settings(&self, app_id: &str) -> Result<AppSettings> {
+        let text: String = sqlx::query_scalar("SELECT settings FROM apps WHERE id = $1")
+            .bind(app_id)
+            .fetch_one(&self.pool)
+            .await?;
+        serde_json::from_str(&text).map_err(|e| Error::Internal(format!("stored settings of app {app_id}: {e}")))
+    }
+
+    /// Replaces the fields present in `patch` (a JSON object of `AppSettings` fields).
+    pub async fn update_app_settings(&self, app_id: &str, patch: &serde_json::Value) -> Result<AppSettings> {
+        let mut current =
+            serde_json::to_value(self.app_settings(app_id).await?).map_err(|e| Error::Internal(e.to_string()))?;
+        let patch = patch
+            .as_object()
+            .ok_or_else(|| Error::invalid("settings", "must be a JSON object"))?;
+        for (key, value) in patch {
+            current[key] = value.clone();
+        }
+        let settings: AppSettings =
+            serde_json::from_value(current).map_err(|e| Error::invalid("settings", e.to_string()))?;
+        settings.validate()?;
+        let text = serde_json::to_string(&settings).map_err(|e| Error::Internal(e.to_string()))?;
+        sqlx::query("UPDATE apps SET settings = $1 WHERE id = $2")
+            .bind(text)
+            .bind(app_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(settings)
+    }
+}

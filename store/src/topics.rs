@@ -53,3 +53,8 @@ mod tests {
         assert_eq!(parse_user_topic("chat/demo/chat/presence/alice"), None);
     }
 }
+
+/// Where a chatroom's messages are delivered, by the broker, to subscribed members.
+pub fn room(org: &str, app: &str, room: &str) -> String {
+    format!("chat/{org}/{app}/room/{room}")
+}

@@ -159,6 +159,9 @@ pub async fn spawn_app_with(config: chatd::Config, db: TestDb) -> TestApp {
     let database_url = config.database_url.clone();
     let server = chatd::start(config).await.expect("server starts");
     let (app, creds) = server.store.create_app("demo", "chat").await.unwrap();
+    // Tests send in bursts; the rate-limit test sets its own limits.
+    let unlimited = serde_json::json!({"send_rate_per_sec": 1e9, "send_burst": 1e9});
+    server.store.update_app_settings(&app.id, &unlimited).await.unwrap();
     let api = format!("http://{}", server.api_addr);
     let http = reqwest::Client::new();
     let mut t = TestApp {

@@ -1,15 +1,18 @@
 //! The topic ACL: what a device may publish to and subscribe to.
 //!
 //! Rules are exact-match: a device publishes only to its own outbox, and subscribes only to
-//! its own inbox and to other users' presence topics of its own app, named one by one. Any
-//! wildcard, `$share`/`$SYS` prefix or other tenant's topic fails the match, so no filter can
-//! reach another user's or another tenant's messages.
+//! its own inbox, to other users' presence topics of its own app, named one by one, and to
+//! chatrooms of its own app, named one by one. Any wildcard, `$share`/`$SYS` prefix or other
+//! tenant's topic fails the match, so no filter can reach another user's or another
+//! tenant's messages. Presence and chatroom filters need a further check against the
+//! database (blocks, membership), which the session makes.
 
 /// Who is on the other end of a connection, once their token has been checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     pub org: String,
     pub app: String,
+    pub app_id: String,
     pub user: String,
     pub device: String,
 }
@@ -24,12 +27,25 @@ impl Identity {
     }
 }
 
+/// What a SUBSCRIBE filter asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FilterAccess {
+    /// The device's own inbox.
+    Inbox,
+    /// One user's presence: allowed unless that user blocked this one.
+    Presence(String),
+    /// One chatroom: allowed to its current members.
+    Room(String),
+    Denied,
+}
+
 /// Topics a connection may use, computed once at CONNECT.
 #[derive(Debug, Clone)]
 pub struct Acl {
     outbox: String,
     inbox: String,
     presence_prefix: String,
+    room_prefix: String,
 }
 
 impl Acl {
@@ -38,7 +54,13 @@ impl Acl {
             outbox: id.outbox(),
             inbox: id.inbox(),
             presence_prefix: format!("chat/{}/{}/presence/", id.org, id.app),
+            room_prefix: format!("chat/{}/{}/room/", id.org, id.app),
         }
+    }
+
+    /// The chatroom a topic belongs to, if it is one of this app's room topics.
+    pub fn room_of<'t>(&self, topic: &'t str) -> Option<&'t str> {
+        topic.strip_prefix(&self.room_prefix)
     }
 
     pub fn inbox(&self) -> &str {
@@ -50,12 +72,19 @@ impl Acl {
         topic == self.outbox
     }
 
-    /// Devices subscribe to their user's inbox, and to one user's presence at a time.
-    pub fn may_subscribe(&self, filter: &str) -> bool {
-        filter == self.inbox
-            || filter
-                .strip_prefix(&self.presence_prefix)
-                .is_some_and(|user| store::names::validate_name("user", user).is_ok())
+    /// Devices subscribe to their user's inbox, to one user's presence at a time, and to
+    /// one chatroom at a time.
+    pub fn classify(&self, filter: &str) -> FilterAccess {
+        let valid = |name: &str| store::names::validate_name("name", name).is_ok();
+        if filter == self.inbox {
+            FilterAccess::Inbox
+        } else if let Some(user) = filter.strip_prefix(&self.presence_prefix).filter(|u| valid(u)) {
+            FilterAccess::Presence(user.to_string())
+        } else if let Some(room) = filter.strip_prefix(&self.room_prefix).filter(|r| valid(r)) {
+            FilterAccess::Room(room.to_string())
+        } else {
+            FilterAccess::Denied
+        }
     }
 }
 
@@ -67,6 +96,7 @@ mod tests {
         Acl::new(&Identity {
             org: "demo".into(),
             app: "chat".into(),
+            app_id: "a1".into(),
             user: "alice".into(),
             device: "phone".into(),
         })
@@ -91,8 +121,12 @@ mod tests {
     #[test]
     fn refuses_wildcards_and_foreign_topics() {
         let acl = alice();
-        assert!(acl.may_subscribe("chat/demo/chat/u/alice/in"));
-        assert!(acl.may_subscribe("chat/demo/chat/presence/bob"));
+        assert_eq!(acl.classify("chat/demo/chat/u/alice/in"), FilterAccess::Inbox);
+        assert_eq!(
+            acl.classify("chat/demo/chat/presence/bob"),
+            FilterAccess::Presence("bob".into())
+        );
+        assert_eq!(acl.classify("chat/demo/chat/room/r1"), FilterAccess::Room("r1".into()));
         for f in [
             "#",
             "+",
@@ -108,8 +142,12 @@ mod tests {
             "$share/g/chat/demo/chat/u/alice/in",
             "$SYS/#",
             "chat/+/chat/u/alice/in",
+            "chat/demo/chat/room/+",
+            "chat/demo/chat/room/#",
+            "chat/acme/chat/room/r1",
+            "chat/demo/chat/room/r1/x",
         ] {
-            assert!(!acl.may_subscribe(f), "{f} allowed");
+            assert_eq!(acl.classify(f), FilterAccess::Denied, "{f} allowed");
         }
     }
 }

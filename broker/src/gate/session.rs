@@ -8,7 +8,7 @@
 //! with rumqttd, so a device may use keepalive 0 (which rumqttd refuses) and a silent device
 //! is dropped after 1.5 × its keepalive.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,10 +20,10 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{sleep_until, timeout, Instant};
 
-use super::acl::{Acl, Identity};
+use super::acl::{Acl, FilterAccess, Identity};
 use super::transport::ClientIo;
 use super::Shared;
-use crate::presence::UserKey;
+use crate::presence::{Control, UserKey};
 use store::envelope::{frame_outbox, unframe_inbox, Route};
 
 /// The keepalive the gate uses on its own connection to rumqttd.
@@ -142,7 +142,7 @@ pub(crate) async fn serve(mut io: ClientIo, shared: Arc<Shared>, shutdown: watch
     if io.write_all(&out).await.is_err() {
         return;
     }
-    let presence = shared.presence.connected(UserKey {
+    let mut presence = shared.presence.connected(UserKey {
         org: identity.org.clone(),
         app: identity.app.clone(),
         user: identity.user.clone(),
@@ -162,10 +162,12 @@ pub(crate) async fn serve(mut io: ClientIo, shared: Arc<Shared>, shutdown: watch
         device_max_packet: request.device_max_packet,
         device_inflight: 0,
         held: VecDeque::new(),
+        rooms: HashSet::new(),
+        shared: shared.clone(),
     };
     let keep_alive = request.keep_alive;
     let close = session
-        .relay(&mut io, &mut upstream, buf, keep_alive, &presence, shutdown)
+        .relay(&mut io, &mut upstream, buf, keep_alive, &mut presence, shutdown)
         .await;
     tracing::debug!(user = %session.identity.user, device = %session.identity.device, ?close, "device disconnected");
     let reason = match &close {
@@ -307,6 +309,7 @@ async fn authenticate(shared: &Shared, request: &ConnectRequest) -> Result<Ident
     Ok(Identity {
         org: claims.org,
         app: claims.app,
+        app_id: app.id,
         user: username,
         device,
     })
@@ -449,6 +452,11 @@ struct Session {
     device_max_packet: usize,
     device_inflight: usize,
     held: VecDeque<v4::Publish>,
+    /// Chatrooms this connection subscribed to while a member. Leaving or being kicked
+    /// removes a room, and its messages stop at the gate even if the device stays
+    /// subscribed.
+    rooms: HashSet<String>,
+    shared: Arc<Shared>,
 }
 
 /// Where one parsed packet goes.
@@ -465,7 +473,7 @@ impl Session {
         upstream: &mut TcpStream,
         mut device_buf: BytesMut,
         keep_alive: u16,
-        presence: &crate::presence::PresenceGuard,
+        presence: &mut crate::presence::PresenceGuard,
         mut shutdown: watch::Receiver<bool>,
     ) -> Close {
         let mut broker_buf = BytesMut::with_capacity(4096);
@@ -480,7 +488,7 @@ impl Session {
         loop {
             if pending_device_bytes {
                 pending_device_bytes = false;
-                if let Err(close) = self.handle_device_bytes(&mut device_buf, &mut out) {
+                if let Err(close) = self.handle_device_bytes(&mut device_buf, &mut out).await {
                     let _ = flush(io, upstream, &mut out).await;
                     return close;
                 }
@@ -523,17 +531,22 @@ impl Session {
                     }
                 }
                 _ = shutdown.changed() => return Close::Shutdown,
-                _ = presence.kicked() => return Close::Kicked,
+                control = presence.next_control() => match control {
+                    Control::Disconnect => return Close::Kicked,
+                    Control::LeaveRoom(room) => {
+                        self.rooms.remove(&room);
+                    }
+                },
             }
         }
     }
 
     /// Handles every complete packet the device has sent.
-    fn handle_device_bytes(&mut self, buf: &mut BytesMut, out: &mut Outgoing) -> Result<(), Close> {
+    async fn handle_device_bytes(&mut self, buf: &mut BytesMut, out: &mut Outgoing) -> Result<(), Close> {
         loop {
             match self.version {
                 Version::V4 => match v4::Packet::read(buf, self.max_packet) {
-                    Ok(packet) => self.device_v4(packet, out)?,
+                    Ok(packet) => self.device_v4(packet, out).await?,
                     Err(mqttbytes::Error::InsufficientBytes(_)) => return Ok(()),
                     Err(e) => {
                         return Err(malformed(
@@ -552,10 +565,11 @@ impl Session {
                     } else {
                         v5::DisconnectReasonCode::NormalDisconnection
                     };
-                    self.device_v5(v5::Packet::Disconnect(v5::Disconnect::new(reason)), out)?
+                    self.device_v5(v5::Packet::Disconnect(v5::Disconnect::new(reason)), out)
+                        .await?
                 }
                 Version::V5 => match v5::Packet::read(buf, Some(self.max_packet as u32)) {
-                    Ok(packet) => self.device_v5(packet, out)?,
+                    Ok(packet) => self.device_v5(packet, out).await?,
                     Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(_)) => return Ok(()),
                     Err(e) => {
                         let too_large = matches!(e, rumqttc::v5::mqttbytes::Error::PayloadSizeLimitExceeded { .. });
@@ -566,7 +580,7 @@ impl Session {
         }
     }
 
-    fn device_v4(&mut self, packet: v4::Packet, out: &mut Outgoing) -> Result<(), Close> {
+    async fn device_v4(&mut self, packet: v4::Packet, out: &mut Outgoing) -> Result<(), Close> {
         match packet {
             v4::Packet::Publish(p) => {
                 if !self.acl.may_publish(&p.topic) {
@@ -580,7 +594,7 @@ impl Session {
             }
             v4::Packet::Subscribe(s) => {
                 let filters = s.filters.into_iter().map(|f| (f.path, f.qos)).collect();
-                self.subscribe(s.pkid, filters, out);
+                self.subscribe(s.pkid, filters, out).await;
             }
             v4::Packet::Unsubscribe(u) => self.unsubscribe(u.pkid, u.topics, out),
             v4::Packet::PubAck(a) => self.device_acked(a.pkid, out),
@@ -607,7 +621,7 @@ impl Session {
         Ok(())
     }
 
-    fn device_v5(&mut self, packet: v5::Packet, out: &mut Outgoing) -> Result<(), Close> {
+    async fn device_v5(&mut self, packet: v5::Packet, out: &mut Outgoing) -> Result<(), Close> {
         match packet {
             v5::Packet::Publish(p) => {
                 let mut topic =
@@ -657,7 +671,7 @@ impl Session {
             }
             v5::Packet::Subscribe(s) => {
                 let filters = s.filters.into_iter().map(|f| (f.path, qos_v4(f.qos))).collect();
-                self.subscribe(s.pkid, filters, out);
+                self.subscribe(s.pkid, filters, out).await;
             }
             v5::Packet::Unsubscribe(u) => self.unsubscribe(u.pkid, u.filters, out),
             v5::Packet::PubAck(a) => self.device_acked(a.pkid, out),
@@ -695,8 +709,34 @@ impl Session {
         to_broker(out, v4::Packet::Publish(publish));
     }
 
-    fn subscribe(&mut self, pkid: u16, filters: Vec<(String, QoS)>, out: &mut Outgoing) {
-        let allowed: Vec<bool> = filters.iter().map(|(f, _)| self.acl.may_subscribe(f)).collect();
+    /// Whether this device may subscribe to `filter` now.
+    async fn may_subscribe(&mut self, filter: &str) -> bool {
+        let store = &self.shared.store;
+        let me = &self.identity;
+        match self.acl.classify(filter) {
+            FilterAccess::Inbox => true,
+            // Presence is hidden from the users its owner has blocked.
+            FilterAccess::Presence(user) => matches!(store.has_blocked(&me.app_id, &user, &me.user).await, Ok(false)),
+            FilterAccess::Room(room) => match store.member(&me.app_id, &room, &me.user).await {
+                Ok(Some(_)) => {
+                    self.rooms.insert(room);
+                    true
+                }
+                Ok(None) => false,
+                Err(e) => {
+                    tracing::error!(error = %e, "room membership check failed");
+                    false
+                }
+            },
+            FilterAccess::Denied => false,
+        }
+    }
+
+    async fn subscribe(&mut self, pkid: u16, filters: Vec<(String, QoS)>, out: &mut Outgoing) {
+        let mut allowed = Vec::with_capacity(filters.len());
+        for (filter, _) in &filters {
+            allowed.push(self.may_subscribe(filter).await);
+        }
         for ((filter, _), ok) in filters.iter().zip(&allowed) {
             if !ok {
                 tracing::info!(user = %self.identity.user, device = %self.identity.device, %filter, "subscription refused");
@@ -782,6 +822,15 @@ impl Session {
                 v4::Packet::Publish(mut p) => {
                     if p.qos == QoS::AtLeastOnce {
                         self.upstream_inflight.push_back((p.pkid, false));
+                    }
+                    if self
+                        .acl
+                        .room_of(&p.topic)
+                        .is_some_and(|room| !self.rooms.contains(room))
+                    {
+                        // Left or kicked: the room's messages stop here.
+                        self.ack_dropped(&p, out);
+                        continue;
                     }
                     if p.topic == self.acl.inbox() {
                         let Some((route, json)) = unframe_inbox(&p.payload) else {

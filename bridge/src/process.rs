@@ -1,0 +1,394 @@
+//! One batch of outbox publishes: parse, check, store together, then answer and deliver.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use rumqttc::{AsyncClient, Publish, QoS};
+use serde_json::json;
+
+use crate::rules::{check_content, SendRates, TypingLimits};
+use store::channels::ChannelKind;
+use store::envelope::{
+    frame_inbox, parse_client_op, unframe_outbox, Ack, ChatType, ClientOp, OpError, RoomOp, Route, SendOp, SyncOp,
+    Synced, TypingOp,
+};
+use store::live::Live;
+use store::messages::{NewMessage, Outcome, StoredMessage};
+use store::tenants::AppSettings;
+use store::Store;
+
+/// Who sent an envelope: one device of one user of one app.
+#[derive(Debug, Clone)]
+pub struct Sender {
+    pub org: String,
+    pub app: String,
+    pub app_id: String,
+    pub user: String,
+    pub device: String,
+}
+
+/// A send waiting for the batch commit.
+struct PendingSend {
+    from: Sender,
+    cid: String,
+}
+
+pub struct Bridge {
+    client: AsyncClient,
+    store: Store,
+    live: Arc<dyn Live>,
+    /// (org, app) -> app id. Apps are never deleted, so entries never go stale.
+    apps: HashMap<(String, String), String>,
+    rates: SendRates,
+    typing: TypingLimits,
+}
+
+impl Bridge {
+    pub fn new(client: AsyncClient, store: Store, live: Arc<dyn Live>) -> Bridge {
+        Bridge {
+            client,
+            store,
+            live,
+            apps: HashMap::new(),
+            rates: SendRates::default(),
+            typing: TypingLimits::default(),
+        }
+    }
+
+    pub async fn process(&mut self, batch: &[Publish]) {
+        let mut sends: Vec<(PendingSend, NewMessage)> = Vec::new();
+        let mut later: Vec<(Sender, ClientOp)> = Vec::new();
+        // Settings are read once per app per batch, so a change applies from the next batch.
+        let mut settings: HashMap<String, AppSettings> = HashMap::new();
+        for publish in batch {
+            let Some((from, json)) = self.sender_of(publish).await else {
+                continue;
+            };
+            let op = match parse_client_op(&json) {
+                Ok(op) => op,
+                Err(e) => {
+                    tracing::debug!(user = %from.user, code = e.code, "refused an envelope");
+                    self.reply(&from, &e).await;
+                    continue;
+                }
+            };
+            match op {
+                ClientOp::Send(op) => {
+                    if !settings.contains_key(&from.app_id) {
+                        match self.store.app_settings(&from.app_id).await {
+                            Ok(s) => settings.insert(from.app_id.clone(), s),
+                            Err(e) => {
+                                tracing::error!(error = %e, "reading app settings failed");
+                                let e = OpError::new(
+                                    Some(op.cid.clone()),
+                                    "internal",
+                                    "not stored; retry with the same cid",
+                                );
+                                self.reply(&from, &e).await;
+                                continue;
+                            }
+                        };
+                    }
+                    match self.admit(&from, op, &settings[&from.app_id]) {
+                        Ok(pending) => sends.push(pending),
+                        Err(e) => self.reply(&from, &e).await,
+                    }
+                }
+                other => later.push((from, other)),
+            }
+        }
+        if !sends.is_empty() {
+            self.store_and_deliver(sends).await;
+        }
+        // After the batch's messages are stored, so a `sync` sees them.
+        for (from, op) in later {
+            match op {
+                ClientOp::Sync(op) => self.sync(&from, op).await,
+                ClientOp::Typing(op) => self.typing(&from, op).await,
+                ClientOp::Join(op) => self.join(&from, op).await,
+                ClientOp::Leave(op) => self.leave(&from, op).await,
+                ClientOp::Send(_) => unreachable!("sends are stored above"),
+            }
+        }
+    }
+
+    /// Applies the app's rules to a send and turns it into a message to store.
+    fn admit(
+        &mut self,
+        from: &Sender,
+        mut op: SendOp,
+        settings: &AppSettings,
+    ) -> Result<(PendingSend, NewMessage), OpError> {
+        check_content(settings, &mut op)?;
+        if let Err(wait) = self.rates.take(&from.app_id, &from.user, settings) {
+            return Err(OpError::new(
+                Some(op.cid.clone()),
+                "rate_limited",
+                format!("sending too fast; retry in {} ms", wait.as_millis().max(1)),
+            ));
+        }
+        let message = NewMessage {
+            app_id: from.app_id.clone(),
+            chat: op.chat,
+            sender: from.user.clone(),
+            sender_device: from.device.clone(),
+            to: op.to,
+            cid: op.cid.clone(),
+            kind: op.kind,
+            body: op.body.to_string(),
+            ext: op.ext.map(|e| e.to_string()),
+            require_contacts: settings.require_contacts,
+            room_history: settings.room_history,
+        };
+        Ok((
+            PendingSend {
+                from: from.clone(),
+                cid: op.cid,
+            },
+            message,
+        ))
+    }
+
+    async fn store_and_deliver(&self, sends: Vec<(PendingSend, NewMessage)>) {
+        let news: Vec<NewMessage> = sends.iter().map(|(_, m)| m.clone()).collect();
+        let outcomes = match self.store.store_batch(&news).await {
+            Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+            Err(e) => {
+                // One bad message must not sink the others: retry each on its own.
+                tracing::warn!(error = %e, size = news.len(), "batch failed; storing one by one");
+                let mut outcomes = Vec::with_capacity(news.len());
+                for m in &news {
+                    outcomes.push(
+                        self.store
+                            .store_batch(std::slice::from_ref(m))
+                            .await
+                            .map(|mut o| o.remove(0)),
+                    );
+                }
+                outcomes
+            }
+        };
+        for ((pending, _), outcome) in sends.iter().zip(outcomes) {
+            self.deliver(pending, outcome).await;
+        }
+    }
+
+    /// Works out who published (topic and gate frame) and what.
+    async fn sender_of(&mut self, publish: &Publish) -> Option<(Sender, Vec<u8>)> {
+        let (org, app, user, _) = store::topics::parse_user_topic(&publish.topic)?;
+        let Some((device, json)) = unframe_outbox(&publish.payload) else {
+            tracing::error!(topic = %publish.topic, "outbox publish without the gate's frame; dropped");
+            return None;
+        };
+        let key = (org.to_string(), app.to_string());
+        let app_id = match self.apps.get(&key) {
+            Some(id) => id.clone(),
+            None => match self.store.find_app(org, app).await {
+                Ok(found) => {
+                    self.apps.insert(key, found.id.clone());
+                    found.id
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, %org, %app, "outbox publish for an unknown app; dropped");
+                    return None;
+                }
+            },
+        };
+        let sender = Sender {
+            org: org.into(),
+            app: app.into(),
+            app_id,
+            user: user.into(),
+            device: device.into(),
+        };
+        Some((sender, json.to_vec()))
+    }
+
+    async fn deliver(&self, pending: &PendingSend, outcome: Result<Outcome, store::Error>) {
+        let from = &pending.from;
+        // `deliveries`: the inbox positions to deliver at; none for a duplicate, which was
+        // delivered when it was first stored (only its ack is repeated).
+        let (msg, own_useq, deliveries) = match outcome {
+            Ok(Outcome::Stored { msg, useqs }) => {
+                let own = useqs.iter().find(|(u, _)| *u == from.user).map(|(_, s)| *s);
+                (msg, own, Some(useqs))
+            }
+            Ok(Outcome::Duplicate { msg, sender_useq }) => (msg, sender_useq, None),
+            Ok(Outcome::Refused { code, message }) => {
+                return self
+                    .reply(from, &OpError::new(Some(pending.cid.clone()), code, message))
+                    .await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, user = %from.user, "storing a message failed");
+                let e = OpError::new(
+                    Some(pending.cid.clone()),
+                    "internal",
+                    "the message was not stored; retry with the same cid",
+                );
+                return self.reply(from, &e).await;
+            }
+        };
+        let ack = Ack {
+            op: "ack".into(),
+            cid: pending.cid.clone(),
+            id: msg.id.clone(),
+            conv: msg.conv.clone(),
+            seq: msg.seq,
+            ts: msg.ts,
+            useq: own_useq,
+        };
+        self.reply(from, &ack).await;
+        let Some(useqs) = deliveries else { return };
+        if msg.chat == "room" {
+            return self.deliver_to_room(from, &msg).await;
+        }
+        for (user, useq) in useqs {
+            let route = if user == from.user {
+                Route::Except(&from.device)
+            } else {
+                Route::All
+            };
+            let copy = serde_json::to_vec(&msg.delivered(&user, Some(useq))).unwrap_or_default();
+            self.publish_inbox(from, &user, route, copy).await;
+        }
+    }
+
+    /// Chatrooms are delivered by the broker to whoever is subscribed (the gate lets only
+    /// members subscribe); the sender's own devices get it there too.
+    async fn deliver_to_room(&self, from: &Sender, msg: &StoredMessage) {
+        let topic = store::topics::room(&from.org, &from.app, &msg.recipient);
+        let payload = serde_json::to_vec(&msg.delivered("", None)).unwrap_or_default();
+        if let Err(e) = self
+            .client
+            .publish_bytes(topic, QoS::AtLeastOnce, false, Bytes::from(payload))
+            .await
+        {
+            tracing::error!(error = %e, "bridge cannot publish");
+        }
+    }
+
+    async fn sync(&self, from: &Sender, op: SyncOp) {
+        let result = self
+            .store
+            .inbox_after(&from.app_id, &from.user, op.after, op.limit)
+            .await;
+        match result {
+            Ok((msgs, more)) => {
+                let reply = Synced {
+                    op: "synced".into(),
+                    cid: op.cid,
+                    after: op.after,
+                    last: msgs.last().and_then(|m| m.useq).unwrap_or(op.after),
+                    more,
+                    msgs,
+                };
+                self.reply(from, &reply).await
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "sync failed");
+                self.reply(from, &OpError::new(op.cid, "internal", "sync failed; retry"))
+                    .await
+            }
+        }
+    }
+
+    /// Relays a typing indicator, at most one per conversation every two seconds, never to
+    /// someone who blocked the sender or outside a group the sender is a member of.
+    async fn typing(&mut self, from: &Sender, op: TypingOp) {
+        if !self.typing.allow(&from.app_id, &from.user, &op.to) {
+            return;
+        }
+        let event = json!({"op": "typing", "chat": op.chat.as_str(), "from": from.user, "to": op.to});
+        let payload = serde_json::to_vec(&event).unwrap_or_default();
+        let recipients = match op.chat {
+            ChatType::User => match self.store.has_blocked(&from.app_id, &op.to, &from.user).await {
+                Ok(false) => vec![op.to.clone()],
+                _ => return,
+            },
+            ChatType::Group | ChatType::Room => {
+                match self
+                    .store
+                    .check_sender(&from.app_id, ChannelKind::Group, &op.to, &from.user)
+                    .await
+                {
+                    Ok(Ok(_)) => {}
+                    _ => return,
+                }
+                match self.store.members(&from.app_id, ChannelKind::Group, &op.to).await {
+                    Ok(members) => members
+                        .into_iter()
+                        .map(|m| m.username)
+                        .filter(|u| *u != from.user)
+                        .collect(),
+                    Err(_) => return,
+                }
+            }
+        };
+        for user in recipients {
+            self.publish_inbox(from, &user, Route::All, payload.clone()).await;
+        }
+    }
+
+    async fn join(&self, from: &Sender, op: RoomOp) {
+        let result = self
+            .store
+            .add_members(
+                &from.app_id,
+                ChannelKind::Room,
+                &op.room,
+                std::slice::from_ref(&from.user),
+            )
+            .await;
+        match result {
+            Ok(_) => {
+                self.reply(from, &json!({"op": "joined", "cid": op.cid, "room": op.room}))
+                    .await
+            }
+            Err(e) => self.reply(from, &store_refusal(op.cid, e)).await,
+        }
+    }
+
+    async fn leave(&self, from: &Sender, op: RoomOp) {
+        match self
+            .store
+            .remove_member(&from.app_id, ChannelKind::Room, &op.room, &from.user)
+            .await
+        {
+            Ok(()) => {
+                self.live.leave_room(&from.org, &from.app, &from.user, &op.room);
+                self.reply(from, &json!({"op": "left", "cid": op.cid, "room": op.room}))
+                    .await
+            }
+            Err(e) => self.reply(from, &store_refusal(op.cid, e)).await,
+        }
+    }
+
+    /// Answers the device that sent an envelope, and only that device.
+    async fn reply(&self, to: &Sender, body: &impl serde::Serialize) {
+        let json = serde_json::to_vec(body).unwrap_or_default();
+        self.publish_inbox(to, &to.user, Route::Only(&to.device), json).await;
+    }
+
+    async fn publish_inbox(&self, tenant: &Sender, user: &str, route: Route<'_>, json: Vec<u8>) {
+        let topic = store::topics::inbox(&tenant.org, &tenant.app, user);
+        let payload = Bytes::from(frame_inbox(route, &json));
+        if let Err(e) = self.client.publish_bytes(topic, QoS::AtLeastOnce, false, payload).await {
+            tracing::error!(error = %e, "bridge cannot publish");
+        }
+    }
+}
+
+/// A storage refusal as an error op.
+fn store_refusal(cid: Option<String>, e: store::Error) -> OpError {
+    match e {
+        store::Error::NotFound(what) => OpError::new(cid, "not_found", format!("{what} not found")),
+        store::Error::Forbidden(why) => OpError::new(cid, "forbidden", why),
+        store::Error::Invalid { .. } => OpError::new(cid, "invalid", e.to_string()),
+        other => {
+            tracing::error!(error = %other, "room operation failed");
+            OpError::new(cid, "internal", "failed; retry")
+        }
+    }
+}

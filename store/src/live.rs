@@ -1,0 +1,14 @@
+//! What the API and the bridge may ask of the live device connections. The gate implements
+//! it (it holds the connections); the others only see this trait, so they do not depend on
+//! the gate.
+
+use serde_json::Value;
+
+pub trait Live: Send + Sync {
+    /// Closes every connection of a user (the user was deleted).
+    fn disconnect_user(&self, org: &str, app: &str, user: &str);
+    /// Stops delivering a chatroom to a user's connections (they left or were kicked).
+    fn leave_room(&self, org: &str, app: &str, user: &str, room: &str);
+    /// Delivers an event (a JSON object with an `op`) to every connected device of a user.
+    fn notify(&self, org: &str, app: &str, user: &str, event: &Value);
+}
