@@ -558,7 +558,7 @@ impl Store {
     /// Bans users: removes them if they are members, and keeps them out.
     pub async fn ban(&self, app_id: &str, kind: ChannelKind, id: &str, users: &[String]) -> Result<()> {
         let channel = self.channel(app_id, kind, id).await?;
-        if users.iter().any(|u| *u == channel.owner) {
+        if users.contains(&channel.owner) {
             return Err(Error::Forbidden("the owner cannot be banned".into()));
         }
         let refs: Vec<&str> = users.iter().map(String::as_str).collect();
