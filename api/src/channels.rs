@@ -562,7 +562,13 @@ async fn transfer(
         .store
         .transfer_owner(&acting.caller.app.id, kind, &id, &new_owner)
         .await?;
-    notify(&state, &acting, std::slice::from_ref(&new_owner), "role", json!({"role": "owner"}));
+    notify(
+        &state,
+        &acting,
+        std::slice::from_ref(&new_owner),
+        "role",
+        json!({"role": "owner"}),
+    );
     notify(&state, &acting, &[old], "role", json!({"role": "admin"}));
     Ok(Json(json!({"data": {"id": id, "newowner": new_owner}})))
 }

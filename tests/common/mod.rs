@@ -307,6 +307,22 @@ impl Device {
             .await;
     }
 
+    /// Subscribes to another topic; true if the server granted it.
+    pub async fn subscribe(&mut self, topic: &str) -> bool {
+        self.client.subscribe(topic, QoS::AtLeastOnce).await.unwrap();
+        let packet = self.wait_for(|p| matches!(p, Packet::SubAck(_))).await;
+        let Packet::SubAck(ack) = packet else { unreachable!() };
+        ack.return_codes
+            .iter()
+            .all(|c| matches!(c, rumqttc::SubscribeReasonCode::Success(_)))
+    }
+
+    /// Sends a message to a group or chatroom.
+    pub async fn send_to(&self, chat: &str, cid: &str, to: &str, text: &str) {
+        self.publish(json!({"op": "send", "cid": cid, "chat": chat, "to": to, "type": "txt", "body": {"msg": text}}))
+            .await;
+    }
+
     /// Polls until a packet matches, failing after 10 s.
     pub async fn wait_for(&mut self, mut pred: impl FnMut(&Packet) -> bool) -> Packet {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -327,6 +343,16 @@ impl Device {
             .await;
         let Packet::Publish(p) = packet else { unreachable!() };
         serde_json::from_slice(&p.payload).unwrap()
+    }
+
+    /// The next envelope with `op` = "event" and the given `event`.
+    pub async fn next_event(&mut self, event: &str) -> Value {
+        loop {
+            let e = self.next_op("event").await;
+            if e["event"] == event {
+                return e;
+            }
+        }
     }
 
     /// Collects inbox envelopes for `window`, while keeping the connection alive.
