@@ -75,7 +75,7 @@ async fn group_management_and_roles(backend: Backend) {
         ]
     );
     assert_eq!(
-        t.get(&format!("/users/carol/joined_chatgroups"), &carol).await.1["count"],
+        t.get("/users/carol/joined_chatgroups", &carol).await.1["count"],
         1
     );
     assert_eq!(t.get(&g("/users"), &dave).await.0, 403, "outsider listed members");
