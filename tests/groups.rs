@@ -74,10 +74,7 @@ async fn group_management_and_roles(backend: Backend) {
             ("carol".into(), "member".into())
         ]
     );
-    assert_eq!(
-        t.get("/users/carol/joined_chatgroups", &carol).await.1["count"],
-        1
-    );
+    assert_eq!(t.get("/users/carol/joined_chatgroups", &carol).await.1["count"], 1);
     assert_eq!(t.get(&g("/users"), &dave).await.0, 403, "outsider listed members");
 
     // Members may not moderate; admins may, but not the owner; only the owner appoints.

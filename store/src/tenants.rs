@@ -5,7 +5,7 @@ use sqlx::Row;
 
 use crate::error::{Error, Result};
 use crate::names::validate_name;
-use crate::tokens::{hash_secret, random_secret, verify_secret};
+use crate::tokens::{hash_secret_async, random_secret, verify_secret_async};
 use crate::Store;
 
 /// An app, as stored (the secret only as a hash).
@@ -61,7 +61,7 @@ impl Store {
         .bind(&app.org)
         .bind(&app.name)
         .bind(&app.client_id)
-        .bind(hash_secret(&secret)?)
+        .bind(hash_secret_async(secret.clone()).await?)
         .bind(app.secret_version)
         .bind(app.created_at)
         .execute(&self.pool)
@@ -96,7 +96,7 @@ impl Store {
             .bind(&app.id)
             .fetch_one(&self.pool)
             .await?;
-        if client_id == app.client_id && verify_secret(secret, &hash) {
+        if client_id == app.client_id && verify_secret_async(secret.to_string(), hash).await {
             Ok(())
         } else {
             Err(Error::BadCredentials)
@@ -108,7 +108,7 @@ impl Store {
         let app = self.find_app(org, name).await?;
         let secret = format!("YXA6{}", random_secret(40));
         sqlx::query("UPDATE apps SET secret_hash = $1, secret_version = secret_version + 1 WHERE id = $2")
-            .bind(hash_secret(&secret)?)
+            .bind(hash_secret_async(secret.clone()).await?)
             .bind(&app.id)
             .execute(&self.pool)
             .await?;

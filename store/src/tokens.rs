@@ -92,6 +92,21 @@ impl Tokens {
     }
 }
 
+/// Hashes a password or client secret with argon2id and a random salt, on a blocking
+/// thread: argon2 takes tens of milliseconds on purpose and must not stall the runtime.
+pub async fn hash_secret_async(secret: String) -> Result<String> {
+    tokio::task::spawn_blocking(move || hash_secret(&secret))
+        .await
+        .map_err(|e| Error::Internal(format!("hashing task: {e}")))?
+}
+
+/// Checks a password or client secret against its hash, on a blocking thread.
+pub async fn verify_secret_async(secret: String, hash: String) -> bool {
+    tokio::task::spawn_blocking(move || verify_secret(&secret, &hash))
+        .await
+        .unwrap_or(false)
+}
+
 /// Hashes a password or client secret with argon2id and a random salt.
 pub fn hash_secret(secret: &str) -> Result<String> {
     let salt = SaltString::generate(&mut OsRng);

@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 use sqlx::Row;
 
 use crate::error::{Error, Result};
-use crate::tokens::{hash_secret, verify_secret};
+use crate::tokens::{hash_secret_async, verify_secret_async};
 use crate::Store;
 
 /// The most bytes a user's metadata may take, serialised.
@@ -93,10 +93,10 @@ impl Store {
             }
         }
         // Hash outside the transaction: argon2 is slow on purpose.
-        let hashes = users
-            .iter()
-            .map(|u| hash_secret(&u.password))
-            .collect::<Result<Vec<_>>>()?;
+        let mut hashes = Vec::with_capacity(users.len());
+        for u in users {
+            hashes.push(hash_secret_async(u.password.clone()).await?);
+        }
         let now = crate::now_ms();
         let mut tx = self.pool.begin().await?;
         for (u, hash) in users.iter().zip(&hashes) {
@@ -215,9 +215,14 @@ impl Store {
                 .bind(username)
                 .fetch_optional(&self.pool)
                 .await?;
-        match hash {
-            Some(hash) if verify_secret(password, &hash) => Ok(()),
-            _ => Err(Error::BadCredentials),
+        let valid = match hash {
+            Some(hash) => verify_secret_async(password.to_string(), hash).await,
+            None => false,
+        };
+        if valid {
+            Ok(())
+        } else {
+            Err(Error::BadCredentials)
         }
     }
 }
