@@ -1,0 +1,134 @@
+//! `bench`: chat traffic through chatd, and the same traffic as plain MQTT through any
+//! broker, so the two can be compared in one run; and fan-out to large groups and rooms.
+//!
+//! ```text
+//! bench chatd   [--pairs 100 --messages 200 --size 100 --rate 0] [--database-url postgres://…]
+//! bench mqtt    --port 1883 [--host 127.0.0.1] [same traffic options]
+//! bench compare [--mosquitto-port P | (starts a fresh mosquitto)] [--database-url …]
+//! bench group   [--members 2000 --online N --messages 20 --interval-ms 250] [--database-url …]
+//! bench room    [--members 2000 …]
+//! ```
+//!
+//! Every chatd run starts the `chatd` binary next to this one as a child process with a
+//! fresh database (SQLite, or a new database on the PostgreSQL server of
+//! `--database-url`). Pairs: N senders each send M messages to their own receiver (QoS 1
+//! `send` ops, timed from publish to the receiver's `msg`), and at the end the tool checks
+//! that every message is in the database. Plain MQTT sends the same payloads as QoS 1
+//! publishes on `bench/{i}`, with no storage. Reported: delivered messages per second
+//! (first send to last delivery) and send-to-deliver latency percentiles.
+
+mod chatd;
+mod fanout;
+mod pairs;
+mod report;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Chat traffic benchmarks: chatd vs plain MQTT, and group and chatroom fan-out")]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// One-to-one pairs through a chatd started for the run.
+    Chatd {
+        #[command(flatten)]
+        traffic: pairs::Traffic,
+        /// PostgreSQL server to create the run's database on; SQLite if absent.
+        #[arg(long)]
+        database_url: Option<String>,
+    },
+    /// The same pairs as plain MQTT QoS 1 through any broker, no storage.
+    Mqtt {
+        #[command(flatten)]
+        traffic: pairs::Traffic,
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        #[arg(long)]
+        port: u16,
+    },
+    /// chatd and plain MQTT (a Mosquitto) one after the other, with the ratio.
+    Compare {
+        #[command(flatten)]
+        traffic: pairs::Traffic,
+        #[arg(long)]
+        database_url: Option<String>,
+        /// Use a Mosquitto already listening here instead of starting one.
+        #[arg(long)]
+        mosquitto_port: Option<u16>,
+    },
+    /// One sender to a large group, with a 1:1 pair talking meanwhile.
+    Group {
+        #[command(flatten)]
+        fanout: fanout::Fanout,
+        #[arg(long)]
+        database_url: Option<String>,
+    },
+    /// One sender to a large chatroom, with a 1:1 pair talking meanwhile.
+    Room {
+        #[command(flatten)]
+        fanout: fanout::Fanout,
+        #[arg(long)]
+        database_url: Option<String>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().mode {
+        Mode::Chatd { traffic, database_url } => pairs::through_chatd(&traffic, database_url.as_deref()).await?.print(),
+        Mode::Mqtt { traffic, host, port } => {
+            let label = format!("plain MQTT {host}:{port}");
+            pairs::run(&traffic, &host, port, pairs::Protocol::Plain, label).await?.print()
+        }
+        Mode::Compare { traffic, database_url, mosquitto_port } => {
+            let chatd = pairs::through_chatd(&traffic, database_url.as_deref()).await?;
+            let (port, _mosquitto) = match mosquitto_port {
+                Some(port) => (port, None),
+                None => {
+                    let (port, child) = spawn_mosquitto().await?;
+                    (port, Some(child))
+                }
+            };
+            let label = format!("mosquitto :{port} (no storage)");
+            let plain = pairs::run(&traffic, "127.0.0.1", port, pairs::Protocol::Plain, label).await?;
+            chatd.print();
+            plain.print();
+            println!("chatd / mosquitto throughput: {:.2}x", chatd.rate() / plain.rate());
+        }
+        Mode::Group { fanout, database_url } => fanout::run(&fanout, fanout::Channel::Group, database_url.as_deref()).await?,
+        Mode::Room { fanout, database_url } => fanout::run(&fanout, fanout::Channel::Room, database_url.as_deref()).await?,
+    }
+    Ok(())
+}
+
+/// Starts a fresh Mosquitto on a free port.
+async fn spawn_mosquitto() -> anyhow::Result<(u16, tokio::process::Child)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let dir = std::env::temp_dir().join(format!("bench-mosquitto-{port}"));
+    std::fs::create_dir_all(&dir)?;
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 100\n"))?;
+    let child = tokio::process::Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting mosquitto (apt-get install mosquitto)")?;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return Ok((port, child));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("mosquitto did not start on port {port}")
+}

@@ -1,0 +1,190 @@
+//! N sender/receiver pairs of one-to-one chat, through chatd or as plain MQTT.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::{json, Value};
+use tokio::sync::Mutex;
+
+use crate::chatd::Chatd;
+use crate::report::{now_us, Report};
+
+#[derive(clap::Args, Clone)]
+pub struct Traffic {
+    /// Sender/receiver pairs.
+    #[arg(long, default_value_t = 100)]
+    pub pairs: usize,
+    /// Messages each sender sends.
+    #[arg(long, default_value_t = 200)]
+    pub messages: usize,
+    /// Message text size in bytes.
+    #[arg(long, default_value_t = 100)]
+    pub size: usize,
+    /// Total target rate in messages/s; 0 sends as fast as acks allow.
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+}
+
+/// How one protocol frames a message and reads it back.
+#[derive(Clone)]
+pub enum Protocol {
+    /// chatd: users `s{i}` → `r{i}`, JSON envelopes on outbox/inbox topics.
+    Chatd { tokens: Arc<Vec<(String, String)>> },
+    /// Plain MQTT: `bench/{i}`.
+    Plain,
+}
+
+#[derive(Clone, Copy)]
+enum Side {
+    Sender,
+    Receiver,
+}
+
+impl Protocol {
+    /// The MQTT options and topic of pair `i`'s sender or receiver.
+    fn endpoint(&self, i: usize, side: Side, host: &str, port: u16) -> (MqttOptions, String) {
+        let (prefix, leaf) = match side {
+            Side::Sender => ("s", "out"),
+            Side::Receiver => ("r", "in"),
+        };
+        match self {
+            Protocol::Chatd { tokens } => {
+                let mut options = MqttOptions::new(format!("{prefix}{i}-dev"), host, port);
+                let token = match side {
+                    Side::Sender => &tokens[i].0,
+                    Side::Receiver => &tokens[i].1,
+                };
+                options.set_credentials(format!("{prefix}{i}"), token);
+                (options, format!("chat/demo/chat/u/{prefix}{i}/{leaf}"))
+            }
+            Protocol::Plain => (MqttOptions::new(format!("bench-{prefix}{i}"), host, port), format!("bench/{i}")),
+        }
+    }
+}
+
+/// Pairs through a chatd started for the run; checks every message was stored.
+pub async fn through_chatd(traffic: &Traffic, database_url: Option<&str>) -> anyhow::Result<Report> {
+    let chatd = Chatd::start(database_url).await?;
+    chatd.create_users("s", traffic.pairs).await?;
+    chatd.create_users("r", traffic.pairs).await?;
+    let mut tokens = Vec::with_capacity(traffic.pairs);
+    for i in 0..traffic.pairs {
+        tokens.push((chatd.user_token(&format!("s{i}")).await?, chatd.user_token(&format!("r{i}")).await?));
+    }
+    let protocol = Protocol::Chatd { tokens: Arc::new(tokens) };
+    let report = run(traffic, "127.0.0.1", chatd.mqtt_port, protocol, chatd.label.clone()).await?;
+    // Every delivered message must be stored: the conversations' last seqs add up.
+    let mut stored = 0;
+    for i in 0..traffic.pairs {
+        let body = chatd.get(&format!("/users/s{i}/conversations/user/r{i}/messages?limit=1")).await?;
+        stored += body["last_seq"].as_u64().unwrap_or(0) as usize;
+    }
+    println!("{}: {stored} messages stored for {} expected", report.label, report.expected);
+    chatd.stop().await?;
+    if stored != report.expected {
+        bail!("stored {stored} messages, expected {}", report.expected);
+    }
+    Ok(report)
+}
+
+/// Runs the traffic: all receivers connect and subscribe, then all senders send.
+pub async fn run(traffic: &Traffic, host: &str, port: u16, protocol: Protocol, label: String) -> anyhow::Result<Report> {
+    let expected = traffic.pairs * traffic.messages;
+    let latencies = Arc::new(Mutex::new(Vec::with_capacity(expected)));
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    let mut receivers = Vec::new();
+    for i in 0..traffic.pairs {
+        let (options, topic) = protocol.endpoint(i, Side::Receiver, host, port);
+        let (client, mut eventloop) = client(options);
+        client.subscribe(&topic, QoS::AtLeastOnce).await?;
+        // Wait for the SUBACK so no message is sent before anyone listens.
+        loop {
+            if let Event::Incoming(Packet::SubAck(_)) = eventloop.poll().await.context("receiver connect")? {
+                break;
+            }
+        }
+        let (latencies, done_tx, want) = (latencies.clone(), done_tx.clone(), traffic.messages);
+        let chatd = matches!(protocol, Protocol::Chatd { .. });
+        receivers.push(tokio::spawn(async move {
+            let mut local = Vec::with_capacity(want);
+            while local.len() < want {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let Ok(v) = serde_json::from_slice::<Value>(&p.payload) else { continue };
+                        let sent = if chatd { v["ext"]["t"].as_u64() } else { v["t"].as_u64() };
+                        if let Some(sent) = sent {
+                            local.push(now_us().saturating_sub(sent));
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        eprintln!("receiver {i}: {e}");
+                        break;
+                    }
+                }
+            }
+            latencies.lock().await.extend(local);
+            let _ = done_tx.send(Instant::now());
+            drop(client);
+        }));
+    }
+    drop(done_tx);
+
+    let started = Instant::now();
+    let interval = (traffic.rate > 0).then(|| Duration::from_secs_f64(traffic.pairs as f64 / traffic.rate as f64));
+    let text = "x".repeat(traffic.size);
+    let mut senders = Vec::new();
+    for i in 0..traffic.pairs {
+        let (options, topic) = protocol.endpoint(i, Side::Sender, host, port);
+        let (client, mut eventloop) = client(options);
+        let (protocol, text, messages) = (protocol.clone(), text.clone(), traffic.messages);
+        senders.push(tokio::spawn(async move {
+            let poller = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+            let mut ticker = interval.map(|d| {
+                let mut t = tokio::time::interval(d);
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                t
+            });
+            for n in 0..messages {
+                if let Some(t) = ticker.as_mut() {
+                    t.tick().await;
+                }
+                let payload = match &protocol {
+                    Protocol::Chatd { .. } => json!({"op": "send", "cid": format!("{n}"), "chat": "user", "to": format!("r{i}"), "type": "txt", "body": {"msg": text}, "ext": {"t": now_us()}}),
+                    Protocol::Plain => json!({"msg": text, "t": now_us()}),
+                };
+                if client.publish(&topic, QoS::AtLeastOnce, false, payload.to_string()).await.is_err() {
+                    break;
+                }
+            }
+            // Keep the connection until the receivers are done.
+            (client, poller)
+        }));
+    }
+    let mut keep = Vec::new();
+    for s in senders {
+        keep.push(s.await?);
+    }
+    let mut last = started;
+    let deadline = Duration::from_secs(60 + (expected as u64 / 1000));
+    while let Ok(Some(at)) = tokio::time::timeout(deadline, done_rx.recv()).await {
+        last = last.max(at);
+    }
+    for r in receivers {
+        r.abort();
+    }
+    for (_, poller) in keep {
+        poller.abort();
+    }
+    let latencies_us = std::mem::take(&mut *latencies.lock().await);
+    Ok(Report::new(label, expected, last - started, latencies_us))
+}
+
+pub fn client(mut options: MqttOptions) -> (AsyncClient, rumqttc::EventLoop) {
+    options.set_keep_alive(Duration::from_secs(60));
+    options.set_max_packet_size(1 << 20, 1 << 20);
+    options.set_inflight(100);
+    AsyncClient::new(options, 1000)
+}
