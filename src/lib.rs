@@ -34,7 +34,8 @@ pub struct Server {
 
 /// Starts every component. All listeners are bound before anything is spawned, so a taken
 /// port is a clear error at start rather than a half-running server.
-pub async fn start(config: Config) -> anyhow::Result<Server> {
+pub async fn start(mut config: Config) -> anyhow::Result<Server> {
+    config.mqtt.max_connections = fit_connections_to_open_files(config.mqtt.max_connections);
     let url = config.database_url();
     if url.starts_with("sqlite:") && config.database_url.is_empty() {
         std::fs::create_dir_all(&config.data_dir)
@@ -171,6 +172,49 @@ pub async fn ensure_dev_app(store: &Store) -> anyhow::Result<Option<store::tenan
         // Another process sharing the database got there first.
         Err(store::Error::Conflict(_)) => Ok(None),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// File descriptors one device connection costs: its socket, the gate's socket to rumqttd,
+/// and rumqttd's end of that.
+const FILES_PER_DEVICE: u64 = 3;
+/// Files kept for everything else: listeners, the database, internal clients, logs.
+const FILES_RESERVED: u64 = 256;
+
+/// Raises the soft open-files limit to the hard one, and lowers the connection limit to what
+/// fits in it, so that a device over the limit gets a clean "server busy" CONNACK instead of
+/// a failed accept.
+fn fit_connections_to_open_files(wanted: usize) -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return wanted;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    let fits = (limit.rlim_cur.saturating_sub(FILES_RESERVED) / FILES_PER_DEVICE) as usize;
+    if wanted > fits {
+        tracing::warn!(
+            wanted,
+            fits,
+            open_files = limit.rlim_cur,
+            "mqtt.max_connections lowered: each device connection costs {FILES_PER_DEVICE} open files"
+        );
+        fits
+    } else {
+        wanted
     }
 }
 

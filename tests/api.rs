@@ -39,9 +39,19 @@ async fn tokens_and_tenants(backend: Backend) {
     assert_eq!(status, 200, "{body}");
     let inherited = body["access_token"].as_str().unwrap().to_string();
     assert_eq!(t.get("/users/alice", &inherited).await.0, 200);
-    assert_eq!(t.post("/token", Some(&alice), inherit.clone()).await.0, 401, "a user token inherited");
+    assert_eq!(
+        t.post("/token", Some(&alice), inherit.clone()).await.0,
+        401,
+        "a user token inherited"
+    );
     assert_eq!(t.post("/token", None, inherit).await.0, 401);
-    let (status, _) = t.post("/token", Some(&t.app_token), json!({"grant_type": "inherit", "username": "ghost"})).await;
+    let (status, _) = t
+        .post(
+            "/token",
+            Some(&t.app_token),
+            json!({"grant_type": "inherit", "username": "ghost"}),
+        )
+        .await;
     assert_eq!(status, 404);
 
     // Another app: same username is another user, and tokens do not cross.

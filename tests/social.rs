@@ -67,6 +67,11 @@ async fn contacts_blocks_and_profiles(backend: Backend) {
         200
     );
 
+    // Carol watches alice's presence before she is blocked.
+    let mut carol_watch = t.device("carol", &carol, "c-watch").await;
+    assert!(carol_watch.subscribe("chat/demo/chat/presence/alice").await);
+    let _ = carol_watch.collect(Duration::from_millis(200)).await;
+
     // Blocking: refused with a clear error, never stored or delivered; presence hidden.
     let (status, body) = t
         .post(
@@ -94,6 +99,14 @@ async fn contacts_blocks_and_profiles(backend: Backend) {
         "a blocked user saw presence"
     );
     assert!(bob_dev.subscribe("chat/demo/chat/presence/alice").await);
+    let _ = bob_dev.collect(Duration::from_millis(200)).await;
+    // Alice's presence changes: bob sees it, carol (subscribed before the block) does not.
+    let alice_tablet = t.device("alice", &alice, "a-tablet").await;
+    let seen = bob_dev.collect(Duration::from_millis(500)).await;
+    assert!(seen.iter().any(|p| p["devices"] == 2), "{seen:?}");
+    let leaked = carol_watch.collect(Duration::from_millis(300)).await;
+    assert!(leaked.is_empty(), "a blocked user still saw presence: {leaked:?}");
+    drop(alice_tablet);
     // Alice still reaches carol: blocking is one-way.
     alice_dev.send_text("a1", "carol", "I can still talk").await;
     assert_eq!(alice_dev.next_op("ack").await["cid"], "a1");

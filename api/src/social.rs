@@ -72,6 +72,11 @@ pub async fn block(
         .map(|u| u.trim().to_ascii_lowercase())
         .collect::<Vec<_>>();
     state.store.block_users(&caller.app.id, &owner, &users).await?;
+    for user in &users {
+        state
+            .live
+            .hide_presence(&caller.app.org, &caller.app.name, &owner, user);
+    }
     Ok(Json(json!({"action": "post", "entities": users, "count": users.len()})))
 }
 

@@ -25,8 +25,9 @@ pub struct UserKey {
 pub enum Control {
     /// Close (the user was deleted).
     Disconnect,
-    /// Stop delivering this chatroom (the user left or was kicked).
-    LeaveRoom(String),
+    /// Stop delivering this room or presence topic (the user left the room, was kicked,
+    /// or was blocked by the presence's owner).
+    Revoke(String),
 }
 
 /// Each open connection of a user: its id and where to send it controls.
@@ -159,7 +160,17 @@ impl store::live::Live for Presence {
     }
 
     fn leave_room(&self, org: &str, app: &str, user: &str, room: &str) {
-        self.control(&key(org, app, user), Control::LeaveRoom(room.to_string()));
+        self.control(
+            &key(org, app, user),
+            Control::Revoke(store::topics::room(org, app, room)),
+        );
+    }
+
+    fn hide_presence(&self, org: &str, app: &str, owner: &str, from: &str) {
+        self.control(
+            &key(org, app, from),
+            Control::Revoke(store::topics::presence(org, app, owner)),
+        );
     }
 
     fn notify(&self, org: &str, app: &str, user: &str, event: &serde_json::Value) {

@@ -9,6 +9,8 @@ pub trait Live: Send + Sync {
     fn disconnect_user(&self, org: &str, app: &str, user: &str);
     /// Stops delivering a chatroom to a user's connections (they left or were kicked).
     fn leave_room(&self, org: &str, app: &str, user: &str, room: &str);
+    /// Stops delivering `owner`'s presence to `from`'s connections (`owner` blocked them).
+    fn hide_presence(&self, org: &str, app: &str, owner: &str, from: &str);
     /// Delivers an event (a JSON object with an `op`) to every connected device of a user.
     fn notify(&self, org: &str, app: &str, user: &str, event: &Value);
 }

@@ -58,9 +58,10 @@ impl Acl {
         }
     }
 
-    /// The chatroom a topic belongs to, if it is one of this app's room topics.
-    pub fn room_of<'t>(&self, topic: &'t str) -> Option<&'t str> {
-        topic.strip_prefix(&self.room_prefix)
+    /// Room and presence topics are delivered only while the connection's admission to
+    /// them stands (see the session's `admitted`).
+    pub fn needs_admission(&self, topic: &str) -> bool {
+        topic.starts_with(&self.room_prefix) || topic.starts_with(&self.presence_prefix)
     }
 
     pub fn inbox(&self) -> &str {

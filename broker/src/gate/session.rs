@@ -162,7 +162,7 @@ pub(crate) async fn serve(mut io: ClientIo, shared: Arc<Shared>, shutdown: watch
         device_max_packet: request.device_max_packet,
         device_inflight: 0,
         held: VecDeque::new(),
-        rooms: HashSet::new(),
+        admitted: HashSet::new(),
         shared: shared.clone(),
     };
     let keep_alive = request.keep_alive;
@@ -452,10 +452,10 @@ struct Session {
     device_max_packet: usize,
     device_inflight: usize,
     held: VecDeque<v4::Publish>,
-    /// Chatrooms this connection subscribed to while a member. Leaving or being kicked
-    /// removes a room, and its messages stop at the gate even if the device stays
-    /// subscribed.
-    rooms: HashSet<String>,
+    /// Room and presence topics this connection was admitted to at SUBSCRIBE (as a member,
+    /// or as someone not blocked). Leaving a room, being kicked or being blocked revokes a
+    /// topic, and its publishes stop at the gate even while the device stays subscribed.
+    admitted: HashSet<String>,
     shared: Arc<Shared>,
 }
 
@@ -533,8 +533,8 @@ impl Session {
                 _ = shutdown.changed() => return Close::Shutdown,
                 control = presence.next_control() => match control {
                     Control::Disconnect => return Close::Kicked,
-                    Control::LeaveRoom(room) => {
-                        self.rooms.remove(&room);
+                    Control::Revoke(topic) => {
+                        self.admitted.remove(&topic);
                     }
                 },
             }
@@ -713,22 +713,26 @@ impl Session {
     async fn may_subscribe(&mut self, filter: &str) -> bool {
         let store = &self.shared.store;
         let me = &self.identity;
-        match self.acl.classify(filter) {
-            FilterAccess::Inbox => true,
+        let admitted = match self.acl.classify(filter) {
+            FilterAccess::Inbox => return true,
+            FilterAccess::Denied => return false,
             // Presence is hidden from the users its owner has blocked.
-            FilterAccess::Presence(user) => matches!(store.has_blocked(&me.app_id, &user, &me.user).await, Ok(false)),
-            FilterAccess::Room(room) => match store.member(&me.app_id, &room, &me.user).await {
-                Ok(Some(_)) => {
-                    self.rooms.insert(room);
-                    true
-                }
-                Ok(None) => false,
-                Err(e) => {
-                    tracing::error!(error = %e, "room membership check failed");
-                    false
-                }
-            },
-            FilterAccess::Denied => false,
+            FilterAccess::Presence(user) => store
+                .has_blocked(&me.app_id, &user, &me.user)
+                .await
+                .map(|blocked| !blocked),
+            FilterAccess::Room(room) => store.member(&me.app_id, &room, &me.user).await.map(|m| m.is_some()),
+        };
+        match admitted {
+            Ok(true) => {
+                self.admitted.insert(filter.to_string());
+                true
+            }
+            Ok(false) => false,
+            Err(e) => {
+                tracing::error!(error = %e, "subscription check failed");
+                false
+            }
         }
     }
 
@@ -823,12 +827,8 @@ impl Session {
                     if p.qos == QoS::AtLeastOnce {
                         self.upstream_inflight.push_back((p.pkid, false));
                     }
-                    if self
-                        .acl
-                        .room_of(&p.topic)
-                        .is_some_and(|room| !self.rooms.contains(room))
-                    {
-                        // Left or kicked: the room's messages stop here.
+                    if self.acl.needs_admission(&p.topic) && !self.admitted.contains(&p.topic) {
+                        // Left, kicked or blocked: the topic's publishes stop here.
                         self.ack_dropped(&p, out);
                         continue;
                     }

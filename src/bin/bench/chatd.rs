@@ -28,12 +28,22 @@ impl Chatd {
             Some(base) => {
                 use sqlx::Connection;
                 let name = format!("chatd_bench_{stamp}");
-                let mut conn = sqlx::PgConnection::connect(base).await.context("connecting to PostgreSQL")?;
-                sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await?;
+                let mut conn = sqlx::PgConnection::connect(base)
+                    .await
+                    .context("connecting to PostgreSQL")?;
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&mut conn)
+                    .await?;
                 let head = base.split('?').next().unwrap_or(base);
                 let authority = head.find("://").map_or(0, |i| i + 3);
-                let head = head[authority..].find('/').map_or(head, |slash| &head[..authority + slash]);
-                (format!("{head}/{name}"), "chatd (PostgreSQL)".to_string(), Some((base.to_string(), name)))
+                let head = head[authority..]
+                    .find('/')
+                    .map_or(head, |slash| &head[..authority + slash]);
+                (
+                    format!("{head}/{name}"),
+                    "chatd (PostgreSQL)".to_string(),
+                    Some((base.to_string(), name)),
+                )
             }
             None => (
                 format!("sqlite://{}", data_dir.path().join("chatd.db").display()),
@@ -83,7 +93,10 @@ impl Chatd {
             pg_db,
             _data_dir: data_dir,
         };
-        chatd.app_token = chatd.post("/token", grant).await?["access_token"].as_str().context("no token")?.to_string();
+        chatd.app_token = chatd.post("/token", grant).await?["access_token"]
+            .as_str()
+            .context("no token")?
+            .to_string();
         // Bench traffic comes in bursts and big rooms: lift the per-user limits.
         let limits = json!({"send_rate_per_sec": 1e9, "send_burst": 1e9, "max_group_members": 100000, "max_room_members": 100000});
         chatd.put("/settings", limits).await?;
@@ -91,17 +104,34 @@ impl Chatd {
     }
 
     pub async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
-        let resp = self.http.post(format!("{}{path}", self.base)).bearer_auth(&self.app_token).json(&body).send().await?;
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.app_token)
+            .json(&body)
+            .send()
+            .await?;
         Self::answer(resp).await
     }
 
     pub async fn put(&self, path: &str, body: Value) -> anyhow::Result<Value> {
-        let resp = self.http.put(format!("{}{path}", self.base)).bearer_auth(&self.app_token).json(&body).send().await?;
+        let resp = self
+            .http
+            .put(format!("{}{path}", self.base))
+            .bearer_auth(&self.app_token)
+            .json(&body)
+            .send()
+            .await?;
         Self::answer(resp).await
     }
 
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
-        let resp = self.http.get(format!("{}{path}", self.base)).bearer_auth(&self.app_token).send().await?;
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.app_token)
+            .send()
+            .await?;
         Self::answer(resp).await
     }
 
@@ -124,7 +154,9 @@ impl Chatd {
             .map(<[Value]>::to_vec)
             .collect();
         for group in batches.chunks(4) {
-            let requests = group.iter().map(|batch| self.post("/users", Value::Array(batch.clone())));
+            let requests = group
+                .iter()
+                .map(|batch| self.post("/users", Value::Array(batch.clone())));
             for result in futures_util::future::join_all(requests).await {
                 result?;
             }
@@ -134,7 +166,9 @@ impl Chatd {
 
     /// A user token, issued on the app's authority (no password hashing).
     pub async fn user_token(&self, user: &str) -> anyhow::Result<String> {
-        let body = self.post("/token", json!({"grant_type": "inherit", "username": user})).await?;
+        let body = self
+            .post("/token", json!({"grant_type": "inherit", "username": user}))
+            .await?;
         Ok(body["access_token"].as_str().context("no token")?.to_string())
     }
 
@@ -144,7 +178,9 @@ impl Chatd {
         if let Some((base, name)) = self.pg_db.take() {
             use sqlx::Connection;
             let mut conn = sqlx::PgConnection::connect(&base).await?;
-            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await?;
+            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&mut conn)
+                .await?;
         }
         Ok(())
     }

@@ -47,10 +47,17 @@ pub async fn run(args: &Fanout, channel: Channel, database_url: Option<&str>) ->
         Channel::Room => ("/chatrooms", "room"),
     };
     let created = chatd
-        .post(path, json!({"name": "bench", "owner": "m0", "maxusers": args.members, "members": members}))
+        .post(
+            path,
+            json!({"name": "bench", "owner": "m0", "maxusers": args.members, "members": members}),
+        )
         .await?;
     let id = created["data"]["id"].as_str().context("no channel id")?.to_string();
-    println!("setup: {} users and the {chat} in {:.1} s", args.members + 2, setup.elapsed().as_secs_f64());
+    println!(
+        "setup: {} users and the {chat} in {:.1} s",
+        args.members + 2,
+        setup.elapsed().as_secs_f64()
+    );
 
     // Online members connect and subscribe: their inbox (group) or the room topic.
     let connect = Instant::now();
@@ -76,7 +83,9 @@ pub async fn run(args: &Fanout, channel: Channel, database_url: Option<&str>) ->
                 while local.len() < want {
                     match eventloop.poll().await {
                         Ok(Event::Incoming(Packet::Publish(p))) => {
-                            let Ok(v) = serde_json::from_slice::<Value>(&p.payload) else { continue };
+                            let Ok(v) = serde_json::from_slice::<Value>(&p.payload) else {
+                                continue;
+                            };
                             if v["op"] == "msg" && v["chat"] == chat {
                                 if let (Some(sent), Some(n)) = (v["ext"]["t"].as_u64(), v["ext"]["n"].as_u64()) {
                                     local.push((n as usize, now_us().saturating_sub(sent)));
@@ -94,10 +103,18 @@ pub async fn run(args: &Fanout, channel: Channel, database_url: Option<&str>) ->
         }
     }
     drop(done_tx);
-    println!("{} members online in {:.1} s", online - 1, connect.elapsed().as_secs_f64());
+    println!(
+        "{} members online in {:.1} s",
+        online - 1,
+        connect.elapsed().as_secs_f64()
+    );
 
     // The one-to-one pair that keeps talking during the fan-out.
-    let background = tokio::spawn(background_pair(chatd.mqtt_port, chatd.user_token("p0").await?, chatd.user_token("p1").await?));
+    let background = tokio::spawn(background_pair(
+        chatd.mqtt_port,
+        chatd.user_token("p0").await?,
+        chatd.user_token("p1").await?,
+    ));
 
     let sender_token = chatd.user_token("m0").await?;
     let (sender, mut sender_loop) = client(options("m0", &sender_token, chatd.mqtt_port));
@@ -144,7 +161,12 @@ pub async fn run(args: &Fanout, channel: Channel, database_url: Option<&str>) ->
     let label = format!("{chat} fan-out to {} online", online - 1);
     let report = Report::new(label, expected, last - started, steady);
     report.print();
-    let completion = Report::new("per message, reaching all".into(), args.messages, last - started, complete);
+    let completion = Report::new(
+        "per message, reaching all".into(),
+        args.messages,
+        last - started,
+        complete,
+    );
     println!(
         "  one message reaches all {} online members in p50 {:.1} ms, max {:.1} ms: {:.0} deliveries/s while fanning out",
         online - 1,
@@ -152,13 +174,22 @@ pub async fn run(args: &Fanout, channel: Channel, database_url: Option<&str>) ->
         completion.percentile_ms(1.0),
         (online - 1) as f64 / (completion.percentile_ms(0.5) / 1000.0),
     );
-    println!("  the first message (new topics in rumqttd) reached all in {:.1} ms", cold as f64 / 1000.0);
+    println!(
+        "  the first message (new topics in rumqttd) reached all in {:.1} ms",
+        cold as f64 / 1000.0
+    );
     background.abort();
     let background = BACKGROUND.lock().await.clone();
     let (during, first): (Vec<_>, Vec<_>) = background.into_iter().partition(|(at, _)| *at >= steady_from);
     let during: Vec<u64> = during.into_iter().map(|(_, l)| l).collect();
     let first: Vec<u64> = first.into_iter().map(|(_, l)| l).collect();
-    Report::new("1:1 pair during the fan-out".into(), during.len(), last - started, during).print();
+    Report::new(
+        "1:1 pair during the fan-out".into(),
+        during.len(),
+        last - started,
+        during,
+    )
+    .print();
     Report::new("1:1 pair around message 0".into(), first.len(), last - started, first).print();
     for r in receivers {
         r.abort();
@@ -180,7 +211,10 @@ async fn background_pair(port: u16, p0: String, p1: String) -> anyhow::Result<()
     let listen = tokio::spawn(async move {
         while let Ok(event) = receiver_loop.poll().await {
             if let Event::Incoming(Packet::Publish(p)) = event {
-                if let Some(sent) = serde_json::from_slice::<Value>(&p.payload).ok().and_then(|v| v["ext"]["t"].as_u64()) {
+                if let Some(sent) = serde_json::from_slice::<Value>(&p.payload)
+                    .ok()
+                    .and_then(|v| v["ext"]["t"].as_u64())
+                {
                     let now = now_us();
                     BACKGROUND.lock().await.push((now, now.saturating_sub(sent)));
                 }
@@ -194,7 +228,9 @@ async fn background_pair(port: u16, p0: String, p1: String) -> anyhow::Result<()
     for n in 0.. {
         tick.tick().await;
         let envelope = json!({"op": "send", "cid": format!("p{n}"), "chat": "user", "to": "p1", "type": "txt", "body": {"msg": "ping"}, "ext": {"t": now_us()}});
-        sender.publish("chat/demo/chat/u/p0/out", QoS::AtLeastOnce, false, envelope.to_string()).await?;
+        sender
+            .publish("chat/demo/chat/u/p0/out", QoS::AtLeastOnce, false, envelope.to_string())
+            .await?;
     }
     listen.abort();
     Ok(())

@@ -86,9 +86,15 @@ async fn main() -> anyhow::Result<()> {
         Mode::Chatd { traffic, database_url } => pairs::through_chatd(&traffic, database_url.as_deref()).await?.print(),
         Mode::Mqtt { traffic, host, port } => {
             let label = format!("plain MQTT {host}:{port}");
-            pairs::run(&traffic, &host, port, pairs::Protocol::Plain, label).await?.print()
+            pairs::run(&traffic, &host, port, pairs::Protocol::Plain, label)
+                .await?
+                .print()
         }
-        Mode::Compare { traffic, database_url, mosquitto_port } => {
+        Mode::Compare {
+            traffic,
+            database_url,
+            mosquitto_port,
+        } => {
             let chatd = pairs::through_chatd(&traffic, database_url.as_deref()).await?;
             let (port, _mosquitto) = match mosquitto_port {
                 Some(port) => (port, None),
@@ -103,8 +109,12 @@ async fn main() -> anyhow::Result<()> {
             plain.print();
             println!("chatd / mosquitto throughput: {:.2}x", chatd.rate() / plain.rate());
         }
-        Mode::Group { fanout, database_url } => fanout::run(&fanout, fanout::Channel::Group, database_url.as_deref()).await?,
-        Mode::Room { fanout, database_url } => fanout::run(&fanout, fanout::Channel::Room, database_url.as_deref()).await?,
+        Mode::Group { fanout, database_url } => {
+            fanout::run(&fanout, fanout::Channel::Group, database_url.as_deref()).await?
+        }
+        Mode::Room { fanout, database_url } => {
+            fanout::run(&fanout, fanout::Channel::Room, database_url.as_deref()).await?
+        }
     }
     Ok(())
 }
@@ -115,7 +125,10 @@ async fn spawn_mosquitto() -> anyhow::Result<(u16, tokio::process::Child)> {
     let dir = std::env::temp_dir().join(format!("bench-mosquitto-{port}"));
     std::fs::create_dir_all(&dir)?;
     let conf = dir.join("mosquitto.conf");
-    std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 100\n"))?;
+    std::fs::write(
+        &conf,
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 100\n"),
+    )?;
     let child = tokio::process::Command::new("mosquitto")
         .arg("-c")
         .arg(&conf)

@@ -59,7 +59,10 @@ impl Protocol {
                 options.set_credentials(format!("{prefix}{i}"), token);
                 (options, format!("chat/demo/chat/u/{prefix}{i}/{leaf}"))
             }
-            Protocol::Plain => (MqttOptions::new(format!("bench-{prefix}{i}"), host, port), format!("bench/{i}")),
+            Protocol::Plain => (
+                MqttOptions::new(format!("bench-{prefix}{i}"), host, port),
+                format!("bench/{i}"),
+            ),
         }
     }
 }
@@ -71,17 +74,27 @@ pub async fn through_chatd(traffic: &Traffic, database_url: Option<&str>) -> any
     chatd.create_users("r", traffic.pairs).await?;
     let mut tokens = Vec::with_capacity(traffic.pairs);
     for i in 0..traffic.pairs {
-        tokens.push((chatd.user_token(&format!("s{i}")).await?, chatd.user_token(&format!("r{i}")).await?));
+        tokens.push((
+            chatd.user_token(&format!("s{i}")).await?,
+            chatd.user_token(&format!("r{i}")).await?,
+        ));
     }
-    let protocol = Protocol::Chatd { tokens: Arc::new(tokens) };
+    let protocol = Protocol::Chatd {
+        tokens: Arc::new(tokens),
+    };
     let report = run(traffic, "127.0.0.1", chatd.mqtt_port, protocol, chatd.label.clone()).await?;
     // Every delivered message must be stored: the conversations' last seqs add up.
     let mut stored = 0;
     for i in 0..traffic.pairs {
-        let body = chatd.get(&format!("/users/s{i}/conversations/user/r{i}/messages?limit=1")).await?;
+        let body = chatd
+            .get(&format!("/users/s{i}/conversations/user/r{i}/messages?limit=1"))
+            .await?;
         stored += body["last_seq"].as_u64().unwrap_or(0) as usize;
     }
-    println!("{}: {stored} messages stored for {} expected", report.label, report.expected);
+    println!(
+        "{}: {stored} messages stored for {} expected",
+        report.label, report.expected
+    );
     chatd.stop().await?;
     if stored != report.expected {
         bail!("stored {stored} messages, expected {}", report.expected);
@@ -90,7 +103,13 @@ pub async fn through_chatd(traffic: &Traffic, database_url: Option<&str>) -> any
 }
 
 /// Runs the traffic: all receivers connect and subscribe, then all senders send.
-pub async fn run(traffic: &Traffic, host: &str, port: u16, protocol: Protocol, label: String) -> anyhow::Result<Report> {
+pub async fn run(
+    traffic: &Traffic,
+    host: &str,
+    port: u16,
+    protocol: Protocol,
+    label: String,
+) -> anyhow::Result<Report> {
     let expected = traffic.pairs * traffic.messages;
     let latencies = Arc::new(Mutex::new(Vec::with_capacity(expected)));
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
@@ -112,7 +131,9 @@ pub async fn run(traffic: &Traffic, host: &str, port: u16, protocol: Protocol, l
             while local.len() < want {
                 match eventloop.poll().await {
                     Ok(Event::Incoming(Packet::Publish(p))) => {
-                        let Ok(v) = serde_json::from_slice::<Value>(&p.payload) else { continue };
+                        let Ok(v) = serde_json::from_slice::<Value>(&p.payload) else {
+                            continue;
+                        };
                         let sent = if chatd { v["ext"]["t"].as_u64() } else { v["t"].as_u64() };
                         if let Some(sent) = sent {
                             local.push(now_us().saturating_sub(sent));

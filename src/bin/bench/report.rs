@@ -4,7 +4,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Microseconds since the epoch: the send timestamp messages carry.
 pub fn now_us() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_micros() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros() as u64
 }
 
 pub struct Report {
@@ -19,7 +22,13 @@ pub struct Report {
 impl Report {
     pub fn new(label: String, expected: usize, elapsed: Duration, mut latencies_us: Vec<u64>) -> Report {
         latencies_us.sort_unstable();
-        Report { label, delivered: latencies_us.len(), expected, elapsed, latencies_us }
+        Report {
+            label,
+            delivered: latencies_us.len(),
+            expected,
+            elapsed,
+            latencies_us,
+        }
     }
 
     pub fn rate(&self) -> f64 {
