@@ -47,6 +47,13 @@ pub fn validate_device(id: &str) -> Result<()> {
     }
 }
 
+/// Normalises and validates an id that goes into a topic (a group's or chatroom's).
+pub fn id(field: &str, value: &str) -> Result<String> {
+    let value = value.trim().to_ascii_lowercase();
+    validate_name(field, &value)?;
+    Ok(value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -68,11 +75,4 @@ mod tests {
             assert!(validate_device(bad).is_err(), "{bad:?} accepted");
         }
     }
-}
-
-/// Normalises and validates an id that goes into a topic (a group's or chatroom's).
-pub fn id(field: &str, value: &str) -> Result<String> {
-    let value = value.trim().to_ascii_lowercase();
-    validate_name(field, &value)?;
-    Ok(value)
 }

@@ -39,6 +39,11 @@ pub fn parse_user_topic(topic: &str) -> Option<(&str, &str, &str, &str)> {
     Some((org, app, user, leaf))
 }
 
+/// Where a chatroom's messages are delivered, by the broker, to subscribed members.
+pub fn room(org: &str, app: &str, room: &str) -> String {
+    format!("chat/{org}/{app}/room/{room}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -52,9 +57,4 @@ mod tests {
         assert_eq!(parse_user_topic("chat/demo/chat/u/alice/out/x"), None);
         assert_eq!(parse_user_topic("chat/demo/chat/presence/alice"), None);
     }
-}
-
-/// Where a chatroom's messages are delivered, by the broker, to subscribed members.
-pub fn room(org: &str, app: &str, room: &str) -> String {
-    format!("chat/{org}/{app}/room/{room}")
 }
