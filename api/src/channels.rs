@@ -7,8 +7,11 @@
 //! every user may join (chatrooms, open public groups), ask to join (public groups that
 //! need approval), accept an invitation or leave.
 
+use std::collections::HashMap;
+
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post, put};
 use axum::{Extension, Json, Router};
@@ -63,8 +66,43 @@ pub fn routes(kind: ChannelKind) -> Router<AppState> {
     router.layer(Extension(kind))
 }
 
-type IdPath = Path<(String, String, String)>;
-type IdUserPath = Path<(String, String, String, String)>;
+/// The `{username}` of a route, lower-cased.
+struct Target(String);
+
+#[axum::async_trait]
+impl FromRequestParts<AppState> for Target {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let Path(params) = Path::<HashMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let user = params
+            .get("username")
+            .ok_or_else(|| ApiError::NotFound("no such route".into()))?;
+        Ok(Target(user.trim().to_ascii_lowercase()))
+    }
+}
+
+/// The caller and the channel of a `/{id}` route, with the caller's standing in it.
+#[axum::async_trait]
+impl FromRequestParts<AppState> for Acting {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        let Extension(kind) = Extension::<ChannelKind>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let Path(params) = Path::<HashMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let id = params
+            .get("id")
+            .ok_or_else(|| ApiError::NotFound("no such route".into()))?;
+        Acting::load(state, caller, kind, id).await
+    }
+}
 
 /// How much say the caller has in a channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -140,6 +178,17 @@ fn notify(state: &AppState, acting: &Acting, users: &[String], event: &str, extr
             body.extend(extra.clone());
         }
         state.live.notify(&caller.app.org, &caller.app.name, user, &body);
+    }
+}
+
+/// Chatroom members who leave, are removed or are banned stop receiving the room at once,
+/// even while their devices stay subscribed.
+fn stop_room_delivery(state: &AppState, acting: &Acting, users: &[String]) {
+    if acting.channel.kind == ChannelKind::Room {
+        let app = &acting.caller.app;
+        for user in users {
+            state.live.leave_room(&app.org, &app.name, user, &acting.channel.id);
+        }
     }
 }
 
@@ -267,22 +316,15 @@ async fn joined_by(
     State(state): State<AppState>,
     Extension(kind): Extension<ChannelKind>,
     caller: Caller,
-    Path((_, _, username)): IdPath,
+    Target(username): Target,
 ) -> Result<Json<Value>, ApiError> {
-    let username = username.to_ascii_lowercase();
     caller.may_act_as(&username)?;
     let channels = state.store.user_channels(&caller.app.id, kind, &username).await?;
     Ok(Json(json!({"entities": channels, "count": channels.len()})))
 }
 
-async fn show(
-    State(state): State<AppState>,
-    Extension(kind): Extension<ChannelKind>,
-    caller: Caller,
-    Path((_, _, id)): IdPath,
-) -> Result<Json<Value>, ApiError> {
-    let acting = Acting::load(&state, caller, kind, &id).await?;
-    if kind == ChannelKind::Group && !acting.channel.public {
+async fn show(acting: Acting) -> Result<Json<Value>, ApiError> {
+    if acting.channel.kind == ChannelKind::Group && !acting.channel.public {
         acting.require(Standing::Member, "see a private group")?;
     }
     Ok(Json(json!({"data": acting.channel})))
@@ -305,14 +347,7 @@ struct UpdateBody {
     maxusers: Option<i64>,
 }
 
-async fn update(
-    State(state): State<AppState>,
-    Extension(kind): Extension<ChannelKind>,
-    caller: Caller,
-    Path((_, _, id)): IdPath,
-    body: Bytes,
-) -> Result<Json<Value>, ApiError> {
-    let acting = Acting::load(&state, caller, kind, &id).await?;
+async fn update(State(state): State<AppState>, acting: Acting, body: Bytes) -> Result<Json<Value>, ApiError> {
     acting.require(Standing::Admin, "change it")?;
     let body: UpdateBody = parse_json(&body)?;
     let channel = update_channel(
@@ -350,33 +385,17 @@ async fn update_channel(state: &AppState, acting: &Acting, update: ChannelUpdate
         .await?)
 }
 
-async fn dissolve(
-    State(state): State<AppState>,
-    Extension(kind): Extension<ChannelKind>,
-    caller: Caller,
-    Path((_, _, id)): IdPath,
-) -> Result<Json<Value>, ApiError> {
-    let acting = Acting::load(&state, caller, kind, &id).await?;
+async fn dissolve(State(state): State<AppState>, acting: Acting) -> Result<Json<Value>, ApiError> {
+    let (kind, id) = (acting.channel.kind, acting.channel.id.clone());
     acting.require(Standing::Owner, "dissolve it")?;
     let members = state.store.delete_channel(&acting.caller.app.id, kind, &id).await?;
     notify(&state, &acting, &members, "dissolved", json!({}));
-    if kind == ChannelKind::Room {
-        for member in &members {
-            state
-                .live
-                .leave_room(&acting.caller.app.org, &acting.caller.app.name, member, &id);
-        }
-    }
+    stop_room_delivery(&state, &acting, &members);
     Ok(Json(json!({"data": {"id": id, "success": true}})))
 }
 
-async fn members(
-    State(state): State<AppState>,
-    Extension(kind): Extension<ChannelKind>,
-    caller: Caller,
-    Path((_, _, id)): IdPath,
-) -> Result<Json<Value>, ApiError> {
-    let acting = Acting::load(&state, caller, kind, &id).await?;
+async fn members(State(state): State<AppState>, acting: Acting) -> Result<Json<Value>, ApiError> {
+    let (kind, id) = (acting.channel.kind, acting.channel.id.clone());
     if kind == ChannelKind::Group {
         acting.require(Standing::Member, "list the members")?;
     }
@@ -388,12 +407,10 @@ async fn members(
 /// public group, or asks to join a public group that needs approval (202).
 async fn add_member(
     State(state): State<AppState>,
-    Extension(kind): Extension<ChannelKind>,
-    caller: Caller,
-    Path((_, _, id, username)): IdUserPath,
+    acting: Acting,
+    Target(username): Target,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let username = username.to_ascii_lowercase();
-    let acting = Acting::load(&state, caller, kind, &id).await?;
+    let (kind, id) = (acting.channel.kind, acting.channel.id.clone());
     if acting.standing < Standing::Admin {
         if !acting.is_self(&username) {
             return Err(ApiError::Forbidden(
@@ -440,12 +457,10 @@ async fn add_member(
 /// ordinary members unless they are the owner).
 async fn remove_member(
     State(state): State<AppState>,
-    Extension(kind): Extension<ChannelKind>,
-    caller: Caller,
-    Path((_, _, id, username)): IdUserPath,
+    acting: Acting,
+    Target(username): Target,
 ) -> Result<Json<Value>, ApiError> {
-    let username = username.to_ascii_lowercase();
-    let acting = Acting::load(&state, caller, kind, &id).await?;
+    let (kind, id) = (acting.channel.kind, acting.channel.id.clone());
     let leaving = acting.is_self(&username);
     if !leaving {
         acting.require(Standing::Admin, "remove members")?;
@@ -457,11 +472,7 @@ async fn remove_member(
         .await?;
     let event = if leaving { "left" } else { "removed" };
     notify(&state, &acting, std::slice::from_ref(&username), event, json!({}));
-    if kind == ChannelKind::Room {
-        state
-            .live
-            .leave_room(&acting.caller.app.org, &acting.caller.app.name, &username, &id);
-    }
+    stop_room_delivery(&state, &acting, std::slice::from_ref(&username));
     Ok(Json(json!({"data": {"id": id, "user": username, "result": event}})))
 }
 
@@ -493,14 +504,8 @@ struct AdminBody {
     newadmin: String,
 }
 
-async fn add_admin(
-    State(state): State<AppState>,
-    Extension(kind): Extension<ChannelKind>,
-    caller: Caller,
-    Path((_, _, id)): IdPath,
-    body: Bytes,
-) -> Result<Json<Value>, ApiError> {
-    let acting = Acting::load(&state, caller, kind, &id).await?;
+async fn add_admin(State(state): State<AppState>, acting: Acting, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let (kind, id) = (acting.channel.kind, acting.channel.id.clone());
     acting.require(Standing::Owner, "appoint admins")?;
     let body: AdminBody = parse_json(&body)?;
     let user = body.newadmin.to_ascii_lowercase();
@@ -520,11 +525,10 @@ async fn add_admin(
 
 async fn remove_admin(
     State(state): State<AppState>,
-    Extension(kind): Extension<ChannelKind>,
-    caller: Caller,
-    Path((_, _, id, username)): IdUserPath,
+    acting: Acting,
+    Target(username): Target,
 ) -> Result<Json<Value>, ApiError> {
-    let acting = Acting::load(&state, caller, kind, &id).await?;
+    let (kind, id) = (acting.channel.kind, acting.channel.id.clone());
     acting.require(Standing::Owner, "remove admins")?;
     let user = username.to_ascii_lowercase();
     state
@@ -547,14 +551,8 @@ struct OwnerBody {
     newowner: String,
 }
 
-async fn transfer(
-    State(state): State<AppState>,
-    Extension(kind): Extension<ChannelKind>,
-    caller: Caller,
-    Path((_, _, id)): IdPath,
-    body: Bytes,
-) -> Result<Json<Value>, ApiError> {
-    let acting = Acting::load(&state, caller, kind, &id).await?;
+async fn transfer(State(state): State<AppState>, acting: Acting, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let (kind, id) = (acting.channel.kind, acting.channel.id.clone());
     acting.require(Standing::Owner, "transfer ownership")?;
     let body: OwnerBody = parse_json(&body)?;
     let new_owner = body.newowner.to_ascii_lowercase();
@@ -581,14 +579,8 @@ struct MuteBody {
     mute_duration: i64,
 }
 
-async fn mute(
-    State(state): State<AppState>,
-    Extension(kind): Extension<ChannelKind>,
-    caller: Caller,
-    Path((_, _, id)): IdPath,
-    body: Bytes,
-) -> Result<Json<Value>, ApiError> {
-    let acting = Acting::load(&state, caller, kind, &id).await?;
+async fn mute(State(state): State<AppState>, acting: Acting, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let (kind, id) = (acting.channel.kind, acting.channel.id.clone());
     acting.require(Standing::Admin, "mute members")?;
     let body: MuteBody = parse_json(&body)?;
     let users = usernames(&body.usernames)?;
@@ -612,13 +604,8 @@ async fn mute(
     Ok(Json(json!({"data": {"id": id, "muted": users, "until": until}})))
 }
 
-async fn muted(
-    State(state): State<AppState>,
-    Extension(kind): Extension<ChannelKind>,
-    caller: Caller,
-    Path((_, _, id)): IdPath,
-) -> Result<Json<Value>, ApiError> {
-    let acting = Acting::load(&state, caller, kind, &id).await?;
+async fn muted(State(state): State<AppState>, acting: Acting) -> Result<Json<Value>, ApiError> {
+    let (kind, id) = (acting.channel.kind, acting.channel.id.clone());
     acting.require(Standing::Admin, "list muted members")?;
     let now = store::now_ms();
     let muted: Vec<Value> = state
@@ -634,11 +621,10 @@ async fn muted(
 
 async fn unmute(
     State(state): State<AppState>,
-    Extension(kind): Extension<ChannelKind>,
-    caller: Caller,
-    Path((_, _, id, username)): IdUserPath,
+    acting: Acting,
+    Target(username): Target,
 ) -> Result<Json<Value>, ApiError> {
-    let acting = Acting::load(&state, caller, kind, &id).await?;
+    let (kind, id) = (acting.channel.kind, acting.channel.id.clone());
     acting.require(Standing::Admin, "unmute members")?;
     let user = username.to_ascii_lowercase();
     state
@@ -655,14 +641,7 @@ struct MuteAllBody {
     muted: bool,
 }
 
-async fn mute_all(
-    State(state): State<AppState>,
-    Extension(kind): Extension<ChannelKind>,
-    caller: Caller,
-    Path((_, _, id)): IdPath,
-    body: Bytes,
-) -> Result<Json<Value>, ApiError> {
-    let acting = Acting::load(&state, caller, kind, &id).await?;
+async fn mute_all(State(state): State<AppState>, acting: Acting, body: Bytes) -> Result<Json<Value>, ApiError> {
     acting.require(Standing::Admin, "mute everyone")?;
     let body: MuteAllBody = parse_json(&body)?;
     let channel = update_channel(
@@ -683,14 +662,8 @@ struct AnnouncementBody {
     announcement: String,
 }
 
-async fn announce(
-    State(state): State<AppState>,
-    Extension(kind): Extension<ChannelKind>,
-    caller: Caller,
-    Path((_, _, id)): IdPath,
-    body: Bytes,
-) -> Result<Json<Value>, ApiError> {
-    let acting = Acting::load(&state, caller, kind, &id).await?;
+async fn announce(State(state): State<AppState>, acting: Acting, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let (kind, id) = (acting.channel.kind, acting.channel.id.clone());
     acting.require(Standing::Admin, "set the announcement")?;
     let body: AnnouncementBody = parse_json(&body)?;
     let channel = update_channel(
@@ -726,14 +699,8 @@ struct UsersBody {
 }
 
 /// Adds users to the blocklist: members among them are removed and cannot come back.
-async fn ban(
-    State(state): State<AppState>,
-    Extension(kind): Extension<ChannelKind>,
-    caller: Caller,
-    Path((_, _, id)): IdPath,
-    body: Bytes,
-) -> Result<Json<Value>, ApiError> {
-    let acting = Acting::load(&state, caller, kind, &id).await?;
+async fn ban(State(state): State<AppState>, acting: Acting, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let (kind, id) = (acting.channel.kind, acting.channel.id.clone());
     acting.require(Standing::Admin, "ban users")?;
     let body: UsersBody = parse_json(&body)?;
     let users = usernames(&body.usernames)?;
@@ -742,23 +709,12 @@ async fn ban(
     }
     state.store.ban(&acting.caller.app.id, kind, &id, &users).await?;
     notify(&state, &acting, &users, "banned", json!({}));
-    if kind == ChannelKind::Room {
-        for user in &users {
-            state
-                .live
-                .leave_room(&acting.caller.app.org, &acting.caller.app.name, user, &id);
-        }
-    }
+    stop_room_delivery(&state, &acting, &users);
     Ok(Json(json!({"data": {"id": id, "banned": users}})))
 }
 
-async fn bans(
-    State(state): State<AppState>,
-    Extension(kind): Extension<ChannelKind>,
-    caller: Caller,
-    Path((_, _, id)): IdPath,
-) -> Result<Json<Value>, ApiError> {
-    let acting = Acting::load(&state, caller, kind, &id).await?;
+async fn bans(State(state): State<AppState>, acting: Acting) -> Result<Json<Value>, ApiError> {
+    let (kind, id) = (acting.channel.kind, acting.channel.id.clone());
     acting.require(Standing::Admin, "see the blocklist")?;
     let banned = state.store.bans(&acting.caller.app.id, kind, &id).await?;
     Ok(Json(json!({"entities": banned, "count": banned.len()})))
@@ -766,24 +722,18 @@ async fn bans(
 
 async fn unban(
     State(state): State<AppState>,
-    Extension(kind): Extension<ChannelKind>,
-    caller: Caller,
-    Path((_, _, id, username)): IdUserPath,
+    acting: Acting,
+    Target(username): Target,
 ) -> Result<Json<Value>, ApiError> {
-    let acting = Acting::load(&state, caller, kind, &id).await?;
+    let (kind, id) = (acting.channel.kind, acting.channel.id.clone());
     acting.require(Standing::Admin, "change the blocklist")?;
     let user = username.to_ascii_lowercase();
     state.store.unban(&acting.caller.app.id, kind, &id, &user).await?;
     Ok(Json(json!({"data": {"id": id, "unbanned": user}})))
 }
 
-async fn join_requests(
-    State(state): State<AppState>,
-    Extension(kind): Extension<ChannelKind>,
-    caller: Caller,
-    Path((_, _, id)): IdPath,
-) -> Result<Json<Value>, ApiError> {
-    let acting = Acting::load(&state, caller, kind, &id).await?;
+async fn join_requests(State(state): State<AppState>, acting: Acting) -> Result<Json<Value>, ApiError> {
+    let id = acting.channel.id.clone();
     acting.require(Standing::Admin, "see join requests")?;
     let pending = state.store.requests(&id, RequestKind::Join).await?;
     Ok(Json(json!({"entities": pending, "count": pending.len()})))
@@ -791,16 +741,15 @@ async fn join_requests(
 
 async fn decide_request(
     State(state): State<AppState>,
-    Extension(kind): Extension<ChannelKind>,
-    caller: Caller,
-    Path((_, _, id, username, decision)): Path<(String, String, String, String, String)>,
+    acting: Acting,
+    Target(user): Target,
+    Path(params): Path<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    let acting = Acting::load(&state, caller, kind, &id).await?;
+    let (kind, id) = (acting.channel.kind, acting.channel.id.clone());
     acting.require(Standing::Admin, "decide join requests")?;
-    let user = username.to_ascii_lowercase();
-    let approve = match decision.as_str() {
-        "approve" => true,
-        "reject" => false,
+    let approve = match params.get("decision").map(String::as_str) {
+        Some("approve") => true,
+        Some("reject") => false,
         _ => return Err(ApiError::NotFound("use .../approve or .../reject".into())),
     };
     if !state.store.take_request(&id, &user, RequestKind::Join).await? {
@@ -826,14 +775,8 @@ async fn decide_request(
 
 /// Invites users: admins always, members when the group allows invites. The invitee joins
 /// by accepting.
-async fn invite(
-    State(state): State<AppState>,
-    Extension(kind): Extension<ChannelKind>,
-    caller: Caller,
-    Path((_, _, id)): IdPath,
-    body: Bytes,
-) -> Result<Json<Value>, ApiError> {
-    let acting = Acting::load(&state, caller, kind, &id).await?;
+async fn invite(State(state): State<AppState>, acting: Acting, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let id = acting.channel.id.clone();
     if acting.channel.allow_invites {
         acting.require(Standing::Member, "invite")?;
     } else {
@@ -858,13 +801,11 @@ async fn invite(
 
 async fn accept_invite(
     State(state): State<AppState>,
-    Extension(kind): Extension<ChannelKind>,
-    caller: Caller,
-    Path((_, _, id, username)): IdUserPath,
+    acting: Acting,
+    Target(user): Target,
 ) -> Result<Json<Value>, ApiError> {
-    let user = username.to_ascii_lowercase();
-    caller.may_act_as(&user)?;
-    let acting = Acting::load(&state, caller, kind, &id).await?;
+    let (kind, id) = (acting.channel.kind, acting.channel.id.clone());
+    acting.caller.may_act_as(&user)?;
     if !state.store.take_request(&id, &user, RequestKind::Invite).await? {
         return Err(ApiError::NotFound(format!("invitation of {user}")));
     }
@@ -878,12 +819,11 @@ async fn accept_invite(
 
 async fn decline_invite(
     State(state): State<AppState>,
-    Extension(kind): Extension<ChannelKind>,
-    caller: Caller,
-    Path((_, _, id, username)): IdUserPath,
+    acting: Acting,
+    Target(username): Target,
 ) -> Result<Json<Value>, ApiError> {
-    let user = username.to_ascii_lowercase();
-    let acting = Acting::load(&state, caller, kind, &id).await?;
+    let id = acting.channel.id.clone();
+    let user = username;
     if !acting.is_self(&user) {
         acting.require(Standing::Admin, "withdraw invitations")?;
     }
@@ -901,12 +841,10 @@ struct HistoryQuery {
 /// A chatroom's recent messages, for members (and the app).
 async fn room_messages(
     State(state): State<AppState>,
-    Extension(kind): Extension<ChannelKind>,
-    caller: Caller,
-    Path((_, _, id)): IdPath,
+    acting: Acting,
     Query(q): Query<HistoryQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let acting = Acting::load(&state, caller, kind, &id).await?;
+    let id = acting.channel.id.clone();
     acting.require(Standing::Member, "read the chatroom's history")?;
     let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
     let msgs: Vec<_> = state
