@@ -29,7 +29,7 @@ impl From<store::Error> for ApiError {
             E::NotFound(what) => ApiError::NotFound(format!("{what} not found")),
             E::Conflict(what) => ApiError::Conflict(format!("{what} already exists")),
             e @ E::Invalid { .. } => ApiError::BadRequest(e.to_string()),
-            E::Forbidden(why) => ApiError::Forbidden(why),
+            E::Forbidden(why) | E::TooLate(why) => ApiError::Forbidden(why),
             E::BadCredentials => ApiError::Unauthorized("invalid credentials".into()),
             E::BadToken(why) => ApiError::Unauthorized(format!("token {why}")),
             E::Database(e) => ApiError::Internal(e.to_string()),

@@ -60,7 +60,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/:org/:app/users/:username/inbox", get(messages::inbox))
         .route(
-            "/:org/:app/users/:username/conversations/user/:peer/messages",
+            "/:org/:app/users/:username/conversations/:chat/:with/messages",
             get(messages::history),
         )
         .route(

@@ -25,11 +25,22 @@ pub struct HistoryQuery {
 pub async fn history(
     State(state): State<AppState>,
     caller: Caller,
-    Path((_, _, username, peer)): Path<(String, String, String, String)>,
+    Path((_, _, username, chat, with)): Path<(String, String, String, String, String)>,
     Query(q): Query<HistoryQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let (username, peer) = (username.to_ascii_lowercase(), peer.to_ascii_lowercase());
+    let (username, with) = (username.to_ascii_lowercase(), with.to_ascii_lowercase());
     caller.may_act_as(&username)?;
+    let conv = match chat.as_str() {
+        "user" => user_conv(&username, &with),
+        "group" => {
+            // Members read the group's history from when they joined the conversation list.
+            if caller.user.is_some() && state.store.member(&caller.app.id, &with, &username).await?.is_none() {
+                return Err(ApiError::Forbidden("not a member of this group".into()));
+            }
+            format!("g:{with}")
+        }
+        _ => return Err(ApiError::NotFound("conversations are /user/{peer} or /group/{id}".into())),
+    };
     let limit = q.limit.unwrap_or(50);
     if !(1..=MAX_SYNC_LIMIT).contains(&limit) {
         return Err(ApiError::BadRequest(format!(
@@ -41,13 +52,13 @@ pub async fn history(
     if from_seq < 1 || to_seq < from_seq {
         return Err(ApiError::BadRequest("need 1 <= from_seq <= to_seq".into()));
     }
-    let conv = user_conv(&username, &peer);
     let msgs = state
         .store
-        .history(&caller.app.id, &conv, from_seq, to_seq, limit)
+        .history(&caller.app.id, &conv, &username, from_seq, to_seq, limit)
         .await?;
     let last_seq = state.store.conversation_head(&caller.app.id, &conv).await?;
-    let entities: Vec<_> = msgs.iter().map(|m| m.delivered(&username, None)).collect();
+    let mut entities: Vec<_> = msgs.iter().map(|m| m.delivered(&username, None)).collect();
+    state.store.attach_reactions(&mut entities).await?;
     Ok(Json(
         json!({"conv": conv, "last_seq": last_seq, "count": entities.len(), "entities": entities}),
     ))

@@ -12,6 +12,7 @@
 //!    mid-batch leaves the publishes unacked rather than lost (and the device, having no
 //!    `ack`, retries with the same `cid`, which is stored once).
 
+mod lifecycle;
 mod process;
 mod rules;
 

@@ -9,10 +9,11 @@ use serde_json::json;
 
 use crate::rules::{check_content, SendRates, TypingLimits};
 use store::channels::ChannelKind;
-use store::envelope::{
+use store::envelope::{MsgType, 
     frame_inbox, parse_client_op, unframe_outbox, Ack, ChatType, ClientOp, OpError, RoomOp, Route, SendOp, SyncOp,
     Synced, TypingOp,
 };
+use store::lifecycle::Receipt;
 use store::live::Live;
 use store::messages::{NewMessage, Outcome, StoredMessage};
 use store::tenants::AppSettings;
@@ -28,6 +29,14 @@ pub struct Sender {
     pub device: String,
 }
 
+/// What a send becomes once admitted.
+enum Admitted {
+    /// A message to store in this batch.
+    Store((PendingSend, NewMessage)),
+    /// A `cmd`: delivered, never stored.
+    Relay(SendOp),
+}
+
 /// A send waiting for the batch commit.
 struct PendingSend {
     from: Sender,
@@ -35,8 +44,8 @@ struct PendingSend {
 }
 
 pub struct Bridge {
-    client: AsyncClient,
-    store: Store,
+    pub(crate) client: AsyncClient,
+    pub(crate) store: Store,
     live: Arc<dyn Live>,
     /// (org, app) -> app id. Apps are never deleted, so entries never go stale.
     apps: HashMap<(String, String), String>,
@@ -91,7 +100,10 @@ impl Bridge {
                         };
                     }
                     match self.admit(&from, op, &settings[&from.app_id]) {
-                        Ok(pending) => sends.push(pending),
+                        Ok(Admitted::Store(pending)) => sends.push(pending),
+                        // Commands are delivered, never stored; they wait for the batch like
+                        // the rest, so they do not overtake messages sent before them.
+                        Ok(Admitted::Relay(op)) => later.push((from, ClientOp::Send(op))),
                         Err(e) => self.reply(&from, &e).await,
                     }
                 }
@@ -108,18 +120,17 @@ impl Bridge {
                 ClientOp::Typing(op) => self.typing(&from, op).await,
                 ClientOp::Join(op) => self.join(&from, op).await,
                 ClientOp::Leave(op) => self.leave(&from, op).await,
-                ClientOp::Send(_) => unreachable!("sends are stored above"),
+                ClientOp::Read(op) => self.mark(&from, op, Receipt::Read).await,
+                ClientOp::Delivered(op) => self.mark(&from, op, Receipt::Delivered).await,
+                ClientOp::Change(op) => self.change(&from, op).await,
+                ClientOp::Send(op) => self.relay_command(&from, op).await,
             }
         }
     }
 
-    /// Applies the app's rules to a send and turns it into a message to store.
-    fn admit(
-        &mut self,
-        from: &Sender,
-        mut op: SendOp,
-        settings: &AppSettings,
-    ) -> Result<(PendingSend, NewMessage), OpError> {
+    /// Applies the app's rules to a send and turns it into a message to store, or a command
+    /// to relay.
+    fn admit(&mut self, from: &Sender, mut op: SendOp, settings: &AppSettings) -> Result<Admitted, OpError> {
         check_content(settings, &mut op)?;
         if let Err(wait) = self.rates.take(&from.app_id, &from.user, settings) {
             return Err(OpError::new(
@@ -127,6 +138,9 @@ impl Bridge {
                 "rate_limited",
                 format!("sending too fast; retry in {} ms", wait.as_millis().max(1)),
             ));
+        }
+        if op.kind == MsgType::Cmd {
+            return Ok(Admitted::Relay(op));
         }
         let message = NewMessage {
             app_id: from.app_id.clone(),
@@ -141,13 +155,13 @@ impl Bridge {
             require_contacts: settings.require_contacts,
             room_history: settings.room_history,
         };
-        Ok((
+        Ok(Admitted::Store((
             PendingSend {
                 from: from.clone(),
                 cid: op.cid,
             },
             message,
-        ))
+        )))
     }
 
     async fn store_and_deliver(&self, sends: Vec<(PendingSend, NewMessage)>) {
@@ -257,7 +271,7 @@ impl Bridge {
 
     /// Chatrooms are delivered by the broker to whoever is subscribed (the gate lets only
     /// members subscribe); the sender's own devices get it there too.
-    async fn deliver_to_room(&self, from: &Sender, msg: &StoredMessage) {
+    pub(crate) async fn deliver_to_room(&self, from: &Sender, msg: &StoredMessage) {
         let topic = store::topics::room(&from.org, &from.app, &msg.recipient);
         let payload = serde_json::to_vec(&msg.delivered("", None)).unwrap_or_default();
         if let Err(e) = self
@@ -366,12 +380,12 @@ impl Bridge {
     }
 
     /// Answers the device that sent an envelope, and only that device.
-    async fn reply(&self, to: &Sender, body: &impl serde::Serialize) {
+    pub(crate) async fn reply(&self, to: &Sender, body: &impl serde::Serialize) {
         let json = serde_json::to_vec(body).unwrap_or_default();
         self.publish_inbox(to, &to.user, Route::Only(&to.device), json).await;
     }
 
-    async fn publish_inbox(&self, tenant: &Sender, user: &str, route: Route<'_>, json: Vec<u8>) {
+    pub(crate) async fn publish_inbox(&self, tenant: &Sender, user: &str, route: Route<'_>, json: Vec<u8>) {
         let topic = store::topics::inbox(&tenant.org, &tenant.app, user);
         let payload = Bytes::from(frame_inbox(route, &json));
         if let Err(e) = self.client.publish_bytes(topic, QoS::AtLeastOnce, false, payload).await {
@@ -381,11 +395,12 @@ impl Bridge {
 }
 
 /// A storage refusal as an error op.
-fn store_refusal(cid: Option<String>, e: store::Error) -> OpError {
+pub(crate) fn store_refusal(cid: Option<String>, e: store::Error) -> OpError {
     match e {
         store::Error::NotFound(what) => OpError::new(cid, "not_found", format!("{what} not found")),
         store::Error::Forbidden(why) => OpError::new(cid, "forbidden", why),
         store::Error::Invalid { .. } => OpError::new(cid, "invalid", e.to_string()),
+        store::Error::TooLate(why) => OpError::new(cid, "too_late", why),
         other => {
             tracing::error!(error = %other, "room operation failed");
             OpError::new(cid, "internal", "failed; retry")

@@ -22,6 +22,16 @@ pub fn check_content(settings: &AppSettings, op: &mut SendOp) -> Result<(), OpEr
             ),
         ));
     }
+    if let Some(exts) = op.body.get("customExts").filter(|_| op.kind == MsgType::Custom) {
+        let size = exts.to_string().len();
+        if size > settings.max_custom_bytes {
+            return Err(OpError::new(
+                Some(op.cid.clone()),
+                "message_too_large",
+                format!("customExts is {size} bytes; this app allows {}", settings.max_custom_bytes),
+            ));
+        }
+    }
     if op.kind != MsgType::Txt || settings.forbidden_words.is_empty() {
         return Ok(());
     }

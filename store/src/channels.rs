@@ -712,7 +712,8 @@ impl Store {
     }
 }
 
-/// Inserts a membership row; false if the user was already a member.
+/// Inserts a membership row; false if the user was already a member. A group member also
+/// gets the group in their conversation list, with everything before their arrival read.
 async fn insert_member(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     id: &str,
@@ -721,6 +722,21 @@ async fn insert_member(
     role: Role,
     now: i64,
 ) -> Result<bool> {
+    let conv = format!("g:{id}");
+    sqlx::query(
+        "INSERT INTO user_conversations (app_id, username, conv, read_seq, delivered_seq)
+         SELECT $1, $2, $3, COALESCE(MAX(c.last_seq), 0), COALESCE(MAX(c.last_seq), 0)
+         FROM channels ch LEFT JOIN conversations c ON c.app_id = ch.app_id AND c.conv = $3
+         WHERE ch.id = $4 AND ch.kind = 'group'
+         HAVING COUNT(ch.id) > 0
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(app_id)
+    .bind(user)
+    .bind(&conv)
+    .bind(id)
+    .execute(&mut **tx)
+    .await?;
     Ok(sqlx::query(
         "INSERT INTO channel_members (channel_id, app_id, username, role, muted_until, joined_at) VALUES ($1, $2, $3, $4, 0, $5)
          ON CONFLICT DO NOTHING",

@@ -155,6 +155,37 @@ const MIGRATIONS: &[&[&str]] = &[
     )",
         "CREATE INDEX room_messages_cid ON room_messages (room_id, sender, cid)",
     ],
+    // 3: the life of a message: read state, conversation list, recall, edit, delete for me,
+    // reactions.
+    &[
+        "ALTER TABLE conversations ADD COLUMN last_ts BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE conversations ADD COLUMN last_message_id TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE messages ADD COLUMN recalled BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE messages ADD COLUMN edited_at BIGINT NOT NULL DEFAULT 0",
+        "CREATE TABLE user_conversations (
+        app_id TEXT NOT NULL,
+        username TEXT NOT NULL,
+        conv TEXT NOT NULL,
+        read_seq BIGINT NOT NULL,
+        delivered_seq BIGINT NOT NULL,
+        PRIMARY KEY (app_id, username, conv)
+    )",
+        "CREATE INDEX user_conversations_conv ON user_conversations (app_id, conv)",
+        "CREATE TABLE hidden_messages (
+        app_id TEXT NOT NULL,
+        username TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        PRIMARY KEY (app_id, username, message_id)
+    )",
+        "CREATE TABLE reactions (
+        message_id TEXT NOT NULL,
+        emoji TEXT NOT NULL,
+        username TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        PRIMARY KEY (message_id, emoji, username)
+    )",
+        "CREATE INDEX inbox_message ON inbox (app_id, message_id)",
+    ],
 ];
 
 impl Store {

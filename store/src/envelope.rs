@@ -71,7 +71,7 @@ impl MsgType {
     }
 
     /// Checks the body against the type's required fields.
-    fn validate_body(self, body: &Value) -> Result<(), String> {
+    pub fn validate_body(self, body: &Value) -> Result<(), String> {
         let obj = body.as_object().ok_or("body must be an object")?;
         let string = |k: &str| obj.get(k).and_then(Value::as_str).filter(|s| !s.is_empty());
         let number = |k: &str| obj.get(k).and_then(Value::as_f64);
@@ -131,6 +131,30 @@ pub struct RoomOp {
     pub room: String,
 }
 
+/// `{"op":"read"|"delivered","conv":…,"seq":…}`: everything up to `seq` is read (delivered).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MarkOp {
+    pub conv: String,
+    pub seq: i64,
+}
+
+/// What `{"op":"recall"|"edit"|"delete"|"react","id":…}` does to a stored message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    Recall,
+    Edit(Value),
+    /// Delete for me.
+    Delete,
+    React { emoji: String, add: bool },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangeOp {
+    pub cid: Option<String>,
+    pub id: String,
+    pub change: Change,
+}
+
 /// Something a device asks the server to do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientOp {
@@ -139,6 +163,9 @@ pub enum ClientOp {
     Typing(TypingOp),
     Join(RoomOp),
     Leave(RoomOp),
+    Read(MarkOp),
+    Delivered(MarkOp),
+    Change(ChangeOp),
 }
 
 /// Why a client op was refused: sent back as `{"op":"error","cid","code","message"}`.
@@ -263,6 +290,44 @@ pub fn parse_client_op(payload: &[u8]) -> Result<ClientOp, OpError> {
                 ClientOp::Leave(op_value)
             })
         }
+        Some(op @ ("read" | "delivered")) => {
+            let conv = obj
+                .get("conv")
+                .and_then(Value::as_str)
+                .filter(|c| c.len() <= 200)
+                .ok_or_else(|| invalid(format!("'{op}' needs 'conv'")))?
+                .to_string();
+            let seq = obj
+                .get("seq")
+                .and_then(Value::as_i64)
+                .filter(|s| *s >= 0)
+                .ok_or_else(|| invalid(format!("'{op}' needs a non-negative integer 'seq'")))?;
+            let mark = MarkOp { conv, seq };
+            Ok(if op == "read" { ClientOp::Read(mark) } else { ClientOp::Delivered(mark) })
+        }
+        Some(op @ ("recall" | "edit" | "delete" | "react")) => {
+            let id = obj
+                .get("id")
+                .and_then(Value::as_str)
+                .filter(|id| !id.is_empty() && id.len() <= 64)
+                .ok_or_else(|| invalid(format!("'{op}' needs the message 'id'")))?
+                .to_string();
+            let change = match op {
+                "recall" => Change::Recall,
+                "delete" => Change::Delete,
+                "edit" => Change::Edit(obj.get("body").cloned().ok_or_else(|| invalid("'edit' needs 'body'".into()))?),
+                _ => {
+                    let emoji = obj.get("emoji").and_then(Value::as_str).ok_or_else(|| invalid("'react' needs 'emoji'".into()))?;
+                    let add = match obj.get("action").and_then(Value::as_str) {
+                        None | Some("add") => true,
+                        Some("remove") => false,
+                        Some(_) => return Err(invalid("'action' is \"add\" or \"remove\"".into())),
+                    };
+                    Change::React { emoji: emoji.to_string(), add }
+                }
+            };
+            Ok(ClientOp::Change(ChangeOp { cid, id, change }))
+        }
         Some(other) => Err(OpError::new(cid, "unknown_op", format!("unknown op '{other}'"))),
         None => Err(invalid("missing string field 'op'".into())),
     }
@@ -298,6 +363,26 @@ pub struct Delivered {
     pub body: Value,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ext: Option<Value>,
+    /// Recalled: the body is gone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recalled: bool,
+    /// When the sender last edited it (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edited: Option<i64>,
+    /// Deleted by this user for themselves (sync only shows the place it held).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hidden: bool,
+    /// Emoji reactions, in history.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reactions: Vec<Reaction>,
+}
+
+/// One emoji's reactions to a message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reaction {
+    pub emoji: String,
+    pub count: usize,
+    pub users: Vec<String>,
 }
 
 fn op_msg() -> String {

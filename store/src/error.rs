@@ -11,6 +11,9 @@ pub enum Error {
     Invalid { field: String, reason: String },
     #[error("{0}")]
     Forbidden(String),
+    /// A time limit has passed (e.g. recalling a message).
+    #[error("{0}")]
+    TooLate(String),
     #[error("invalid credentials")]
     BadCredentials,
     #[error("token rejected: {0}")]

@@ -11,6 +11,7 @@ pub mod contacts;
 pub mod db;
 pub mod envelope;
 pub mod error;
+pub mod lifecycle;
 pub mod live;
 pub mod messages;
 pub mod names;

@@ -54,6 +54,10 @@ pub struct StoredMessage {
     pub kind: String,
     pub body: String,
     pub ext: Option<String>,
+    /// Recalled by its sender or the app: the content is gone.
+    pub recalled: bool,
+    /// When it was last edited (ms), 0 if never.
+    pub edited_at: i64,
 }
 
 /// What happened to one message of a batch.
@@ -84,10 +88,10 @@ pub fn user_conv(a: &str, b: &str) -> String {
     }
 }
 
-const MSG_COLUMNS: &str =
-    "m.id, m.conv, m.seq, m.ts, m.chat, m.sender, m.sender_device, m.recipient, m.cid, m.msg_type, m.body, m.ext";
+pub(crate) const MSG_COLUMNS: &str = "m.id, m.conv, m.seq, m.ts, m.chat, m.sender, m.sender_device, m.recipient, m.cid, \
+     m.msg_type, m.body, m.ext, m.recalled, m.edited_at";
 
-fn message_from_row(row: &AnyRow) -> Result<StoredMessage> {
+pub(crate) fn message_from_row(row: &AnyRow) -> Result<StoredMessage> {
     Ok(StoredMessage {
         id: row.try_get("id")?,
         conv: row.try_get("conv")?,
@@ -101,6 +105,8 @@ fn message_from_row(row: &AnyRow) -> Result<StoredMessage> {
         kind: row.try_get("msg_type")?,
         body: row.try_get("body")?,
         ext: row.try_get("ext")?,
+        recalled: row.try_get::<i64, _>("recalled")? != 0,
+        edited_at: row.try_get("edited_at")?,
     })
 }
 
@@ -122,8 +128,12 @@ impl StoredMessage {
             to: self.recipient.clone(),
             cid: own.then(|| self.cid.clone()),
             kind: self.kind.clone(),
-            body: serde_json::from_str(&self.body).unwrap_or(Value::Null),
+            body: if self.recalled { Value::Null } else { serde_json::from_str(&self.body).unwrap_or(Value::Null) },
             ext: self.ext.as_deref().and_then(|e| serde_json::from_str(e).ok()),
+            recalled: self.recalled,
+            edited: (self.edited_at > 0).then_some(self.edited_at),
+            hidden: false,
+            reactions: Vec::new(),
         }
     }
 }
@@ -158,18 +168,13 @@ impl Store {
         Ok(outcomes)
     }
 
-    /// A conversation's messages with `from_seq <= seq <= to_seq`, in seq order, at most `limit`.
-    pub async fn history(
-        &self,
-        app_id: &str,
-        conv: &str,
-        from_seq: i64,
-        to_seq: i64,
-        limit: i64,
-    ) -> Result<Vec<StoredMessage>> {
+    /// A conversation's messages with `from_seq <= seq <= to_seq`, in seq order, at most
+    /// `limit`, without those `viewer` deleted for themselves.
+    pub async fn history(&self, app_id: &str, conv: &str, viewer: &str, from_seq: i64, to_seq: i64, limit: i64) -> Result<Vec<StoredMessage>> {
         let rows = sqlx::query(&format!(
             "SELECT {MSG_COLUMNS} FROM messages m
              WHERE m.app_id = $1 AND m.conv = $2 AND m.seq >= $3 AND m.seq <= $4
+             AND NOT EXISTS (SELECT 1 FROM hidden_messages h WHERE h.app_id = m.app_id AND h.username = $6 AND h.message_id = m.id)
              ORDER BY m.seq LIMIT $5"
         ))
         .bind(app_id)
@@ -177,6 +182,7 @@ impl Store {
         .bind(from_seq)
         .bind(to_seq)
         .bind(limit)
+        .bind(viewer)
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(message_from_row).collect()
@@ -193,16 +199,13 @@ impl Store {
     }
 
     /// Up to `limit` entries of a user's inbox after `useq` `after`, in order, and whether
-    /// more follow.
-    pub async fn inbox_after(
-        &self,
-        app_id: &str,
-        user: &str,
-        after: i64,
-        limit: i64,
-    ) -> Result<(Vec<Delivered>, bool)> {
+    /// more follow. A message the user deleted for themselves keeps its place, marked
+    /// `hidden` and without content, so the positions stay gap-free.
+    pub async fn inbox_after(&self, app_id: &str, user: &str, after: i64, limit: i64) -> Result<(Vec<Delivered>, bool)> {
         let rows = sqlx::query(&format!(
-            "SELECT i.useq, {MSG_COLUMNS} FROM inbox i JOIN messages m ON m.id = i.message_id
+            "SELECT i.useq, {MSG_COLUMNS},
+             (SELECT COUNT(*) FROM hidden_messages h WHERE h.app_id = i.app_id AND h.username = i.username AND h.message_id = m.id) AS hidden
+             FROM inbox i JOIN messages m ON m.id = i.message_id
              WHERE i.app_id = $1 AND i.username = $2 AND i.useq > $3
              ORDER BY i.useq LIMIT $4"
         ))
@@ -213,11 +216,20 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         let more = rows.len() as i64 > limit;
-        let msgs = rows
+        let mut msgs = rows
             .iter()
             .take(limit as usize)
-            .map(|row| Ok(message_from_row(row)?.delivered(user, Some(row.try_get("useq")?))))
+            .map(|row| {
+                let mut m = message_from_row(row)?.delivered(user, Some(row.try_get("useq")?));
+                if row.try_get::<i64, _>("hidden")? > 0 {
+                    m.hidden = true;
+                    m.body = Value::Null;
+                    m.ext = None;
+                }
+                Ok(m)
+            })
             .collect::<Result<Vec<_>>>()?;
+        self.attach_reactions(&mut msgs).await?;
         Ok((msgs, more))
     }
 
@@ -267,6 +279,7 @@ impl Store {
                 format!("{}:{}", &kind.as_str()[..1], m.to)
             }
         };
+        let (id, ts) = (uuid::Uuid::now_v7().to_string(), crate::now_ms());
         let seq: i64 = if m.chat == ChatType::Room {
             sqlx::query_scalar("UPDATE channels SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq")
                 .bind(&m.to)
@@ -274,20 +287,23 @@ impl Store {
                 .await?
         } else {
             sqlx::query_scalar(
-                "INSERT INTO conversations (app_id, conv, last_seq) VALUES ($1, $2, 1)
-                 ON CONFLICT (app_id, conv) DO UPDATE SET last_seq = conversations.last_seq + 1
+                "INSERT INTO conversations (app_id, conv, last_seq, last_ts, last_message_id) VALUES ($1, $2, 1, $3, $4)
+                 ON CONFLICT (app_id, conv) DO UPDATE SET last_seq = conversations.last_seq + 1,
+                 last_ts = $3, last_message_id = $4
                  RETURNING last_seq",
             )
             .bind(&m.app_id)
             .bind(&conv)
+            .bind(ts)
+            .bind(&id)
             .fetch_one(&mut **tx)
             .await?
         };
         let msg = StoredMessage {
-            id: uuid::Uuid::now_v7().to_string(),
+            id,
             conv,
             seq,
-            ts: crate::now_ms(),
+            ts,
             chat: m.chat.as_str().into(),
             sender: m.sender.clone(),
             sender_device: m.sender_device.clone(),
@@ -296,7 +312,12 @@ impl Store {
             kind: m.kind.as_str().into(),
             body: m.body.clone(),
             ext: m.ext.clone(),
+            recalled: false,
+            edited_at: 0,
         };
+        if m.chat != ChatType::Room {
+            track_conversation(tx, &m.app_id, &msg).await?;
+        }
         let useqs = match m.chat {
             ChatType::Room => {
                 store_room_message(tx, &msg, m.room_history).await?;
@@ -402,6 +423,8 @@ fn room_message_from_row(room: &str, row: &AnyRow) -> Result<StoredMessage> {
         kind: row.try_get("msg_type")?,
         body: row.try_get("body")?,
         ext: row.try_get("ext")?,
+        recalled: false,
+        edited_at: 0,
     })
 }
 
@@ -524,5 +547,33 @@ async fn store_room_message(tx: &mut Transaction<'static, Any>, msg: &StoredMess
         .bind(msg.seq - history)
         .execute(&mut **tx)
         .await?;
+    Ok(())
+}
+
+/// Keeps the participants' conversation list in step: a one-to-one conversation appears for
+/// both on its first message, and a sender has read everything up to what they just sent.
+/// (Group members get their row when they join.)
+async fn track_conversation(tx: &mut Transaction<'static, Any>, app_id: &str, msg: &StoredMessage) -> Result<()> {
+    if msg.chat == "user" && msg.recipient != msg.sender {
+        sqlx::query(
+            "INSERT INTO user_conversations (app_id, username, conv, read_seq, delivered_seq) VALUES ($1, $2, $3, 0, 0)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(app_id)
+        .bind(&msg.recipient)
+        .bind(&msg.conv)
+        .execute(&mut **tx)
+        .await?;
+    }
+    sqlx::query(
+        "INSERT INTO user_conversations (app_id, username, conv, read_seq, delivered_seq) VALUES ($1, $2, $3, $4, $4)
+         ON CONFLICT (app_id, username, conv) DO UPDATE SET read_seq = $4, delivered_seq = $4",
+    )
+    .bind(app_id)
+    .bind(&msg.sender)
+    .bind(&msg.conv)
+    .bind(msg.seq)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }

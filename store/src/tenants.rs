@@ -148,6 +148,12 @@ pub struct AppSettings {
     /// The most members a group or chatroom may have.
     pub max_group_members: i64,
     pub max_room_members: i64,
+    /// How long after sending a user may recall a message.
+    pub recall_limit_secs: i64,
+    /// Whether group messages get read receipts (events and read counts).
+    pub group_read_receipts: bool,
+    /// The largest `customExts` of a `custom` message, in bytes.
+    pub max_custom_bytes: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -169,6 +175,9 @@ impl Default for AppSettings {
             room_history: 100,
             max_group_members: 3000,
             max_room_members: 20_000,
+            recall_limit_secs: 120,
+            group_read_receipts: true,
+            max_custom_bytes: 4096,
         }
     }
 }
@@ -188,6 +197,8 @@ impl AppSettings {
         positive("send_burst", self.send_burst >= 1.0)?;
         positive("max_group_members", self.max_group_members > 1)?;
         positive("max_room_members", self.max_room_members > 1)?;
+        positive("recall_limit_secs", self.recall_limit_secs >= 0)?;
+        positive("max_custom_bytes", self.max_custom_bytes > 0)?;
         if !(0..=10_000).contains(&self.room_history) {
             return Err(Error::invalid("room_history", "must be from 0 to 10000"));
         }
