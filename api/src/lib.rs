@@ -5,6 +5,7 @@
 mod auth;
 mod channels;
 mod error;
+mod lifecycle;
 mod messages;
 mod social;
 mod tokens;
@@ -84,6 +85,19 @@ pub fn router(state: AppState) -> Router {
             "/:org/:app/metadata/user/:username",
             get(social::get_metadata).put(social::put_metadata),
         )
+        .route(
+            "/:org/:app/users/:username/conversations",
+            get(lifecycle::conversations),
+        )
+        .route("/:org/:app/users/:username/unread", get(lifecycle::unread))
+        .route("/:org/:app/users/:username/messages/search", get(lifecycle::search))
+        .route(
+            "/:org/:app/users/:username/messages/:id",
+            delete(lifecycle::delete_for_me),
+        )
+        .route("/:org/:app/messages/:id/recall", post(lifecycle::recall))
+        .route("/:org/:app/messages/:id/readers", get(lifecycle::readers))
+        .route("/:org/:app/messages/:target", post(lifecycle::send))
         .merge(channels::routes(store::channels::ChannelKind::Group))
         .merge(channels::routes(store::channels::ChannelKind::Room))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })

@@ -39,7 +39,11 @@ pub async fn history(
             }
             format!("g:{with}")
         }
-        _ => return Err(ApiError::NotFound("conversations are /user/{peer} or /group/{id}".into())),
+        _ => {
+            return Err(ApiError::NotFound(
+                "conversations are /user/{peer} or /group/{id}".into(),
+            ))
+        }
     };
     let limit = q.limit.unwrap_or(50);
     if !(1..=MAX_SYNC_LIMIT).contains(&limit) {

@@ -14,7 +14,11 @@ impl Bridge {
     /// `read` / `delivered`: moves the user's position, tells their other devices, and tells
     /// the other side (the peer; in groups, the senders of the newly read messages).
     pub(crate) async fn mark(&self, from: &Sender, op: MarkOp, receipt: Receipt) {
-        let (before, after) = match self.store.mark(&from.app_id, &from.user, &op.conv, op.seq, receipt).await {
+        let (before, after) = match self
+            .store
+            .mark(&from.app_id, &from.user, &op.conv, op.seq, receipt)
+            .await
+        {
             Ok(positions) => positions,
             Err(e) => return self.reply(from, &store_refusal(None, e)).await,
         };
@@ -26,7 +30,8 @@ impl Bridge {
             Receipt::Delivered => "delivered",
         };
         let own = json!({"op": format!("{kind}_sync"), "conv": op.conv, "seq": after});
-        self.publish_json(from, &from.user, Route::Except(&from.device), &own).await;
+        self.publish_json(from, &from.user, Route::Except(&from.device), &own)
+            .await;
         let event = json!({"op": "receipt", "type": kind, "conv": op.conv, "seq": after, "by": from.user});
         let others: Vec<String> = match op.conv.split(':').collect::<Vec<_>>()[..] {
             ["u", a, b] => vec![if a == from.user { b } else { a }.to_string()],
@@ -57,7 +62,11 @@ impl Bridge {
         let (app, user) = (&from.app_id, &from.user);
         let result = match op.change {
             Change::Recall => {
-                let limit = store.app_settings(app).await.map(|s| s.recall_limit_secs * 1000).unwrap_or(0);
+                let limit = store
+                    .app_settings(app)
+                    .await
+                    .map(|s| s.recall_limit_secs * 1000)
+                    .unwrap_or(0);
                 store.recall(app, &op.id, Some(user), limit).await.map(|m| {
                     let event = json!({"op": "recalled", "id": m.id, "conv": m.conv, "seq": m.seq, "by": user});
                     (m, event)
@@ -89,11 +98,27 @@ impl Bridge {
 
     async fn edit(&self, from: &Sender, id: &str, body: Value) -> Result<(StoredMessage, Value), OpError> {
         let refuse = |code, message: String| OpError::new(None, code, message);
-        let current = self.store.message(&from.app_id, id).await.map_err(|e| store_refusal(None, e))?;
-        let kind = MsgType::parse(&current.kind).ok_or_else(|| refuse("invalid", "this message cannot be edited".into()))?;
+        let current = self
+            .store
+            .message(&from.app_id, id)
+            .await
+            .map_err(|e| store_refusal(None, e))?;
+        let kind =
+            MsgType::parse(&current.kind).ok_or_else(|| refuse("invalid", "this message cannot be edited".into()))?;
         kind.validate_body(&body).map_err(|why| refuse("invalid", why))?;
-        let settings = self.store.app_settings(&from.app_id).await.map_err(|e| store_refusal(None, e))?;
-        let mut send = SendOp { cid: String::new(), chat: ChatType::User, to: String::new(), kind, body, ext: None };
+        let settings = self
+            .store
+            .app_settings(&from.app_id)
+            .await
+            .map_err(|e| store_refusal(None, e))?;
+        let mut send = SendOp {
+            cid: String::new(),
+            chat: ChatType::User,
+            to: String::new(),
+            kind,
+            body,
+            ext: None,
+        };
         crate::rules::check_content(&settings, &mut send)?;
         let edited = self
             .store
@@ -118,14 +143,29 @@ impl Bridge {
     pub(crate) async fn relay_command(&self, from: &Sender, op: SendOp) {
         let (app, user) = (&from.app_id, &from.user);
         let recipients: Result<Vec<String>, OpError> = match op.chat {
-            ChatType::User => match (self.store.user_exists(app, &op.to).await, self.store.has_blocked(app, &op.to, user).await) {
-                (Ok(false), _) => Err(OpError::new(Some(op.cid.clone()), "unknown_recipient", format!("no user '{}' in this app", op.to))),
-                (Ok(true), Ok(true)) => Err(OpError::new(Some(op.cid.clone()), "blocked", format!("{} does not accept your messages", op.to))),
+            ChatType::User => match (
+                self.store.user_exists(app, &op.to).await,
+                self.store.has_blocked(app, &op.to, user).await,
+            ) {
+                (Ok(false), _) => Err(OpError::new(
+                    Some(op.cid.clone()),
+                    "unknown_recipient",
+                    format!("no user '{}' in this app", op.to),
+                )),
+                (Ok(true), Ok(true)) => Err(OpError::new(
+                    Some(op.cid.clone()),
+                    "blocked",
+                    format!("{} does not accept your messages", op.to),
+                )),
                 (Ok(true), Ok(false)) => Ok(vec![op.to.clone(), user.clone()]),
                 (Err(e), _) | (_, Err(e)) => Err(store_refusal(Some(op.cid.clone()), e)),
             },
             ChatType::Group | ChatType::Room => {
-                let kind = if op.chat == ChatType::Group { ChannelKind::Group } else { ChannelKind::Room };
+                let kind = if op.chat == ChatType::Group {
+                    ChannelKind::Group
+                } else {
+                    ChannelKind::Room
+                };
                 match self.store.check_sender(app, kind, &op.to, user).await {
                     Ok(Ok(_)) if kind == ChannelKind::Room => Ok(Vec::new()),
                     Ok(Ok(_)) => match self.store.members(app, kind, &op.to).await {
@@ -162,20 +202,33 @@ impl Bridge {
             recalled: false,
             edited_at: 0,
         };
-        let ack = Ack { op: "ack".into(), cid: op.cid, id: msg.id.clone(), conv: msg.conv.clone(), seq: 0, ts: msg.ts, useq: None };
+        let ack = Ack {
+            op: "ack".into(),
+            cid: op.cid,
+            id: msg.id.clone(),
+            conv: msg.conv.clone(),
+            seq: 0,
+            ts: msg.ts,
+            useq: None,
+        };
         self.reply(from, &ack).await;
         if op.chat == ChatType::Room {
             return self.deliver_to_room(from, &msg).await;
         }
         for recipient in recipients {
-            let route = if recipient == *user { Route::Except(&from.device) } else { Route::All };
+            let route = if recipient == *user {
+                Route::Except(&from.device)
+            } else {
+                Route::All
+            };
             let json = serde_json::to_vec(&msg.delivered(&recipient, None)).unwrap_or_default();
             self.publish_inbox(from, &recipient, route, json).await;
         }
     }
 
     async fn publish_json(&self, tenant: &Sender, user: &str, route: Route<'_>, body: &Value) {
-        self.publish_inbox(tenant, user, route, serde_json::to_vec(body).unwrap_or_default()).await;
+        self.publish_inbox(tenant, user, route, serde_json::to_vec(body).unwrap_or_default())
+            .await;
     }
 }
 

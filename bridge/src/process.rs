@@ -9,9 +9,9 @@ use serde_json::json;
 
 use crate::rules::{check_content, SendRates, TypingLimits};
 use store::channels::ChannelKind;
-use store::envelope::{MsgType, 
-    frame_inbox, parse_client_op, unframe_outbox, Ack, ChatType, ClientOp, OpError, RoomOp, Route, SendOp, SyncOp,
-    Synced, TypingOp,
+use store::envelope::{
+    frame_inbox, parse_client_op, unframe_outbox, Ack, ChatType, ClientOp, MsgType, OpError, RoomOp, Route, SendOp,
+    SyncOp, Synced, TypingOp,
 };
 use store::lifecycle::Receipt;
 use store::live::Live;
@@ -32,7 +32,7 @@ pub struct Sender {
 /// What a send becomes once admitted.
 enum Admitted {
     /// A message to store in this batch.
-    Store((PendingSend, NewMessage)),
+    Store(Box<(PendingSend, NewMessage)>),
     /// A `cmd`: delivered, never stored.
     Relay(SendOp),
 }
@@ -100,7 +100,7 @@ impl Bridge {
                         };
                     }
                     match self.admit(&from, op, &settings[&from.app_id]) {
-                        Ok(Admitted::Store(pending)) => sends.push(pending),
+                        Ok(Admitted::Store(pending)) => sends.push(*pending),
                         // Commands are delivered, never stored; they wait for the batch like
                         // the rest, so they do not overtake messages sent before them.
                         Ok(Admitted::Relay(op)) => later.push((from, ClientOp::Send(op))),
@@ -154,14 +154,15 @@ impl Bridge {
             ext: op.ext.map(|e| e.to_string()),
             require_contacts: settings.require_contacts,
             room_history: settings.room_history,
+            as_app: false,
         };
-        Ok(Admitted::Store((
+        Ok(Admitted::Store(Box::new((
             PendingSend {
                 from: from.clone(),
                 cid: op.cid,
             },
             message,
-        )))
+        ))))
     }
 
     async fn store_and_deliver(&self, sends: Vec<(PendingSend, NewMessage)>) {

@@ -28,7 +28,10 @@ pub fn check_content(settings: &AppSettings, op: &mut SendOp) -> Result<(), OpEr
             return Err(OpError::new(
                 Some(op.cid.clone()),
                 "message_too_large",
-                format!("customExts is {size} bytes; this app allows {}", settings.max_custom_bytes),
+                format!(
+                    "customExts is {size} bytes; this app allows {}",
+                    settings.max_custom_bytes
+                ),
             ));
         }
     }

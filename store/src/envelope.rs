@@ -145,7 +145,10 @@ pub enum Change {
     Edit(Value),
     /// Delete for me.
     Delete,
-    React { emoji: String, add: bool },
+    React {
+        emoji: String,
+        add: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -303,7 +306,11 @@ pub fn parse_client_op(payload: &[u8]) -> Result<ClientOp, OpError> {
                 .filter(|s| *s >= 0)
                 .ok_or_else(|| invalid(format!("'{op}' needs a non-negative integer 'seq'")))?;
             let mark = MarkOp { conv, seq };
-            Ok(if op == "read" { ClientOp::Read(mark) } else { ClientOp::Delivered(mark) })
+            Ok(if op == "read" {
+                ClientOp::Read(mark)
+            } else {
+                ClientOp::Delivered(mark)
+            })
         }
         Some(op @ ("recall" | "edit" | "delete" | "react")) => {
             let id = obj
@@ -315,15 +322,25 @@ pub fn parse_client_op(payload: &[u8]) -> Result<ClientOp, OpError> {
             let change = match op {
                 "recall" => Change::Recall,
                 "delete" => Change::Delete,
-                "edit" => Change::Edit(obj.get("body").cloned().ok_or_else(|| invalid("'edit' needs 'body'".into()))?),
+                "edit" => Change::Edit(
+                    obj.get("body")
+                        .cloned()
+                        .ok_or_else(|| invalid("'edit' needs 'body'".into()))?,
+                ),
                 _ => {
-                    let emoji = obj.get("emoji").and_then(Value::as_str).ok_or_else(|| invalid("'react' needs 'emoji'".into()))?;
+                    let emoji = obj
+                        .get("emoji")
+                        .and_then(Value::as_str)
+                        .ok_or_else(|| invalid("'react' needs 'emoji'".into()))?;
                     let add = match obj.get("action").and_then(Value::as_str) {
                         None | Some("add") => true,
                         Some("remove") => false,
                         Some(_) => return Err(invalid("'action' is \"add\" or \"remove\"".into())),
                     };
-                    Change::React { emoji: emoji.to_string(), add }
+                    Change::React {
+                        emoji: emoji.to_string(),
+                        add,
+                    }
                 }
             };
             Ok(ClientOp::Change(ChangeOp { cid, id, change }))

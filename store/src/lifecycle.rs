@@ -59,7 +59,11 @@ impl Store {
         let head = self.conversation_head(app_id, conv).await?;
         let seq = seq.min(head);
         // Reading implies delivery.
-        let also = if receipt == Receipt::Read { ", delivered_seq = CASE WHEN delivered_seq < $1 THEN $1 ELSE delivered_seq END" } else { "" };
+        let also = if receipt == Receipt::Read {
+            ", delivered_seq = CASE WHEN delivered_seq < $1 THEN $1 ELSE delivered_seq END"
+        } else {
+            ""
+        };
         sqlx::query(&format!(
             "UPDATE user_conversations SET {column} = $1{also} WHERE app_id = $2 AND username = $3 AND conv = $4 AND {column} < $1"
         ))
@@ -119,7 +123,7 @@ impl Store {
     /// The sum of a user's unread counts, for app badges.
     pub async fn total_unread(&self, app_id: &str, user: &str) -> Result<i64> {
         let total: Option<i64> = sqlx::query_scalar(
-            "SELECT SUM(CASE WHEN c.last_seq > uc.read_seq THEN c.last_seq - uc.read_seq ELSE 0 END)
+            "SELECT CAST(SUM(CASE WHEN c.last_seq > uc.read_seq THEN c.last_seq - uc.read_seq ELSE 0 END) AS BIGINT)
              FROM user_conversations uc JOIN conversations c ON c.app_id = uc.app_id AND c.conv = uc.conv
              WHERE uc.app_id = $1 AND uc.username = $2",
         )
@@ -131,32 +135,37 @@ impl Store {
     }
 
     pub async fn message(&self, app_id: &str, id: &str) -> Result<StoredMessage> {
-        let row = sqlx::query(&format!("SELECT {MSG_COLUMNS} FROM messages m WHERE m.app_id = $1 AND m.id = $2"))
-            .bind(app_id)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("message {id}")))?;
+        let row = sqlx::query(&format!(
+            "SELECT {MSG_COLUMNS} FROM messages m WHERE m.app_id = $1 AND m.id = $2"
+        ))
+        .bind(app_id)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("message {id}")))?;
         message_from_row(&row)
     }
 
     /// Everyone who has a message: the users whose inbox holds it.
     pub async fn holders(&self, app_id: &str, id: &str) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar("SELECT username FROM inbox WHERE app_id = $1 AND message_id = $2 ORDER BY username")
-            .bind(app_id)
-            .bind(id)
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT username FROM inbox WHERE app_id = $1 AND message_id = $2 ORDER BY username")
+                .bind(app_id)
+                .bind(id)
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     async fn require_holder(&self, app_id: &str, id: &str, user: &str) -> Result<StoredMessage> {
         let msg = self.message(app_id, id).await?;
-        let held: Option<i64> = sqlx::query_scalar("SELECT useq FROM inbox WHERE app_id = $1 AND username = $2 AND message_id = $3")
-            .bind(app_id)
-            .bind(user)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let held: Option<i64> =
+            sqlx::query_scalar("SELECT useq FROM inbox WHERE app_id = $1 AND username = $2 AND message_id = $3")
+                .bind(app_id)
+                .bind(user)
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
         if held.is_none() && msg.sender != user {
             return Err(Error::NotFound(format!("message {id}")));
         }
@@ -169,17 +178,25 @@ impl Store {
         let msg = self.message(app_id, id).await?;
         if let Some(user) = by {
             if msg.sender != user {
-                return Err(Error::Forbidden("only the sender (or the app) may recall a message".into()));
+                return Err(Error::Forbidden(
+                    "only the sender (or the app) may recall a message".into(),
+                ));
             }
             if crate::now_ms() > msg.ts + limit_ms {
-                return Err(Error::TooLate(format!("too late to recall: the limit is {} s after sending", limit_ms / 1000)));
+                return Err(Error::TooLate(format!(
+                    "too late to recall: the limit is {} s after sending",
+                    limit_ms / 1000
+                )));
             }
         }
         sqlx::query("UPDATE messages SET recalled = 1, body = '{}', ext = NULL WHERE id = $1")
             .bind(id)
             .execute(&self.pool)
             .await?;
-        sqlx::query("DELETE FROM reactions WHERE message_id = $1").bind(id).execute(&self.pool).await?;
+        sqlx::query("DELETE FROM reactions WHERE message_id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         self.message(app_id, id).await
     }
 
@@ -204,17 +221,26 @@ impl Store {
     /// Hides a message from one user's history (delete for me).
     pub async fn hide(&self, app_id: &str, user: &str, id: &str) -> Result<()> {
         self.require_holder(app_id, id, user).await?;
-        sqlx::query("INSERT INTO hidden_messages (app_id, username, message_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
-            .bind(app_id)
-            .bind(user)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "INSERT INTO hidden_messages (app_id, username, message_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(app_id)
+        .bind(user)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
     /// Adds or removes a user's emoji reaction; returns the message and its reactions.
-    pub async fn react(&self, app_id: &str, id: &str, user: &str, emoji: &str, add: bool) -> Result<(StoredMessage, Vec<Reaction>)> {
+    pub async fn react(
+        &self,
+        app_id: &str,
+        id: &str,
+        user: &str,
+        emoji: &str,
+        add: bool,
+    ) -> Result<(StoredMessage, Vec<Reaction>)> {
         if emoji.is_empty() || emoji.len() > EMOJI_MAX_BYTES || emoji.chars().any(char::is_whitespace) {
             return Err(Error::invalid("emoji", format!("1-{EMOJI_MAX_BYTES} bytes, no spaces")));
         }
@@ -264,7 +290,11 @@ impl Store {
                     r.count += 1;
                     r.users.push(user);
                 }
-                None => list.push(Reaction { emoji, count: 1, users: vec![user] }),
+                None => list.push(Reaction {
+                    emoji,
+                    count: 1,
+                    users: vec![user],
+                }),
             }
         }
         Ok(out)
@@ -296,7 +326,14 @@ impl Store {
 
     /// The senders (other than `reader`) of the messages in `(after, upto]` of a
     /// conversation: whom a read receipt concerns.
-    pub async fn senders_between(&self, app_id: &str, conv: &str, after: i64, upto: i64, reader: &str) -> Result<Vec<String>> {
+    pub async fn senders_between(
+        &self,
+        app_id: &str,
+        conv: &str,
+        after: i64,
+        upto: i64,
+        reader: &str,
+    ) -> Result<Vec<String>> {
         Ok(sqlx::query_scalar(
             "SELECT DISTINCT sender FROM messages WHERE app_id = $1 AND conv = $2 AND seq > $3 AND seq <= $4 AND sender <> $5",
         )
@@ -332,6 +369,8 @@ impl Store {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(|row| Ok(message_from_row(row)?.delivered(user, None))).collect()
+        rows.iter()
+            .map(|row| Ok(message_from_row(row)?.delivered(user, None)))
+            .collect()
     }
 }

@@ -268,9 +268,11 @@ impl TestApp {
         options.set_keep_alive(Duration::from_secs(30));
         options.set_max_packet_size(1 << 20, 1 << 20);
         let (client, eventloop) = AsyncClient::new(options, 100);
+        let (events, poller) = spawn_poller(eventloop);
         let mut d = Device {
             client,
-            eventloop,
+            events,
+            poller,
             user: user.to_string(),
             outbox: self.outbox(user),
         };
@@ -286,12 +288,47 @@ pub async fn into_json(resp: reqwest::Response) -> (u16, Value) {
     (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
 
-/// A device: a rumqttc client and its event loop, polled by the test.
+/// A device: a rumqttc client whose event loop runs in the background (so what the test
+/// publishes goes out even while it waits on another device), with what arrives queued for
+/// the test to read. Dropping it closes the connection.
 pub struct Device {
     pub client: AsyncClient,
-    pub eventloop: EventLoop,
+    events: tokio::sync::mpsc::UnboundedReceiver<Result<Packet, String>>,
+    poller: tokio::task::JoinHandle<()>,
     pub user: String,
     pub outbox: String,
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        self.poller.abort();
+    }
+}
+
+fn spawn_poller(
+    mut eventloop: EventLoop,
+) -> (
+    tokio::sync::mpsc::UnboundedReceiver<Result<Packet, String>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let poller = tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(packet)) => {
+                    if tx.send(Ok(packet)).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string()));
+                    return;
+                }
+            }
+        }
+    });
+    (rx, poller)
 }
 
 impl Device {
@@ -327,10 +364,11 @@ impl Device {
     pub async fn wait_for(&mut self, mut pred: impl FnMut(&Packet) -> bool) -> Packet {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
-            match tokio::time::timeout_at(deadline, self.eventloop.poll()).await {
-                Ok(Ok(Event::Incoming(p))) if pred(&p) => return p,
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => panic!("{}: connection error while waiting: {e}", self.user),
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(Ok(p))) if pred(&p) => return p,
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(e))) => panic!("{}: connection error while waiting: {e}", self.user),
+                Ok(None) => panic!("{}: connection closed while waiting", self.user),
                 Err(_) => panic!("{}: nothing matching arrived within 10 s", self.user),
             }
         }
@@ -359,16 +397,11 @@ impl Device {
     pub async fn collect(&mut self, window: Duration) -> Vec<Value> {
         let mut got = Vec::new();
         let deadline = tokio::time::Instant::now() + window;
-        while let Ok(event) = tokio::time::timeout_at(deadline, self.eventloop.poll()).await {
-            if let Ok(Event::Incoming(Packet::Publish(p))) = event {
+        while let Ok(Some(event)) = tokio::time::timeout_at(deadline, self.events.recv()).await {
+            if let Ok(Packet::Publish(p)) = event {
                 got.push(serde_json::from_slice(&p.payload).unwrap());
             }
         }
         got
-    }
-
-    /// Polls in the background (keeps the connection alive and acks) until dropped.
-    pub fn keep_polling(mut self) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move { while self.eventloop.poll().await.is_ok() {} })
     }
 }
