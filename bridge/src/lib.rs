@@ -65,11 +65,14 @@ pub async fn run(
     consumer_options.set_client_id(format!("{}-in", options.client_id()));
     consumer_options.set_manual_acks(true);
     consumer_options.set_clean_session(true);
-    let (consumer, consumer_loop) = AsyncClient::new(consumer_options, 10_000);
+    let (consumer, mut consumer_loop) = AsyncClient::new(consumer_options, 10_000);
+    // Small acks and publishes on loopback: Nagle's algorithm would hold them back.
+    consumer_loop.network_options.set_tcp_nodelay(true);
     let mut producer_options = options.clone();
     producer_options.set_client_id(format!("{}-out", options.client_id()));
     producer_options.set_inflight(1000);
-    let (producer, producer_loop) = AsyncClient::new(producer_options, 10_000);
+    let (producer, mut producer_loop) = AsyncClient::new(producer_options, 10_000);
+    producer_loop.network_options.set_tcp_nodelay(true);
 
     let (incoming_tx, mut incoming) = mpsc::unbounded_channel();
     let consumer_task = tokio::spawn(poll(consumer_loop, Some(consumer.clone()), incoming_tx.clone()));

@@ -46,6 +46,7 @@ impl Presence {
     pub fn start(broker: &crate::EmbeddedBroker) -> Presence {
         let options = broker.client_options(&format!("chatd-presence-{}", store::tokens::random_secret(8)));
         let (publisher, mut eventloop) = AsyncClient::new(options, 10_000);
+        eventloop.network_options.set_tcp_nodelay(true);
         tokio::spawn(async move {
             loop {
                 if let Err(e) = eventloop.poll().await {

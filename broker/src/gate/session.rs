@@ -512,6 +512,7 @@ impl Session {
                     match read {
                         Ok(0) | Err(_) => return Close::Upstream,
                         Ok(_) => {
+                            quick_ack(upstream);
                             if let Err(close) = self.handle_broker_bytes(&mut broker_buf, &mut out) {
                                 return close;
                             }
@@ -1002,6 +1003,28 @@ async fn flush(io: &mut ClientIo, upstream: &mut TcpStream, out: &mut Outgoing) 
     }
     Ok(())
 }
+
+/// rumqttd does not set TCP_NODELAY on its sockets, so after a large write its next small
+/// one waits for our ACK, which Linux delays by up to 40 ms. Asking for immediate ACKs on our
+/// end (the flag does not stick, so after every read) removes that stall.
+#[cfg(target_os = "linux")]
+fn quick_ack(stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket descriptor and a pointer to a c_int of the right size.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_QUICKACK,
+            &on as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn quick_ack(_: &TcpStream) {}
 
 /// An MQTT 5 DISCONNECT without properties: `E0 00` (normal) or `E0 01 <reason>`; returns
 /// its length and reason code.

@@ -7,6 +7,7 @@
 //! bench compare [--mosquitto-port P | (starts a fresh mosquitto)] [--database-url …]
 //! bench group   [--members 2000 --online N --messages 20 --interval-ms 250] [--database-url …]
 //! bench room    [--members 2000 …]
+//! bench sync    [--conversations 100 --messages 100 --page 200] [--database-url …]
 //! ```
 //!
 //! Every chatd run starts the `chatd` binary next to this one as a child process with a
@@ -21,6 +22,7 @@ mod chatd;
 mod fanout;
 mod pairs;
 mod report;
+mod sync;
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -78,6 +80,13 @@ enum Mode {
         #[arg(long)]
         database_url: Option<String>,
     },
+    /// A user offline for many messages in many conversations catches up.
+    Sync {
+        #[command(flatten)]
+        sync: sync::Sync,
+        #[arg(long)]
+        database_url: Option<String>,
+    },
 }
 
 #[tokio::main]
@@ -115,6 +124,7 @@ async fn main() -> anyhow::Result<()> {
         Mode::Room { fanout, database_url } => {
             fanout::run(&fanout, fanout::Channel::Room, database_url.as_deref()).await?
         }
+        Mode::Sync { sync, database_url } => sync::run(&sync, database_url.as_deref()).await?,
     }
     Ok(())
 }

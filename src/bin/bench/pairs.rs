@@ -207,5 +207,7 @@ pub fn client(mut options: MqttOptions) -> (AsyncClient, rumqttc::EventLoop) {
     options.set_keep_alive(Duration::from_secs(60));
     options.set_max_packet_size(1 << 20, 1 << 20);
     options.set_inflight(100);
-    AsyncClient::new(options, 1000)
+    let (client, mut eventloop) = AsyncClient::new(options, 1000);
+    eventloop.network_options.set_tcp_nodelay(true);
+    (client, eventloop)
 }
