@@ -271,10 +271,20 @@ impl Store {
         let refused = |code: &'static str, message: String| Ok(Outcome::Refused { code, message });
         let conv = match m.chat {
             ChatType::User => {
-                if bump_inbox(tx, &m.app_id, &m.to, false).await?.is_none() {
+                // Whether the recipient exists and has blocked the sender, in one round trip.
+                let (exists, blocked): (i64, i64) = sqlx::query_as(
+                    "SELECT (SELECT COUNT(*) FROM users WHERE app_id = $1 AND username = $2),
+                            (SELECT COUNT(*) FROM blocks WHERE app_id = $1 AND owner = $2 AND blocked = $3)",
+                )
+                .bind(&m.app_id)
+                .bind(&m.to)
+                .bind(&m.sender)
+                .fetch_one(&mut **tx)
+                .await?;
+                if exists == 0 {
                     return refused("unknown_recipient", format!("no user '{}' in this app", m.to));
                 }
-                if !m.as_app && self.has_blocked(&m.app_id, &m.to, &m.sender).await? {
+                if !m.as_app && blocked > 0 {
                     return refused("blocked", format!("{} does not accept your messages", m.to));
                 }
                 if !m.as_app
@@ -353,17 +363,9 @@ impl Store {
             }
             ChatType::User => {
                 insert_message(tx, &m.app_id, &msg).await?;
-                let mut useqs = Vec::with_capacity(2);
-                for user in [&m.to, &m.sender] {
-                    if useqs.iter().any(|(u, _)| u == user) {
-                        continue;
-                    }
-                    // A sender deleted while their message was in flight gets no inbox entry.
-                    if let Some(useq) = add_to_inbox(tx, &m.app_id, user, &msg.id).await? {
-                        useqs.push((user.clone(), useq));
-                    }
-                }
-                useqs
+                // A sender deleted while their message was in flight gets no inbox entry.
+                let pair = |n: usize| format!("${n}, ${}", n + 1);
+                add_to_inboxes(tx, &m.app_id, pair, &[&m.to, &m.sender], &msg.id).await?
             }
             ChatType::Group => {
                 insert_message(tx, &m.app_id, &msg).await?;
@@ -398,43 +400,6 @@ impl Store {
             .fetch_one(&self.pool)
             .await?)
     }
-}
-
-/// Advances a user's inbox head (or, with `advance` false, just reads it, taking the row
-/// lock on PostgreSQL); `None` if there is no such user.
-async fn bump_inbox(
-    tx: &mut Transaction<'static, Any>,
-    app_id: &str,
-    user: &str,
-    advance: bool,
-) -> Result<Option<i64>> {
-    Ok(sqlx::query_scalar(
-        "UPDATE users SET inbox_seq = inbox_seq + $1 WHERE app_id = $2 AND username = $3 RETURNING inbox_seq",
-    )
-    .bind(advance as i64)
-    .bind(app_id)
-    .bind(user)
-    .fetch_optional(&mut **tx)
-    .await?)
-}
-
-async fn add_to_inbox(
-    tx: &mut Transaction<'static, Any>,
-    app_id: &str,
-    user: &str,
-    message_id: &str,
-) -> Result<Option<i64>> {
-    let Some(useq) = bump_inbox(tx, app_id, user, true).await? else {
-        return Ok(None);
-    };
-    sqlx::query("INSERT INTO inbox (app_id, username, useq, message_id) VALUES ($1, $2, $3, $4)")
-        .bind(app_id)
-        .bind(user)
-        .bind(useq)
-        .bind(message_id)
-        .execute(&mut **tx)
-        .await?;
-    Ok(Some(useq))
 }
 
 fn room_message_from_row(room: &str, row: &AnyRow) -> Result<StoredMessage> {
@@ -528,25 +493,39 @@ async fn fan_out_to_members(
     group: &str,
     message_id: &str,
 ) -> Result<Vec<(String, i64)>> {
-    let rows = sqlx::query(
-        "UPDATE users SET inbox_seq = inbox_seq + 1
-         WHERE app_id = $1 AND username IN (SELECT username FROM channel_members WHERE channel_id = $2)
-         RETURNING username, inbox_seq",
-    )
-    .bind(app_id)
-    .bind(group)
-    .fetch_all(&mut **tx)
-    .await?;
-    sqlx::query(
+    let members = |n: usize| format!("SELECT username FROM channel_members WHERE channel_id = ${n}");
+    add_to_inboxes(tx, app_id, members, &[group], message_id).await
+}
+
+/// Gives a message the next place in the inbox of every user `who(n)` selects, where `who`
+/// builds a subquery whose parameters, bound from `params`, are numbered from `$n`: two
+/// statements whatever the number of users.
+async fn add_to_inboxes(
+    tx: &mut Transaction<'static, Any>,
+    app_id: &str,
+    who: impl Fn(usize) -> String,
+    params: &[&str],
+    message_id: &str,
+) -> Result<Vec<(String, i64)>> {
+    let update_sql = format!(
+        "UPDATE users SET inbox_seq = inbox_seq + 1 WHERE app_id = $1 AND username IN ({}) RETURNING username, inbox_seq",
+        who(2)
+    );
+    let mut update = sqlx::query(&update_sql).bind(app_id);
+    for p in params {
+        update = update.bind(*p);
+    }
+    let rows = update.fetch_all(&mut **tx).await?;
+    let insert_sql = format!(
         "INSERT INTO inbox (app_id, username, useq, message_id)
-         SELECT app_id, username, inbox_seq, $3 FROM users
-         WHERE app_id = $1 AND username IN (SELECT username FROM channel_members WHERE channel_id = $2)",
-    )
-    .bind(app_id)
-    .bind(group)
-    .bind(message_id)
-    .execute(&mut **tx)
-    .await?;
+         SELECT app_id, username, inbox_seq, $2 FROM users WHERE app_id = $1 AND username IN ({})",
+        who(3)
+    );
+    let mut insert = sqlx::query(&insert_sql).bind(app_id).bind(message_id);
+    for p in params {
+        insert = insert.bind(*p);
+    }
+    insert.execute(&mut **tx).await?;
     rows.iter()
         .map(|row| Ok((row.try_get("username")?, row.try_get("inbox_seq")?)))
         .collect()
@@ -582,25 +561,25 @@ async fn store_room_message(tx: &mut Transaction<'static, Any>, msg: &StoredMess
 /// both on its first message, and a sender has read everything up to what they just sent.
 /// (Group members get their row when they join.)
 async fn track_conversation(tx: &mut Transaction<'static, Any>, app_id: &str, msg: &StoredMessage) -> Result<()> {
-    if msg.chat == "user" && msg.recipient != msg.sender {
-        sqlx::query(
-            "INSERT INTO user_conversations (app_id, username, conv, read_seq, delivered_seq) VALUES ($1, $2, $3, 0, 0)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(app_id)
-        .bind(&msg.recipient)
-        .bind(&msg.conv)
-        .execute(&mut **tx)
-        .await?;
-    }
+    // One statement: the recipient's row appears (one to one), the sender's read position
+    // moves to this message; positions never move back.
+    let recipient = if msg.chat == "user" {
+        msg.recipient.as_str()
+    } else {
+        msg.sender.as_str()
+    };
     sqlx::query(
         "INSERT INTO user_conversations (app_id, username, conv, read_seq, delivered_seq)
-         SELECT $1, $2, $3, $4, $4 FROM users WHERE app_id = $1 AND username = $2
-         ON CONFLICT (app_id, username, conv) DO UPDATE SET read_seq = $4, delivered_seq = $4",
+         SELECT app_id, username, $3, CASE WHEN username = $4 THEN $5 ELSE 0 END, CASE WHEN username = $4 THEN $5 ELSE 0 END
+         FROM users WHERE app_id = $1 AND username IN ($2, $4)
+         ON CONFLICT (app_id, username, conv) DO UPDATE SET
+         read_seq = CASE WHEN excluded.read_seq > user_conversations.read_seq THEN excluded.read_seq ELSE user_conversations.read_seq END,
+         delivered_seq = CASE WHEN excluded.delivered_seq > user_conversations.delivered_seq THEN excluded.delivered_seq ELSE user_conversations.delivered_seq END",
     )
     .bind(app_id)
-    .bind(&msg.sender)
+    .bind(recipient)
     .bind(&msg.conv)
+    .bind(&msg.sender)
     .bind(msg.seq)
     .execute(&mut **tx)
     .await?;
