@@ -85,7 +85,9 @@ pub async fn run(
                 if n == 0 {
                     break;
                 }
+                let started = std::time::Instant::now();
                 bridge.process(&batch).await;
+                tracing::debug!(size = n, took_us = started.elapsed().as_micros() as u64, "batch");
                 for publish in batch.drain(..) {
                     consumer.ack(&publish).await?;
                 }

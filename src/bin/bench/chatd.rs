@@ -58,8 +58,9 @@ impl Chatd {
             .env("CHATD_MQTT__TCP", "127.0.0.1:0")
             .env("CHATD_MQTT__WS", "")
             .env("CHATD_API__LISTEN", "127.0.0.1:0")
-            .env("RUST_LOG", "warn,rumqttd=off")
+            .env("RUST_LOG", std::env::var("BENCH_CHATD_LOG").unwrap_or_else(|_| "warn,rumqttd=off".into()))
             .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {} (build it with cargo build --release)", exe.display()))?;
