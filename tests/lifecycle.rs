@@ -125,6 +125,16 @@ async fn receipts_unread_and_conversation_list(backend: Backend) {
     let got = alice_dev.collect(Duration::from_millis(400)).await;
     assert!(got.iter().all(|m| m["op"] != "receipt"), "{got:?}");
 
+    // Leaving a group takes it out of the conversation list (its unread would only grow).
+    assert_eq!(t.get("/users/carol/conversations", &carol).await.1["count"], 1);
+    assert_eq!(t.delete(&format!("/chatgroups/{gid}/users/carol"), &carol).await.0, 200);
+    let (_, carols) = t.get("/users/carol/conversations", &carol).await;
+    assert_eq!(
+        (carols["count"].as_i64(), carols["total_unread"].as_i64()),
+        (Some(0), Some(0)),
+        "{carols}"
+    );
+
     // Delivered receipts work the same way.
     alice_dev.send_text("m4", "bob", "m4").await;
     alice_dev.next_op("ack").await;

@@ -368,6 +368,11 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
+        sqlx::query("DELETE FROM user_conversations WHERE app_id = $1 AND conv = $2")
+            .bind(app_id)
+            .bind(format!("g:{id}"))
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("DELETE FROM room_messages WHERE room_id = $1")
             .bind(id)
             .execute(&mut *tx)
@@ -463,15 +468,11 @@ impl Store {
                 kind.noun()
             )));
         }
-        let removed = sqlx::query("DELETE FROM channel_members WHERE channel_id = $1 AND username = $2")
-            .bind(id)
-            .bind(user)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        if removed == 0 {
+        let mut tx = self.pool.begin().await?;
+        if !remove_membership(&mut tx, app_id, id, user).await? {
             return Err(Error::NotFound(format!("member {user}")));
         }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -565,11 +566,7 @@ impl Store {
         self.require_users(app_id, &refs).await?;
         let mut tx = self.pool.begin().await?;
         for user in users {
-            sqlx::query("DELETE FROM channel_members WHERE channel_id = $1 AND username = $2")
-                .bind(id)
-                .bind(user)
-                .execute(&mut *tx)
-                .await?;
+            remove_membership(&mut tx, app_id, id, user).await?;
             sqlx::query("INSERT INTO channel_bans (channel_id, username, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
                 .bind(id)
                 .bind(user)
@@ -710,6 +707,29 @@ impl Store {
         }
         Ok(Ok(channel))
     }
+}
+
+/// Ends a membership, and takes a group out of the user's conversation list (else its
+/// unread count would grow for ever); false if the user was not a member.
+async fn remove_membership(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    app_id: &str,
+    id: &str,
+    user: &str,
+) -> Result<bool> {
+    let removed = sqlx::query("DELETE FROM channel_members WHERE channel_id = $1 AND username = $2")
+        .bind(id)
+        .bind(user)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+    sqlx::query("DELETE FROM user_conversations WHERE app_id = $1 AND username = $2 AND conv = $3")
+        .bind(app_id)
+        .bind(user)
+        .bind(format!("g:{id}"))
+        .execute(&mut **tx)
+        .await?;
+    Ok(removed > 0)
 }
 
 /// Inserts a membership row; false if the user was already a member. A group member also

@@ -186,7 +186,8 @@ impl Store {
         self.get_user(app_id, username).await
     }
 
-    /// Deletes a user and their inbox. Messages they exchanged stay in their peers' history.
+    /// Deletes a user with their inbox, conversation list, contacts, blocklist and
+    /// memberships. Messages they exchanged stay in their peers' history.
     pub async fn delete_user(&self, app_id: &str, username: &str) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         let deleted = sqlx::query("DELETE FROM users WHERE app_id = $1 AND username = $2")
@@ -198,7 +199,26 @@ impl Store {
         if deleted == 0 {
             return Err(Error::NotFound(format!("user {username}")));
         }
-        sqlx::query("DELETE FROM inbox WHERE app_id = $1 AND username = $2")
+        for table in [
+            "inbox",
+            "user_conversations",
+            "hidden_messages",
+            "contacts",
+            "blocks",
+            "channel_members",
+        ] {
+            let owner = if matches!(table, "contacts" | "blocks") {
+                "owner"
+            } else {
+                "username"
+            };
+            sqlx::query(&format!("DELETE FROM {table} WHERE app_id = $1 AND {owner} = $2"))
+                .bind(app_id)
+                .bind(username)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("DELETE FROM contacts WHERE app_id = $1 AND friend = $2")
             .bind(app_id)
             .bind(username)
             .execute(&mut *tx)

@@ -58,7 +58,10 @@ impl Chatd {
             .env("CHATD_MQTT__TCP", "127.0.0.1:0")
             .env("CHATD_MQTT__WS", "")
             .env("CHATD_API__LISTEN", "127.0.0.1:0")
-            .env("RUST_LOG", std::env::var("BENCH_CHATD_LOG").unwrap_or_else(|_| "warn,rumqttd=off".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_CHATD_LOG").unwrap_or_else(|_| "warn,rumqttd=off".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
