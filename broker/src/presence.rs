@@ -174,6 +174,10 @@ impl store::live::Live for Presence {
         );
     }
 
+    fn is_online(&self, org: &str, app: &str, user: &str) -> bool {
+        self.devices(&key(org, app, user)) > 0
+    }
+
     fn notify(&self, org: &str, app: &str, user: &str, event: &serde_json::Value) {
         let topic = store::topics::inbox(org, app, user);
         let payload = store::envelope::frame_inbox(store::envelope::Route::All, event.to_string().as_bytes());

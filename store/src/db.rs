@@ -186,6 +186,50 @@ const MIGRATIONS: &[&[&str]] = &[
     )",
         "CREATE INDEX inbox_message ON inbox (app_id, message_id)",
     ],
+    // 4: push notifications.
+    &[
+        "ALTER TABLE apps ADD COLUMN push_config TEXT NOT NULL DEFAULT '{}'",
+        "CREATE TABLE push_devices (
+        app_id TEXT NOT NULL,
+        username TEXT NOT NULL,
+        device_id TEXT NOT NULL,
+        notifier TEXT NOT NULL,
+        token TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        last_result TEXT NOT NULL,
+        last_at BIGINT NOT NULL,
+        PRIMARY KEY (app_id, username, device_id)
+    )",
+        "CREATE TABLE push_dnd (
+        app_id TEXT NOT NULL,
+        username TEXT NOT NULL,
+        all_off BIGINT NOT NULL,
+        quiet_start BIGINT NOT NULL,
+        quiet_end BIGINT NOT NULL,
+        utc_offset_minutes BIGINT NOT NULL,
+        PRIMARY KEY (app_id, username)
+    )",
+        "CREATE TABLE push_muted (
+        app_id TEXT NOT NULL,
+        username TEXT NOT NULL,
+        conv TEXT NOT NULL,
+        PRIMARY KEY (app_id, username, conv)
+    )",
+        "CREATE TABLE push_queue (
+        id TEXT PRIMARY KEY,
+        app_id TEXT NOT NULL,
+        username TEXT NOT NULL,
+        device_id TEXT NOT NULL,
+        notifier TEXT NOT NULL,
+        token TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        attempts BIGINT NOT NULL,
+        next_at BIGINT NOT NULL,
+        locked_until BIGINT NOT NULL,
+        created_at BIGINT NOT NULL
+    )",
+        "CREATE INDEX push_queue_due ON push_queue (next_at)",
+    ],
 ];
 
 impl Store {

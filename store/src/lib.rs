@@ -15,6 +15,7 @@ pub mod lifecycle;
 pub mod live;
 pub mod messages;
 pub mod names;
+pub mod push;
 pub mod tenants;
 pub mod tokens;
 pub mod topics;

@@ -11,6 +11,8 @@ pub trait Live: Send + Sync {
     fn leave_room(&self, org: &str, app: &str, user: &str, room: &str);
     /// Stops delivering `owner`'s presence to `from`'s connections (`owner` blocked them).
     fn hide_presence(&self, org: &str, app: &str, owner: &str, from: &str);
+    /// Whether any device of the user is connected (to this process).
+    fn is_online(&self, org: &str, app: &str, user: &str) -> bool;
     /// Delivers an event (a JSON object with an `op`) to every connected device of a user.
     fn notify(&self, org: &str, app: &str, user: &str, event: &Value);
 }

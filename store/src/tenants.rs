@@ -90,6 +90,16 @@ impl Store {
         app_from_row(&row)
     }
 
+    /// Looks up an app by id.
+    pub async fn app_by_id(&self, id: &str) -> Result<App> {
+        let row = sqlx::query(&format!("SELECT {APP_COLUMNS} FROM apps WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("app {id}")))?;
+        app_from_row(&row)
+    }
+
     /// Checks client credentials for an app; the error does not say which part was wrong.
     pub async fn check_client_secret(&self, app: &App, client_id: &str, secret: &str) -> Result<()> {
         let hash: String = sqlx::query_scalar("SELECT secret_hash FROM apps WHERE id = $1")

@@ -1,0 +1,59 @@
+//! Process-wide counters of pushes sent, failed and dropped, per provider.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde_json::{json, Value};
+use store::push::Notifier;
+
+struct Counters {
+    sent: AtomicU64,
+    failed: AtomicU64,
+    dropped: AtomicU64,
+    retried: AtomicU64,
+}
+
+const ZERO: Counters = Counters {
+    sent: AtomicU64::new(0),
+    failed: AtomicU64::new(0),
+    dropped: AtomicU64::new(0),
+    retried: AtomicU64::new(0),
+};
+static APNS: Counters = ZERO;
+static FCM: Counters = ZERO;
+
+fn of(notifier: Notifier) -> &'static Counters {
+    match notifier {
+        Notifier::Apns => &APNS,
+        Notifier::Fcm => &FCM,
+    }
+}
+
+pub fn sent(n: Notifier) {
+    of(n).sent.fetch_add(1, Ordering::Relaxed);
+}
+
+pub fn failed(n: Notifier) {
+    of(n).failed.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Not sent because the recipient came online first.
+pub fn dropped(n: Notifier) {
+    of(n).dropped.fetch_add(1, Ordering::Relaxed);
+}
+
+pub fn retried(n: Notifier) {
+    of(n).retried.fetch_add(1, Ordering::Relaxed);
+}
+
+/// All counters, as `{"apns":{…},"fcm":{…}}`.
+pub fn snapshot() -> Value {
+    let one = |c: &Counters| {
+        json!({
+            "sent": c.sent.load(Ordering::Relaxed),
+            "failed": c.failed.load(Ordering::Relaxed),
+            "dropped": c.dropped.load(Ordering::Relaxed),
+            "retried": c.retried.load(Ordering::Relaxed),
+        })
+    };
+    json!({"apns": one(&APNS), "fcm": one(&FCM)})
+}
