@@ -21,6 +21,21 @@ pub struct Config {
     pub api: ApiConfig,
     pub broker: BrokerConfig,
     pub bridge: BridgeConfig,
+    pub push: PushConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PushConfig {
+    /// Run the push worker in this process.
+    pub worker: bool,
+    /// Pushes in flight at once.
+    pub concurrency: usize,
+    /// Attempts before a push that keeps failing temporarily is given up.
+    pub max_attempts: i64,
+    /// First retry delay in milliseconds, doubled per attempt.
+    pub backoff_ms: u64,
+    /// The FCM HTTP v1 base URL.
+    pub fcm_endpoint: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -92,6 +107,13 @@ max_inflight = 1000
 
 [bridge]
 max_batch = 512
+
+[push]
+worker = true
+concurrency = 16
+max_attempts = 8
+backoff_ms = 1000
+fcm_endpoint = "https://fcm.googleapis.com"
 "#;
 
 impl Config {

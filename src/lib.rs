@@ -87,11 +87,27 @@ pub async fn start(mut config: Config) -> anyhow::Result<Server> {
     };
     let (bridge_store, bridge_shutdown) = (store.clone(), shutdown_rx.clone());
     let bridge_live = live.clone();
+    let push_worker = push::Worker::new(
+        store.clone(),
+        live.clone(),
+        push::WorkerSettings {
+            concurrency: config.push.concurrency.max(1),
+            max_attempts: config.push.max_attempts.max(1),
+            backoff: Duration::from_millis(config.push.backoff_ms),
+            fcm_endpoint: config.push.fcm_endpoint.clone(),
+            ..push::WorkerSettings::default()
+        },
+    );
+    let push_wake = push_worker.waker();
+    if config.push.worker {
+        tasks.spawn(push_worker.run(shutdown_rx.clone()));
+    }
     tasks.spawn(async move {
         if let Err(e) = bridge::run(
             bridge_options,
             bridge_store,
             bridge_live,
+            push_wake,
             bridge_settings,
             bridge_shutdown,
         )

@@ -58,6 +58,7 @@ pub async fn run(
     options: MqttOptions,
     store: Store,
     live: Arc<dyn Live>,
+    push_wake: Arc<tokio::sync::Notify>,
     settings: BridgeSettings,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), Error> {
@@ -77,7 +78,7 @@ pub async fn run(
     let (incoming_tx, mut incoming) = mpsc::unbounded_channel();
     let consumer_task = tokio::spawn(poll(consumer_loop, Some(consumer.clone()), incoming_tx.clone()));
     let producer_task = tokio::spawn(poll(producer_loop, None, incoming_tx));
-    let mut bridge = Bridge::new(producer, store, live);
+    let mut bridge = Bridge::new(producer, store, live, push_wake);
     let mut batch = Vec::with_capacity(settings.max_batch);
     loop {
         tokio::select! {

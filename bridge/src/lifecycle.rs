@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 
 use crate::process::{store_refusal, Bridge, Sender};
 use store::channels::ChannelKind;
-use store::envelope::{Ack, Change, ChangeOp, ChatType, MarkOp, MsgType, OpError, Route, SendOp};
+use store::envelope::{Ack, Change, ChangeOp, ChatType, MarkOp, MsgType, OpError, PushChange, PushOp, Route, SendOp};
 use store::lifecycle::Receipt;
 use store::messages::StoredMessage;
 
@@ -223,6 +223,28 @@ impl Bridge {
             };
             let json = serde_json::to_vec(&msg.delivered(&recipient, None)).unwrap_or_default();
             self.publish_inbox(from, &recipient, route, json).await;
+        }
+    }
+
+    /// Push preferences over MQTT: bind or unbind this device's token, do-not-disturb,
+    /// muting a conversation. Answered with `{"op":"ok","cid","of"}` or an `error`.
+    pub(crate) async fn push_settings(&self, from: &Sender, op: PushOp) {
+        let (app, user) = (&from.app_id, &from.user);
+        let (result, of) = match op.change {
+            PushChange::Bind { device_id, token, notifier } => {
+                let device = device_id.unwrap_or_else(|| from.device.clone());
+                (self.store.bind_push(app, user, &device, notifier, &token).await, "push_bind")
+            }
+            PushChange::Unbind { device_id } => {
+                let device = device_id.unwrap_or_else(|| from.device.clone());
+                (self.store.unbind_push(app, user, &device).await, "push_unbind")
+            }
+            PushChange::Dnd(dnd) => (self.store.set_dnd(app, user, &dnd).await, "dnd"),
+            PushChange::Mute { conv, muted } => (self.store.set_conversation_muted(app, user, &conv, muted).await, "mute_conv"),
+        };
+        match result {
+            Ok(()) => self.reply(from, &json!({"op": "ok", "cid": op.cid, "of": of})).await,
+            Err(e) => self.reply(from, &store_refusal(op.cid, e)).await,
         }
     }
 

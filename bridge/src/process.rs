@@ -47,6 +47,8 @@ pub struct Bridge {
     pub(crate) client: AsyncClient,
     pub(crate) store: Store,
     live: Arc<dyn Live>,
+    /// Wakes the push worker when pushes were queued.
+    push_wake: Arc<tokio::sync::Notify>,
     /// (org, app) -> app id. Apps are never deleted, so entries never go stale.
     apps: HashMap<(String, String), String>,
     rates: SendRates,
@@ -54,11 +56,12 @@ pub struct Bridge {
 }
 
 impl Bridge {
-    pub fn new(client: AsyncClient, store: Store, live: Arc<dyn Live>) -> Bridge {
+    pub fn new(client: AsyncClient, store: Store, live: Arc<dyn Live>, push_wake: Arc<tokio::sync::Notify>) -> Bridge {
         Bridge {
             client,
             store,
             live,
+            push_wake,
             apps: HashMap::new(),
             rates: SendRates::default(),
             typing: TypingLimits::default(),
@@ -123,6 +126,7 @@ impl Bridge {
                 ClientOp::Read(op) => self.mark(&from, op, Receipt::Read).await,
                 ClientOp::Delivered(op) => self.mark(&from, op, Receipt::Delivered).await,
                 ClientOp::Change(op) => self.change(&from, op).await,
+                ClientOp::Push(op) => self.push_settings(&from, op).await,
                 ClientOp::Send(op) => self.relay_command(&from, op).await,
             }
         }
@@ -184,9 +188,35 @@ impl Bridge {
                 outcomes
             }
         };
+        let mut to_push = Vec::new();
         for ((pending, _), outcome) in sends.iter().zip(outcomes) {
-            self.deliver(pending, outcome).await;
+            if let Some(planned) = self.deliver(pending, outcome).await {
+                to_push.push(planned);
+            }
         }
+        self.plan_pushes(to_push);
+    }
+
+    /// Queues pushes for the batch's offline recipients, off the delivery path: the
+    /// decision reads a few rows per recipient with a push token, and the next batch should
+    /// not wait for it.
+    fn plan_pushes(&self, stored: Vec<(Sender, StoredMessage, Vec<String>)>) {
+        if stored.is_empty() {
+            return;
+        }
+        let (store, live, wake) = (self.store.clone(), self.live.clone(), self.push_wake.clone());
+        tokio::spawn(async move {
+            let mut queued = 0;
+            for (from, msg, recipients) in stored {
+                match push::plan::plan(&store, live.as_ref(), &from.org, &from.app, &from.app_id, &msg, &recipients).await {
+                    Ok(n) => queued += n,
+                    Err(e) => tracing::error!(error = %e, "planning pushes failed"),
+                }
+            }
+            if queued > 0 {
+                wake.notify_one();
+            }
+        });
     }
 
     /// Works out who published (topic and gate frame) and what.
@@ -220,7 +250,9 @@ impl Bridge {
         Some((sender, json.to_vec()))
     }
 
-    async fn deliver(&self, pending: &PendingSend, outcome: Result<Outcome, store::Error>) {
+    /// Answers and delivers one message of the batch; returns it with its recipients when it
+    /// was newly stored (for pushes).
+    async fn deliver(&self, pending: &PendingSend, outcome: Result<Outcome, store::Error>) -> Option<(Sender, StoredMessage, Vec<String>)> {
         let from = &pending.from;
         // `deliveries`: the inbox positions to deliver at; none for a duplicate, which was
         // delivered when it was first stored (only its ack is repeated).
@@ -231,9 +263,8 @@ impl Bridge {
             }
             Ok(Outcome::Duplicate { msg, sender_useq }) => (msg, sender_useq, None),
             Ok(Outcome::Refused { code, message }) => {
-                return self
-                    .reply(from, &OpError::new(Some(pending.cid.clone()), code, message))
-                    .await;
+                self.reply(from, &OpError::new(Some(pending.cid.clone()), code, message)).await;
+                return None;
             }
             Err(e) => {
                 tracing::error!(error = %e, user = %from.user, "storing a message failed");
@@ -242,7 +273,8 @@ impl Bridge {
                     "internal",
                     "the message was not stored; retry with the same cid",
                 );
-                return self.reply(from, &e).await;
+                self.reply(from, &e).await;
+                return None;
             }
         };
         let ack = Ack {
@@ -255,10 +287,12 @@ impl Bridge {
             useq: own_useq,
         };
         self.reply(from, &ack).await;
-        let Some(useqs) = deliveries else { return };
+        let useqs = deliveries?;
         if msg.chat == "room" {
-            return self.deliver_to_room(from, &msg).await;
+            self.deliver_to_room(from, &msg).await;
+            return None;
         }
+        let recipients: Vec<String> = useqs.iter().map(|(u, _)| u.clone()).collect();
         for (user, useq) in useqs {
             let route = if user == from.user {
                 Route::Except(&from.device)
@@ -268,6 +302,7 @@ impl Bridge {
             let copy = serde_json::to_vec(&msg.delivered(&user, Some(useq))).unwrap_or_default();
             self.publish_inbox(from, &user, route, copy).await;
         }
+        Some((from.clone(), msg, recipients))
     }
 
     /// Chatrooms are delivered by the broker to whoever is subscribed (the gate lets only

@@ -70,9 +70,9 @@ impl Worker {
         Worker { store, live, settings, senders: Arc::default(), wake: Arc::new(Notify::new()) }
     }
 
-    /// Wakes the worker at once (pushes were just queued).
-    pub fn wake(&self) {
-        self.wake.notify_one();
+    /// What wakes the worker at once (pushes were just queued).
+    pub fn waker(&self) -> Arc<Notify> {
+        self.wake.clone()
     }
 
     /// Runs until `shutdown` turns true.

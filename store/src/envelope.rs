@@ -158,9 +158,30 @@ pub struct ChangeOp {
     pub change: Change,
 }
 
+/// Push preferences a device sets over MQTT.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PushChange {
+    /// `{"op":"push_bind","device_token","notifier":"apns"|"fcm","device_id"?}` (the device
+    /// id defaults to the MQTT client id).
+    Bind { device_id: Option<String>, token: String, notifier: crate::push::Notifier },
+    /// `{"op":"push_unbind","device_id"?}`
+    Unbind { device_id: Option<String> },
+    /// `{"op":"dnd","all_off","quiet_start","quiet_end","utc_offset_minutes"}`
+    Dnd(crate::push::Dnd),
+    /// `{"op":"mute_conv","conv","muted"}`
+    Mute { conv: String, muted: bool },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PushOp {
+    pub cid: Option<String>,
+    pub change: PushChange,
+}
+
 /// Something a device asks the server to do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientOp {
+    Push(PushOp),
     Send(SendOp),
     Sync(SyncOp),
     Typing(TypingOp),
@@ -344,6 +365,30 @@ pub fn parse_client_op(payload: &[u8]) -> Result<ClientOp, OpError> {
                 }
             };
             Ok(ClientOp::Change(ChangeOp { cid, id, change }))
+        }
+        Some(op @ ("push_bind" | "push_unbind" | "dnd" | "mute_conv")) => {
+            let text = |key: &str| obj.get(key).and_then(Value::as_str).map(str::to_string);
+            let change = match op {
+                "push_bind" => PushChange::Bind {
+                    device_id: text("device_id"),
+                    token: text("device_token").ok_or_else(|| invalid("'push_bind' needs 'device_token'".into()))?,
+                    notifier: text("notifier")
+                        .and_then(|n| crate::push::Notifier::parse(&n))
+                        .ok_or_else(|| invalid("'notifier' is \"apns\" or \"fcm\"".into()))?,
+                },
+                "push_unbind" => PushChange::Unbind { device_id: text("device_id") },
+                "dnd" => {
+                    let mut fields = obj.clone();
+                    fields.remove("op");
+                    fields.remove("cid");
+                    PushChange::Dnd(serde_json::from_value(Value::Object(fields)).map_err(|e| invalid(e.to_string()))?)
+                }
+                _ => PushChange::Mute {
+                    conv: text("conv").ok_or_else(|| invalid("'mute_conv' needs 'conv'".into()))?,
+                    muted: obj.get("muted").and_then(Value::as_bool).unwrap_or(true),
+                },
+            };
+            Ok(ClientOp::Push(PushOp { cid, change }))
         }
         Some(other) => Err(OpError::new(cid, "unknown_op", format!("unknown op '{other}'"))),
         None => Err(invalid("missing string field 'op'".into())),

@@ -1,0 +1,119 @@
+//! Push notifications over REST: device bindings, do-not-disturb, muted conversations, the
+//! app's credentials and template, and counters.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::auth::Caller;
+use crate::error::parse_json;
+use crate::{ApiError, AppState};
+use store::push::{Dnd, Notifier};
+
+type UserPath = Path<(String, String, String)>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Binding {
+    device_id: String,
+    /// An empty token unbinds the device.
+    device_token: String,
+    notifier: String,
+}
+
+/// `PUT /{org}/{app}/users/{username}/push/binding`
+pub async fn bind(State(state): State<AppState>, caller: Caller, Path((_, _, username)): UserPath, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let username = username.to_ascii_lowercase();
+    caller.may_act_as(&username)?;
+    let b: Binding = parse_json(&body)?;
+    if b.device_token.is_empty() {
+        state.store.unbind_push(&caller.app.id, &username, &b.device_id).await?;
+    } else {
+        let notifier = Notifier::parse(&b.notifier).ok_or_else(|| ApiError::BadRequest("'notifier' is \"apns\" or \"fcm\"".into()))?;
+        state.store.bind_push(&caller.app.id, &username, &b.device_id, notifier, &b.device_token).await?;
+    }
+    devices(State(state), caller, Path((String::new(), String::new(), username))).await
+}
+
+/// `GET /{org}/{app}/users/{username}/push/binding`: devices and the last push result of each.
+pub async fn devices(State(state): State<AppState>, caller: Caller, Path((_, _, username)): UserPath) -> Result<Json<Value>, ApiError> {
+    let username = username.to_ascii_lowercase();
+    caller.may_act_as(&username)?;
+    let devices = state.store.push_devices(&caller.app.id, &username).await?;
+    Ok(Json(json!({"entities": devices, "count": devices.len()})))
+}
+
+/// `DELETE /{org}/{app}/users/{username}/push/binding/{device_id}`
+pub async fn unbind(State(state): State<AppState>, caller: Caller, Path((_, _, username, device)): Path<(String, String, String, String)>) -> Result<Json<Value>, ApiError> {
+    let username = username.to_ascii_lowercase();
+    caller.may_act_as(&username)?;
+    state.store.unbind_push(&caller.app.id, &username, &device).await?;
+    Ok(Json(json!({"data": {"device_id": device, "unbound": true}})))
+}
+
+/// `GET` / `PUT /{org}/{app}/users/{username}/push/dnd`
+pub async fn get_dnd(State(state): State<AppState>, caller: Caller, Path((_, _, username)): UserPath) -> Result<Json<Value>, ApiError> {
+    let username = username.to_ascii_lowercase();
+    caller.may_act_as(&username)?;
+    Ok(Json(json!({"data": state.store.dnd(&caller.app.id, &username).await?})))
+}
+
+pub async fn put_dnd(State(state): State<AppState>, caller: Caller, Path((_, _, username)): UserPath, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let username = username.to_ascii_lowercase();
+    caller.may_act_as(&username)?;
+    let dnd: Dnd = parse_json(&body)?;
+    state.store.set_dnd(&caller.app.id, &username, &dnd).await?;
+    Ok(Json(json!({"data": dnd})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Mute {
+    conv: String,
+    muted: bool,
+}
+
+/// `PUT /{org}/{app}/users/{username}/push/mute` with `{"conv","muted"}`; `GET` lists them.
+pub async fn put_mute(State(state): State<AppState>, caller: Caller, Path((_, _, username)): UserPath, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let username = username.to_ascii_lowercase();
+    caller.may_act_as(&username)?;
+    let m: Mute = parse_json(&body)?;
+    state.store.set_conversation_muted(&caller.app.id, &username, &m.conv, m.muted).await?;
+    get_mute(State(state), caller, Path((String::new(), String::new(), username))).await
+}
+
+pub async fn get_mute(State(state): State<AppState>, caller: Caller, Path((_, _, username)): UserPath) -> Result<Json<Value>, ApiError> {
+    caller.may_act_as(&username)?;
+    let muted = state.store.muted_conversations(&caller.app.id, &username).await?;
+    Ok(Json(json!({"entities": muted, "count": muted.len()})))
+}
+
+/// `PUT /{org}/{app}/push/config` (app token): FCM and APNs credentials and the template;
+/// `GET` shows it without secrets.
+pub async fn put_config(State(state): State<AppState>, caller: Caller, body: Bytes) -> Result<Json<Value>, ApiError> {
+    caller.require_app()?;
+    let value: Value = parse_json(&body)?;
+    let config = push::PushConfig::parse(&value).map_err(ApiError::BadRequest)?;
+    state
+        .store
+        .set_push_config(&caller.app.id, &serde_json::to_value(&config).map_err(|e| ApiError::Internal(e.to_string()))?)
+        .await?;
+    Ok(Json(json!({"data": config.redacted()})))
+}
+
+pub async fn get_config(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+    caller.require_app()?;
+    let stored = state.store.push_config(&caller.app.id).await?;
+    let config: push::PushConfig = serde_json::from_value(stored).unwrap_or_default();
+    Ok(Json(json!({"data": config.redacted()})))
+}
+
+/// `GET /{org}/{app}/push/stats` (app token): this process's counters per provider, and the
+/// queue's length.
+pub async fn stats(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+    caller.require_app()?;
+    let queued = state.store.queued_pushes().await?;
+    Ok(Json(json!({"data": {"counters": push::stats::snapshot(), "queued": queued}})))
+}
