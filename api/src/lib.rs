@@ -99,10 +99,19 @@ pub fn router(state: AppState) -> Router {
         .route("/:org/:app/messages/:id/recall", post(lifecycle::recall))
         .route("/:org/:app/messages/:id/readers", get(lifecycle::readers))
         .route("/:org/:app/messages/:target", post(lifecycle::send))
-        .route("/:org/:app/users/:username/push/binding", get(push::devices).put(push::bind))
+        .route(
+            "/:org/:app/users/:username/push/binding",
+            get(push::devices).put(push::bind),
+        )
         .route("/:org/:app/users/:username/push/binding/:device", delete(push::unbind))
-        .route("/:org/:app/users/:username/push/dnd", get(push::get_dnd).put(push::put_dnd))
-        .route("/:org/:app/users/:username/push/mute", get(push::get_mute).put(push::put_mute))
+        .route(
+            "/:org/:app/users/:username/push/dnd",
+            get(push::get_dnd).put(push::put_dnd),
+        )
+        .route(
+            "/:org/:app/users/:username/push/mute",
+            get(push::get_mute).put(push::put_mute),
+        )
         .route("/:org/:app/push/config", get(push::get_config).put(push::put_config))
         .route("/:org/:app/push/stats", get(push::stats))
         .merge(channels::routes(store::channels::ChannelKind::Group))

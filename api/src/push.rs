@@ -24,21 +24,34 @@ struct Binding {
 }
 
 /// `PUT /{org}/{app}/users/{username}/push/binding`
-pub async fn bind(State(state): State<AppState>, caller: Caller, Path((_, _, username)): UserPath, body: Bytes) -> Result<Json<Value>, ApiError> {
+pub async fn bind(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((_, _, username)): UserPath,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
     let username = username.to_ascii_lowercase();
     caller.may_act_as(&username)?;
     let b: Binding = parse_json(&body)?;
     if b.device_token.is_empty() {
         state.store.unbind_push(&caller.app.id, &username, &b.device_id).await?;
     } else {
-        let notifier = Notifier::parse(&b.notifier).ok_or_else(|| ApiError::BadRequest("'notifier' is \"apns\" or \"fcm\"".into()))?;
-        state.store.bind_push(&caller.app.id, &username, &b.device_id, notifier, &b.device_token).await?;
+        let notifier = Notifier::parse(&b.notifier)
+            .ok_or_else(|| ApiError::BadRequest("'notifier' is \"apns\" or \"fcm\"".into()))?;
+        state
+            .store
+            .bind_push(&caller.app.id, &username, &b.device_id, notifier, &b.device_token)
+            .await?;
     }
     devices(State(state), caller, Path((String::new(), String::new(), username))).await
 }
 
 /// `GET /{org}/{app}/users/{username}/push/binding`: devices and the last push result of each.
-pub async fn devices(State(state): State<AppState>, caller: Caller, Path((_, _, username)): UserPath) -> Result<Json<Value>, ApiError> {
+pub async fn devices(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((_, _, username)): UserPath,
+) -> Result<Json<Value>, ApiError> {
     let username = username.to_ascii_lowercase();
     caller.may_act_as(&username)?;
     let devices = state.store.push_devices(&caller.app.id, &username).await?;
@@ -46,7 +59,11 @@ pub async fn devices(State(state): State<AppState>, caller: Caller, Path((_, _, 
 }
 
 /// `DELETE /{org}/{app}/users/{username}/push/binding/{device_id}`
-pub async fn unbind(State(state): State<AppState>, caller: Caller, Path((_, _, username, device)): Path<(String, String, String, String)>) -> Result<Json<Value>, ApiError> {
+pub async fn unbind(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((_, _, username, device)): Path<(String, String, String, String)>,
+) -> Result<Json<Value>, ApiError> {
     let username = username.to_ascii_lowercase();
     caller.may_act_as(&username)?;
     state.store.unbind_push(&caller.app.id, &username, &device).await?;
@@ -54,13 +71,22 @@ pub async fn unbind(State(state): State<AppState>, caller: Caller, Path((_, _, u
 }
 
 /// `GET` / `PUT /{org}/{app}/users/{username}/push/dnd`
-pub async fn get_dnd(State(state): State<AppState>, caller: Caller, Path((_, _, username)): UserPath) -> Result<Json<Value>, ApiError> {
+pub async fn get_dnd(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((_, _, username)): UserPath,
+) -> Result<Json<Value>, ApiError> {
     let username = username.to_ascii_lowercase();
     caller.may_act_as(&username)?;
     Ok(Json(json!({"data": state.store.dnd(&caller.app.id, &username).await?})))
 }
 
-pub async fn put_dnd(State(state): State<AppState>, caller: Caller, Path((_, _, username)): UserPath, body: Bytes) -> Result<Json<Value>, ApiError> {
+pub async fn put_dnd(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((_, _, username)): UserPath,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
     let username = username.to_ascii_lowercase();
     caller.may_act_as(&username)?;
     let dnd: Dnd = parse_json(&body)?;
@@ -76,29 +102,59 @@ struct Mute {
 }
 
 /// `PUT /{org}/{app}/users/{username}/push/mute` with `{"conv","muted"}`; `GET` lists them.
-pub async fn put_mute(State(state): State<AppState>, caller: Caller, Path((_, _, username)): UserPath, body: Bytes) -> Result<Json<Value>, ApiError> {
+pub async fn put_mute(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((_, _, username)): UserPath,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
     let username = username.to_ascii_lowercase();
     caller.may_act_as(&username)?;
     let m: Mute = parse_json(&body)?;
-    state.store.set_conversation_muted(&caller.app.id, &username, &m.conv, m.muted).await?;
+    state
+        .store
+        .set_conversation_muted(&caller.app.id, &username, &m.conv, m.muted)
+        .await?;
     get_mute(State(state), caller, Path((String::new(), String::new(), username))).await
 }
 
-pub async fn get_mute(State(state): State<AppState>, caller: Caller, Path((_, _, username)): UserPath) -> Result<Json<Value>, ApiError> {
+pub async fn get_mute(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((_, _, username)): UserPath,
+) -> Result<Json<Value>, ApiError> {
     caller.may_act_as(&username)?;
     let muted = state.store.muted_conversations(&caller.app.id, &username).await?;
     Ok(Json(json!({"entities": muted, "count": muted.len()})))
 }
 
-/// `PUT /{org}/{app}/push/config` (app token): FCM and APNs credentials and the template;
-/// `GET` shows it without secrets.
+/// `PUT /{org}/{app}/push/config` (app token): FCM and APNs credentials and the template.
+/// Sections present (`template`, `fcm`, `apns`) replace the stored ones, `null` removes one,
+/// absent ones stay. `GET` shows it without secrets.
 pub async fn put_config(State(state): State<AppState>, caller: Caller, body: Bytes) -> Result<Json<Value>, ApiError> {
     caller.require_app()?;
-    let value: Value = parse_json(&body)?;
-    let config = push::PushConfig::parse(&value).map_err(ApiError::BadRequest)?;
+    let patch: Value = parse_json(&body)?;
+    let patch = patch
+        .as_object()
+        .ok_or_else(|| ApiError::BadRequest("the push config is a JSON object".into()))?;
+    let mut merged = state.store.push_config(&caller.app.id).await?;
+    if !merged.is_object() {
+        merged = json!({});
+    }
+    for (section, value) in patch {
+        if value.is_null() {
+            merged.as_object_mut().map(|m| m.remove(section));
+        } else {
+            merged[section] = value.clone();
+        }
+    }
+    let config = push::PushConfig::parse(&merged).map_err(ApiError::BadRequest)?;
     state
         .store
-        .set_push_config(&caller.app.id, &serde_json::to_value(&config).map_err(|e| ApiError::Internal(e.to_string()))?)
+        .set_push_config(
+            &caller.app.id,
+            &serde_json::to_value(&config).map_err(|e| ApiError::Internal(e.to_string()))?,
+        )
         .await?;
     Ok(Json(json!({"data": config.redacted()})))
 }
@@ -115,5 +171,7 @@ pub async fn get_config(State(state): State<AppState>, caller: Caller) -> Result
 pub async fn stats(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
     caller.require_app()?;
     let queued = state.store.queued_pushes().await?;
-    Ok(Json(json!({"data": {"counters": push::stats::snapshot(), "queued": queued}})))
+    Ok(Json(
+        json!({"data": {"counters": push::stats::snapshot(), "queued": queued}}),
+    ))
 }

@@ -231,16 +231,26 @@ impl Bridge {
     pub(crate) async fn push_settings(&self, from: &Sender, op: PushOp) {
         let (app, user) = (&from.app_id, &from.user);
         let (result, of) = match op.change {
-            PushChange::Bind { device_id, token, notifier } => {
+            PushChange::Bind {
+                device_id,
+                token,
+                notifier,
+            } => {
                 let device = device_id.unwrap_or_else(|| from.device.clone());
-                (self.store.bind_push(app, user, &device, notifier, &token).await, "push_bind")
+                (
+                    self.store.bind_push(app, user, &device, notifier, &token).await,
+                    "push_bind",
+                )
             }
             PushChange::Unbind { device_id } => {
                 let device = device_id.unwrap_or_else(|| from.device.clone());
                 (self.store.unbind_push(app, user, &device).await, "push_unbind")
             }
             PushChange::Dnd(dnd) => (self.store.set_dnd(app, user, &dnd).await, "dnd"),
-            PushChange::Mute { conv, muted } => (self.store.set_conversation_muted(app, user, &conv, muted).await, "mute_conv"),
+            PushChange::Mute { conv, muted } => (
+                self.store.set_conversation_muted(app, user, &conv, muted).await,
+                "mute_conv",
+            ),
         };
         match result {
             Ok(()) => self.reply(from, &json!({"op": "ok", "cid": op.cid, "of": of})).await,

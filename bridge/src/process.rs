@@ -208,7 +208,17 @@ impl Bridge {
         tokio::spawn(async move {
             let mut queued = 0;
             for (from, msg, recipients) in stored {
-                match push::plan::plan(&store, live.as_ref(), &from.org, &from.app, &from.app_id, &msg, &recipients).await {
+                match push::plan::plan(
+                    &store,
+                    live.as_ref(),
+                    &from.org,
+                    &from.app,
+                    &from.app_id,
+                    &msg,
+                    &recipients,
+                )
+                .await
+                {
                     Ok(n) => queued += n,
                     Err(e) => tracing::error!(error = %e, "planning pushes failed"),
                 }
@@ -252,7 +262,11 @@ impl Bridge {
 
     /// Answers and delivers one message of the batch; returns it with its recipients when it
     /// was newly stored (for pushes).
-    async fn deliver(&self, pending: &PendingSend, outcome: Result<Outcome, store::Error>) -> Option<(Sender, StoredMessage, Vec<String>)> {
+    async fn deliver(
+        &self,
+        pending: &PendingSend,
+        outcome: Result<Outcome, store::Error>,
+    ) -> Option<(Sender, StoredMessage, Vec<String>)> {
         let from = &pending.from;
         // `deliveries`: the inbox positions to deliver at; none for a duplicate, which was
         // delivered when it was first stored (only its ack is repeated).
@@ -263,7 +277,8 @@ impl Bridge {
             }
             Ok(Outcome::Duplicate { msg, sender_useq }) => (msg, sender_useq, None),
             Ok(Outcome::Refused { code, message }) => {
-                self.reply(from, &OpError::new(Some(pending.cid.clone()), code, message)).await;
+                self.reply(from, &OpError::new(Some(pending.cid.clone()), code, message))
+                    .await;
                 return None;
             }
             Err(e) => {

@@ -54,10 +54,16 @@ impl Fcm {
         let response = self
             .http
             .post(&self.account.token_uri)
-            .form(&[("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"), ("assertion", &assertion)])
+            .form(&[
+                ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
+                ("assertion", &assertion),
+            ])
             .send()
             .await
-            .map_err(|e| Delivery::Retry { reason: format!("OAuth2 token exchange: {e}"), after: None })?;
+            .map_err(|e| Delivery::Retry {
+                reason: format!("OAuth2 token exchange: {e}"),
+                after: None,
+            })?;
         let status = response.status();
         let body: Value = response.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
@@ -68,7 +74,9 @@ impl Fcm {
                 Delivery::Failed(reason)
             });
         }
-        let token = body["access_token"].as_str().ok_or_else(|| Delivery::Failed("OAuth2 answer without access_token".into()))?;
+        let token = body["access_token"]
+            .as_str()
+            .ok_or_else(|| Delivery::Failed("OAuth2 answer without access_token".into()))?;
         let ttl = body["expires_in"].as_u64().unwrap_or(3600).saturating_sub(60);
         *cached = Some((token.to_string(), Instant::now() + Duration::from_secs(ttl)));
         Ok(token.to_string())
@@ -80,7 +88,16 @@ pub fn message(token: &str, push: &Value) -> Value {
     // FCM data values must be strings.
     let data: serde_json::Map<String, Value> = push["data"]
         .as_object()
-        .map(|d| d.iter().map(|(k, v)| (k.clone(), Value::String(v.as_str().map_or_else(|| v.to_string(), str::to_string)))).collect())
+        .map(|d| {
+            d.iter()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        Value::String(v.as_str().map_or_else(|| v.to_string(), str::to_string)),
+                    )
+                })
+                .collect()
+        })
         .unwrap_or_default();
     let badge = push["badge"].as_u64().unwrap_or(0);
     json!({"message": {
@@ -102,9 +119,17 @@ pub fn classify(status: u16, body: &Value, retry_after: Option<Duration>) -> Del
         .to_string();
     match status {
         200..=299 => Delivery::Sent,
-        429 | 500..=599 => Delivery::Retry { reason: format!("{status} {code}"), after: retry_after },
-        _ if code == "UNREGISTERED" || code == "INVALID_ARGUMENT" || status == 404 => Delivery::InvalidToken(format!("{status} {code}")),
-        401 => Delivery::Retry { reason: "401: access token refused".into(), after: None },
+        429 | 500..=599 => Delivery::Retry {
+            reason: format!("{status} {code}"),
+            after: retry_after,
+        },
+        _ if code == "UNREGISTERED" || code == "INVALID_ARGUMENT" || status == 404 => {
+            Delivery::InvalidToken(format!("{status} {code}"))
+        }
+        401 => Delivery::Retry {
+            reason: "401: access token refused".into(),
+            after: None,
+        },
         _ => Delivery::Failed(format!("{status} {code}")),
     }
 }
@@ -116,10 +141,25 @@ impl PushSender for Fcm {
             Ok(t) => t,
             Err(outcome) => return outcome,
         };
-        let url = format!("{}/v1/projects/{}/messages:send", self.endpoint, self.account.project_id);
-        let response = match self.http.post(url).bearer_auth(access).json(&message(token, push)).send().await {
+        let url = format!(
+            "{}/v1/projects/{}/messages:send",
+            self.endpoint, self.account.project_id
+        );
+        let response = match self
+            .http
+            .post(url)
+            .bearer_auth(access)
+            .json(&message(token, push))
+            .send()
+            .await
+        {
             Ok(r) => r,
-            Err(e) => return Delivery::Retry { reason: format!("network: {e}"), after: None },
+            Err(e) => {
+                return Delivery::Retry {
+                    reason: format!("network: {e}"),
+                    after: None,
+                }
+            }
         };
         let status = response.status().as_u16();
         let retry_after = response
@@ -145,12 +185,24 @@ mod tests {
     fn maps_answers() {
         let unregistered = json!({"error": {"status": "NOT_FOUND", "details": [{"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError", "errorCode": "UNREGISTERED"}]}});
         assert!(matches!(classify(404, &unregistered, None), Delivery::InvalidToken(_)));
-        assert!(matches!(classify(400, &json!({"error": {"status": "INVALID_ARGUMENT"}}), None), Delivery::InvalidToken(_)));
+        assert!(matches!(
+            classify(400, &json!({"error": {"status": "INVALID_ARGUMENT"}}), None),
+            Delivery::InvalidToken(_)
+        ));
         assert_eq!(classify(200, &json!({"name": "x"}), None), Delivery::Sent);
         let later = Some(Duration::from_secs(7));
-        assert_eq!(classify(429, &json!({}), later), Delivery::Retry { reason: "429 ".into(), after: later });
+        assert_eq!(
+            classify(429, &json!({}), later),
+            Delivery::Retry {
+                reason: "429 ".into(),
+                after: later
+            }
+        );
         assert!(matches!(classify(503, &json!({}), None), Delivery::Retry { .. }));
-        assert!(matches!(classify(403, &json!({"error": {"status": "PERMISSION_DENIED"}}), None), Delivery::Failed(_)));
+        assert!(matches!(
+            classify(403, &json!({"error": {"status": "PERMISSION_DENIED"}}), None),
+            Delivery::Failed(_)
+        ));
     }
 
     #[test]

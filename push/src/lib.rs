@@ -26,7 +26,10 @@ pub use worker::{Worker, WorkerSettings};
 pub enum Delivery {
     Sent,
     /// Try again later (429, 5xx, network); `after` when the provider said when.
-    Retry { reason: String, after: Option<Duration> },
+    Retry {
+        reason: String,
+        after: Option<Duration>,
+    },
     /// The provider says the token is no longer valid: forget it.
     InvalidToken(String),
     /// Will not succeed on retry.

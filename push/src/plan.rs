@@ -11,7 +11,15 @@ use store::Store;
 /// Queues pushes for a message just stored: one per device token of each recipient with
 /// no connected device, unless do-not-disturb or a muted conversation says otherwise.
 /// Chatroom and `cmd` messages never push. Returns how many pushes were queued.
-pub async fn plan(store: &Store, live: &dyn Live, org: &str, app: &str, app_id: &str, msg: &StoredMessage, recipients: &[String]) -> store::Result<usize> {
+pub async fn plan(
+    store: &Store,
+    live: &dyn Live,
+    org: &str,
+    app: &str,
+    app_id: &str,
+    msg: &StoredMessage,
+    recipients: &[String],
+) -> store::Result<usize> {
     if msg.chat == "room" || msg.kind == "cmd" {
         return Ok(0);
     }
@@ -26,7 +34,9 @@ pub async fn plan(store: &Store, live: &dyn Live, org: &str, app: &str, app_id: 
         return Ok(0);
     }
     let config = store.push_config(app_id).await?;
-    let template = serde_json::from_value::<PushConfig>(config).map(|c| c.template).unwrap_or_default();
+    let template = serde_json::from_value::<PushConfig>(config)
+        .map(|c| c.template)
+        .unwrap_or_default();
     let from = store
         .get_user(app_id, &msg.sender)
         .await
@@ -34,7 +44,11 @@ pub async fn plan(store: &Store, live: &dyn Live, org: &str, app: &str, app_id: 
         .and_then(|u| u.nickname)
         .unwrap_or_else(|| msg.sender.clone());
     let group = if msg.chat == "group" {
-        store.channel(app_id, ChannelKind::Group, &msg.recipient).await.map(|c| c.name).unwrap_or_default()
+        store
+            .channel(app_id, ChannelKind::Group, &msg.recipient)
+            .await
+            .map(|c| c.name)
+            .unwrap_or_default()
     } else {
         String::new()
     };
@@ -56,10 +70,27 @@ pub async fn plan(store: &Store, live: &dyn Live, org: &str, app: &str, app_id: 
 
 /// Builds a push from the template.
 pub fn render(template: &Template, msg: &StoredMessage, from: &str, group: &str, badge: i64) -> Value {
-    let preview = if template.show_preview { preview(msg) } else { String::new() };
-    let fill = |pattern: &str| pattern.replace("{from}", from).replace("{group}", group).replace("{preview}", &preview);
-    let title = if msg.chat == "group" { fill(&template.group_title) } else { fill(&template.title) };
-    let body = if template.show_preview { fill(&template.body) } else { template.hidden_body.clone() };
+    let preview = if template.show_preview {
+        preview(msg)
+    } else {
+        String::new()
+    };
+    let fill = |pattern: &str| {
+        pattern
+            .replace("{from}", from)
+            .replace("{group}", group)
+            .replace("{preview}", &preview)
+    };
+    let title = if msg.chat == "group" {
+        fill(&template.group_title)
+    } else {
+        fill(&template.title)
+    };
+    let body = if template.show_preview {
+        fill(&template.body)
+    } else {
+        template.hidden_body.clone()
+    };
     json!({
         "title": title,
         "body": body,

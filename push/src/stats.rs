@@ -12,14 +12,19 @@ struct Counters {
     retried: AtomicU64,
 }
 
-const ZERO: Counters = Counters {
-    sent: AtomicU64::new(0),
-    failed: AtomicU64::new(0),
-    dropped: AtomicU64::new(0),
-    retried: AtomicU64::new(0),
-};
-static APNS: Counters = ZERO;
-static FCM: Counters = ZERO;
+impl Counters {
+    const fn new() -> Counters {
+        Counters {
+            sent: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            retried: AtomicU64::new(0),
+        }
+    }
+}
+
+static APNS: Counters = Counters::new();
+static FCM: Counters = Counters::new();
 
 fn of(notifier: Notifier) -> &'static Counters {
     match notifier {

@@ -67,7 +67,13 @@ pub struct Worker {
 
 impl Worker {
     pub fn new(store: Store, live: Arc<dyn Live>, settings: WorkerSettings) -> Worker {
-        Worker { store, live, settings, senders: Arc::default(), wake: Arc::new(Notify::new()) }
+        Worker {
+            store,
+            live,
+            settings,
+            senders: Arc::default(),
+            wake: Arc::new(Notify::new()),
+        }
     }
 
     /// What wakes the worker at once (pushes were just queued).
@@ -80,7 +86,11 @@ impl Worker {
         let slots = Arc::new(Semaphore::new(self.settings.concurrency));
         loop {
             let free = slots.available_permits().max(1) as i64;
-            let jobs = match self.store.claim_pushes(free, self.settings.lease.as_millis() as i64).await {
+            let jobs = match self
+                .store
+                .claim_pushes(free, self.settings.lease.as_millis() as i64)
+                .await
+            {
                 Ok(jobs) => jobs,
                 Err(e) => {
                     tracing::error!(error = %e, "claiming pushes failed");
@@ -89,7 +99,9 @@ impl Worker {
             };
             let idle = jobs.is_empty();
             for job in jobs {
-                let Ok(permit) = slots.clone().acquire_owned().await else { return };
+                let Ok(permit) = slots.clone().acquire_owned().await else {
+                    return;
+                };
                 let worker = self.clone();
                 tokio::spawn(async move {
                     worker.settle(job).await;
@@ -114,14 +126,23 @@ impl Worker {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(error = %e, "loading push configuration failed");
-                let _ = store.retry_push(&job.id, store::now_ms() + self.settings.max_backoff.as_millis() as i64).await;
+                let _ = store
+                    .retry_push(&job.id, store::now_ms() + self.settings.max_backoff.as_millis() as i64)
+                    .await;
                 return;
             }
         };
         // Online again since the push was queued: the message reached a device already.
         if self.live.is_online(&senders.org, &senders.app, &job.username) {
             stats::dropped(job.notifier);
-            let _ = store.record_push_result(&job.app_id, &job.username, &job.device_id, "dropped: recipient came online").await;
+            let _ = store
+                .record_push_result(
+                    &job.app_id,
+                    &job.username,
+                    &job.device_id,
+                    "dropped: recipient came online",
+                )
+                .await;
             let _ = store.finish_push(&job.id).await;
             return;
         }
@@ -142,9 +163,15 @@ impl Worker {
             }
             Delivery::Retry { reason, after } if job.attempts + 1 < self.settings.max_attempts => {
                 stats::retried(job.notifier);
-                let backoff = self.settings.backoff.saturating_mul(1 << job.attempts.clamp(0, 20)).min(self.settings.max_backoff);
+                let backoff = self
+                    .settings
+                    .backoff
+                    .saturating_mul(1 << job.attempts.clamp(0, 20))
+                    .min(self.settings.max_backoff);
                 let wait = after.unwrap_or(backoff).min(self.settings.max_backoff);
-                let _ = store.retry_push(&job.id, store::now_ms() + wait.as_millis() as i64).await;
+                let _ = store
+                    .retry_push(&job.id, store::now_ms() + wait.as_millis() as i64)
+                    .await;
                 format!("retrying: {reason}")
             }
             Delivery::Retry { reason, .. } | Delivery::Failed(reason) => {
@@ -172,13 +199,16 @@ impl Worker {
         }
         let app = self.store.app_by_id(app_id).await?;
         let parsed: PushConfig = serde_json::from_value(config).unwrap_or_default();
-        let fcm = parsed.fcm.as_ref().and_then(|f| match Fcm::new(f.service_account.clone(), &self.settings.fcm_endpoint) {
-            Ok(fcm) => Some(Arc::new(fcm) as Arc<dyn PushSender>),
-            Err(e) => {
-                tracing::error!(error = %e, app_id, "FCM credentials unusable");
-                None
-            }
-        });
+        let fcm =
+            parsed.fcm.as_ref().and_then(
+                |f| match Fcm::new(f.service_account.clone(), &self.settings.fcm_endpoint) {
+                    Ok(fcm) => Some(Arc::new(fcm) as Arc<dyn PushSender>),
+                    Err(e) => {
+                        tracing::error!(error = %e, app_id, "FCM credentials unusable");
+                        None
+                    }
+                },
+            );
         let apns = parsed.apns.as_ref().and_then(|a| match Apns::new(a) {
             Ok(apns) => Some(Arc::new(apns) as Arc<dyn PushSender>),
             Err(e) => {
@@ -186,7 +216,13 @@ impl Worker {
                 None
             }
         });
-        let senders = Arc::new(AppSenders { config: text, org: app.org, app: app.name, fcm, apns });
+        let senders = Arc::new(AppSenders {
+            config: text,
+            org: app.org,
+            app: app.name,
+            fcm,
+            apns,
+        });
         cache.insert(app_id.to_string(), senders.clone());
         Ok(senders)
     }

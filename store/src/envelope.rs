@@ -163,7 +163,11 @@ pub struct ChangeOp {
 pub enum PushChange {
     /// `{"op":"push_bind","device_token","notifier":"apns"|"fcm","device_id"?}` (the device
     /// id defaults to the MQTT client id).
-    Bind { device_id: Option<String>, token: String, notifier: crate::push::Notifier },
+    Bind {
+        device_id: Option<String>,
+        token: String,
+        notifier: crate::push::Notifier,
+    },
     /// `{"op":"push_unbind","device_id"?}`
     Unbind { device_id: Option<String> },
     /// `{"op":"dnd","all_off","quiet_start","quiet_end","utc_offset_minutes"}`
@@ -376,7 +380,9 @@ pub fn parse_client_op(payload: &[u8]) -> Result<ClientOp, OpError> {
                         .and_then(|n| crate::push::Notifier::parse(&n))
                         .ok_or_else(|| invalid("'notifier' is \"apns\" or \"fcm\"".into()))?,
                 },
-                "push_unbind" => PushChange::Unbind { device_id: text("device_id") },
+                "push_unbind" => PushChange::Unbind {
+                    device_id: text("device_id"),
+                },
                 "dnd" => {
                     let mut fields = obj.clone();
                     fields.remove("op");

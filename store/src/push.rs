@@ -67,7 +67,10 @@ impl Dnd {
     pub fn validate(&self) -> Result<()> {
         let minute = 0..1440;
         if !minute.contains(&self.quiet_start) || !minute.contains(&self.quiet_end) {
-            return Err(Error::invalid("quiet_start/quiet_end", "minutes after midnight, 0-1439"));
+            return Err(Error::invalid(
+                "quiet_start/quiet_end",
+                "minutes after midnight, 0-1439",
+            ));
         }
         if !(-840..=840).contains(&self.utc_offset_minutes) {
             return Err(Error::invalid("utc_offset_minutes", "from -840 to 840"));
@@ -108,8 +111,16 @@ pub struct PushJob {
 impl Store {
     /// Binds (or re-binds) a push token to one of a user's devices. A token moves to the
     /// device that binds it last.
-    pub async fn bind_push(&self, app_id: &str, user: &str, device_id: &str, notifier: Notifier, token: &str) -> Result<()> {
-        crate::names::validate_device(device_id).map_err(|_| Error::invalid("device_id", "1-128 printable characters"))?;
+    pub async fn bind_push(
+        &self,
+        app_id: &str,
+        user: &str,
+        device_id: &str,
+        notifier: Notifier,
+        token: &str,
+    ) -> Result<()> {
+        crate::names::validate_device(device_id)
+            .map_err(|_| Error::invalid("device_id", "1-128 printable characters"))?;
         if token.is_empty() || token.len() > 4096 {
             return Err(Error::invalid("device_token", "1-4096 bytes"));
         }
@@ -236,12 +247,14 @@ impl Store {
 
     /// Mutes (or unmutes) pushes for one conversation of a user.
     pub async fn set_conversation_muted(&self, app_id: &str, user: &str, conv: &str, muted: bool) -> Result<()> {
-        let known: Option<i64> = sqlx::query_scalar("SELECT read_seq FROM user_conversations WHERE app_id = $1 AND username = $2 AND conv = $3")
-            .bind(app_id)
-            .bind(user)
-            .bind(conv)
-            .fetch_optional(&self.pool)
-            .await?;
+        let known: Option<i64> = sqlx::query_scalar(
+            "SELECT read_seq FROM user_conversations WHERE app_id = $1 AND username = $2 AND conv = $3",
+        )
+        .bind(app_id)
+        .bind(user)
+        .bind(conv)
+        .fetch_optional(&self.pool)
+        .await?;
         if known.is_none() {
             return Err(Error::NotFound(format!("conversation {conv}")));
         }
@@ -250,25 +263,33 @@ impl Store {
         } else {
             "DELETE FROM push_muted WHERE app_id = $1 AND username = $2 AND conv = $3"
         };
-        sqlx::query(sql).bind(app_id).bind(user).bind(conv).execute(&self.pool).await?;
+        sqlx::query(sql)
+            .bind(app_id)
+            .bind(user)
+            .bind(conv)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
     pub async fn muted_conversations(&self, app_id: &str, user: &str) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar("SELECT conv FROM push_muted WHERE app_id = $1 AND username = $2 ORDER BY conv")
-            .bind(app_id)
-            .bind(user)
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT conv FROM push_muted WHERE app_id = $1 AND username = $2 ORDER BY conv")
+                .bind(app_id)
+                .bind(user)
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     pub async fn is_conversation_muted(&self, app_id: &str, user: &str, conv: &str) -> Result<bool> {
-        let found: Option<String> = sqlx::query_scalar("SELECT conv FROM push_muted WHERE app_id = $1 AND username = $2 AND conv = $3")
-            .bind(app_id)
-            .bind(user)
-            .bind(conv)
-            .fetch_optional(&self.pool)
-            .await?;
+        let found: Option<String> =
+            sqlx::query_scalar("SELECT conv FROM push_muted WHERE app_id = $1 AND username = $2 AND conv = $3")
+                .bind(app_id)
+                .bind(user)
+                .bind(conv)
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(found.is_some())
     }
 
@@ -349,7 +370,10 @@ impl Store {
 
     /// A job is done (sent, dropped or failed for good).
     pub async fn finish_push(&self, id: &str) -> Result<()> {
-        sqlx::query("DELETE FROM push_queue WHERE id = $1").bind(id).execute(&self.pool).await?;
+        sqlx::query("DELETE FROM push_queue WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -365,7 +389,9 @@ impl Store {
 
     /// Jobs waiting (for tests and the stats call).
     pub async fn queued_pushes(&self) -> Result<i64> {
-        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM push_queue").fetch_one(&self.pool).await?)
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM push_queue")
+            .fetch_one(&self.pool)
+            .await?)
     }
 }
 
@@ -376,14 +402,28 @@ mod tests {
     #[test]
     fn quiet_hours_wrap_midnight_in_local_time() {
         // 22:00-07:00 in UTC+02:00.
-        let dnd = Dnd { all_off: false, quiet_start: 22 * 60, quiet_end: 7 * 60, utc_offset_minutes: 120 };
+        let dnd = Dnd {
+            all_off: false,
+            quiet_start: 22 * 60,
+            quiet_end: 7 * 60,
+            utc_offset_minutes: 120,
+        };
         let at = |h: i64, m: i64| (h * 60 + m) * 60_000; // UTC time of day on day 0
         assert!(dnd.silences(at(21, 0)), "23:00 local");
         assert!(dnd.silences(at(4, 30)), "06:30 local");
         assert!(!dnd.silences(at(5, 0)), "07:00 local");
         assert!(!dnd.silences(at(12, 0)), "14:00 local");
         assert!(!Dnd::default().silences(at(3, 0)));
-        assert!(Dnd { all_off: true, ..Dnd::default() }.silences(at(12, 0)));
-        assert!(Dnd { quiet_start: 2000, ..Dnd::default() }.validate().is_err());
+        assert!(Dnd {
+            all_off: true,
+            ..Dnd::default()
+        }
+        .silences(at(12, 0)));
+        assert!(Dnd {
+            quiet_start: 2000,
+            ..Dnd::default()
+        }
+        .validate()
+        .is_err());
     }
 }

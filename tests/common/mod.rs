@@ -130,7 +130,7 @@ pub struct TestApp {
     pub app_token: String,
     pub database_url: String,
     // Last, so the database outlives the server using it.
-    _db: TestDb,
+    pub _db: TestDb,
 }
 
 /// The configuration tests start from: everything on port 0, and the given database.

@@ -1,0 +1,584 @@
+//! Push notifications: FCM end to end against a local fake of the v1 API and the OAuth2
+//! token exchange, the push decision over real sockets, durability across a restart, and
+//! two workers on one database sending each push once.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Path as AxPath, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::{Form, Json, Router};
+use common::{spawn_app_with, test_config, Backend, TestApp};
+use serde_json::{json, Value};
+
+/// A fake FCM: `POST /token` (OAuth2 JWT bearer grant, assertion checked against the
+/// service account's public key) and `POST /v1/projects/{project}/messages:send`.
+#[derive(Clone, Default)]
+struct Fake {
+    public_pem: String,
+    sent: Arc<Mutex<Vec<(String, Value)>>>,
+    tokens_issued: Arc<Mutex<usize>>,
+    /// Device token -> statuses to answer, in order (then 200).
+    script: Arc<Mutex<HashMap<String, Vec<u16>>>>,
+    /// When set, every send answers 503.
+    down: Arc<Mutex<bool>>,
+}
+
+impl Fake {
+    fn sends_to(&self, token: &str) -> Vec<Value> {
+        self.sent
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, m)| m["message"]["token"] == token)
+            .map(|(_, m)| m.clone())
+            .collect()
+    }
+}
+
+async fn token(State(fake): State<Fake>, Form(form): Form<HashMap<String, String>>) -> (StatusCode, Json<Value>) {
+    let key = jsonwebtoken::DecodingKey::from_rsa_pem(fake.public_pem.as_bytes()).unwrap();
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    validation.set_audience(&[form.get("aud").cloned().unwrap_or_default()]);
+    validation.validate_aud = false;
+    let ok = form.get("grant_type").map(String::as_str) == Some("urn:ietf:params:oauth:grant-type:jwt-bearer")
+        && form.get("assertion").is_some_and(|a| {
+            jsonwebtoken::decode::<Value>(a, &key, &validation).is_ok_and(|d| {
+                d.claims["scope"] == "https://www.googleapis.com/auth/firebase.messaging"
+                    && d.claims["iss"] == "svc@demo.iam"
+            })
+        });
+    if !ok {
+        return (StatusCode::BAD_REQUEST, Json(json!({"error": "invalid_grant"})));
+    }
+    let mut issued = fake.tokens_issued.lock().unwrap();
+    *issued += 1;
+    (
+        StatusCode::OK,
+        Json(json!({"access_token": format!("access-{issued}"), "expires_in": 3600, "token_type": "Bearer"})),
+    )
+}
+
+async fn send(
+    State(fake): State<Fake>,
+    AxPath((project, method)): AxPath<(String, String)>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> (StatusCode, Json<Value>) {
+    let auth = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    assert_eq!((project.as_str(), method.as_str()), ("demo-proj", "messages:send"));
+    if !auth.starts_with("Bearer access-") {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"error": {"status": "UNAUTHENTICATED"}})),
+        );
+    }
+    let token = body["message"]["token"].as_str().unwrap_or("").to_string();
+    fake.sent.lock().unwrap().push((auth, body.clone()));
+    if *fake.down.lock().unwrap() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error": {"status": "UNAVAILABLE"}})),
+        );
+    }
+    let status = fake
+        .script
+        .lock()
+        .unwrap()
+        .get_mut(&token)
+        .and_then(|s| (!s.is_empty()).then(|| s.remove(0)))
+        .unwrap_or(200);
+    let body = match status {
+        200 => json!({"name": format!("projects/demo-proj/messages/{}", fake.sent.lock().unwrap().len())}),
+        404 => json!({"error": {"status": "NOT_FOUND", "details": [{"errorCode": "UNREGISTERED"}]}}),
+        _ => json!({"error": {"status": "UNAVAILABLE"}}),
+    };
+    (StatusCode::from_u16(status).unwrap(), Json(body))
+}
+
+/// Starts the fake; returns it, its base URL, and the service account that matches it.
+async fn fake_fcm(dir: &std::path::Path) -> (Fake, String, Value) {
+    let key = dir.join("sa.pem");
+    let run = |args: &[&str]| {
+        assert!(std::process::Command::new("openssl")
+            .args(args)
+            .status()
+            .expect("openssl is installed")
+            .success())
+    };
+    run(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        key.to_str().unwrap(),
+    ]);
+    let public = dir.join("sa.pub");
+    run(&[
+        "pkey",
+        "-in",
+        key.to_str().unwrap(),
+        "-pubout",
+        "-out",
+        public.to_str().unwrap(),
+    ]);
+    let fake = Fake {
+        public_pem: std::fs::read_to_string(&public).unwrap(),
+        ..Fake::default()
+    };
+    let app = Router::new()
+        .route("/token", post(token))
+        .route("/v1/projects/:project/:method", post(send))
+        .with_state(fake.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let account = json!({
+        "type": "service_account",
+        "project_id": "demo-proj",
+        "client_email": "svc@demo.iam",
+        "private_key": std::fs::read_to_string(&key).unwrap(),
+        "token_uri": format!("{base}/token"),
+    });
+    (fake, base, account)
+}
+
+async fn app_with_fake(backend: Backend, dir: &std::path::Path) -> (TestApp, Fake, chatd::Config) {
+    let (fake, base, account) = fake_fcm(dir).await;
+    let db = common::fresh_database(backend).await;
+    let mut config = test_config(&db.url);
+    config.push.fcm_endpoint = base;
+    config.push.backoff_ms = 50;
+    let t = spawn_app_with(config.clone(), db).await;
+    let (status, body) = t
+        .put(
+            "/push/config",
+            &t.app_token,
+            json!({"fcm": {"service_account": account}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["data"]["fcm"].get("private_key").is_none(),
+        "the key was shown back"
+    );
+    (t, fake, config)
+}
+
+async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+async fn fcm_end_to_end(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let (t, fake, _) = app_with_fake(backend, dir.path()).await;
+    let alice = t.user("alice").await;
+    let bob = t.user("bob").await;
+    // Bob has two Android devices; one's first push meets a 503.
+    for (device, token) in [("bob-phone", "tok-a"), ("bob-tablet", "tok-retry")] {
+        let (status, body) = t
+            .put(
+                "/users/bob/push/binding",
+                &bob,
+                json!({"device_id": device, "device_token": token, "notifier": "fcm"}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    fake.script.lock().unwrap().insert("tok-retry".into(), vec![503]);
+    assert_eq!(
+        t.put(
+            "/users/bob/push/binding",
+            &bob,
+            json!({"device_id": "x", "device_token": "t", "notifier": "gcm"})
+        )
+        .await
+        .0,
+        400
+    );
+
+    let mut alice_dev = t.device("alice", &alice, "a").await;
+    alice_dev.send_text("m1", "bob", "hello bob").await;
+    alice_dev.next_op("ack").await;
+    wait_until("both pushes", || {
+        fake.sends_to("tok-a").len() == 1 && fake.sends_to("tok-retry").len() == 2
+    })
+    .await;
+    let push = &fake.sends_to("tok-a")[0]["message"];
+    assert_eq!(
+        (
+            push["notification"]["title"].as_str(),
+            push["notification"]["body"].as_str()
+        ),
+        (Some("alice"), Some("hello bob"))
+    );
+    assert_eq!(push["data"]["conv"], "u:alice:bob");
+    assert_eq!(
+        push["android"]["notification"]["notification_count"], 1,
+        "badge = unread"
+    );
+    assert!(
+        fake.sent
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|(auth, _)| auth == "Bearer access-1"),
+        "the access token is reused"
+    );
+    let (_, devices) = t.get("/users/bob/push/binding", &bob).await;
+    wait_until("results recorded", || true).await;
+    let results: Vec<String> = devices["entities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["last_result"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        results.iter().all(|r| r == "sent" || r.starts_with("retrying")),
+        "{results:?}"
+    );
+
+    // A token FCM calls unregistered is removed.
+    assert_eq!(
+        t.put(
+            "/users/bob/push/binding",
+            &bob,
+            json!({"device_id": "old-phone", "device_token": "tok-dead", "notifier": "fcm"})
+        )
+        .await
+        .0,
+        200
+    );
+    fake.script.lock().unwrap().insert("tok-dead".into(), vec![404]);
+    alice_dev.send_text("m2", "bob", "again").await;
+    alice_dev.next_op("ack").await;
+    wait_until("the dead token tried", || !fake.sends_to("tok-dead").is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_, devices) = t.get("/users/bob/push/binding", &bob).await;
+    let ids: Vec<&str> = devices["entities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["device_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        ["bob-phone", "bob-tablet"],
+        "the unregistered token is still bound"
+    );
+    assert_eq!(
+        fake.sends_to("tok-a")[1]["message"]["android"]["notification"]["notification_count"],
+        2
+    );
+    let (_, stats) = t.get("/push/stats", &t.app_token).await;
+    assert!(
+        stats["data"]["counters"]["fcm"]["sent"].as_u64().unwrap() >= 3,
+        "{stats}"
+    );
+}
+
+async fn push_decision(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let (t, fake, _) = app_with_fake(backend, dir.path()).await;
+    let alice = t.user("alice").await;
+    let bob = t.user("bob").await;
+    t.user("carol").await;
+    assert_eq!(
+        t.put(
+            "/users/bob/push/binding",
+            &t.app_token,
+            json!({"device_id": "p", "device_token": "tok-bob", "notifier": "fcm"})
+        )
+        .await
+        .0,
+        200
+    );
+    let mut alice_dev = t.device("alice", &alice, "a").await;
+    let sent = || fake.sends_to("tok-bob").len();
+    let quiet = |ms| tokio::time::sleep(Duration::from_millis(ms));
+
+    // Online: no push.
+    let mut bob_dev = t.device("bob", &bob, "b").await;
+    alice_dev.send_text("o1", "bob", "you are online").await;
+    alice_dev.next_op("ack").await;
+    bob_dev.next_op("msg").await;
+    quiet(400).await;
+    assert_eq!(sent(), 0, "pushed to an online user");
+    drop(bob_dev);
+    quiet(200).await;
+
+    // Offline: pushed.
+    alice_dev.send_text("o2", "bob", "now offline").await;
+    alice_dev.next_op("ack").await;
+    wait_until("a push", || sent() == 1).await;
+
+    // Do-not-disturb (REST), quiet hours covering now, a muted conversation: no push.
+    // (The decision is made just after delivery: each step waits for it before the next
+    // change of settings.)
+    assert_eq!(
+        t.put("/users/bob/push/dnd", &bob, json!({"all_off": true})).await.0,
+        200
+    );
+    alice_dev.send_text("d1", "bob", "dnd").await;
+    alice_dev.next_op("ack").await;
+    quiet(300).await;
+    let minute = (store::now_ms() / 60_000) % 1440;
+    let window = json!({"all_off": false, "quiet_start": (minute + 1439) % 1440, "quiet_end": (minute + 2) % 1440, "utc_offset_minutes": 0});
+    assert_eq!(t.put("/users/bob/push/dnd", &bob, window).await.0, 200);
+    alice_dev.send_text("d2", "bob", "quiet hours").await;
+    alice_dev.next_op("ack").await;
+    quiet(300).await;
+    assert_eq!(t.put("/users/bob/push/dnd", &bob, json!({})).await.0, 200);
+    assert_eq!(
+        t.put(
+            "/users/bob/push/mute",
+            &bob,
+            json!({"conv": "u:alice:bob", "muted": true})
+        )
+        .await
+        .0,
+        200
+    );
+    alice_dev.send_text("d3", "bob", "muted").await;
+    alice_dev.next_op("ack").await;
+    quiet(400).await;
+    assert_eq!(sent(), 1, "pushed despite DND or mute");
+    assert_eq!(
+        t.put(
+            "/users/bob/push/mute",
+            &bob,
+            json!({"conv": "u:alice:bob", "muted": false})
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        t.put(
+            "/users/bob/push/mute",
+            &bob,
+            json!({"conv": "u:nobody:bob", "muted": true})
+        )
+        .await
+        .0,
+        404
+    );
+    assert_eq!(
+        t.put("/users/bob/push/dnd", &bob, json!({"quiet_start": 5000})).await.0,
+        400
+    );
+
+    // The badge counts everything unread; the template can hide previews.
+    let template = json!({"template": {"show_preview": false, "hidden_body": "You have a new message"}});
+    assert_eq!(
+        t.put("/push/config", &t.app_token, json!({"template": template["template"]}))
+            .await
+            .0,
+        200
+    );
+    alice_dev.send_text("b1", "bob", "secret").await;
+    alice_dev.next_op("ack").await;
+    wait_until("second push", || sent() == 2).await;
+    let push = &fake.sends_to("tok-bob")[1]["message"];
+    assert_eq!(push["notification"]["body"], "You have a new message");
+    assert_eq!(
+        push["android"]["notification"]["notification_count"], 6,
+        "badge = bob's unread: {push}"
+    );
+
+    // Group messages push to offline members; chatrooms and cmd never do.
+    let (_, created) = t
+        .post(
+            "/chatgroups",
+            Some(&t.app_token),
+            json!({"name": "Hikers", "owner": "alice", "members": ["bob"]}),
+        )
+        .await;
+    let gid = created["data"]["id"].as_str().unwrap().to_string();
+    alice_dev.send_to("group", "g1", &gid, "group hello").await;
+    alice_dev.next_op("ack").await;
+    wait_until("group push", || sent() == 3).await;
+    assert_eq!(fake.sends_to("tok-bob")[2]["message"]["data"]["chat"], "group");
+    let (_, room) = t
+        .post(
+            "/chatrooms",
+            Some(&t.app_token),
+            json!({"name": "lobby", "owner": "alice", "members": ["bob"]}),
+        )
+        .await;
+    let rid = room["data"]["id"].as_str().unwrap().to_string();
+    alice_dev.send_to("room", "r1", &rid, "room hello").await;
+    alice_dev.next_op("ack").await;
+    alice_dev
+        .publish(
+            json!({"op": "send", "cid": "c1", "chat": "user", "to": "bob", "type": "cmd", "body": {"action": "ping"}}),
+        )
+        .await;
+    alice_dev.next_op("ack").await;
+    quiet(400).await;
+    assert_eq!(sent(), 3, "a chatroom or cmd message was pushed");
+}
+
+/// Pushes queued while FCM is down survive a restart and go out afterwards.
+async fn queued_pushes_survive_restart(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let (t, fake, mut config) = app_with_fake(backend, dir.path()).await;
+    let alice = t.user("alice").await;
+    t.user("bob").await;
+    assert_eq!(
+        t.put(
+            "/users/bob/push/binding",
+            &t.app_token,
+            json!({"device_id": "p", "device_token": "tok-bob", "notifier": "fcm"})
+        )
+        .await
+        .0,
+        200
+    );
+    *fake.down.lock().unwrap() = true;
+    let mut alice_dev = t.device("alice", &alice, "a").await;
+    alice_dev.send_text("q1", "bob", "while FCM is down").await;
+    alice_dev.next_op("ack").await;
+    wait_until("a failed attempt", || !fake.sends_to("tok-bob").is_empty()).await;
+    drop(alice_dev);
+    let store = t.server.store.clone();
+    assert_eq!(store.queued_pushes().await.unwrap(), 1);
+    let TestApp {
+        server,
+        database_url,
+        _db: db,
+        ..
+    } = t;
+    server.shutdown().await;
+
+    *fake.down.lock().unwrap() = false;
+    config.database_url = database_url;
+    let again = chatd::start(config).await.unwrap();
+    wait_until("the queued push", || {
+        fake.sent
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(_, m)| m["message"]["notification"]["body"] == "while FCM is down")
+            && fake.sends_to("tok-bob").len() >= 2
+    })
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while again.store.queued_pushes().await.unwrap() > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(again.store.queued_pushes().await.unwrap(), 0);
+    again.shutdown().await;
+    drop(db);
+}
+
+/// Two workers draining one queue send each push exactly once.
+async fn two_workers_never_send_twice(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let (t, fake, config) = app_with_fake(backend, dir.path()).await;
+    t.user("bob").await;
+    assert_eq!(
+        t.put(
+            "/users/bob/push/binding",
+            &t.app_token,
+            json!({"device_id": "p", "device_token": "tok-bob", "notifier": "fcm"})
+        )
+        .await
+        .0,
+        200
+    );
+    let app = t.server.store.find_app("demo", "chat").await.unwrap();
+    for n in 0..100 {
+        let payload = json!({"title": "t", "body": format!("n{n}"), "badge": 1, "data": {"n": n}});
+        t.server.store.enqueue_pushes(&app.id, "bob", &payload).await.unwrap();
+    }
+    // A second worker with its own database pool, as another chatd process would have.
+    let other_store = store::Store::connect(&t.database_url, 4).await.unwrap();
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let settings = push::WorkerSettings {
+        fcm_endpoint: config.push.fcm_endpoint.clone(),
+        concurrency: 8,
+        ..Default::default()
+    };
+    let live: Arc<dyn store::live::Live> = Arc::new(t.server.presence.clone());
+    let second = tokio::spawn(push::Worker::new(other_store, live, settings).run(stop_rx));
+    wait_until("all 100 pushes", || fake.sends_to("tok-bob").len() >= 100).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = stop.send(true);
+    let _ = second.await;
+    let bodies: Vec<String> = fake
+        .sends_to("tok-bob")
+        .iter()
+        .map(|m| m["message"]["notification"]["body"].as_str().unwrap().to_string())
+        .collect();
+    let mut unique = bodies.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(
+        (bodies.len(), unique.len()),
+        (100, 100),
+        "a push was sent twice or lost"
+    );
+}
+
+/// A push still waiting (FCM failing) when its recipient comes online is dropped.
+async fn coming_online_cancels_a_waiting_push(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let (t, fake, _) = app_with_fake(backend, dir.path()).await;
+    let alice = t.user("alice").await;
+    let bob = t.user("bob").await;
+    assert_eq!(
+        t.put(
+            "/users/bob/push/binding",
+            &bob,
+            json!({"device_id": "p", "device_token": "tok-bob", "notifier": "fcm"})
+        )
+        .await
+        .0,
+        200
+    );
+    *fake.down.lock().unwrap() = true;
+    let mut alice_dev = t.device("alice", &alice, "a").await;
+    alice_dev.send_text("w1", "bob", "are you there?").await;
+    alice_dev.next_op("ack").await;
+    wait_until("a failed attempt", || !fake.sends_to("tok-bob").is_empty()).await;
+    let bob_dev = t.device("bob", &bob, "b").await;
+    *fake.down.lock().unwrap() = false;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while t.server.store.queued_pushes().await.unwrap() > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let attempts = fake.sends_to("tok-bob").len();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(fake.sends_to("tok-bob").len(), attempts);
+    let (_, devices) = t.get("/users/bob/push/binding", &bob).await;
+    assert_eq!(
+        devices["entities"][0]["last_result"], "dropped: recipient came online",
+        "{devices}"
+    );
+    drop(bob_dev);
+}
+
+on_both_backends!(
+    fcm_end_to_end,
+    push_decision,
+    queued_pushes_survive_restart,
+    two_workers_never_send_twice,
+    coming_online_cancels_a_waiting_push,
+);
