@@ -575,7 +575,78 @@ async fn coming_online_cancels_a_waiting_push(backend: Backend) {
     drop(bob_dev);
 }
 
+/// Push preferences over MQTT, and the configuration's validation.
+async fn mqtt_ops_and_config_validation(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let (t, _fake, _) = app_with_fake(backend, dir.path()).await;
+    let alice = t.user("alice").await;
+    let bob = t.user("bob").await;
+    let mut alice_dev = t.device("alice", &alice, "a").await;
+    alice_dev.send_text("m1", "bob", "hi").await;
+    alice_dev.next_op("ack").await;
+
+    let mut bob_dev = t.device("bob", &bob, "bob-iphone").await;
+    bob_dev
+        .publish(json!({"op": "push_bind", "cid": "p1", "device_token": "abcd", "notifier": "apns"}))
+        .await;
+    assert_eq!(bob_dev.next_op("ok").await["of"], "push_bind");
+    let (_, devices) = t.get("/users/bob/push/binding", &bob).await;
+    assert_eq!(
+        (
+            devices["entities"][0]["device_id"].as_str(),
+            devices["entities"][0]["notifier"].as_str()
+        ),
+        (Some("bob-iphone"), Some("apns"))
+    );
+    bob_dev
+        .publish(json!({"op": "dnd", "cid": "p2", "quiet_start": 1320, "quiet_end": 420, "utc_offset_minutes": 60}))
+        .await;
+    assert_eq!(bob_dev.next_op("ok").await["of"], "dnd");
+    assert_eq!(t.get("/users/bob/push/dnd", &bob).await.1["data"]["quiet_start"], 1320);
+    bob_dev
+        .publish(json!({"op": "mute_conv", "cid": "p3", "conv": "u:alice:bob"}))
+        .await;
+    assert_eq!(bob_dev.next_op("ok").await["of"], "mute_conv");
+    assert_eq!(
+        t.get("/users/bob/push/mute", &bob).await.1["entities"],
+        json!(["u:alice:bob"])
+    );
+    bob_dev
+        .publish(json!({"op": "push_bind", "cid": "p4", "device_token": "x", "notifier": "carrier-pigeon"}))
+        .await;
+    assert_eq!(bob_dev.next_op("error").await["code"], "invalid");
+    bob_dev
+        .publish(json!({"op": "dnd", "cid": "p5", "quiet_start": 9999}))
+        .await;
+    assert_eq!(bob_dev.next_op("error").await["code"], "invalid");
+    bob_dev.publish(json!({"op": "push_unbind", "cid": "p6"})).await;
+    assert_eq!(bob_dev.next_op("ok").await["of"], "push_unbind");
+    assert_eq!(t.get("/users/bob/push/binding", &bob).await.1["count"], 0);
+    assert_eq!(t.get("/users/alice/push/binding", &bob).await.0, 403);
+
+    // Credentials are checked before they are stored; secrets are never shown back.
+    for bad in [
+        json!({"fcm": {"service_account": {"project_id": "p", "client_email": "e", "private_key": "not a key"}}}),
+        json!({"apns": {"key_pem": "not a key", "key_id": "K", "team_id": "T", "topic": "com.example"}}),
+        json!({"template": {"colour": "red"}}),
+    ] {
+        let (status, body) = t.put("/push/config", &t.app_token, bad.clone()).await;
+        assert_eq!(status, 400, "{bad} -> {body}");
+    }
+    assert_eq!(t.put("/push/config", &alice, json!({})).await.0, 403);
+    let (_, shown) = t.get("/push/config", &t.app_token).await;
+    assert!(
+        shown.to_string().contains("svc@demo.iam") && !shown.to_string().contains("PRIVATE KEY"),
+        "{shown}"
+    );
+    assert_eq!(
+        t.put("/push/config", &t.app_token, json!({"fcm": null})).await.1["data"]["fcm"],
+        Value::Null
+    );
+}
+
 on_both_backends!(
+    mqtt_ops_and_config_validation,
     fcm_end_to_end,
     push_decision,
     queued_pushes_survive_restart,
