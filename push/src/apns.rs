@@ -3,7 +3,7 @@
 //! each APNs answer means.
 
 use a2::request::notification::{DefaultNotificationBuilder, NotificationBuilder, NotificationOptions};
-use a2::{Client, ClientConfig, Endpoint, Error, ErrorReason, Response};
+use a2::{Client, ClientConfig, Endpoint, Error, ErrorReason, Priority, PushType, Response};
 use serde_json::Value;
 
 use crate::config::ApnsConfig;
@@ -56,6 +56,8 @@ pub fn payload<'a>(
     }
     let options = NotificationOptions {
         apns_topic: Some(topic),
+        apns_push_type: Some(PushType::Alert),
+        apns_priority: Some(Priority::High),
         ..Default::default()
     };
     let mut payload = builder.build(token, options);
@@ -171,6 +173,8 @@ mod tests {
             json!({"title": "alice", "body": "hi there", "badge": 5, "data": {"conv": "u:alice:bob", "id": "m1"}});
         let p = payload("devtoken", "com.example.chat", &push).unwrap();
         assert_eq!(p.options.apns_topic, Some("com.example.chat"));
+        assert!(matches!(p.options.apns_push_type, Some(PushType::Alert)));
+        assert!(matches!(p.options.apns_priority, Some(Priority::High)));
         assert_eq!(p.device_token, "devtoken");
         let json: Value = serde_json::from_str(&p.to_json_string().unwrap()).unwrap();
         assert_eq!(json["aps"]["alert"]["title"], "alice");
