@@ -488,6 +488,64 @@ async fn queued_pushes_survive_restart(backend: Backend) {
     drop(db);
 }
 
+/// Messages stored while no worker runs (or just before a crash) are recorded with their
+/// batch, so the next worker to start still plans and sends their pushes.
+async fn messages_stored_before_a_restart_still_push(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let (fake, base, account) = fake_fcm(dir.path()).await;
+    let db = common::fresh_database(backend).await;
+    let mut config = test_config(&db.url);
+    config.push.fcm_endpoint = base;
+    config.push.worker = false;
+    let t = spawn_app_with(config.clone(), db).await;
+    assert_eq!(
+        t.put(
+            "/push/config",
+            &t.app_token,
+            json!({"fcm": {"service_account": account}})
+        )
+        .await
+        .0,
+        200
+    );
+    let alice = t.user("alice").await;
+    t.user("bob").await;
+    assert_eq!(
+        t.put(
+            "/users/bob/push/binding",
+            &t.app_token,
+            json!({"device_id": "p", "device_token": "tok-bob", "notifier": "fcm"})
+        )
+        .await
+        .0,
+        200
+    );
+    let mut alice_dev = t.device("alice", &alice, "a").await;
+    alice_dev.send_text("s1", "bob", "stored before the restart").await;
+    alice_dev.next_op("ack").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(fake.sends_to("tok-bob").is_empty(), "no worker, yet a push went out");
+    drop(alice_dev);
+    let TestApp {
+        server,
+        database_url,
+        _db: db,
+        ..
+    } = t;
+    server.shutdown().await;
+
+    config.database_url = database_url;
+    config.push.worker = true;
+    let again = chatd::start(config).await.unwrap();
+    wait_until("the push", || fake.sends_to("tok-bob").len() == 1).await;
+    assert_eq!(
+        fake.sends_to("tok-bob")[0]["message"]["notification"]["body"],
+        "stored before the restart"
+    );
+    again.shutdown().await;
+    drop(db);
+}
+
 /// Two workers draining one queue send each push exactly once.
 async fn two_workers_never_send_twice(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
@@ -652,4 +710,5 @@ on_both_backends!(
     queued_pushes_survive_restart,
     two_workers_never_send_twice,
     coming_online_cancels_a_waiting_push,
+    messages_stored_before_a_restart_still_push,
 );

@@ -188,45 +188,15 @@ impl Bridge {
                 outcomes
             }
         };
-        let mut to_push = Vec::new();
+        let mut stored_any = false;
         for ((pending, _), outcome) in sends.iter().zip(outcomes) {
-            if let Some(planned) = self.deliver(pending, outcome).await {
-                to_push.push(planned);
-            }
+            stored_any |= self.deliver(pending, outcome).await;
         }
-        self.plan_pushes(to_push);
-    }
-
-    /// Queues pushes for the batch's offline recipients, off the delivery path: the
-    /// decision reads a few rows per recipient with a push token, and the next batch should
-    /// not wait for it.
-    fn plan_pushes(&self, stored: Vec<(Sender, StoredMessage, Vec<String>)>) {
-        if stored.is_empty() {
-            return;
+        // The batch's stored messages were recorded for the push planner in their own
+        // transaction; wake the worker so it plans them now rather than at its next poll.
+        if stored_any {
+            self.push_wake.notify_one();
         }
-        let (store, live, wake) = (self.store.clone(), self.live.clone(), self.push_wake.clone());
-        tokio::spawn(async move {
-            let mut queued = 0;
-            for (from, msg, recipients) in stored {
-                match push::plan::plan(
-                    &store,
-                    live.as_ref(),
-                    &from.org,
-                    &from.app,
-                    &from.app_id,
-                    &msg,
-                    &recipients,
-                )
-                .await
-                {
-                    Ok(n) => queued += n,
-                    Err(e) => tracing::error!(error = %e, "planning pushes failed"),
-                }
-            }
-            if queued > 0 {
-                wake.notify_one();
-            }
-        });
     }
 
     /// Works out who published (topic and gate frame) and what.
@@ -260,13 +230,8 @@ impl Bridge {
         Some((sender, json.to_vec()))
     }
 
-    /// Answers and delivers one message of the batch; returns it with its recipients when it
-    /// was newly stored (for pushes).
-    async fn deliver(
-        &self,
-        pending: &PendingSend,
-        outcome: Result<Outcome, store::Error>,
-    ) -> Option<(Sender, StoredMessage, Vec<String>)> {
+    /// Answers and delivers one message of the batch; true if it was newly stored.
+    async fn deliver(&self, pending: &PendingSend, outcome: Result<Outcome, store::Error>) -> bool {
         let from = &pending.from;
         // `deliveries`: the inbox positions to deliver at; none for a duplicate, which was
         // delivered when it was first stored (only its ack is repeated).
@@ -279,7 +244,7 @@ impl Bridge {
             Ok(Outcome::Refused { code, message }) => {
                 self.reply(from, &OpError::new(Some(pending.cid.clone()), code, message))
                     .await;
-                return None;
+                return false;
             }
             Err(e) => {
                 tracing::error!(error = %e, user = %from.user, "storing a message failed");
@@ -289,7 +254,7 @@ impl Bridge {
                     "the message was not stored; retry with the same cid",
                 );
                 self.reply(from, &e).await;
-                return None;
+                return false;
             }
         };
         let ack = Ack {
@@ -302,12 +267,11 @@ impl Bridge {
             useq: own_useq,
         };
         self.reply(from, &ack).await;
-        let useqs = deliveries?;
+        let Some(useqs) = deliveries else { return false };
         if msg.chat == "room" {
             self.deliver_to_room(from, &msg).await;
-            return None;
+            return true;
         }
-        let recipients: Vec<String> = useqs.iter().map(|(u, _)| u.clone()).collect();
         for (user, useq) in useqs {
             let route = if user == from.user {
                 Route::Except(&from.device)
@@ -317,7 +281,7 @@ impl Bridge {
             let copy = serde_json::to_vec(&msg.delivered(&user, Some(useq))).unwrap_or_default();
             self.publish_inbox(from, &user, route, copy).await;
         }
-        Some((from.clone(), msg, recipients))
+        true
     }
 
     /// Chatrooms are delivered by the broker to whoever is subscribed (the gate lets only

@@ -8,6 +8,20 @@ use store::live::Live;
 use store::messages::StoredMessage;
 use store::Store;
 
+/// Plans the pushes of one stored message, found by id: its recipients are the users whose
+/// inbox holds it, less the sender.
+pub async fn plan_stored(store: &Store, live: &dyn Live, message_id: &str) -> store::Result<usize> {
+    let (app_id, msg) = match store.message_by_id(message_id).await {
+        Ok(found) => found,
+        // Gone since (its app's data deleted): nothing to push.
+        Err(store::Error::NotFound(_)) => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let app = store.app_by_id(&app_id).await?;
+    let recipients = store.holders(&app_id, &msg.id).await?;
+    plan(store, live, &app.org, &app.name, &app_id, &msg, &recipients).await
+}
+
 /// Queues pushes for a message just stored: one per device token of each recipient with
 /// no connected device, unless do-not-disturb or a muted conversation says otherwise.
 /// Chatroom and `cmd` messages never push. Returns how many pushes were queued.

@@ -85,6 +85,8 @@ impl Worker {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let slots = Arc::new(Semaphore::new(self.settings.concurrency));
         loop {
+            // First turn newly stored messages into queued pushes.
+            let planned = self.plan_pending().await;
             let free = slots.available_permits().max(1) as i64;
             let jobs = match self
                 .store
@@ -97,7 +99,7 @@ impl Worker {
                     Vec::new()
                 }
             };
-            let idle = jobs.is_empty();
+            let idle = jobs.is_empty() && !planned;
             for job in jobs {
                 let Ok(permit) = slots.clone().acquire_owned().await else {
                     return;
@@ -118,6 +120,33 @@ impl Worker {
                 return;
             }
         }
+    }
+
+    /// Plans the pushes of stored messages the bridge (or the API) recorded; true if any.
+    async fn plan_pending(&self) -> bool {
+        let batches = match self
+            .store
+            .claim_pending_plans(16, self.settings.lease.as_millis() as i64)
+            .await
+        {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "claiming messages to plan pushes for failed");
+                return false;
+            }
+        };
+        let any = !batches.is_empty();
+        for (id, messages) in batches {
+            for message in messages {
+                if let Err(e) = crate::plan::plan_stored(&self.store, self.live.as_ref(), &message).await {
+                    tracing::error!(error = %e, %message, "planning pushes failed");
+                }
+            }
+            if let Err(e) = self.store.finish_pending_plan(&id).await {
+                tracing::error!(error = %e, "finishing a push plan failed");
+            }
+        }
+        any
     }
 
     async fn settle(&self, job: PushJob) {

@@ -229,6 +229,12 @@ const MIGRATIONS: &[&[&str]] = &[
         created_at BIGINT NOT NULL
     )",
         "CREATE INDEX push_queue_due ON push_queue (next_at)",
+        "CREATE TABLE push_pending (
+        id TEXT PRIMARY KEY,
+        messages TEXT NOT NULL,
+        locked_until BIGINT NOT NULL,
+        created_at BIGINT NOT NULL
+    )",
     ],
 ];
 

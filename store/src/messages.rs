@@ -171,6 +171,7 @@ impl Store {
             }
             outcomes.push(outcome);
         }
+        record_for_push(&mut tx, &outcomes).await?;
         tx.commit().await?;
         Ok(outcomes)
     }
@@ -583,5 +584,29 @@ async fn track_conversation(tx: &mut Transaction<'static, Any>, app_id: &str, ms
     .bind(msg.seq)
     .execute(&mut **tx)
     .await?;
+    Ok(())
+}
+
+/// Notes the batch's newly stored one-to-one and group messages for the push planner, in the
+/// batch's own transaction: if the process dies right after the commit, the planner still
+/// finds them (a transactional outbox). One row per batch.
+async fn record_for_push(tx: &mut Transaction<'static, Any>, outcomes: &[Outcome]) -> Result<()> {
+    let stored: Vec<&StoredMessage> = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            Outcome::Stored { msg, .. } if msg.chat != "room" => Some(msg),
+            _ => None,
+        })
+        .collect();
+    if stored.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&str> = stored.iter().map(|m| m.id.as_str()).collect();
+    sqlx::query("INSERT INTO push_pending (id, messages, locked_until, created_at) VALUES ($1, $2, 0, $3)")
+        .bind(uuid::Uuid::now_v7().to_string())
+        .bind(serde_json::to_string(&ids).unwrap_or_default())
+        .bind(crate::now_ms())
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }

@@ -387,6 +387,50 @@ impl Store {
         Ok(())
     }
 
+    /// Claims up to `limit` batches of stored messages waiting for the push planner: each is
+    /// a row id and message ids. Leased like queue jobs.
+    pub async fn claim_pending_plans(&self, limit: i64, lease_ms: i64) -> Result<Vec<(String, Vec<String>)>> {
+        let now = crate::now_ms();
+        let rows = sqlx::query(
+            "UPDATE push_pending SET locked_until = $1
+             WHERE id IN (SELECT id FROM push_pending WHERE locked_until < $2 ORDER BY created_at LIMIT $3)
+             AND locked_until < $2
+             RETURNING id, messages",
+        )
+        .bind(now + lease_ms)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let messages: String = row.try_get("messages")?;
+                Ok((row.try_get("id")?, serde_json::from_str(&messages).unwrap_or_default()))
+            })
+            .collect()
+    }
+
+    pub async fn finish_pending_plan(&self, id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM push_pending WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// A message by id alone, with its app (the planner's view).
+    pub async fn message_by_id(&self, id: &str) -> Result<(String, crate::messages::StoredMessage)> {
+        let row = sqlx::query(&format!(
+            "SELECT m.app_id, {} FROM messages m WHERE m.id = $1",
+            crate::messages::MSG_COLUMNS
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("message {id}")))?;
+        Ok((row.try_get("app_id")?, crate::messages::message_from_row(&row)?))
+    }
+
     /// Jobs waiting (for tests and the stats call).
     pub async fn queued_pushes(&self) -> Result<i64> {
         Ok(sqlx::query_scalar("SELECT COUNT(*) FROM push_queue")
