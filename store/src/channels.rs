@@ -229,7 +229,7 @@ impl Store {
         self.require_users(app_id, &everyone).await?;
         let id = uuid::Uuid::now_v7().simple().to_string();
         let now = crate::now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query(
             "INSERT INTO channels (id, app_id, kind, name, description, public, members_only, allow_invites,
              max_members, owner, announcement, muted_all, last_seq, created_at, updated_at)
@@ -361,7 +361,7 @@ impl Store {
             .into_iter()
             .map(|m| m.username)
             .collect();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         for table in ["channel_members", "channel_bans", "channel_requests"] {
             sqlx::query(&format!("DELETE FROM {table} WHERE channel_id = $1"))
                 .bind(id)
@@ -421,7 +421,7 @@ impl Store {
         let channel = self.channel(app_id, kind, id).await?;
         let refs: Vec<&str> = users.iter().map(String::as_str).collect();
         self.require_users(app_id, &refs).await?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let mut added = Vec::new();
         for user in users {
             let banned: Option<String> =
@@ -468,7 +468,7 @@ impl Store {
                 kind.noun()
             )));
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         if !remove_membership(&mut tx, app_id, id, user).await? {
             return Err(Error::NotFound(format!("member {user}")));
         }
@@ -503,7 +503,7 @@ impl Store {
         self.member(app_id, id, new_owner)
             .await?
             .ok_or_else(|| Error::invalid("newowner", format!("{new_owner} is not a member")))?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query("UPDATE channel_members SET role = 'admin' WHERE channel_id = $1 AND username = $2")
             .bind(id)
             .bind(&channel.owner)
@@ -564,7 +564,7 @@ impl Store {
         }
         let refs: Vec<&str> = users.iter().map(String::as_str).collect();
         self.require_users(app_id, &refs).await?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         for user in users {
             remove_membership(&mut tx, app_id, id, user).await?;
             sqlx::query("INSERT INTO channel_bans (channel_id, username, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")

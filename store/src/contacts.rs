@@ -14,7 +14,7 @@ impl Store {
         }
         self.require_users(app_id, &[owner, friend]).await?;
         let now = crate::now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         for (a, b) in [(owner, friend), (friend, owner)] {
             sqlx::query("INSERT INTO contacts (app_id, owner, friend, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
                 .bind(app_id)
@@ -80,7 +80,7 @@ impl Store {
         all.push(owner);
         self.require_users(app_id, &all).await?;
         let now = crate::now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         for user in users {
             sqlx::query("INSERT INTO blocks (app_id, owner, blocked, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
                 .bind(app_id)

@@ -277,6 +277,17 @@ impl Store {
         Ok(store)
     }
 
+    /// Begins a transaction that will write. On SQLite it takes the write lock at once
+    /// (`BEGIN IMMEDIATE`): a deferred transaction that read first and then wrote would fail
+    /// with "database is locked" whenever another connection wrote in between, and no
+    /// busy timeout helps with that.
+    pub(crate) async fn write_tx(&self) -> std::result::Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
+    }
+
     pub fn backend(&self) -> Backend {
         self.backend
     }
@@ -291,7 +302,7 @@ impl Store {
             .await?;
         for (i, statements) in MIGRATIONS.iter().enumerate() {
             let version = i as i64 + 1;
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.write_tx().await?;
             // Taking the row first serialises concurrent starters on PostgreSQL.
             let claimed = sqlx::query("INSERT INTO schema_migrations (version) VALUES ($1) ON CONFLICT DO NOTHING")
                 .bind(version)

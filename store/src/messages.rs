@@ -149,7 +149,7 @@ impl Store {
     /// Stores a batch of messages in one transaction and says what became of each.
     /// An `Err` means nothing of the batch was stored.
     pub async fn store_batch(&self, batch: &[NewMessage]) -> Result<Vec<Outcome>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let mut outcomes: Vec<Outcome> = Vec::with_capacity(batch.len());
         // (app, sender, cid) -> index of the outcome that stored it, for repeats in one batch.
         let mut in_batch: HashMap<(&str, &str, &str), usize> = HashMap::new();

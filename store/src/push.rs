@@ -125,7 +125,7 @@ impl Store {
             return Err(Error::invalid("device_token", "1-4096 bytes"));
         }
         self.require_users(app_id, &[user]).await?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query("DELETE FROM push_devices WHERE app_id = $1 AND notifier = $2 AND token = $3")
             .bind(app_id)
             .bind(notifier.as_str())
@@ -315,7 +315,7 @@ impl Store {
     pub async fn enqueue_pushes(&self, app_id: &str, user: &str, payload: &Value) -> Result<usize> {
         let devices = self.push_devices(app_id, user).await?;
         let now = crate::now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         for d in &devices {
             sqlx::query(
                 "INSERT INTO push_queue (id, app_id, username, device_id, notifier, token, payload, attempts, next_at, locked_until, created_at)

@@ -98,7 +98,7 @@ impl Store {
             hashes.push(hash_secret_async(u.password.clone()).await?);
         }
         let now = crate::now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         for (u, hash) in users.iter().zip(&hashes) {
             let inserted = sqlx::query(
                 "INSERT INTO users (app_id, username, password_hash, nickname, metadata, inbox_seq, created_at, updated_at)
@@ -189,7 +189,7 @@ impl Store {
     /// Deletes a user with their inbox, conversation list, contacts, blocklist and
     /// memberships. Messages they exchanged stay in their peers' history.
     pub async fn delete_user(&self, app_id: &str, username: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let deleted = sqlx::query("DELETE FROM users WHERE app_id = $1 AND username = $2")
             .bind(app_id)
             .bind(username)
