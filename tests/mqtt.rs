@@ -90,6 +90,25 @@ async fn refuses_bad_tokens(backend: Backend) {
         ),
         other => panic!("{other:?}"),
     }
+    // A session lasts as long as its token (MQTT 5: DISCONNECT 0x87 when it expires).
+    let short = t
+        .token(json!({"grant_type": "password", "username": "alice", "password": "pw", "ttl": 2}))
+        .await;
+    let mut brief = Raw::tcp(port).await;
+    assert_eq!(
+        brief.connect5("brief", "alice", &short, 0).await.code,
+        v5::ConnectReturnCode::Success
+    );
+    let started = std::time::Instant::now();
+    match brief.recv5().await {
+        Some(v5::Packet::Disconnect(d)) => assert_eq!(d.reason_code, v5::DisconnectReasonCode::NotAuthorized),
+        other => panic!("expected DISCONNECT at token expiry, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "closed before the token expired"
+    );
+
     // Deleting a user closes their open connections (MQTT 5: DISCONNECT 0x98), and their
     // token stops working.
     let mut bob_online = Raw::tcp(port).await;

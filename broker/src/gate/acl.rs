@@ -15,6 +15,8 @@ pub struct Identity {
     pub app_id: String,
     pub user: String,
     pub device: String,
+    /// When the token the device connected with expires (seconds since the epoch).
+    pub token_expires: i64,
 }
 
 impl Identity {
@@ -100,6 +102,7 @@ mod tests {
             app_id: "a1".into(),
             user: "alice".into(),
             device: "phone".into(),
+            token_expires: i64::MAX,
         })
     }
 

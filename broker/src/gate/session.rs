@@ -57,6 +57,8 @@ enum Close {
     Shutdown,
     /// The server closed it (the user was deleted).
     Kicked,
+    /// The token the device connected with expired.
+    Expired,
 }
 
 /// The version-neutral part of a CONNECT that the gate acts on.
@@ -177,6 +179,7 @@ pub(crate) async fn serve(mut io: ClientIo, shared: Arc<Shared>, shutdown: watch
         }
         Close::Shutdown => Some(v5::DisconnectReasonCode::ServerShuttingDown),
         Close::Kicked => Some(v5::DisconnectReasonCode::AdministrativeAction),
+        Close::Expired => Some(v5::DisconnectReasonCode::NotAuthorized),
         Close::Device | Close::Upstream => None,
     };
     if let (Some(reason), Version::V5) = (reason, version) {
@@ -184,7 +187,7 @@ pub(crate) async fn serve(mut io: ClientIo, shared: Arc<Shared>, shutdown: watch
         // properties. Reason code, no properties: `E0 01 <reason>`.
         let _ = io.write_all(&[0xE0, 0x01, reason as u8]).await;
     }
-    if matches!(close, Close::Kicked | Close::Shutdown) {
+    if matches!(close, Close::Kicked | Close::Shutdown | Close::Expired) {
         // A server-side close is no reason to publish the device's will.
         let _ = upstream.write_all(&[0xE0, 0x00]).await;
     }
@@ -312,6 +315,7 @@ async fn authenticate(shared: &Shared, request: &ConnectRequest) -> Result<Ident
         app_id: app.id,
         user: username,
         device,
+        token_expires: claims.exp,
     })
 }
 
@@ -480,6 +484,13 @@ impl Session {
         let idle_limit = (keep_alive > 0).then(|| Duration::from_millis(keep_alive as u64 * 1500));
         let far_future = Instant::now() + Duration::from_secs(86400 * 365);
         let mut idle_deadline = idle_limit.map_or(far_future, |d| Instant::now() + d);
+        // A session lasts as long as its token: the device reconnects with a fresh one.
+        let token_left = self
+            .identity
+            .token_expires
+            .saturating_sub(store::now_ms() / 1000)
+            .max(0);
+        let token_deadline = Instant::now() + Duration::from_secs(token_left as u64).min(far_future - Instant::now());
         let mut ping = tokio::time::interval(Duration::from_secs(UPSTREAM_KEEPALIVE as u64 / 2));
         ping.tick().await;
         let mut out = Outgoing::default();
@@ -525,6 +536,7 @@ impl Session {
                 _ = sleep_until(idle_deadline) => {
                     return Close::Violation(v5::DisconnectReasonCode::KeepAliveTimeout, "keepalive timeout".into());
                 }
+                _ = sleep_until(token_deadline) => return Close::Expired,
                 _ = ping.tick() => {
                     let _ = v4::Packet::PingReq.write(&mut out.to_broker, usize::MAX);
                     if let Err(close) = flush(io, upstream, &mut out).await {
