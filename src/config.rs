@@ -46,6 +46,8 @@ pub struct MqttConfig {
     pub ws: String,
     /// MQTT over TLS; empty disables it. Needs `tls_cert` and `tls_key`.
     pub tls: String,
+    /// MQTT over WebSocket over TLS, at path `/mqtt`; empty disables it. Same certificate.
+    pub wss: String,
     pub tls_cert: String,
     pub tls_key: String,
     pub max_connections: usize,
@@ -86,6 +88,7 @@ dev_app = true
 tcp = "127.0.0.1:11883"
 ws = "127.0.0.1:18083"
 tls = ""
+wss = ""
 tls_cert = ""
 tls_key = ""
 max_connections = 10000

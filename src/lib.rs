@@ -24,6 +24,7 @@ pub struct Server {
     pub mqtt_addr: Option<SocketAddr>,
     pub ws_addr: Option<SocketAddr>,
     pub tls_addr: Option<SocketAddr>,
+    pub wss_addr: Option<SocketAddr>,
     pub api_addr: SocketAddr,
     pub store: Store,
     pub tokens: Tokens,
@@ -48,13 +49,14 @@ pub async fn start(mut config: Config) -> anyhow::Result<Server> {
 
     let tcp = bind_opt(&config.mqtt.tcp, "MQTT (mqtt.tcp)").await?;
     let ws = bind_opt(&config.mqtt.ws, "MQTT over WebSocket (mqtt.ws)").await?;
-    let tls = match bind_opt(&config.mqtt.tls, "MQTT over TLS (mqtt.tls)").await? {
-        Some(listener) => {
-            let acceptor = gate::tls_acceptor(&config.mqtt.tls_cert, &config.mqtt.tls_key)?;
-            Some((listener, acceptor))
-        }
-        None => None,
+    let tls = bind_opt(&config.mqtt.tls, "MQTT over TLS (mqtt.tls)").await?;
+    let wss = bind_opt(&config.mqtt.wss, "MQTT over secure WebSocket (mqtt.wss)").await?;
+    let acceptor = match (&tls, &wss) {
+        (None, None) => None,
+        _ => Some(gate::tls_acceptor(&config.mqtt.tls_cert, &config.mqtt.tls_key)?),
     };
+    let tls = tls.zip(acceptor.clone());
+    let wss = wss.zip(acceptor);
     let api_addr = config::listen_addr(&config.api.listen, "api.listen")?.context("api.listen must be set")?;
     let api_listener = gate::bind(api_addr, "the HTTP API (api.listen)").await?;
 
@@ -78,6 +80,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Server> {
         tcp.as_ref().map(|l| l.local_addr()).transpose()?,
         ws.as_ref().map(|l| l.local_addr()).transpose()?,
         tls.as_ref().map(|(l, _)| l.local_addr()).transpose()?,
+        wss.as_ref().map(|(l, _)| l.local_addr()).transpose()?,
         api_listener.local_addr()?,
     );
 
@@ -130,7 +133,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Server> {
         broker,
         presence.clone(),
     );
-    tasks.spawn(gate.run(Listeners { tcp, ws, tls }, shutdown_rx.clone()));
+    tasks.spawn(gate.run(Listeners { tcp, ws, tls, wss }, shutdown_rx.clone()));
 
     let api_state = api::AppState {
         live,
@@ -148,11 +151,12 @@ pub async fn start(mut config: Config) -> anyhow::Result<Server> {
         }
     });
 
-    let (mqtt_addr, ws_addr, tls_addr, api_addr) = server_addrs;
+    let (mqtt_addr, ws_addr, tls_addr, wss_addr, api_addr) = server_addrs;
     Ok(Server {
         mqtt_addr,
         ws_addr,
         tls_addr,
+        wss_addr,
         api_addr,
         store,
         tokens,

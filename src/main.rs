@@ -101,6 +101,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         server.ws_addr.map_or("off".into(), |a| format!("ws://{a}/mqtt"))
     );
     println!("MQTT (TLS):       {}", show(server.tls_addr));
+    println!(
+        "MQTT (WSS):       {}",
+        server.wss_addr.map_or("off".into(), |a| format!("wss://{a}/mqtt"))
+    );
     println!("REST API:         http://{}", server.api_addr);
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {

@@ -10,39 +10,86 @@ use common::Backend;
 use serde_json::{json, Value};
 use tokio::process::Command;
 
-fn self_signed_cert(dir: &std::path::Path) -> (String, String) {
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let status = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-        ])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(Stdio::null())
-        .status()
-        .expect("openssl is installed");
-    assert!(status.success());
-    (cert.display().to_string(), key.display().to_string())
+/// A throwaway CA and a server certificate it signed for 127.0.0.1 and localhost:
+/// (CA file, certificate, key).
+fn test_certificates(dir: &std::path::Path) -> (String, String, String) {
+    let path = |name: &str| dir.join(name).display().to_string();
+    let (ca_key, ca, key, csr, cert, ext) = (
+        path("ca.key"),
+        path("ca.pem"),
+        path("key.pem"),
+        path("leaf.csr"),
+        path("cert.pem"),
+        path("leaf.ext"),
+    );
+    std::fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    let openssl = |args: &[&str]| {
+        let status = std::process::Command::new("openssl")
+            .args(args)
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl is installed");
+        assert!(status.success(), "openssl {args:?}");
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=chatd test CA",
+        "-keyout",
+        &ca_key,
+        "-out",
+        &ca,
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        &key,
+        "-out",
+        &csr,
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &ca,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        &ext,
+        "-out",
+        &cert,
+    ]);
+    (ca, cert, key)
 }
 
 async fn mosquitto_clients_over_tcp_and_tls(backend: Backend) {
     let db = common::fresh_database(backend).await;
     let certs = tempfile::tempdir().unwrap();
-    let (cert, key) = self_signed_cert(certs.path());
+    let (ca, cert, key) = test_certificates(certs.path());
     let mut config = common::test_config(&db.url);
     config.mqtt.tls = "127.0.0.1:0".into();
-    config.mqtt.tls_cert = cert.clone();
+    config.mqtt.wss = "127.0.0.1:0".into();
+    config.mqtt.tls_cert = cert;
     config.mqtt.tls_key = key;
     config.mqtt.handshake_timeout_secs = 2;
     let t = common::spawn_app_with(config, db).await;
@@ -59,7 +106,7 @@ async fn mosquitto_clients_over_tcp_and_tls(backend: Backend) {
     // Bob listens with mosquitto_sub over TLS, MQTT 5, for one message.
     let tls = Endpoint {
         port: &tls_port,
-        cafile: Some(&cert),
+        cafile: Some(&ca),
     };
     let tcp = Endpoint {
         port: &tcp_port,
@@ -95,6 +142,13 @@ async fn mosquitto_clients_over_tcp_and_tls(backend: Backend) {
     assert_eq!(
         (msg["op"].as_str(), msg["from"].as_str(), msg["body"]["msg"].as_str()),
         (Some("msg"), Some("alice"), Some("from mosquitto"))
+    );
+
+    // MQTT 5 over WebSocket over TLS, as a browser on https would connect.
+    let mut web = common::raw::Raw::wss(t.server.wss_addr.unwrap().port(), &ca).await;
+    assert_eq!(
+        web.connect5("bob-web", "bob", &bob, 30).await.code,
+        rumqttc::v5::mqttbytes::v5::ConnectReturnCode::Success
     );
 
     // Forbidden subscriptions are refused with a SUBACK the client understands.

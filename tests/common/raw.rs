@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 pub enum Transport {
     Tcp(TcpStream),
     Ws(Box<WebSocketStream<TokioAdapter<TcpStream>>>),
+    Wss(Box<WebSocketStream<TokioAdapter<tokio_rustls::client::TlsStream<TcpStream>>>>),
 }
 
 pub struct Raw {
@@ -50,10 +51,41 @@ impl Raw {
         }
     }
 
+    /// WebSocket over TLS, trusting the PEM certificate at `ca`.
+    pub async fn wss(port: u16, ca: &str) -> Raw {
+        use tokio_rustls::rustls;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pemfile_certs(ca) {
+            roots.add(cert).unwrap();
+        }
+        let config =
+            rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+        let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let tls = connector
+            .connect("localhost".try_into().unwrap(), stream)
+            .await
+            .unwrap();
+        let mut request = format!("wss://localhost:{port}/mqtt").into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("sec-websocket-protocol", "mqtt".parse().unwrap());
+        let (ws, _) = async_tungstenite::tokio::client_async(request, tls).await.unwrap();
+        Raw {
+            transport: Transport::Wss(Box::new(ws)),
+            buf: BytesMut::new(),
+        }
+    }
+
     pub async fn write(&mut self, bytes: &[u8]) {
         match &mut self.transport {
             Transport::Tcp(s) => s.write_all(bytes).await.unwrap(),
             Transport::Ws(ws) => ws.send(Message::binary(bytes.to_vec())).await.unwrap(),
+            Transport::Wss(ws) => ws.send(Message::binary(bytes.to_vec())).await.unwrap(),
         }
     }
 
@@ -74,6 +106,16 @@ impl Raw {
         match &mut self.transport {
             Transport::Tcp(s) => matches!(s.read_buf(&mut self.buf).await, Ok(n) if n > 0),
             Transport::Ws(ws) => loop {
+                match ws.next().await {
+                    Some(Ok(Message::Binary(data))) => {
+                        self.buf.extend_from_slice(&data);
+                        return true;
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    _ => return false,
+                }
+            },
+            Transport::Wss(ws) => loop {
                 match ws.next().await {
                     Some(Ok(Message::Binary(data))) => {
                         self.buf.extend_from_slice(&data);
@@ -222,4 +264,12 @@ impl Raw {
             }
         }
     }
+}
+
+/// The certificates of a PEM file.
+fn rustls_pemfile_certs(path: &str) -> Vec<tokio_rustls::rustls::pki_types::CertificateDer<'static>> {
+    let pem = std::fs::read(path).unwrap();
+    rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap()
 }

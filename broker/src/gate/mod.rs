@@ -59,6 +59,8 @@ pub struct Listeners {
     pub tcp: Option<TcpListener>,
     pub ws: Option<TcpListener>,
     pub tls: Option<(TcpListener, TlsAcceptor)>,
+    /// WebSocket over TLS (`wss://…/mqtt`).
+    pub wss: Option<(TcpListener, TlsAcceptor)>,
 }
 
 /// What every session needs.
@@ -82,6 +84,7 @@ enum Kind {
     Tcp,
     Ws,
     Tls,
+    Wss,
 }
 
 impl Gate {
@@ -116,6 +119,9 @@ impl Gate {
         }
         if let Some((l, acceptor)) = listeners.tls {
             tasks.spawn(self.clone().accept_loop(l, Kind::Tls, Some(acceptor), shutdown.clone()));
+        }
+        if let Some((l, acceptor)) = listeners.wss {
+            tasks.spawn(self.clone().accept_loop(l, Kind::Wss, Some(acceptor), shutdown.clone()));
         }
         while tasks.join_next().await.is_some() {}
     }
@@ -175,6 +181,19 @@ async fn handshake(
                 .map_err(|_| timed_out())?
                 .map_err(std::io::Error::other)?;
             Ok(ClientIo::Ws(Box::new(ws)))
+        }
+        Kind::Wss => {
+            let acceptor = tls.expect("WSS listener without an acceptor");
+            // One limit for both handshakes together.
+            let ws = tokio::time::timeout(limit, async {
+                let stream = acceptor.accept(stream).await?;
+                async_tungstenite::tokio::accept_hdr_async(stream, ws_upgrade)
+                    .await
+                    .map_err(std::io::Error::other)
+            })
+            .await
+            .map_err(|_| timed_out())??;
+            Ok(ClientIo::Wss(Box::new(ws)))
         }
     }
 }

@@ -1,5 +1,5 @@
 //! The byte streams devices reach the gate over: plain TCP, TLS, and WebSocket (binary
-//! frames carrying MQTT, as MQTT.js and browsers speak it).
+//! frames carrying MQTT, as MQTT.js and browsers speak it), plain or over TLS.
 
 use std::io;
 
@@ -8,7 +8,7 @@ use async_tungstenite::tungstenite::Message;
 use async_tungstenite::WebSocketStream;
 use bytes::BytesMut;
 use futures_util::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
@@ -17,6 +17,7 @@ pub enum ClientIo {
     Tcp(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
     Ws(Box<WebSocketStream<TokioAdapter<TcpStream>>>),
+    Wss(Box<WebSocketStream<TokioAdapter<TlsStream<TcpStream>>>>),
 }
 
 impl ClientIo {
@@ -26,25 +27,8 @@ impl ClientIo {
         match self {
             ClientIo::Tcp(s) => s.read_buf(buf).await,
             ClientIo::Tls(s) => s.read_buf(buf).await,
-            ClientIo::Ws(ws) => loop {
-                match ws.next().await {
-                    None | Some(Ok(Message::Close(_))) => return Ok(0),
-                    Some(Ok(Message::Binary(data))) if data.is_empty() => continue,
-                    Some(Ok(Message::Binary(data))) => {
-                        buf.extend_from_slice(&data);
-                        return Ok(data.len());
-                    }
-                    // Pings are answered by the WebSocket layer itself.
-                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
-                    Some(Ok(Message::Text(_))) => {
-                        return Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            "MQTT over WebSocket needs binary frames",
-                        ))
-                    }
-                    Some(Err(e)) => return Err(io::Error::other(e)),
-                }
-            },
+            ClientIo::Ws(ws) => ws_read(ws, buf).await,
+            ClientIo::Wss(ws) => ws_read(ws, buf).await,
         }
     }
 
@@ -55,7 +39,8 @@ impl ClientIo {
                 s.write_all(bytes).await?;
                 s.flush().await
             }
-            ClientIo::Ws(ws) => ws.send(Message::binary(bytes.to_vec())).await.map_err(io::Error::other),
+            ClientIo::Ws(ws) => ws_write(ws, bytes).await,
+            ClientIo::Wss(ws) => ws_write(ws, bytes).await,
         }
     }
 
@@ -64,6 +49,39 @@ impl ClientIo {
             ClientIo::Tcp(s) => s.shutdown().await,
             ClientIo::Tls(s) => s.shutdown().await,
             ClientIo::Ws(ws) => ws.close(None).await.map_err(io::Error::other),
+            ClientIo::Wss(ws) => ws.close(None).await.map_err(io::Error::other),
         };
     }
+}
+
+async fn ws_read<S>(ws: &mut WebSocketStream<TokioAdapter<S>>, buf: &mut BytesMut) -> io::Result<usize>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        match ws.next().await {
+            None | Some(Ok(Message::Close(_))) => return Ok(0),
+            Some(Ok(Message::Binary(data))) if data.is_empty() => continue,
+            Some(Ok(Message::Binary(data))) => {
+                buf.extend_from_slice(&data);
+                return Ok(data.len());
+            }
+            // Pings are answered by the WebSocket layer itself.
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+            Some(Ok(Message::Text(_))) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "MQTT over WebSocket needs binary frames",
+                ))
+            }
+            Some(Err(e)) => return Err(io::Error::other(e)),
+        }
+    }
+}
+
+async fn ws_write<S>(ws: &mut WebSocketStream<TokioAdapter<S>>, bytes: &[u8]) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    ws.send(Message::binary(bytes.to_vec())).await.map_err(io::Error::other)
 }
