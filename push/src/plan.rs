@@ -9,7 +9,7 @@ use store::messages::StoredMessage;
 use store::Store;
 
 /// Plans the pushes of one stored message, found by id: its recipients are the users whose
-/// inbox holds it, less the sender.
+/// inbox holds it and who have a push device, less the sender.
 pub async fn plan_stored(store: &Store, live: &dyn Live, message_id: &str) -> store::Result<usize> {
     let (app_id, msg) = match store.message_by_id(message_id).await {
         Ok(found) => found,
@@ -18,7 +18,7 @@ pub async fn plan_stored(store: &Store, live: &dyn Live, message_id: &str) -> st
         Err(e) => return Err(e),
     };
     let app = store.app_by_id(&app_id).await?;
-    let recipients = store.holders(&app_id, &msg.id).await?;
+    let recipients = store.holders_with_push_devices(&app_id, &msg.id).await?;
     plan(store, live, &app.org, &app.name, &app_id, &msg, &recipients).await
 }
 

@@ -431,6 +431,20 @@ impl Store {
         Ok((row.try_get("app_id")?, crate::messages::message_from_row(&row)?))
     }
 
+    /// The users holding a message (in their inbox) who have a push device: the only ones a
+    /// push could reach, found in one query however large the group.
+    pub async fn holders_with_push_devices(&self, app_id: &str, message_id: &str) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT DISTINCT i.username FROM inbox i
+             JOIN push_devices d ON d.app_id = i.app_id AND d.username = i.username
+             WHERE i.app_id = $1 AND i.message_id = $2 ORDER BY i.username",
+        )
+        .bind(app_id)
+        .bind(message_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// Jobs waiting (for tests and the stats call).
     pub async fn queued_pushes(&self) -> Result<i64> {
         Ok(sqlx::query_scalar("SELECT COUNT(*) FROM push_queue")
