@@ -337,6 +337,24 @@ async fn bad_input_gets_errors_and_loses_nothing(backend: Backend) {
     alice.send_text("ok", "bob", "fine").await;
     assert_eq!(alice.next_op("ack").await["cid"], "ok");
     assert_eq!(bob.next_op("msg").await["body"]["msg"], "fine");
+    // Malformed packets close only the connection that sent them (MQTT 5: DISCONNECT 0x81).
+    let mut garbage = Raw::tcp(t.mqtt_port()).await;
+    garbage.connect5("junk5", "alice", &alice_token, 30).await;
+    garbage.write(&[0x30, 0x05, 0xff, 0xff, 0x00, 0x01, 0x02]).await; // PUBLISH whose topic overruns
+    match garbage.recv5().await {
+        Some(v5::Packet::Disconnect(d)) => assert_eq!(d.reason_code, v5::DisconnectReasonCode::MalformedPacket),
+        other => panic!("expected DISCONNECT 0x81, got {other:?}"),
+    }
+    let mut garbage = Raw::tcp(t.mqtt_port()).await;
+    garbage.connect4("junk4", "alice", &alice_token, 30).await;
+    garbage.write(&[0xf0, 0x00]).await; // reserved packet type 15
+    assert!(garbage.recv4().await.is_none());
+    let mut not_mqtt = Raw::tcp(t.mqtt_port()).await;
+    not_mqtt.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(not_mqtt.recv4().await.is_none(), "HTTP on the MQTT port got an answer");
+    alice.send_text("after-junk", "bob", "still here").await;
+    assert_eq!(alice.next_op("ack").await["cid"], "after-junk");
+
     // A packet over the gate's limit closes only that connection.
     let mut raw = Raw::tcp(t.mqtt_port()).await;
     raw.connect4("big", "alice", &alice_token, 30).await;

@@ -201,6 +201,13 @@ async fn read_connect(
     max_packet: usize,
 ) -> std::io::Result<Result<ConnectRequest, (Version, Refusal)>> {
     loop {
+        // Not MQTT (or not starting with CONNECT): no need to wait for the rest.
+        if buf.first().is_some_and(|b| b >> 4 != 1) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "first packet is not CONNECT",
+            ));
+        }
         match mqttbytes::check(buf.iter(), max_packet) {
             Ok(header) => {
                 let _ = header;
