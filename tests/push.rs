@@ -175,6 +175,12 @@ async fn app_with_fake(backend: Backend, dir: &std::path::Path) -> (TestApp, Fak
     (t, fake, config)
 }
 
+/// Binds an FCM token to a user's device; the HTTP status.
+async fn bind_fcm(t: &TestApp, token: &str, user: &str, device: &str, device_token: &str) -> u16 {
+    let binding = json!({"device_id": device, "device_token": device_token, "notifier": "fcm"});
+    t.put(&format!("/users/{user}/push/binding"), token, binding).await.0
+}
+
 async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
     for _ in 0..200 {
         if check() {
@@ -255,16 +261,7 @@ async fn fcm_end_to_end(backend: Backend) {
     );
 
     // A token FCM calls unregistered is removed.
-    assert_eq!(
-        t.put(
-            "/users/bob/push/binding",
-            &bob,
-            json!({"device_id": "old-phone", "device_token": "tok-dead", "notifier": "fcm"})
-        )
-        .await
-        .0,
-        200
-    );
+    assert_eq!(bind_fcm(&t, &bob, "bob", "old-phone", "tok-dead").await, 200);
     fake.script.lock().unwrap().insert("tok-dead".into(), vec![404]);
     alice_dev.send_text("m2", "bob", "again").await;
     alice_dev.next_op("ack").await;
@@ -299,16 +296,7 @@ async fn push_decision(backend: Backend) {
     let alice = t.user("alice").await;
     let bob = t.user("bob").await;
     t.user("carol").await;
-    assert_eq!(
-        t.put(
-            "/users/bob/push/binding",
-            &t.app_token,
-            json!({"device_id": "p", "device_token": "tok-bob", "notifier": "fcm"})
-        )
-        .await
-        .0,
-        200
-    );
+    assert_eq!(bind_fcm(&t, &t.app_token, "bob", "p", "tok-bob").await, 200);
     let mut alice_dev = t.device("alice", &alice, "a").await;
     let sent = || fake.sends_to("tok-bob").len();
     let quiet = |ms| tokio::time::sleep(Duration::from_millis(ms));
@@ -441,16 +429,7 @@ async fn queued_pushes_survive_restart(backend: Backend) {
     let (t, fake, mut config) = app_with_fake(backend, dir.path()).await;
     let alice = t.user("alice").await;
     t.user("bob").await;
-    assert_eq!(
-        t.put(
-            "/users/bob/push/binding",
-            &t.app_token,
-            json!({"device_id": "p", "device_token": "tok-bob", "notifier": "fcm"})
-        )
-        .await
-        .0,
-        200
-    );
+    assert_eq!(bind_fcm(&t, &t.app_token, "bob", "p", "tok-bob").await, 200);
     *fake.down.lock().unwrap() = true;
     let mut alice_dev = t.device("alice", &alice, "a").await;
     alice_dev.send_text("q1", "bob", "while FCM is down").await;
@@ -510,16 +489,7 @@ async fn messages_stored_before_a_restart_still_push(backend: Backend) {
     );
     let alice = t.user("alice").await;
     t.user("bob").await;
-    assert_eq!(
-        t.put(
-            "/users/bob/push/binding",
-            &t.app_token,
-            json!({"device_id": "p", "device_token": "tok-bob", "notifier": "fcm"})
-        )
-        .await
-        .0,
-        200
-    );
+    assert_eq!(bind_fcm(&t, &t.app_token, "bob", "p", "tok-bob").await, 200);
     let mut alice_dev = t.device("alice", &alice, "a").await;
     alice_dev.send_text("s1", "bob", "stored before the restart").await;
     alice_dev.next_op("ack").await;
@@ -551,16 +521,7 @@ async fn two_workers_never_send_twice(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let (t, fake, config) = app_with_fake(backend, dir.path()).await;
     t.user("bob").await;
-    assert_eq!(
-        t.put(
-            "/users/bob/push/binding",
-            &t.app_token,
-            json!({"device_id": "p", "device_token": "tok-bob", "notifier": "fcm"})
-        )
-        .await
-        .0,
-        200
-    );
+    assert_eq!(bind_fcm(&t, &t.app_token, "bob", "p", "tok-bob").await, 200);
     let app = t.server.store.find_app("demo", "chat").await.unwrap();
     for n in 0..100 {
         let payload = json!({"title": "t", "body": format!("n{n}"), "badge": 1, "data": {"n": n}});
@@ -601,16 +562,7 @@ async fn coming_online_cancels_a_waiting_push(backend: Backend) {
     let (t, fake, _) = app_with_fake(backend, dir.path()).await;
     let alice = t.user("alice").await;
     let bob = t.user("bob").await;
-    assert_eq!(
-        t.put(
-            "/users/bob/push/binding",
-            &bob,
-            json!({"device_id": "p", "device_token": "tok-bob", "notifier": "fcm"})
-        )
-        .await
-        .0,
-        200
-    );
+    assert_eq!(bind_fcm(&t, &bob, "bob", "p", "tok-bob").await, 200);
     *fake.down.lock().unwrap() = true;
     let mut alice_dev = t.device("alice", &alice, "a").await;
     alice_dev.send_text("w1", "bob", "are you there?").await;
