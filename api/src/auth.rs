@@ -73,3 +73,29 @@ impl FromRequestParts<AppState> for Caller {
         })
     }
 }
+
+/// A caller acting on `/{org}/{app}/users/{username}/…`: an app token, or that user's own
+/// token. `user` is the username, lower-cased.
+pub struct Owner {
+    pub caller: Caller,
+    pub user: String,
+}
+
+#[axum::async_trait]
+impl FromRequestParts<AppState> for Owner {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        let Path(params) = Path::<HashMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let user = params
+            .get("username")
+            .ok_or_else(|| ApiError::NotFound("no such route".into()))?
+            .trim()
+            .to_ascii_lowercase();
+        caller.may_act_as(&user)?;
+        Ok(Owner { caller, user })
+    }
+}

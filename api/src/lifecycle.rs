@@ -7,7 +7,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::auth::Caller;
+use crate::auth::{Caller, Owner};
 use crate::error::parse_json;
 use crate::{ApiError, AppState};
 use store::envelope::{ChatType, MsgType};
@@ -23,12 +23,9 @@ pub struct ListQuery {
 /// `GET /{org}/{app}/users/{username}/conversations`: most recent first.
 pub async fn conversations(
     State(state): State<AppState>,
-    caller: Caller,
-    Path((_, _, username)): UserPath,
+    Owner { caller, user: username }: Owner,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let username = username.to_ascii_lowercase();
-    caller.may_act_as(&username)?;
     let limit = q.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
         return Err(ApiError::BadRequest("'limit' must be from 1 to 500".into()));
@@ -43,11 +40,8 @@ pub async fn conversations(
 /// `GET /{org}/{app}/users/{username}/unread`: the badge number.
 pub async fn unread(
     State(state): State<AppState>,
-    caller: Caller,
-    Path((_, _, username)): UserPath,
+    Owner { caller, user: username }: Owner,
 ) -> Result<Json<Value>, ApiError> {
-    let username = username.to_ascii_lowercase();
-    caller.may_act_as(&username)?;
     let total = state.store.total_unread(&caller.app.id, &username).await?;
     Ok(Json(json!({"data": {"total_unread": total}})))
 }
@@ -84,11 +78,9 @@ async fn tell_holders(state: &AppState, caller: &Caller, msg: &StoredMessage, ev
 /// `DELETE /{org}/{app}/users/{username}/messages/{id}`: delete for that user only.
 pub async fn delete_for_me(
     State(state): State<AppState>,
-    caller: Caller,
-    Path((_, _, username, id)): Path<(String, String, String, String)>,
+    Owner { caller, user: username }: Owner,
+    Path((_, _, _, id)): Path<(String, String, String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let username = username.to_ascii_lowercase();
-    caller.may_act_as(&username)?;
     state.store.hide(&caller.app.id, &username, &id).await?;
     let event = json!({"op": "deleted", "id": id});
     state.live.notify(&caller.app.org, &caller.app.name, &username, &event);
@@ -131,12 +123,9 @@ pub struct SearchQuery {
 /// `GET /{org}/{app}/users/{username}/messages/search?q=`
 pub async fn search(
     State(state): State<AppState>,
-    caller: Caller,
-    Path((_, _, username)): UserPath,
+    Owner { caller, user: username }: Owner,
     Query(q): Query<SearchQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let username = username.to_ascii_lowercase();
-    caller.may_act_as(&username)?;
     let limit = q.limit.unwrap_or(20).clamp(1, 200);
     let found = state.store.search(&caller.app.id, &username, &q.q, limit).await?;
     Ok(Json(json!({"count": found.len(), "entities": found})))

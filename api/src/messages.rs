@@ -10,7 +10,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::auth::Caller;
+use crate::auth::{Caller, Owner};
 use crate::{ApiError, AppState};
 use store::envelope::MAX_SYNC_LIMIT;
 use store::messages::user_conv;
@@ -76,12 +76,9 @@ pub struct InboxQuery {
 
 pub async fn inbox(
     State(state): State<AppState>,
-    caller: Caller,
-    Path((_, _, username)): Path<(String, String, String)>,
+    Owner { caller, user: username }: Owner,
     Query(q): Query<InboxQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let username = username.to_ascii_lowercase();
-    caller.may_act_as(&username)?;
     let after = q.after.unwrap_or(0);
     let limit = q.limit.unwrap_or(100);
     if after < 0 || !(1..=MAX_SYNC_LIMIT).contains(&limit) {

@@ -7,12 +7,10 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::auth::Caller;
+use crate::auth::{Caller, Owner};
 use crate::error::parse_json;
 use crate::{ApiError, AppState};
 use store::push::{Dnd, Notifier};
-
-type UserPath = Path<(String, String, String)>;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,12 +24,9 @@ struct Binding {
 /// `PUT /{org}/{app}/users/{username}/push/binding`
 pub async fn bind(
     State(state): State<AppState>,
-    caller: Caller,
-    Path((_, _, username)): UserPath,
+    Owner { caller, user: username }: Owner,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let username = username.to_ascii_lowercase();
-    caller.may_act_as(&username)?;
     let b: Binding = parse_json(&body)?;
     if b.device_token.is_empty() {
         state.store.unbind_push(&caller.app.id, &username, &b.device_id).await?;
@@ -43,17 +38,14 @@ pub async fn bind(
             .bind_push(&caller.app.id, &username, &b.device_id, notifier, &b.device_token)
             .await?;
     }
-    devices(State(state), caller, Path((String::new(), String::new(), username))).await
+    devices(State(state), Owner { caller, user: username }).await
 }
 
 /// `GET /{org}/{app}/users/{username}/push/binding`: devices and the last push result of each.
 pub async fn devices(
     State(state): State<AppState>,
-    caller: Caller,
-    Path((_, _, username)): UserPath,
+    Owner { caller, user: username }: Owner,
 ) -> Result<Json<Value>, ApiError> {
-    let username = username.to_ascii_lowercase();
-    caller.may_act_as(&username)?;
     let devices = state.store.push_devices(&caller.app.id, &username).await?;
     Ok(Json(json!({"entities": devices, "count": devices.len()})))
 }
@@ -61,11 +53,9 @@ pub async fn devices(
 /// `DELETE /{org}/{app}/users/{username}/push/binding/{device_id}`
 pub async fn unbind(
     State(state): State<AppState>,
-    caller: Caller,
-    Path((_, _, username, device)): Path<(String, String, String, String)>,
+    Owner { caller, user: username }: Owner,
+    Path((_, _, _, device)): Path<(String, String, String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let username = username.to_ascii_lowercase();
-    caller.may_act_as(&username)?;
     state.store.unbind_push(&caller.app.id, &username, &device).await?;
     Ok(Json(json!({"data": {"device_id": device, "unbound": true}})))
 }
@@ -73,22 +63,16 @@ pub async fn unbind(
 /// `GET` / `PUT /{org}/{app}/users/{username}/push/dnd`
 pub async fn get_dnd(
     State(state): State<AppState>,
-    caller: Caller,
-    Path((_, _, username)): UserPath,
+    Owner { caller, user: username }: Owner,
 ) -> Result<Json<Value>, ApiError> {
-    let username = username.to_ascii_lowercase();
-    caller.may_act_as(&username)?;
     Ok(Json(json!({"data": state.store.dnd(&caller.app.id, &username).await?})))
 }
 
 pub async fn put_dnd(
     State(state): State<AppState>,
-    caller: Caller,
-    Path((_, _, username)): UserPath,
+    Owner { caller, user: username }: Owner,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let username = username.to_ascii_lowercase();
-    caller.may_act_as(&username)?;
     let dnd: Dnd = parse_json(&body)?;
     state.store.set_dnd(&caller.app.id, &username, &dnd).await?;
     Ok(Json(json!({"data": dnd})))
@@ -104,26 +88,21 @@ struct Mute {
 /// `PUT /{org}/{app}/users/{username}/push/mute` with `{"conv","muted"}`; `GET` lists them.
 pub async fn put_mute(
     State(state): State<AppState>,
-    caller: Caller,
-    Path((_, _, username)): UserPath,
+    Owner { caller, user: username }: Owner,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let username = username.to_ascii_lowercase();
-    caller.may_act_as(&username)?;
     let m: Mute = parse_json(&body)?;
     state
         .store
         .set_conversation_muted(&caller.app.id, &username, &m.conv, m.muted)
         .await?;
-    get_mute(State(state), caller, Path((String::new(), String::new(), username))).await
+    get_mute(State(state), Owner { caller, user: username }).await
 }
 
 pub async fn get_mute(
     State(state): State<AppState>,
-    caller: Caller,
-    Path((_, _, username)): UserPath,
+    Owner { caller, user: username }: Owner,
 ) -> Result<Json<Value>, ApiError> {
-    caller.may_act_as(&username)?;
     let muted = state.store.muted_conversations(&caller.app.id, &username).await?;
     Ok(Json(json!({"entities": muted, "count": muted.len()})))
 }

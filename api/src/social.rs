@@ -6,7 +6,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use crate::auth::Caller;
+use crate::auth::{Caller, Owner};
 use crate::error::parse_json;
 use crate::{ApiError, AppState};
 use store::users::UserUpdate;
@@ -16,22 +16,18 @@ type PairPath = Path<(String, String, String, String)>;
 
 pub async fn contacts(
     State(state): State<AppState>,
-    caller: Caller,
-    Path((_, _, owner)): UserPath,
+    Owner { caller, user: owner }: Owner,
 ) -> Result<Json<Value>, ApiError> {
-    let owner = owner.to_ascii_lowercase();
-    caller.may_act_as(&owner)?;
     let friends = state.store.contacts(&caller.app.id, &owner).await?;
     Ok(Json(json!({"entities": friends, "count": friends.len()})))
 }
 
 pub async fn add_contact(
     State(state): State<AppState>,
-    caller: Caller,
-    Path((_, _, owner, friend)): PairPath,
+    Owner { caller, user: owner }: Owner,
+    Path((_, _, _, friend)): PairPath,
 ) -> Result<Json<Value>, ApiError> {
-    let (owner, friend) = (owner.to_ascii_lowercase(), friend.to_ascii_lowercase());
-    caller.may_act_as(&owner)?;
+    let friend = friend.to_ascii_lowercase();
     state.store.add_contact(&caller.app.id, &owner, &friend).await?;
     Ok(Json(
         json!({"action": "post", "entities": [{"owner": owner, "friend": friend}]}),
@@ -40,11 +36,10 @@ pub async fn add_contact(
 
 pub async fn remove_contact(
     State(state): State<AppState>,
-    caller: Caller,
-    Path((_, _, owner, friend)): PairPath,
+    Owner { caller, user: owner }: Owner,
+    Path((_, _, _, friend)): PairPath,
 ) -> Result<Json<Value>, ApiError> {
-    let (owner, friend) = (owner.to_ascii_lowercase(), friend.to_ascii_lowercase());
-    caller.may_act_as(&owner)?;
+    let friend = friend.to_ascii_lowercase();
     state.store.remove_contact(&caller.app.id, &owner, &friend).await?;
     Ok(Json(
         json!({"action": "delete", "entities": [{"owner": owner, "friend": friend}]}),
@@ -59,12 +54,9 @@ struct BlockBody {
 
 pub async fn block(
     State(state): State<AppState>,
-    caller: Caller,
-    Path((_, _, owner)): UserPath,
+    Owner { caller, user: owner }: Owner,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let owner = owner.to_ascii_lowercase();
-    caller.may_act_as(&owner)?;
     let body: BlockBody = parse_json(&body)?;
     let users = body
         .usernames
@@ -82,22 +74,18 @@ pub async fn block(
 
 pub async fn blocklist(
     State(state): State<AppState>,
-    caller: Caller,
-    Path((_, _, owner)): UserPath,
+    Owner { caller, user: owner }: Owner,
 ) -> Result<Json<Value>, ApiError> {
-    let owner = owner.to_ascii_lowercase();
-    caller.may_act_as(&owner)?;
     let blocked = state.store.blocklist(&caller.app.id, &owner).await?;
     Ok(Json(json!({"entities": blocked, "count": blocked.len()})))
 }
 
 pub async fn unblock(
     State(state): State<AppState>,
-    caller: Caller,
-    Path((_, _, owner, blocked)): PairPath,
+    Owner { caller, user: owner }: Owner,
+    Path((_, _, _, blocked)): PairPath,
 ) -> Result<Json<Value>, ApiError> {
-    let (owner, blocked) = (owner.to_ascii_lowercase(), blocked.to_ascii_lowercase());
-    caller.may_act_as(&owner)?;
+    let blocked = blocked.to_ascii_lowercase();
     state.store.unblock_user(&caller.app.id, &owner, &blocked).await?;
     Ok(Json(json!({"action": "delete", "entities": [blocked]})))
 }
@@ -121,12 +109,9 @@ pub async fn get_metadata(
 /// `avatarurl` must be an http(s) URL, all of it at most 4 KiB.
 pub async fn put_metadata(
     State(state): State<AppState>,
-    caller: Caller,
-    Path((_, _, username)): UserPath,
+    Owner { caller, user: username }: Owner,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let username = username.to_ascii_lowercase();
-    caller.may_act_as(&username)?;
     let changes: Map<String, Value> = parse_json(&body)?;
     if let Some(url) = changes.get("avatarurl").and_then(Value::as_str) {
         if !(url.starts_with("https://") || url.starts_with("http://")) {

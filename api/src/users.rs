@@ -7,7 +7,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use crate::auth::Caller;
+use crate::auth::{Caller, Owner};
 use crate::error::parse_json;
 use crate::{ApiError, AppState};
 use store::users::{NewUser, UserUpdate};
@@ -121,11 +121,8 @@ pub async fn list(
 
 pub async fn get(
     State(state): State<AppState>,
-    caller: Caller,
-    Path((_, _, username)): Path<(String, String, String)>,
+    Owner { caller, user: username }: Owner,
 ) -> Result<Json<Value>, ApiError> {
-    let username = username.to_ascii_lowercase();
-    caller.may_act_as(&username)?;
     let user = state.store.get_user(&caller.app.id, &username).await?;
     Ok(Json(json!({"action": "get", "entities": [user], "count": 1})))
 }
@@ -141,12 +138,9 @@ struct UpdateBody {
 
 pub async fn update(
     State(state): State<AppState>,
-    caller: Caller,
-    Path((_, _, username)): Path<(String, String, String)>,
+    Owner { caller, user: username }: Owner,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let username = username.to_ascii_lowercase();
-    caller.may_act_as(&username)?;
     let body: UpdateBody = parse_json(&body)?;
     let user = state
         .store
