@@ -188,13 +188,13 @@ impl Bridge {
                 outcomes
             }
         };
-        let mut stored_any = false;
+        let mut may_push = false;
         for ((pending, _), outcome) in sends.iter().zip(outcomes) {
-            stored_any |= self.deliver(pending, outcome).await;
+            may_push |= self.deliver(pending, outcome).await;
         }
         // The batch's stored messages were recorded for the push planner in their own
         // transaction; wake the worker so it plans them now rather than at its next poll.
-        if stored_any {
+        if may_push {
             self.push_wake.notify_one();
         }
     }
@@ -230,7 +230,8 @@ impl Bridge {
         Some((sender, json.to_vec()))
     }
 
-    /// Answers and delivers one message of the batch; true if it was newly stored.
+    /// Answers and delivers one message of the batch; true if it was newly stored and may
+    /// push (one-to-one or group: chatroom messages never push).
     async fn deliver(&self, pending: &PendingSend, outcome: Result<Outcome, store::Error>) -> bool {
         let from = &pending.from;
         // `deliveries`: the inbox positions to deliver at; none for a duplicate, which was
@@ -270,7 +271,7 @@ impl Bridge {
         let Some(useqs) = deliveries else { return false };
         if msg.chat == "room" {
             self.deliver_to_room(from, &msg).await;
-            return true;
+            return false;
         }
         for (user, useq) in useqs {
             let route = if user == from.user {
