@@ -148,15 +148,29 @@ impl StoredMessage {
 impl Store {
     /// Stores a batch of messages in one transaction and says what became of each.
     /// An `Err` means nothing of the batch was stored.
+    ///
+    /// Consecutive one-to-one messages of one app are stored together with a fixed number of
+    /// statements whatever their number ([`Store::store_user_run`]); group and chatroom
+    /// messages, and repeats of a `cid` within the batch, one at a time. Order is kept: seqs
+    /// and inbox positions follow the batch's order.
     pub async fn store_batch(&self, batch: &[NewMessage]) -> Result<Vec<Outcome>> {
         let mut tx = self.write_tx().await?;
         let mut outcomes: Vec<Outcome> = Vec::with_capacity(batch.len());
         // (app, sender, cid) -> index of the outcome that stored it, for repeats in one batch.
-        let mut in_batch: HashMap<(&str, &str, &str), usize> = HashMap::new();
-        for m in batch {
-            let key = (m.app_id.as_str(), m.sender.as_str(), m.cid.as_str());
-            if let Some(&i) = in_batch.get(&key) {
-                if let Outcome::Stored { msg, useqs } = &outcomes[i] {
+        let mut in_batch: HashMap<SendKey, usize> = HashMap::new();
+        let mut run = Run::default();
+        for (i, m) in batch.iter().enumerate() {
+            let key = send_key(m);
+            let joins_run = m.chat == ChatType::User
+                && !run.keys.contains(&key)
+                && run.members.len() < MAX_RUN
+                && run.members.first().is_none_or(|&r| batch[r].app_id == m.app_id);
+            if !joins_run {
+                self.flush_run(&mut tx, batch, &mut run, &mut outcomes, &mut in_batch)
+                    .await?;
+            }
+            if let Some(&earlier) = in_batch.get(&key) {
+                if let Outcome::Stored { msg, useqs } = &outcomes[earlier] {
                     let sender_useq = useqs.iter().find(|(u, _)| *u == msg.sender).map(|(_, s)| *s);
                     outcomes.push(Outcome::Duplicate {
                         msg: msg.clone(),
@@ -165,15 +179,329 @@ impl Store {
                     continue;
                 }
             }
+            if m.chat == ChatType::User {
+                run.members.push(i);
+                run.keys.insert(key);
+                continue;
+            }
             let outcome = self.store_one(&mut tx, m).await?;
             if matches!(outcome, Outcome::Stored { .. }) {
                 in_batch.insert(key, outcomes.len());
             }
             outcomes.push(outcome);
         }
+        self.flush_run(&mut tx, batch, &mut run, &mut outcomes, &mut in_batch)
+            .await?;
         record_for_push(&mut tx, &outcomes).await?;
         tx.commit().await?;
         Ok(outcomes)
+    }
+
+    /// Stores the waiting run of one-to-one messages and appends their outcomes.
+    async fn flush_run<'a>(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        batch: &'a [NewMessage],
+        run: &mut Run<'a>,
+        outcomes: &mut Vec<Outcome>,
+        in_batch: &mut HashMap<SendKey<'a>, usize>,
+    ) -> Result<()> {
+        if run.members.is_empty() {
+            return Ok(());
+        }
+        let messages: Vec<&NewMessage> = run.members.iter().map(|&i| &batch[i]).collect();
+        for (m, outcome) in messages.iter().zip(self.store_user_run(tx, &messages).await?) {
+            if matches!(outcome, Outcome::Stored { .. }) {
+                in_batch.insert(send_key(m), outcomes.len());
+            }
+            outcomes.push(outcome);
+        }
+        run.members.clear();
+        run.keys.clear();
+        Ok(())
+    }
+
+    /// Stores one-to-one messages of one app, no two with the same (sender, cid), in about
+    /// ten statements whatever their number: the round trips per message, not the rows, are
+    /// what limits a PostgreSQL server on another connection.
+    async fn store_user_run(&self, tx: &mut Transaction<'static, Any>, run: &[&NewMessage]) -> Result<Vec<Outcome>> {
+        let app_id = run[0].app_id.as_str();
+
+        // Messages these senders already sent with these cids.
+        let sql = format!(
+            "SELECT {MSG_COLUMNS} FROM messages m WHERE m.app_id = $1 AND (m.sender, m.cid) IN (VALUES {})",
+            value_rows(run.len(), 2)
+        );
+        let mut query = sqlx::query(&sql).bind(app_id);
+        for m in run {
+            query = query.bind(&m.sender).bind(&m.cid);
+        }
+        let mut earlier: HashMap<(String, String), StoredMessage> = HashMap::new();
+        for row in query.fetch_all(&mut **tx).await? {
+            let msg = message_from_row(&row)?;
+            earlier.insert((msg.sender.clone(), msg.cid.clone()), msg);
+        }
+
+        // Which recipients exist, and which of them blocked the sender.
+        let fresh: Vec<&NewMessage> = run
+            .iter()
+            .copied()
+            .filter(|m| !earlier.contains_key(&(m.sender.clone(), m.cid.clone())))
+            .collect();
+        let mut existing: std::collections::HashSet<String> = Default::default();
+        let mut blocked: std::collections::HashSet<(String, String)> = Default::default();
+        if !fresh.is_empty() {
+            let sql = format!(
+                "SELECT username FROM users WHERE app_id = $1 AND username IN (VALUES {})",
+                value_rows(fresh.len(), 1)
+            );
+            let mut query = sqlx::query_scalar(&sql).bind(app_id);
+            for m in &fresh {
+                query = query.bind(&m.to);
+            }
+            existing.extend(query.fetch_all(&mut **tx).await?);
+            let sql = format!(
+                "SELECT owner, blocked FROM blocks WHERE app_id = $1 AND (owner, blocked) IN (VALUES {})",
+                value_rows(fresh.len(), 2)
+            );
+            let mut query = sqlx::query_as(&sql).bind(app_id);
+            for m in &fresh {
+                query = query.bind(&m.to).bind(&m.sender);
+            }
+            blocked.extend(query.fetch_all(&mut **tx).await?);
+        }
+
+        // Each message's fate; the accepted ones get an id and a conversation.
+        enum Fate {
+            Done(Outcome),
+            Accepted(StoredMessage),
+        }
+        let mut fates = Vec::with_capacity(run.len());
+        for m in run {
+            if let Some(msg) = earlier.get(&(m.sender.clone(), m.cid.clone())) {
+                let sender_useq = sqlx::query_scalar(
+                    "SELECT useq FROM inbox WHERE app_id = $1 AND username = $2 AND message_id = $3",
+                )
+                .bind(app_id)
+                .bind(&m.sender)
+                .bind(&msg.id)
+                .fetch_optional(&mut **tx)
+                .await?;
+                fates.push(Fate::Done(Outcome::Duplicate {
+                    msg: msg.clone(),
+                    sender_useq,
+                }));
+                continue;
+            }
+            let refusal = if !existing.contains(&m.to) {
+                Some(("unknown_recipient", format!("no user '{}' in this app", m.to)))
+            } else if !m.as_app && blocked.contains(&(m.to.clone(), m.sender.clone())) {
+                Some(("blocked", format!("{} does not accept your messages", m.to)))
+            } else if !m.as_app
+                && m.require_contacts
+                && m.to != m.sender
+                && !self.are_contacts(app_id, &m.sender, &m.to).await?
+            {
+                Some((
+                    "not_contact",
+                    format!(
+                        "{} is not your contact; this app allows messages between contacts only",
+                        m.to
+                    ),
+                ))
+            } else {
+                None
+            };
+            fates.push(match refusal {
+                Some((code, message)) => Fate::Done(Outcome::Refused { code, message }),
+                None => Fate::Accepted(StoredMessage {
+                    id: uuid::Uuid::now_v7().to_string(),
+                    conv: user_conv(&m.sender, &m.to),
+                    seq: 0,
+                    ts: crate::now_ms(),
+                    chat: ChatType::User.as_str().into(),
+                    sender: m.sender.clone(),
+                    sender_device: m.sender_device.clone(),
+                    recipient: m.to.clone(),
+                    cid: m.cid.clone(),
+                    kind: m.kind.as_str().into(),
+                    body: m.body.clone(),
+                    ext: m.ext.clone(),
+                    recalled: false,
+                    edited_at: 0,
+                }),
+            });
+        }
+        let mut accepted: Vec<&mut StoredMessage> = fates
+            .iter_mut()
+            .filter_map(|f| match f {
+                Fate::Accepted(msg) => Some(msg),
+                Fate::Done(_) => None,
+            })
+            .collect();
+        let mut useqs: Vec<Vec<(String, i64)>> = vec![Vec::new(); accepted.len()];
+        if !accepted.is_empty() {
+            self.place_user_run(tx, app_id, &mut accepted, &mut useqs).await?;
+        }
+        let mut useqs = useqs.into_iter();
+        Ok(fates
+            .into_iter()
+            .map(|fate| match fate {
+                Fate::Done(outcome) => outcome,
+                Fate::Accepted(msg) => Outcome::Stored {
+                    msg,
+                    useqs: useqs.next().unwrap_or_default(),
+                },
+            })
+            .collect())
+    }
+
+    /// Gives accepted one-to-one messages their conversation seqs and inbox positions and
+    /// writes them: one statement per table.
+    async fn place_user_run(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        app_id: &str,
+        accepted: &mut [&mut StoredMessage],
+        useqs: &mut [Vec<(String, i64)>],
+    ) -> Result<()> {
+        // Conversation seqs: each conversation's counter moves by its number of messages.
+        let mut convs: Vec<(String, i64, usize)> = Vec::new(); // (conv, count, last message)
+        for (i, msg) in accepted.iter().enumerate() {
+            match convs.iter_mut().find(|(c, _, _)| *c == msg.conv) {
+                Some(entry) => {
+                    entry.1 += 1;
+                    entry.2 = i;
+                }
+                None => convs.push((msg.conv.clone(), 1, i)),
+            }
+        }
+        let sql = format!(
+            "INSERT INTO conversations (app_id, conv, last_seq, last_ts, last_message_id) VALUES {}
+             ON CONFLICT (app_id, conv) DO UPDATE SET last_seq = conversations.last_seq + excluded.last_seq,
+             last_ts = excluded.last_ts, last_message_id = excluded.last_message_id
+             RETURNING conv, last_seq",
+            value_rows_with_app(convs.len(), 4)
+        );
+        let mut query = sqlx::query_as::<_, (String, i64)>(&sql).bind(app_id);
+        for (conv, count, last) in &convs {
+            query = query
+                .bind(conv)
+                .bind(*count)
+                .bind(accepted[*last].ts)
+                .bind(&accepted[*last].id);
+        }
+        let mut next_seq: HashMap<String, i64> = HashMap::new();
+        for (conv, last_seq) in query.fetch_all(&mut **tx).await? {
+            let count = convs.iter().find(|(c, _, _)| *c == conv).map_or(0, |(_, n, _)| *n);
+            next_seq.insert(conv, last_seq - count + 1);
+        }
+        for msg in accepted.iter_mut() {
+            let next = next_seq
+                .get_mut(&msg.conv)
+                .ok_or_else(|| crate::Error::Internal("conversation without a seq".into()))?;
+            msg.seq = *next;
+            *next += 1;
+        }
+
+        let sql = format!(
+            "INSERT INTO messages (app_id, id, conv, seq, chat, sender, sender_device, recipient, cid, msg_type, body, ext, ts)
+             VALUES {}",
+            value_rows_with_app(accepted.len(), 12)
+        );
+        let mut query = sqlx::query(&sql).bind(app_id);
+        for msg in accepted.iter() {
+            query = query
+                .bind(&msg.id)
+                .bind(&msg.conv)
+                .bind(msg.seq)
+                .bind(&msg.chat)
+                .bind(&msg.sender)
+                .bind(&msg.sender_device)
+                .bind(&msg.recipient)
+                .bind(&msg.cid)
+                .bind(&msg.kind)
+                .bind(&msg.body)
+                .bind(&msg.ext)
+                .bind(msg.ts);
+        }
+        query.execute(&mut **tx).await?;
+
+        // Conversation list rows: the recipient's appears, the sender has read up to what
+        // they sent (never moving back); one row per (user, conversation), as PostgreSQL
+        // refuses to update a row twice in one statement.
+        let mut positions: Vec<(&str, &str, i64)> = Vec::new();
+        for msg in accepted.iter() {
+            for (user, seq) in [(msg.recipient.as_str(), 0), (msg.sender.as_str(), msg.seq)] {
+                match positions.iter_mut().find(|(u, c, _)| *u == user && *c == msg.conv) {
+                    Some(entry) => entry.2 = entry.2.max(seq),
+                    None => positions.push((user, msg.conv.as_str(), seq)),
+                }
+            }
+        }
+        // Users deleted while their message was in flight get no row.
+        let sql = format!(
+            "INSERT INTO user_conversations (app_id, username, conv, read_seq, delivered_seq)
+             SELECT u.app_id, u.username, v.column2, v.column3, v.column3 FROM (VALUES {}) AS v, users u
+             WHERE u.app_id = $1 AND u.username = v.column1
+             ON CONFLICT (app_id, username, conv) DO UPDATE SET
+             read_seq = CASE WHEN excluded.read_seq > user_conversations.read_seq THEN excluded.read_seq ELSE user_conversations.read_seq END,
+             delivered_seq = CASE WHEN excluded.delivered_seq > user_conversations.delivered_seq THEN excluded.delivered_seq ELSE user_conversations.delivered_seq END",
+            value_rows(positions.len(), 3)
+        );
+        let mut query = sqlx::query(&sql).bind(app_id);
+        for (user, conv, seq) in &positions {
+            query = query.bind(*user).bind(*conv).bind(*seq);
+        }
+        query.execute(&mut **tx).await?;
+
+        // Inbox positions: each user's counter moves by their number of new entries (the
+        // recipient's and the sender's copy; one for a message to oneself).
+        let mut counts: Vec<(&str, i64)> = Vec::new();
+        for msg in accepted.iter() {
+            for user in participants(msg) {
+                match counts.iter_mut().find(|(u, _)| *u == user) {
+                    Some(entry) => entry.1 += 1,
+                    None => counts.push((user, 1)),
+                }
+            }
+        }
+        let sql = format!(
+            "UPDATE users SET inbox_seq = users.inbox_seq + v.column2 FROM (VALUES {}) AS v
+             WHERE users.app_id = $1 AND users.username = v.column1 RETURNING username, inbox_seq",
+            value_rows(counts.len(), 2)
+        );
+        let mut query = sqlx::query_as::<_, (String, i64)>(&sql).bind(app_id);
+        for (user, count) in &counts {
+            query = query.bind(*user).bind(*count);
+        }
+        let mut next_useq: HashMap<String, i64> = HashMap::new();
+        for (user, last) in query.fetch_all(&mut **tx).await? {
+            let count = counts.iter().find(|(u, _)| *u == user).map_or(0, |(_, n)| *n);
+            next_useq.insert(user, last - count + 1);
+        }
+        let mut entries: Vec<(String, i64, &str)> = Vec::new();
+        for (msg, places) in accepted.iter().zip(useqs.iter_mut()) {
+            for user in participants(msg) {
+                if let Some(next) = next_useq.get_mut(user) {
+                    places.push((user.to_string(), *next));
+                    entries.push((user.to_string(), *next, msg.id.as_str()));
+                    *next += 1;
+                }
+            }
+        }
+        if !entries.is_empty() {
+            let sql = format!(
+                "INSERT INTO inbox (app_id, username, useq, message_id) VALUES {}",
+                value_rows_with_app(entries.len(), 3)
+            );
+            let mut query = sqlx::query(&sql).bind(app_id);
+            for (user, useq, id) in &entries {
+                query = query.bind(user).bind(*useq).bind(*id);
+            }
+            query.execute(&mut **tx).await?;
+        }
+        Ok(())
     }
 
     /// A conversation's messages with `from_seq <= seq <= to_seq`, in seq order, at most
@@ -585,6 +913,65 @@ async fn track_conversation(tx: &mut Transaction<'static, Any>, app_id: &str, ms
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// The most one-to-one messages stored by one set of statements (keeps every statement well
+/// under SQLite's 32,766 and PostgreSQL's 65,535 bound parameters).
+const MAX_RUN: usize = 256;
+
+/// A message's identity for repeats: (app, sender, cid).
+type SendKey<'a> = (&'a str, &'a str, &'a str);
+
+fn send_key(m: &NewMessage) -> SendKey<'_> {
+    (m.app_id.as_str(), m.sender.as_str(), m.cid.as_str())
+}
+
+/// One-to-one messages of a batch waiting to be stored together (indices into the batch).
+#[derive(Default)]
+struct Run<'a> {
+    members: Vec<usize>,
+    keys: std::collections::HashSet<SendKey<'a>>,
+}
+
+/// Whose inbox a one-to-one message goes into: the recipient's, and the sender's unless
+/// they are the same.
+fn participants(msg: &StoredMessage) -> impl Iterator<Item = &str> {
+    let sender = (msg.sender != msg.recipient).then_some(msg.sender.as_str());
+    std::iter::once(msg.recipient.as_str()).chain(sender)
+}
+
+/// `($2, $3), ($4, $5), …`: `rows` rows of `width` parameters, numbered after `$1`.
+fn value_rows(rows: usize, width: usize) -> String {
+    placeholders(rows, width, false)
+}
+
+/// `($1, $2, $3), ($1, $4, $5), …`: the same, each row led by `$1` (the app).
+fn value_rows_with_app(rows: usize, width: usize) -> String {
+    placeholders(rows, width, true)
+}
+
+fn placeholders(rows: usize, width: usize, app_first: bool) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(rows * (width * 6 + 8));
+    let mut n = 2;
+    for row in 0..rows {
+        if row > 0 {
+            out.push_str(", ");
+        }
+        out.push('(');
+        if app_first {
+            out.push_str("$1, ");
+        }
+        for col in 0..width {
+            if col > 0 {
+                out.push_str(", ");
+            }
+            let _ = write!(out, "${n}");
+            n += 1;
+        }
+        out.push(')');
+    }
+    out
 }
 
 /// Notes the batch's newly stored one-to-one and group messages for the push planner, in the
