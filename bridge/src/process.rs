@@ -77,6 +77,13 @@ impl Bridge {
             let Some((from, json)) = self.sender_of(publish).await else {
                 continue;
             };
+            let json = match json {
+                Ok(json) => json,
+                Err(why) => {
+                    self.reply(&from, &OpError::new(None, "bad_envelope", why)).await;
+                    continue;
+                }
+            };
             let op = match parse_client_op(&json) {
                 Ok(op) => op,
                 Err(e) => {
@@ -200,7 +207,8 @@ impl Bridge {
     }
 
     /// Works out who published (topic and gate frame) and what.
-    async fn sender_of(&mut self, publish: &Publish) -> Option<(Sender, Vec<u8>)> {
+    /// The payload is the device's JSON, or why the gate could not read its compact envelope.
+    async fn sender_of(&mut self, publish: &Publish) -> Option<(Sender, Result<Vec<u8>, String>)> {
         let (org, app, user, _) = store::topics::parse_user_topic(&publish.topic)?;
         let Some((device, json)) = unframe_outbox(&publish.payload) else {
             tracing::error!(topic = %publish.topic, "outbox publish without the gate's frame; dropped");
@@ -227,7 +235,7 @@ impl Bridge {
             user: user.into(),
             device: device.into(),
         };
-        Some((sender, json.to_vec()))
+        Some((sender, json.map(<[u8]>::to_vec).map_err(str::to_string)))
     }
 
     /// Answers and delivers one message of the batch; true if it was newly stored and may

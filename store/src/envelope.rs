@@ -524,10 +524,18 @@ pub fn frame_outbox(device: &str, json: &[u8]) -> Vec<u8> {
     frame(0x10, device, json)
 }
 
-/// Splits an outbox frame into the sending device and the payload the device published.
-pub fn unframe_outbox(payload: &[u8]) -> Option<(&str, &[u8])> {
+/// Wraps why the gate could not read what a device published (a compact envelope that is
+/// not one), for the bridge to answer with an `error` op.
+pub fn frame_outbox_unreadable(device: &str, why: &str) -> Vec<u8> {
+    frame(0x11, device, why.as_bytes())
+}
+
+/// Splits an outbox frame into the sending device and the JSON the device published, or
+/// why the gate could not read it.
+pub fn unframe_outbox(payload: &[u8]) -> Option<(&str, Result<&[u8], &str>)> {
     match unframe(payload)? {
-        (0x10, device, json) => Some((device, json)),
+        (0x10, device, json) => Some((device, Ok(json))),
+        (0x11, device, why) => Some((device, Err(std::str::from_utf8(why).unwrap_or("unreadable")))),
         _ => None,
     }
 }
@@ -607,7 +615,9 @@ mod tests {
         let f = frame_inbox(Route::Except("phone"), b"{}");
         assert_eq!(unframe_inbox(&f), Some((Route::Except("phone"), &b"{}"[..])));
         let f = frame_outbox("tab", b"{\"op\":1}");
-        assert_eq!(unframe_outbox(&f), Some(("tab", &b"{\"op\":1}"[..])));
+        assert_eq!(unframe_outbox(&f), Some(("tab", Ok(&b"{\"op\":1}"[..]))));
+        let f = frame_outbox_unreadable("tab", "not a compact envelope");
+        assert_eq!(unframe_outbox(&f), Some(("tab", Err("not a compact envelope"))));
         assert_eq!(unframe_outbox(b"{}"), None);
         assert_eq!(unframe_inbox(&[0, 9, b'a']), None);
     }

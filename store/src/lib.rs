@@ -7,6 +7,7 @@
 //! - [`tokens`]: signed, expiring JWTs for apps and users, and argon2 password hashing.
 
 pub mod channels;
+pub mod compact;
 pub mod contacts;
 pub mod db;
 pub mod envelope;

@@ -24,7 +24,7 @@ use super::acl::{Acl, FilterAccess, Identity};
 use super::transport::ClientIo;
 use super::Shared;
 use crate::presence::{Control, UserKey};
-use store::envelope::{frame_outbox, unframe_inbox, Route};
+use store::envelope::{frame_outbox, frame_outbox_unreadable, unframe_inbox, Route};
 
 /// The keepalive the gate uses on its own connection to rumqttd.
 const UPSTREAM_KEEPALIVE: u16 = 60;
@@ -73,6 +73,10 @@ struct ConnectRequest {
     receive_max: u16,
     /// MQTT 5: the largest packet the device takes.
     device_max_packet: usize,
+    /// MQTT 5: how many topic aliases the device takes from the server.
+    device_alias_max: u16,
+    /// The device asked for the compact envelope (MessagePack) instead of JSON.
+    compact: bool,
 }
 
 /// Serves one device connection until it ends.
@@ -162,6 +166,9 @@ pub(crate) async fn serve(mut io: ClientIo, shared: Arc<Shared>, shutdown: watch
         upstream_inflight: VecDeque::new(),
         receive_max: request.receive_max as usize,
         device_max_packet: request.device_max_packet,
+        device_alias_max: request.device_alias_max,
+        device_aliases: HashMap::new(),
+        compact: request.compact,
         device_inflight: 0,
         held: VecDeque::new(),
         admitted: HashSet::new(),
@@ -220,45 +227,58 @@ async fn read_connect(
                 }
                 return Ok(match level {
                     Some(4) => match v4::Packet::read(buf, max_packet) {
-                        Ok(v4::Packet::Connect(c)) => Ok(ConnectRequest {
-                            version: Version::V4,
-                            client_id: c.client_id,
-                            clean: c.clean_session,
-                            keep_alive: c.keep_alive,
-                            login: c.login.map(|l| (l.username, l.password)),
-                            will: c.last_will,
-                            receive_max: u16::MAX,
-                            device_max_packet: usize::MAX,
-                        }),
+                        Ok(v4::Packet::Connect(c)) => {
+                            let (login, compact) = negotiate(c.login.map(|l| (l.username, l.password)), false);
+                            Ok(ConnectRequest {
+                                version: Version::V4,
+                                client_id: c.client_id,
+                                clean: c.clean_session,
+                                keep_alive: c.keep_alive,
+                                login,
+                                will: c.last_will,
+                                receive_max: u16::MAX,
+                                device_max_packet: usize::MAX,
+                                device_alias_max: 0,
+                                compact,
+                            })
+                        }
                         _ => Err((Version::V4, Refusal::Protocol)),
                     },
                     Some(5) => match v5::Packet::read(buf, Some(max_packet as u32)) {
-                        Ok(v5::Packet::Connect(c, will, login)) => Ok(ConnectRequest {
-                            version: Version::V5,
-                            receive_max: c
-                                .properties
-                                .as_ref()
-                                .and_then(|p| p.receive_maximum)
-                                .filter(|n| *n > 0)
-                                .unwrap_or(u16::MAX),
-                            device_max_packet: c
-                                .properties
-                                .as_ref()
-                                .and_then(|p| p.max_packet_size)
-                                .map_or(usize::MAX, |n| n as usize),
-                            client_id: c.client_id,
-                            clean: c.clean_start,
-                            keep_alive: c.keep_alive,
-                            login: login.map(|l| (l.username, l.password)),
-                            will: will.and_then(|w| {
-                                Some(v4::LastWill {
-                                    topic: String::from_utf8(w.topic.to_vec()).ok()?,
-                                    message: w.message,
-                                    qos: qos_v4(w.qos),
-                                    retain: w.retain,
-                                })
-                            }),
-                        }),
+                        Ok(v5::Packet::Connect(c, will, login)) => {
+                            let asked = c.properties.as_ref().is_some_and(|p| {
+                                p.user_properties.iter().any(|(k, v)| k == ENCODING_KEY && v == COMPACT)
+                            });
+                            let (login, compact) = negotiate(login.map(|l| (l.username, l.password)), asked);
+                            Ok(ConnectRequest {
+                                version: Version::V5,
+                                compact,
+                                device_alias_max: c.properties.as_ref().and_then(|p| p.topic_alias_max).unwrap_or(0),
+                                receive_max: c
+                                    .properties
+                                    .as_ref()
+                                    .and_then(|p| p.receive_maximum)
+                                    .filter(|n| *n > 0)
+                                    .unwrap_or(u16::MAX),
+                                device_max_packet: c
+                                    .properties
+                                    .as_ref()
+                                    .and_then(|p| p.max_packet_size)
+                                    .map_or(usize::MAX, |n| n as usize),
+                                client_id: c.client_id,
+                                clean: c.clean_start,
+                                keep_alive: c.keep_alive,
+                                login,
+                                will: will.and_then(|w| {
+                                    Some(v4::LastWill {
+                                        topic: String::from_utf8(w.topic.to_vec()).ok()?,
+                                        message: w.message,
+                                        qos: qos_v4(w.qos),
+                                        retain: w.retain,
+                                    })
+                                }),
+                            })
+                        }
                         _ => Err((Version::V5, Refusal::Protocol)),
                     },
                     _ => Err((Version::V4, Refusal::Protocol)),
@@ -271,6 +291,23 @@ async fn read_connect(
             }
             Err(e) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())),
         }
+    }
+}
+
+/// The CONNECT user property (MQTT 5) that asks for an encoding, and its compact value.
+const ENCODING_KEY: &str = "enc";
+const COMPACT: &str = "compact";
+
+/// Whether the device asked for the compact envelope, by the MQTT 5 user property
+/// `enc: compact` (`asked`) or, in any version, a username ending in `?enc=compact`, which
+/// is cut off before authentication.
+fn negotiate(login: Option<(String, String)>, asked: bool) -> (Option<(String, String)>, bool) {
+    const SUFFIX: &str = "?enc=compact";
+    match login {
+        Some((user, pass)) if user.ends_with(SUFFIX) => {
+            (Some((user[..user.len() - SUFFIX.len()].to_string(), pass)), true)
+        }
+        login => (login, asked),
     }
 }
 
@@ -337,7 +374,7 @@ async fn open_upstream(shared: &Shared, id: &Identity, request: &ConnectRequest)
     connect.clean_session = request.clean;
     connect.set_login(&shared.broker.username, &shared.broker.password);
     connect.last_will = request.will.clone().map(|mut will| {
-        will.message = Bytes::from(frame_outbox(&id.device, &will.message));
+        will.message = Bytes::from(outbox_frame(&id.device, request.compact, &will.message));
         will.retain = false;
         will
     });
@@ -461,6 +498,13 @@ struct Session {
     /// it has not acknowledged yet, and those held back until it does.
     receive_max: usize,
     device_max_packet: usize,
+    /// MQTT 5 topic aliases the gate has set towards the device (topic -> alias), at most
+    /// the device's Topic Alias Maximum: after the first publish on a topic, the topic
+    /// travels as two bytes.
+    device_alias_max: u16,
+    device_aliases: HashMap<String, u16>,
+    /// Payloads travel to and from this device in the compact envelope.
+    compact: bool,
     device_inflight: usize,
     held: VecDeque<v4::Publish>,
     /// Room and presence topics this connection was admitted to at SUBSCRIBE (as a member,
@@ -722,8 +766,11 @@ impl Session {
 
     fn forward_publish(&mut self, topic: String, qos: QoS, pkid: u16, dup: bool, payload: &[u8], out: &mut Outgoing) {
         // Retain is dropped: an outbox is a queue to the bridge, not a state.
-        let mut publish =
-            v4::Publish::from_bytes(topic, qos, Bytes::from(frame_outbox(&self.identity.device, payload)));
+        let mut publish = v4::Publish::from_bytes(
+            topic,
+            qos,
+            Bytes::from(outbox_frame(&self.identity.device, self.compact, payload)),
+        );
         publish.pkid = pkid;
         publish.dup = dup;
         to_broker(out, v4::Packet::Publish(publish));
@@ -924,12 +971,36 @@ impl Session {
     /// dropped (and acknowledged upstream), as MQTT 5 requires.
     fn publish_to_device(&mut self, p: v4::Publish, out: &mut Outgoing) {
         let before = out.to_device.len();
+        // Set when this publish introduces a topic alias: if it is not sent, neither is the alias.
+        let mut new_alias = false;
+        let payload = match self.compact {
+            true => store::compact::from_json(&p.payload).map_or_else(|| p.payload.clone(), Bytes::from),
+            false => p.payload.clone(),
+        };
         match self.version {
             Version::V4 => {
-                let _ = v4::Packet::Publish(p.clone()).write(&mut out.to_device, usize::MAX);
+                let mut publish = v4::Publish::from_bytes(p.topic.clone(), p.qos, payload);
+                publish.pkid = p.pkid;
+                publish.dup = p.dup;
+                publish.retain = p.retain;
+                let _ = v4::Packet::Publish(publish).write(&mut out.to_device, usize::MAX);
             }
             Version::V5 => {
-                let mut publish = v5::Publish::new(p.topic.clone(), qos_v5(p.qos), p.payload.clone(), None);
+                let (topic, alias) = match self.device_aliases.get(&p.topic) {
+                    Some(&alias) => (String::new(), Some(alias)),
+                    None if self.device_aliases.len() < usize::from(self.device_alias_max) => {
+                        let alias = self.device_aliases.len() as u16 + 1;
+                        new_alias = true;
+                        self.device_aliases.insert(p.topic.clone(), alias);
+                        (p.topic.clone(), Some(alias))
+                    }
+                    None => (p.topic.clone(), None),
+                };
+                let properties = alias.map(|alias| v5::PublishProperties {
+                    topic_alias: Some(alias),
+                    ..Default::default()
+                });
+                let mut publish = v5::Publish::new(topic, qos_v5(p.qos), payload, properties);
                 publish.pkid = p.pkid;
                 publish.dup = p.dup;
                 publish.retain = p.retain;
@@ -938,6 +1009,9 @@ impl Session {
         }
         if out.to_device.len() - before > self.device_max_packet {
             out.to_device.truncate(before);
+            if new_alias {
+                self.device_aliases.remove(&p.topic);
+            }
             tracing::info!(device = %self.identity.device, size = p.payload.len(), "publish larger than the device accepts; dropped");
             self.ack_dropped(&p, out);
         } else if p.qos != QoS::AtMostOnce {
@@ -996,6 +1070,19 @@ impl Session {
             // first step and let the device answer the PUBREL.
             QoS::ExactlyOnce => to_broker(out, v4::Packet::PubRec(v4::PubRec::new(p.pkid))),
         }
+    }
+}
+
+/// What goes to the bridge for a device's outbox payload: the JSON as it is, or the compact
+/// envelope turned into JSON (or, if it is not one, the reason, which the bridge answers
+/// with an `error` op).
+fn outbox_frame(device: &str, compact: bool, payload: &[u8]) -> Vec<u8> {
+    if !compact {
+        return frame_outbox(device, payload);
+    }
+    match store::compact::to_json(payload) {
+        Ok(json) => frame_outbox(device, &json),
+        Err(e) => frame_outbox_unreadable(device, &e.to_string()),
     }
 }
 
