@@ -8,9 +8,15 @@
 //!
 //! Ordering of the steps is what makes the promises hold:
 //! 1. the batch is committed before any `ack` or `msg` leaves, so an ack means stored;
-//! 2. the broker's publish is acknowledged only after that, so a bridge that dies
-//!    mid-batch leaves the publishes unacked rather than lost (and the device, having no
-//!    `ack`, retries with the same `cid`, which is stored once).
+//! 2. a device that gets no `ack` (the process died mid-batch) retries with the same `cid`,
+//!    which is stored once.
+//!
+//! The broker's publish is acknowledged as soon as it is queued for a batch, not after the
+//! commit. Holding that ack would buy nothing: rumqttd keeps nothing across a restart and
+//! drops a clean session's unacknowledged publishes when it disconnects. It would cost a
+//! lot: rumqttd sends at most 100 unacknowledged publishes to a connection (a constant in
+//! its router), so batches could never exceed 100 and the bridge would idle while each one
+//! commits. The queue is bounded, so a slow database still pushes back on the broker.
 
 mod lifecycle;
 mod process;
@@ -75,7 +81,7 @@ pub async fn run(
     let (producer, mut producer_loop) = AsyncClient::new(producer_options, 10_000);
     producer_loop.network_options.set_tcp_nodelay(true);
 
-    let (incoming_tx, mut incoming) = mpsc::unbounded_channel();
+    let (incoming_tx, mut incoming) = mpsc::channel(settings.max_batch * 4);
     let consumer_task = tokio::spawn(poll(consumer_loop, Some(consumer.clone()), incoming_tx.clone()));
     let producer_task = tokio::spawn(poll(producer_loop, None, incoming_tx));
     let mut bridge = Bridge::new(producer, store, live, push_wake);
@@ -89,9 +95,7 @@ pub async fn run(
                 let started = std::time::Instant::now();
                 bridge.process(&batch).await;
                 tracing::debug!(size = n, took_us = started.elapsed().as_micros() as u64, "batch");
-                for publish in batch.drain(..) {
-                    consumer.ack(&publish).await?;
-                }
+                batch.clear();
             }
             _ = shutdown.changed() => break,
         }
@@ -102,10 +106,9 @@ pub async fn run(
 }
 
 /// Drives one MQTT connection. The consumer's (`subscriber` set) (re)subscribes after
-/// every CONNACK and passes outbox publishes on; it never blocks on the processor (the
-/// channel is unbounded; rumqttd's inflight limit bounds it, since nothing is acked before
-/// it is processed).
-async fn poll(mut eventloop: EventLoop, subscriber: Option<AsyncClient>, incoming: mpsc::UnboundedSender<Publish>) {
+/// every CONNACK, queues outbox publishes for the processor and acknowledges each once
+/// queued; when the queue is full it waits, and so does rumqttd.
+async fn poll(mut eventloop: EventLoop, subscriber: Option<AsyncClient>, incoming: mpsc::Sender<Publish>) {
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
@@ -117,8 +120,15 @@ async fn poll(mut eventloop: EventLoop, subscriber: Option<AsyncClient>, incomin
                 }
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
-                if incoming.send(publish).is_err() {
+                let ack = subscriber.is_some().then(|| publish.clone());
+                if incoming.send(publish).await.is_err() {
                     return;
+                }
+                if let (Some(client), Some(publish)) = (&subscriber, ack) {
+                    // try_ack: the eventloop that would drain a full request queue is this task.
+                    if let Err(e) = client.try_ack(&publish) {
+                        tracing::error!(error = %e, "bridge cannot acknowledge a publish");
+                    }
                 }
             }
             Ok(_) => {}
