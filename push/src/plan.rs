@@ -8,9 +8,14 @@ use store::live::Live;
 use store::messages::StoredMessage;
 use store::Store;
 
-/// Plans the pushes of one stored message, found by id: its recipients are the users whose
-/// inbox holds it and who have a push device, less the sender.
-pub async fn plan_stored(store: &Store, live: &dyn Live, message_id: &str) -> store::Result<usize> {
+/// Plans the pushes of one stored message, found by id, for `recipients`: the users whose
+/// inbox holds it and who have a push device ([`Store::holders_with_push_devices`]).
+pub async fn plan_stored(
+    store: &Store,
+    live: &dyn Live,
+    message_id: &str,
+    recipients: &[String],
+) -> store::Result<usize> {
     let (app_id, msg) = match store.message_by_id(message_id).await {
         Ok(found) => found,
         // Gone since (its app's data deleted): nothing to push.
@@ -18,8 +23,7 @@ pub async fn plan_stored(store: &Store, live: &dyn Live, message_id: &str) -> st
         Err(e) => return Err(e),
     };
     let app = store.app_by_id(&app_id).await?;
-    let recipients = store.holders_with_push_devices(&app_id, &msg.id).await?;
-    plan(store, live, &app.org, &app.name, &app_id, &msg, &recipients).await
+    plan(store, live, &app.org, &app.name, &app_id, &msg, recipients).await
 }
 
 /// Queues pushes for a message just stored: one per device token of each recipient with

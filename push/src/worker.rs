@@ -137,8 +137,16 @@ impl Worker {
         };
         let any = !batches.is_empty();
         for (id, messages) in batches {
-            for message in messages {
-                if let Err(e) = crate::plan::plan_stored(&self.store, self.live.as_ref(), &message).await {
+            let holders = match self.store.holders_with_push_devices(&messages).await {
+                Ok(holders) => holders,
+                Err(e) => {
+                    // Left claimed: the lease runs out and the batch is planned again.
+                    tracing::error!(error = %e, "finding whom to push for failed");
+                    continue;
+                }
+            };
+            for (message, recipients) in holders {
+                if let Err(e) = crate::plan::plan_stored(&self.store, self.live.as_ref(), &message, &recipients).await {
                     tracing::error!(error = %e, %message, "planning pushes failed");
                 }
             }

@@ -431,18 +431,36 @@ impl Store {
         Ok((row.try_get("app_id")?, crate::messages::message_from_row(&row)?))
     }
 
-    /// The users holding a message (in their inbox) who have a push device: the only ones a
-    /// push could reach, found in one query however large the group.
-    pub async fn holders_with_push_devices(&self, app_id: &str, message_id: &str) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar(
-            "SELECT DISTINCT i.username FROM inbox i
+    /// For each of these messages, the users holding it (in their inbox) who have a push
+    /// device: the only ones a push could reach. One query for all of them, however large
+    /// the groups; messages nobody could be pushed for are left out (the common case when
+    /// everyone is online or no device is bound, so planning them costs nothing more).
+    pub async fn holders_with_push_devices(&self, message_ids: &[String]) -> Result<Vec<(String, Vec<String>)>> {
+        if message_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let params: Vec<String> = (1..=message_ids.len()).map(|n| format!("${n}")).collect();
+        let sql = format!(
+            "SELECT DISTINCT m.id, i.username FROM messages m
+             JOIN inbox i ON i.app_id = m.app_id AND i.message_id = m.id
              JOIN push_devices d ON d.app_id = i.app_id AND d.username = i.username
-             WHERE i.app_id = $1 AND i.message_id = $2 ORDER BY i.username",
-        )
-        .bind(app_id)
-        .bind(message_id)
-        .fetch_all(&self.pool)
-        .await?)
+             WHERE m.id IN ({}) ORDER BY m.id, i.username",
+            params.join(", ")
+        );
+        let mut query = sqlx::query_as::<_, (String, String)>(&sql);
+        for id in message_ids {
+            query = query.bind(id);
+        }
+        let mut holders: Vec<(String, Vec<String>)> = Vec::new();
+        for (message, user) in query.fetch_all(&self.pool).await? {
+            match holders.last_mut() {
+                Some((m, users)) if *m == message => users.push(user),
+                _ => holders.push((message, vec![user])),
+            }
+        }
+        // Back in the order the messages were stored.
+        holders.sort_by_key(|(m, _)| message_ids.iter().position(|id| id == m));
+        Ok(holders)
     }
 
     /// Jobs waiting (for tests and the stats call).
