@@ -176,6 +176,10 @@ impl Chatd {
         Ok(body["access_token"].as_str().context("no token")?.to_string())
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap_or_default()
+    }
+
     pub async fn stop(mut self) -> anyhow::Result<()> {
         self.child.start_kill()?;
         let _ = self.child.wait().await;
@@ -188,4 +192,37 @@ impl Chatd {
         }
         Ok(())
     }
+}
+
+/// A process's resident memory in KiB and open file descriptors, from `/proc`.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+pub fn open_files(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// Prints chatd's resident memory every `every` seconds until aborted.
+pub fn sample_rss(pid: u32, every: u64) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(every));
+        loop {
+            tick.tick().await;
+            println!(
+                "rss t={:>5}s {:>8.1} MiB",
+                started.elapsed().as_secs(),
+                rss_kib(pid) as f64 / 1024.0
+            );
+        }
+    })
 }

@@ -8,7 +8,11 @@
 //! bench group   [--members 2000 --online N --messages 20 --interval-ms 250] [--database-url …]
 //! bench room    [--members 2000 …]
 //! bench sync    [--conversations 100 --messages 100 --page 200] [--database-url …]
+//! bench wire    (bytes per message: 3.1.1/5, JSON/compact, topic aliases)
+//! bench idle    [--connections 15000 --users 500 --workers 4 --hold-secs 600]
 //! ```
+//!
+//! `--rss-every-secs N` on `chatd` prints chatd's resident memory every N seconds (a soak).
 //!
 //! Every chatd run starts the `chatd` binary next to this one as a child process with a
 //! fresh database (SQLite, or a new database on the PostgreSQL server of
@@ -20,9 +24,11 @@
 
 mod chatd;
 mod fanout;
+mod idle;
 mod pairs;
 mod report;
 mod sync;
+mod wire;
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -87,6 +93,18 @@ enum Mode {
         #[arg(long)]
         database_url: Option<String>,
     },
+    /// Bytes on the wire for one short text message, per protocol version and encoding.
+    Wire,
+    /// Many idle connections held open: chatd's memory and open files per connection.
+    Idle {
+        #[command(flatten)]
+        idle: idle::Idle,
+        #[arg(long)]
+        database_url: Option<String>,
+    },
+    /// (Internal) one process's share of `idle`'s connections.
+    #[command(hide = true)]
+    IdleWorker(idle::Worker),
 }
 
 #[tokio::main]
@@ -125,6 +143,9 @@ async fn main() -> anyhow::Result<()> {
             fanout::run(&fanout, fanout::Channel::Room, database_url.as_deref()).await?
         }
         Mode::Sync { sync, database_url } => sync::run(&sync, database_url.as_deref()).await?,
+        Mode::Wire => wire::run().await?,
+        Mode::Idle { idle, database_url } => idle::run(&idle, database_url.as_deref()).await?,
+        Mode::IdleWorker(worker) => idle::worker(&worker).await?,
     }
     Ok(())
 }

@@ -25,6 +25,9 @@ pub struct Traffic {
     /// Total target rate in messages/s; 0 sends as fast as acks allow.
     #[arg(long, default_value_t = 0)]
     pub rate: u64,
+    /// chatd runs: print chatd's resident memory every this many seconds (a soak's curve).
+    #[arg(long, default_value_t = 0)]
+    pub rss_every_secs: u64,
 }
 
 /// How one protocol frames a message and reads it back.
@@ -82,7 +85,11 @@ pub async fn through_chatd(traffic: &Traffic, database_url: Option<&str>) -> any
     let protocol = Protocol::Chatd {
         tokens: Arc::new(tokens),
     };
+    let sampler = (traffic.rss_every_secs > 0).then(|| crate::chatd::sample_rss(chatd.pid(), traffic.rss_every_secs));
     let report = run(traffic, "127.0.0.1", chatd.mqtt_port, protocol, chatd.label.clone()).await?;
+    if let Some(sampler) = sampler {
+        sampler.abort();
+    }
     // Every delivered message must be stored: the conversations' last seqs add up.
     let mut stored = 0;
     for i in 0..traffic.pairs {
