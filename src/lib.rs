@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 
 use broker::gate::{self, GateSettings, Listeners};
 use broker::presence::Presence;
-use broker::{BrokerSettings, EmbeddedBroker, Gate};
+use broker::{BrokerSettings, EmbeddedBroker, Gate, Switchboard};
 pub use config::Config;
 use store::tokens::Tokens;
 use store::Store;
@@ -62,15 +62,17 @@ pub async fn start(mut config: Config) -> anyhow::Result<Server> {
 
     let broker = EmbeddedBroker::start(&BrokerSettings {
         port: config.broker.port,
-        // Every device connection is one rumqttd connection; internal clients need a few more.
-        max_connections: config.mqtt.max_connections + 16,
+        // Internal clients only (the bridge's two, the switchboard's two): devices never
+        // reach rumqttd themselves.
+        max_connections: 64,
         max_payload_size: config.mqtt.max_packet_bytes + 512,
         max_inflight: config.broker.max_inflight,
         segment_bytes: config.broker.segment_bytes,
         segment_count: config.broker.segment_count,
         outbox_segment_bytes: config.broker.outbox_segment_bytes,
     })?;
-    let presence = Presence::start(&broker);
+    let switchboard = Switchboard::start(&broker);
+    let presence = Presence::new(switchboard.clone());
     // What the API and the bridge may ask of live connections; the presence tracker holds them.
     let live: Arc<dyn store::live::Live> = Arc::new(presence.clone());
 
@@ -130,7 +132,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Server> {
         },
         store.clone(),
         tokens.clone(),
-        broker,
+        switchboard,
         presence.clone(),
     );
     tasks.spawn(gate.run(Listeners { tcp, ws, tls, wss }, shutdown_rx.clone()));
@@ -195,9 +197,9 @@ pub async fn ensure_dev_app(store: &Store) -> anyhow::Result<Option<store::tenan
     }
 }
 
-/// File descriptors one device connection costs: its socket, the gate's socket to rumqttd,
-/// and rumqttd's end of that.
-const FILES_PER_DEVICE: u64 = 3;
+/// File descriptors one device connection costs: its socket (the switchboard carries its
+/// traffic to rumqttd over connections shared by all devices).
+const FILES_PER_DEVICE: u64 = 1;
 /// Files kept for everything else: listeners, the database, internal clients, logs.
 const FILES_RESERVED: u64 = 256;
 
@@ -226,11 +228,11 @@ fn fit_connections_to_open_files(wanted: usize) -> usize {
     }
     let fits = (limit.rlim_cur.saturating_sub(FILES_RESERVED) / FILES_PER_DEVICE) as usize;
     if wanted > fits {
-        tracing::warn!(
+        tracing::info!(
             wanted,
             fits,
             open_files = limit.rlim_cur,
-            "mqtt.max_connections lowered: each device connection costs {FILES_PER_DEVICE} open files"
+            "mqtt.max_connections lowered to what the open-files limit allows (one per device)"
         );
         fits
     } else {

@@ -16,17 +16,20 @@ use crate::Error;
 pub struct BrokerSettings {
     /// Loopback port for rumqttd; 0 picks a free one.
     pub port: u16,
-    /// Connections rumqttd admits: the gate's limit plus internal clients.
+    /// Connections rumqttd admits: internal clients only (devices reach it through the
+    /// switchboard's two connections).
     pub max_connections: usize,
     /// Largest packet rumqttd accepts.
     pub max_payload_size: usize,
     /// Unacknowledged QoS 1/2 messages per connection.
     pub max_inflight: usize,
-    /// Segment size and count of each per-user filter's in-memory log. Small, because
-    /// rumqttd keeps one log per filter forever; the database is the real history.
+    /// Segment size and count of the in-memory log of any filter other than the three below
+    /// (normally none). Small, because rumqttd keeps one log per filter forever; the
+    /// database is the real history.
     pub segment_bytes: usize,
     pub segment_count: usize,
-    /// Segment size of the one log all outboxes share (read by the bridges).
+    /// Segment size of the three logs all chat traffic goes through: every outbox (read by
+    /// the bridges), every inbox and every chatroom (read by the switchboard).
     pub outbox_segment_bytes: usize,
 }
 
@@ -34,7 +37,7 @@ impl Default for BrokerSettings {
     fn default() -> Self {
         BrokerSettings {
             port: 0,
-            max_connections: 10_100,
+            max_connections: 64,
             max_payload_size: 256 * 1024,
             max_inflight: 1000,
             segment_bytes: 64 * 1024,
@@ -90,13 +93,23 @@ impl EmbeddedBroker {
                 max_outgoing_packet_count: 200,
                 max_segment_size: settings.segment_bytes,
                 max_segment_count: settings.segment_count,
-                custom_segment: Some(HashMap::from([(
-                    store::topics::OUTBOX_FILTER.to_string(),
-                    SegmentConfig {
-                        max_segment_size: settings.outbox_segment_bytes,
-                        max_segment_count: 4,
-                    },
-                )])),
+                // The three filters all chat traffic goes through get room to absorb a burst.
+                custom_segment: Some(
+                    [
+                        store::topics::OUTBOX_FILTER,
+                        store::topics::INBOX_FILTER,
+                        store::topics::ROOM_FILTER,
+                    ]
+                    .into_iter()
+                    .map(|filter| {
+                        let segment = SegmentConfig {
+                            max_segment_size: settings.outbox_segment_bytes,
+                            max_segment_count: 4,
+                        };
+                        (filter.to_string(), segment)
+                    })
+                    .collect(),
+                ),
                 ..Default::default()
             },
             v4: Some(HashMap::from([(

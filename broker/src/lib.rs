@@ -4,15 +4,19 @@
 //!   clients with a per-process secret: it routes, it never faces the network.
 //! - [`gate`] is the only door for devices (TCP, WebSocket at `/mqtt`, TLS): it speaks MQTT
 //!   3.1.1 and 5 to them, checks their token at CONNECT, checks every SUBSCRIBE and PUBLISH
-//!   against the topic ACL, and relays what is allowed to rumqttd as MQTT 3.1.1.
+//!   against the topic ACL, and passes what is allowed on through the switchboard.
+//! - [`switchboard`] connects all device sessions to rumqttd through two connections, and
+//!   routes inbox and chatroom publishes to the sessions subscribed.
 //! - [`presence`] turns the gate's connects and disconnects into retained presence messages.
 
 pub mod embedded;
 pub mod gate;
 pub mod presence;
+pub mod switchboard;
 
 pub use embedded::{BrokerSettings, EmbeddedBroker};
 pub use gate::{Gate, GateSettings, Listeners};
+pub use switchboard::Switchboard;
 
 /// The error type of the broker crate.
 #[derive(Debug, thiserror::Error)]

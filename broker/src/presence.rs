@@ -3,14 +3,19 @@
 //!
 //! A user is online while any of their devices is connected. Each change of a user's device
 //! count is published, retained, on `chat/{org}/{app}/presence/{user}` as
-//! `{"user","status":"online"|"offline","devices":N,"last_seen":ms}`.
+//! `{"user","status":"online"|"offline","devices":N,"last_seen":ms}`, through the
+//! [`Switchboard`] (presence never needs rumqttd: only this process's devices read it).
+//!
+//! A device id is one connection: a device connecting again with the same id takes over,
+//! and the older connection is closed.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use rumqttc::{AsyncClient, QoS};
 use tokio::sync::mpsc;
+
+use crate::switchboard::Switchboard;
 
 /// A user, as the gate knows them after CONNECT.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -28,48 +33,43 @@ pub enum Control {
     /// Stop delivering this room or presence topic (the user left the room, was kicked,
     /// or was blocked by the presence's owner).
     Revoke(String),
+    /// Close: the same device connected again.
+    TakenOver,
 }
 
-/// Each open connection of a user: its id and where to send it controls.
-type Connections = Vec<(u64, mpsc::UnboundedSender<Control>)>;
+/// Each open connection of a user: its id, its device id and where to send it controls.
+type Connections = Vec<(u64, String, mpsc::UnboundedSender<Control>)>;
 
 /// Tracks each user's connected devices, publishes changes, and can disconnect them all.
 #[derive(Clone)]
 pub struct Presence {
     devices: Arc<Mutex<HashMap<UserKey, Connections>>>,
     next_id: Arc<AtomicU64>,
-    publisher: AsyncClient,
+    switchboard: Arc<Switchboard>,
 }
 
 impl Presence {
-    /// Starts the presence publisher: an internal MQTT client of the embedded broker.
-    pub fn start(broker: &crate::EmbeddedBroker) -> Presence {
-        let options = broker.client_options(&format!("chatd-presence-{}", store::tokens::random_secret(8)));
-        let (publisher, mut eventloop) = AsyncClient::new(options, 10_000);
-        eventloop.network_options.set_tcp_nodelay(true);
-        tokio::spawn(async move {
-            loop {
-                if let Err(e) = eventloop.poll().await {
-                    tracing::warn!(error = %e, "presence publisher lost the broker; reconnecting");
-                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                }
-            }
-        });
+    pub fn new(switchboard: Arc<Switchboard>) -> Presence {
         Presence {
             devices: Arc::default(),
             next_id: Arc::default(),
-            publisher,
+            switchboard,
         }
     }
 
     /// Records a device connection; the returned guard records the disconnection when it
     /// is dropped, however the connection ends.
-    pub fn connected(&self, user: UserKey) -> PresenceGuard {
+    pub fn connected(&self, user: UserKey, device: &str) -> PresenceGuard {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, controls) = mpsc::unbounded_channel();
         let mut devices = self.devices.lock().unwrap();
         let list = devices.entry(user.clone()).or_default();
-        list.push((id, tx));
+        for (_, other, control) in list.iter() {
+            if other == device {
+                let _ = control.send(Control::TakenOver);
+            }
+        }
+        list.push((id, device.to_string(), tx));
         self.publish(&user, list.len());
         PresenceGuard {
             presence: self.clone(),
@@ -88,7 +88,7 @@ impl Presence {
     pub fn control(&self, user: &UserKey, control: Control) -> usize {
         let devices = self.devices.lock().unwrap();
         let list = devices.get(user).map(Vec::as_slice).unwrap_or_default();
-        for (_, tx) in list {
+        for (_, _, tx) in list {
             let _ = tx.send(control.clone());
         }
         list.len()
@@ -97,7 +97,7 @@ impl Presence {
     fn disconnected(&self, user: &UserKey, id: u64) {
         let mut devices = self.devices.lock().unwrap();
         let Some(list) = devices.get_mut(user) else { return };
-        list.retain(|(other, _)| *other != id);
+        list.retain(|(other, _, _)| *other != id);
         let count = list.len();
         if count == 0 {
             devices.remove(user);
@@ -115,12 +115,7 @@ impl Presence {
             "last_seen": store::now_ms(),
         });
         let topic = store::topics::presence(&user.org, &user.app, &user.user);
-        if let Err(e) = self
-            .publisher
-            .try_publish(topic, QoS::AtLeastOnce, true, payload.to_string())
-        {
-            tracing::warn!(error = %e, user = %user.user, "presence update dropped");
-        }
+        self.switchboard.retain(&topic, payload.to_string().into());
     }
 }
 
@@ -179,10 +174,9 @@ impl store::live::Live for Presence {
     }
 
     fn notify(&self, org: &str, app: &str, user: &str, event: &serde_json::Value) {
+        // Straight to this process's devices: events, like presence, are live only.
         let topic = store::topics::inbox(org, app, user);
         let payload = store::envelope::frame_inbox(store::envelope::Route::All, event.to_string().as_bytes());
-        if let Err(e) = self.publisher.try_publish(topic, QoS::AtLeastOnce, false, payload) {
-            tracing::warn!(error = %e, %user, "event dropped");
-        }
+        self.switchboard.dispatch(&topic, payload.into());
     }
 }

@@ -9,6 +9,7 @@ mod session;
 mod transport;
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +24,8 @@ pub use acl::{Acl, Identity};
 use transport::ClientIo;
 
 use crate::presence::Presence;
-use crate::{EmbeddedBroker, Error};
+use crate::switchboard::Switchboard;
+use crate::Error;
 
 /// Limits and timeouts of the gate.
 #[derive(Debug, Clone)]
@@ -43,7 +45,7 @@ pub struct GateSettings {
 impl Default for GateSettings {
     fn default() -> Self {
         GateSettings {
-            max_connections: 10_000,
+            max_connections: 50_000,
             connect_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
             max_packet_size: 256 * 1024,
@@ -68,9 +70,11 @@ pub(crate) struct Shared {
     pub settings: GateSettings,
     pub store: store::Store,
     pub tokens: store::tokens::Tokens,
-    pub broker: EmbeddedBroker,
+    pub switchboard: Arc<Switchboard>,
     pub presence: Presence,
     pub slots: Arc<Semaphore>,
+    /// Ids of sessions at the switchboard.
+    pub next_session: AtomicU64,
 }
 
 /// The gate, ready to serve.
@@ -92,7 +96,7 @@ impl Gate {
         settings: GateSettings,
         store: store::Store,
         tokens: store::tokens::Tokens,
-        broker: EmbeddedBroker,
+        switchboard: Arc<Switchboard>,
         presence: Presence,
     ) -> Gate {
         let slots = Arc::new(Semaphore::new(settings.max_connections));
@@ -101,9 +105,10 @@ impl Gate {
                 settings,
                 store,
                 tokens,
-                broker,
+                switchboard,
                 presence,
                 slots,
+                next_session: AtomicU64::new(0),
             }),
         }
     }
@@ -141,7 +146,9 @@ impl Gate {
                         let (tls, shutdown) = (tls.clone(), shutdown.clone());
                         tokio::spawn(async move {
                             let _ = stream.set_nodelay(true);
-                            match handshake(stream, kind, tls, shared.settings.handshake_timeout).await {
+                            // Boxed, here and in the session: a task's future is as large as the
+                            // largest thing it ever awaits, for as long as the connection lives.
+                            match Box::pin(handshake(stream, kind, tls, shared.settings.handshake_timeout)).await {
                                 Ok(io) => session::serve(io, shared, shutdown).await,
                                 Err(e) => tracing::debug!(%peer, ?kind, error = %e, "handshake failed"),
                             }

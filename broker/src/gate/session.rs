@@ -1,33 +1,31 @@
 //! One device connection, from CONNECT to close.
 //!
-//! The gate reads the device's CONNECT (3.1.1 or 5), checks its token, opens its own
-//! MQTT 3.1.1 connection to rumqttd on the device's behalf, and then relays packets both
-//! ways. On the way in it enforces the ACL and tags outbox publishes with the device id;
-//! on the way out it applies the bridge's per-device routing and translates to the
-//! device's protocol version. It answers the device's PINGREQs and keeps its own keepalive
-//! with rumqttd, so a device may use keepalive 0 (which rumqttd refuses) and a silent device
-//! is dropped after 1.5 × its keepalive.
+//! The gate reads the device's CONNECT (3.1.1 or 5), checks its token, and then serves the
+//! device itself: it checks each SUBSCRIBE against the ACL and subscribes the session at the
+//! [switchboard](crate::switchboard), passes allowed outbox publishes (tagged with the device
+//! id) to rumqttd through the switchboard's uplink, and writes what the switchboard delivers
+//! in the device's protocol version, applying the bridge's per-device routing, MQTT 5 flow
+//! control, topic aliases and the compact encoding. A device costs one socket and one task,
+//! no rumqttd connection. Keepalive 0 is allowed; a silent device is dropped after 1.5 × its
+//! keepalive. Sessions are clean: what a device missed while away, it fetches with `sync`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use rumqttc::mqttbytes::{self, v4, QoS};
 use rumqttc::v5::mqttbytes::v5;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, timeout, Instant};
 
 use super::acl::{Acl, FilterAccess, Identity};
 use super::transport::ClientIo;
 use super::Shared;
 use crate::presence::{Control, UserKey};
+use crate::switchboard::{Delivery, SESSION_QUEUE};
 use store::envelope::{frame_outbox, frame_outbox_unreadable, unframe_inbox, Route};
-
-/// The keepalive the gate uses on its own connection to rumqttd.
-const UPSTREAM_KEEPALIVE: u16 = 60;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Version {
@@ -50,8 +48,10 @@ enum Refusal {
 enum Close {
     /// The device went away or said DISCONNECT.
     Device,
-    /// rumqttd closed our connection (for example, the same device connected again).
+    /// The gate lost its uplink to rumqttd.
     Upstream,
+    /// The same device connected again.
+    TakenOver,
     /// The device broke a rule; 5 devices get a DISCONNECT with this reason.
     Violation(v5::DisconnectReasonCode, String),
     Shutdown,
@@ -88,13 +88,13 @@ pub(crate) async fn serve(mut io: ClientIo, shared: Arc<Shared>, shutdown: watch
     let max_packet = shared.settings.max_packet_size;
     let request = match timeout(
         shared.settings.connect_timeout,
-        read_connect(&mut io, &mut buf, max_packet),
+        Box::pin(read_connect(&mut io, &mut buf, max_packet)),
     )
     .await
     {
         Ok(Ok(Ok(request))) => request,
         Ok(Ok(Err((version, refusal)))) => {
-            refuse(&mut io, version, refusal, None).await;
+            Box::pin(refuse(&mut io, version, refusal, None)).await;
             return;
         }
         Ok(Err(e)) => {
@@ -110,50 +110,41 @@ pub(crate) async fn serve(mut io: ClientIo, shared: Arc<Shared>, shutdown: watch
     let version = request.version;
     if slot.is_none() {
         tracing::warn!("connection limit reached; refusing a device");
-        refuse(&mut io, version, Refusal::Busy, None).await;
+        Box::pin(refuse(&mut io, version, Refusal::Busy, None)).await;
         return;
     }
-    let identity = match authenticate(&shared, &request).await {
+    let identity = match Box::pin(authenticate(&shared, &request)).await {
         Ok(identity) => identity,
         Err((refusal, why)) => {
             tracing::info!(client_id = %request.client_id, reason = %why, "CONNECT refused");
-            refuse(&mut io, version, refusal, Some(why)).await;
+            Box::pin(refuse(&mut io, version, refusal, Some(why))).await;
             return;
         }
     };
     let acl = Acl::new(&identity);
     if let Some(will) = &request.will {
         if !acl.may_publish(&will.topic) {
-            refuse(
-                &mut io,
-                version,
-                Refusal::NotAuthorized,
-                Some("a will may only go to your own outbox".into()),
-            )
-            .await;
+            let why = Some("a will may only go to your own outbox".into());
+            Box::pin(refuse(&mut io, version, Refusal::NotAuthorized, why)).await;
             return;
         }
     }
-    let (mut upstream, session_present) = match open_upstream(&shared, &identity, &request).await {
-        Ok(upstream) => upstream,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot reach the embedded broker");
-            refuse(&mut io, version, Refusal::Unavailable, None).await;
-            return;
-        }
-    };
     let mut out = BytesMut::new();
     let assigned = request.client_id.is_empty().then_some(identity.device.as_str());
-    write_connack(&mut out, version, session_present, assigned, &shared);
+    write_connack(&mut out, version, false, assigned, &shared);
     if io.write_all(&out).await.is_err() {
         return;
     }
-    let mut presence = shared.presence.connected(UserKey {
-        org: identity.org.clone(),
-        app: identity.app.clone(),
-        user: identity.user.clone(),
-    });
+    let mut presence = shared.presence.connected(
+        UserKey {
+            org: identity.org.clone(),
+            app: identity.app.clone(),
+            user: identity.user.clone(),
+        },
+        &identity.device,
+    );
     tracing::debug!(user = %identity.user, device = %identity.device, ?version, "device connected");
+    let (queue, deliveries) = mpsc::channel(SESSION_QUEUE);
     let mut session = Session {
         version,
         identity,
@@ -161,22 +152,25 @@ pub(crate) async fn serve(mut io: ClientIo, shared: Arc<Shared>, shutdown: watch
         max_packet,
         topic_alias_max: shared.settings.topic_alias_max,
         aliases: HashMap::new(),
-        pending_subs: HashMap::new(),
-        pending_unsubs: HashMap::new(),
-        upstream_inflight: VecDeque::new(),
+        id: shared.next_session.fetch_add(1, Ordering::Relaxed),
+        queue,
+        subscriptions: HashMap::new(),
+        incoming_qos2: HashSet::new(),
         receive_max: request.receive_max as usize,
         device_max_packet: request.device_max_packet,
+        unacked: HashSet::new(),
+        next_pkid: 0,
+        held: VecDeque::new(),
         device_alias_max: request.device_alias_max,
         device_aliases: HashMap::new(),
         compact: request.compact,
-        device_inflight: 0,
-        held: VecDeque::new(),
         admitted: HashSet::new(),
+        will: request.will,
         shared: shared.clone(),
     };
     let keep_alive = request.keep_alive;
     let close = session
-        .relay(&mut io, &mut upstream, buf, keep_alive, &mut presence, shutdown)
+        .run(&mut io, buf, deliveries, keep_alive, &mut presence, shutdown)
         .await;
     tracing::debug!(user = %session.identity.user, device = %session.identity.device, ?close, "device disconnected");
     let reason = match &close {
@@ -187,17 +181,16 @@ pub(crate) async fn serve(mut io: ClientIo, shared: Arc<Shared>, shutdown: watch
         Close::Shutdown => Some(v5::DisconnectReasonCode::ServerShuttingDown),
         Close::Kicked => Some(v5::DisconnectReasonCode::AdministrativeAction),
         Close::Expired => Some(v5::DisconnectReasonCode::NotAuthorized),
-        Close::Device | Close::Upstream => None,
+        Close::TakenOver => Some(v5::DisconnectReasonCode::SessionTakenOver),
+        Close::Upstream => Some(v5::DisconnectReasonCode::UnspecifiedError),
+        Close::Device => None,
     };
     if let (Some(reason), Version::V5) = (reason, version) {
         // Written by hand: rumqttc's encoder puts a stray byte after a DISCONNECT without
         // properties. Reason code, no properties: `E0 01 <reason>`.
         let _ = io.write_all(&[0xE0, 0x01, reason as u8]).await;
     }
-    if matches!(close, Close::Kicked | Close::Shutdown | Close::Expired) {
-        // A server-side close is no reason to publish the device's will.
-        let _ = upstream.write_all(&[0xE0, 0x00]).await;
-    }
+    Box::pin(session.finish(&close)).await;
     io.close().await;
 }
 
@@ -363,49 +356,6 @@ async fn authenticate(shared: &Shared, request: &ConnectRequest) -> Result<Ident
     })
 }
 
-/// Connects to rumqttd for this device and returns the connection and `session_present`.
-async fn open_upstream(shared: &Shared, id: &Identity, request: &ConnectRequest) -> std::io::Result<(TcpStream, bool)> {
-    let mut upstream = TcpStream::connect(shared.broker.addr).await?;
-    upstream.set_nodelay(true)?;
-    // Namespaced so that two users' devices with the same client id never take over each
-    // other's sessions inside rumqttd.
-    let mut connect = v4::Connect::new(format!("{}:{}:{}:{}", id.org, id.app, id.user, id.device));
-    connect.keep_alive = UPSTREAM_KEEPALIVE;
-    connect.clean_session = request.clean;
-    connect.set_login(&shared.broker.username, &shared.broker.password);
-    connect.last_will = request.will.clone().map(|mut will| {
-        will.message = Bytes::from(outbox_frame(&id.device, request.compact, &will.message));
-        will.retain = false;
-        will
-    });
-    let mut out = BytesMut::new();
-    v4::Packet::Connect(connect)
-        .write(&mut out, usize::MAX)
-        .map_err(std::io::Error::other)?;
-    upstream.write_all(&out).await?;
-    let mut buf = BytesMut::with_capacity(64);
-    let connack = timeout(Duration::from_secs(10), async {
-        loop {
-            match v4::Packet::read(&mut buf, 1024) {
-                Ok(v4::Packet::ConnAck(ack)) => return Ok(ack),
-                Ok(other) => return Err(std::io::Error::other(format!("expected CONNACK, got {other:?}"))),
-                Err(mqttbytes::Error::InsufficientBytes(_)) => {
-                    if upstream.read_buf(&mut buf).await? == 0 {
-                        return Err(std::io::Error::other("broker closed the connection at CONNECT"));
-                    }
-                }
-                Err(e) => return Err(std::io::Error::other(e.to_string())),
-            }
-        }
-    })
-    .await
-    .map_err(|_| std::io::Error::other("broker did not answer CONNECT"))??;
-    if connack.code != v4::ConnectReturnCode::Success {
-        return Err(std::io::Error::other(format!("broker refused: {:?}", connack.code)));
-    }
-    Ok((upstream, connack.session_present))
-}
-
 async fn refuse(io: &mut ClientIo, version: Version, refusal: Refusal, reason: Option<String>) {
     let mut out = BytesMut::new();
     match version {
@@ -475,7 +425,7 @@ fn write_connack(
     }
 }
 
-/// The relay's state for one connection.
+/// One device connection's state.
 struct Session {
     version: Version,
     identity: Identity,
@@ -484,54 +434,47 @@ struct Session {
     topic_alias_max: u16,
     /// MQTT 5 topic aliases the device has set.
     aliases: HashMap<u16, String>,
-    /// SUBSCRIBEs forwarded with some filters removed: for each packet id, the place of each
-    /// original filter (`None` = forwarded, `Some` = refused), to rebuild the SUBACK.
-    pending_subs: HashMap<u16, Vec<bool>>,
-    /// UNSUBSCRIBEs in flight: packet id -> number of filters (a 5 UNSUBACK needs one code each).
-    pending_unsubs: HashMap<u16, usize>,
-    /// QoS 1 publishes from rumqttd not yet acknowledged to it, in the order it sent them,
-    /// with whether the device (or the gate, for publishes routed to another device) is
-    /// done with each. rumqttd drops a connection that acks out of order, so acks go up
-    /// only from the front of this queue.
-    upstream_inflight: VecDeque<(u16, bool)>,
-    /// MQTT 5 flow control towards the device: its receive maximum, the QoS 1/2 publishes
-    /// it has not acknowledged yet, and those held back until it does.
+    /// This session's id at the switchboard, and the queue it delivers into.
+    id: u64,
+    queue: mpsc::Sender<Delivery>,
+    /// Topics subscribed, with the QoS granted (0 or 1: the server never sends QoS 2).
+    subscriptions: HashMap<String, QoS>,
+    /// The device's QoS 2 publishes received and not yet released (PUBREL): a repeat of one
+    /// is answered, not forwarded again.
+    incoming_qos2: HashSet<u16>,
+    /// MQTT 5 flow control towards the device: its receive maximum, the packet ids of the
+    /// QoS 1 publishes it has not acknowledged yet, and those held back until it does.
     receive_max: usize,
     device_max_packet: usize,
+    unacked: HashSet<u16>,
+    next_pkid: u16,
+    held: VecDeque<(Delivery, QoS)>,
     /// MQTT 5 topic aliases the gate has set towards the device (topic -> alias), at most
     /// the device's Topic Alias Maximum: after the first publish on a topic, the topic
     /// travels as two bytes.
     device_alias_max: u16,
-    device_aliases: HashMap<String, u16>,
+    device_aliases: HashMap<Arc<str>, u16>,
     /// Payloads travel to and from this device in the compact envelope.
     compact: bool,
-    device_inflight: usize,
-    held: VecDeque<v4::Publish>,
     /// Room and presence topics this connection was admitted to at SUBSCRIBE (as a member,
     /// or as someone not blocked). Leaving a room, being kicked or being blocked revokes a
     /// topic, and its publishes stop at the gate even while the device stays subscribed.
     admitted: HashSet<String>,
+    /// Published to the device's outbox if the connection ends without a DISCONNECT.
+    will: Option<v4::LastWill>,
     shared: Arc<Shared>,
 }
 
-/// Where one parsed packet goes.
-#[derive(Default)]
-struct Outgoing {
-    to_device: BytesMut,
-    to_broker: BytesMut,
-}
-
 impl Session {
-    async fn relay(
+    async fn run(
         &mut self,
         io: &mut ClientIo,
-        upstream: &mut TcpStream,
         mut device_buf: BytesMut,
+        mut deliveries: mpsc::Receiver<Delivery>,
         keep_alive: u16,
         presence: &mut crate::presence::PresenceGuard,
         mut shutdown: watch::Receiver<bool>,
     ) -> Close {
-        let mut broker_buf = BytesMut::with_capacity(4096);
         let idle_limit = (keep_alive > 0).then(|| Duration::from_millis(keep_alive as u64 * 1500));
         let far_future = Instant::now() + Duration::from_secs(86400 * 365);
         let mut idle_deadline = idle_limit.map_or(far_future, |d| Instant::now() + d);
@@ -542,19 +485,17 @@ impl Session {
             .saturating_sub(store::now_ms() / 1000)
             .max(0);
         let token_deadline = Instant::now() + Duration::from_secs(token_left as u64).min(far_future - Instant::now());
-        let mut ping = tokio::time::interval(Duration::from_secs(UPSTREAM_KEEPALIVE as u64 / 2));
-        ping.tick().await;
-        let mut out = Outgoing::default();
+        let mut out = BytesMut::new();
         // Bytes may have arrived with the CONNECT.
         let mut pending_device_bytes = !device_buf.is_empty();
         loop {
             if pending_device_bytes {
                 pending_device_bytes = false;
-                if let Err(close) = self.handle_device_bytes(&mut device_buf, &mut out).await {
-                    let _ = flush(io, upstream, &mut out).await;
+                let handled = Box::pin(self.handle_device_bytes(&mut device_buf, &mut out)).await;
+                if let Err(close) = flush(io, &mut out).await {
                     return close;
                 }
-                if let Err(close) = flush(io, upstream, &mut out).await {
+                if let Err(close) = handled {
                     return close;
                 }
             }
@@ -570,33 +511,25 @@ impl Session {
                         }
                     }
                 }
-                read = upstream.read_buf(&mut broker_buf) => {
-                    match read {
-                        Ok(0) | Err(_) => return Close::Upstream,
-                        Ok(_) => {
-                            quick_ack(upstream);
-                            if let Err(close) = self.handle_broker_bytes(&mut broker_buf, &mut out) {
-                                return close;
-                            }
-                            if let Err(close) = flush(io, upstream, &mut out).await {
-                                return close;
-                            }
-                        }
+                Some(delivery) = deliveries.recv() => {
+                    self.deliver(delivery, &mut out);
+                    // Take what else is queued before writing: one write for a burst.
+                    while out.len() < 64 * 1024 {
+                        let Ok(delivery) = deliveries.try_recv() else { break };
+                        self.deliver(delivery, &mut out);
+                    }
+                    if let Err(close) = flush(io, &mut out).await {
+                        return close;
                     }
                 }
                 _ = sleep_until(idle_deadline) => {
                     return Close::Violation(v5::DisconnectReasonCode::KeepAliveTimeout, "keepalive timeout".into());
                 }
                 _ = sleep_until(token_deadline) => return Close::Expired,
-                _ = ping.tick() => {
-                    let _ = v4::Packet::PingReq.write(&mut out.to_broker, usize::MAX);
-                    if let Err(close) = flush(io, upstream, &mut out).await {
-                        return close;
-                    }
-                }
                 _ = shutdown.changed() => return Close::Shutdown,
                 control = presence.next_control() => match control {
                     Control::Disconnect => return Close::Kicked,
+                    Control::TakenOver => return Close::TakenOver,
                     Control::Revoke(topic) => {
                         self.admitted.remove(&topic);
                     }
@@ -605,8 +538,26 @@ impl Session {
         }
     }
 
+    /// Leaves the switchboard, and publishes the will if the connection ended in a way
+    /// that calls for it.
+    async fn finish(&mut self, close: &Close) {
+        for topic in self.subscriptions.keys() {
+            self.shared.switchboard.unsubscribe(topic, self.id);
+        }
+        // A server-side close is no reason to publish the device's will.
+        if matches!(close, Close::Kicked | Close::Shutdown | Close::Expired) {
+            return;
+        }
+        if let Some(will) = self.will.take() {
+            let payload = outbox_frame(&self.identity.device, self.compact, &will.message);
+            if let Err(e) = self.shared.switchboard.publish_outbox(will.topic, payload).await {
+                tracing::error!(error = %e, "a will could not be passed on");
+            }
+        }
+    }
+
     /// Handles every complete packet the device has sent.
-    async fn handle_device_bytes(&mut self, buf: &mut BytesMut, out: &mut Outgoing) -> Result<(), Close> {
+    async fn handle_device_bytes(&mut self, buf: &mut BytesMut, out: &mut BytesMut) -> Result<(), Close> {
         loop {
             match self.version {
                 Version::V4 => match v4::Packet::read(buf, self.max_packet) {
@@ -644,7 +595,7 @@ impl Session {
         }
     }
 
-    async fn device_v4(&mut self, packet: v4::Packet, out: &mut Outgoing) -> Result<(), Close> {
+    async fn device_v4(&mut self, packet: v4::Packet, out: &mut BytesMut) -> Result<(), Close> {
         match packet {
             v4::Packet::Publish(p) => {
                 if !self.acl.may_publish(&p.topic) {
@@ -654,25 +605,26 @@ impl Session {
                         format!("publish to '{}' not allowed", p.topic),
                     ));
                 }
-                self.forward_publish(p.topic, p.qos, p.pkid, p.dup, &p.payload, out);
+                self.forward_publish(p.topic, p.qos, p.pkid, &p.payload, out).await?;
             }
             v4::Packet::Subscribe(s) => {
                 let filters = s.filters.into_iter().map(|f| (f.path, f.qos)).collect();
                 self.subscribe(s.pkid, filters, out).await;
             }
-            v4::Packet::Unsubscribe(u) => self.unsubscribe(u.pkid, u.topics, out),
+            v4::Packet::Unsubscribe(u) => {
+                self.unsubscribe(&u.topics);
+                to_device_v4(out, v4::Packet::UnsubAck(v4::UnsubAck::new(u.pkid)));
+            }
             v4::Packet::PubAck(a) => self.device_acked(a.pkid, out),
-            v4::Packet::PubRec(a) => to_broker(out, v4::Packet::PubRec(a)),
-            v4::Packet::PubRel(a) => to_broker(out, v4::Packet::PubRel(a)),
-            v4::Packet::PubComp(a) => {
-                self.device_window_freed(out);
-                to_broker(out, v4::Packet::PubComp(a))
+            v4::Packet::PubRel(a) => {
+                self.incoming_qos2.remove(&a.pkid);
+                to_device_v4(out, v4::Packet::PubComp(v4::PubComp::new(a.pkid)));
             }
-            v4::Packet::PingReq => {
-                let _ = v4::Packet::PingResp.write(&mut out.to_device, usize::MAX);
-            }
+            // The gate never sends QoS 2, so there is nothing to answer.
+            v4::Packet::PubRec(_) | v4::Packet::PubComp(_) => {}
+            v4::Packet::PingReq => to_device_v4(out, v4::Packet::PingResp),
             v4::Packet::Disconnect => {
-                to_broker(out, v4::Packet::Disconnect);
+                self.will = None;
                 return Err(Close::Device);
             }
             other => {
@@ -685,7 +637,7 @@ impl Session {
         Ok(())
     }
 
-    async fn device_v5(&mut self, packet: v5::Packet, out: &mut Outgoing) -> Result<(), Close> {
+    async fn device_v5(&mut self, packet: v5::Packet, out: &mut BytesMut) -> Result<(), Close> {
         match packet {
             v5::Packet::Publish(p) => {
                 let mut topic =
@@ -731,25 +683,33 @@ impl Session {
                     tracing::info!(user = %self.identity.user, device = %self.identity.device, %why, "publish refused");
                     return Ok(());
                 }
-                self.forward_publish(topic, qos_v4(p.qos), p.pkid, p.dup, &p.payload, out);
+                self.forward_publish(topic, qos_v4(p.qos), p.pkid, &p.payload, out)
+                    .await?;
             }
             v5::Packet::Subscribe(s) => {
                 let filters = s.filters.into_iter().map(|f| (f.path, qos_v4(f.qos))).collect();
                 self.subscribe(s.pkid, filters, out).await;
             }
-            v5::Packet::Unsubscribe(u) => self.unsubscribe(u.pkid, u.filters, out),
-            v5::Packet::PubAck(a) => self.device_acked(a.pkid, out),
-            v5::Packet::PubRec(a) => to_broker(out, v4::Packet::PubRec(v4::PubRec::new(a.pkid))),
-            v5::Packet::PubRel(a) => to_broker(out, v4::Packet::PubRel(v4::PubRel::new(a.pkid))),
-            v5::Packet::PubComp(a) => {
-                self.device_window_freed(out);
-                to_broker(out, v4::Packet::PubComp(v4::PubComp::new(a.pkid)))
+            v5::Packet::Unsubscribe(u) => {
+                self.unsubscribe(&u.filters);
+                let ack = v5::UnsubAck {
+                    pkid: u.pkid,
+                    reasons: vec![v5::UnsubAckReason::Success; u.filters.len()],
+                    properties: None,
+                };
+                to_device_v5(out, v5::Packet::UnsubAck(ack));
             }
+            v5::Packet::PubAck(a) => self.device_acked(a.pkid, out),
+            v5::Packet::PubRel(a) => {
+                self.incoming_qos2.remove(&a.pkid);
+                to_device_v5(out, v5::Packet::PubComp(v5::PubComp::new(a.pkid, None)));
+            }
+            v5::Packet::PubRec(_) | v5::Packet::PubComp(_) => {}
             v5::Packet::PingReq(_) => to_device_v5(out, v5::Packet::PingResp(v5::PingResp)),
             v5::Packet::Disconnect(d) => {
-                // "Disconnect with will": close without DISCONNECT so rumqttd sends the will.
+                // "Disconnect with will": close and publish the will all the same.
                 if d.reason_code != v5::DisconnectReasonCode::DisconnectWithWillMessage {
-                    to_broker(out, v4::Packet::Disconnect);
+                    self.will = None;
                 }
                 return Err(Close::Device);
             }
@@ -764,16 +724,34 @@ impl Session {
         Ok(())
     }
 
-    fn forward_publish(&mut self, topic: String, qos: QoS, pkid: u16, dup: bool, payload: &[u8], out: &mut Outgoing) {
-        // Retain is dropped: an outbox is a queue to the bridge, not a state.
-        let mut publish = v4::Publish::from_bytes(
-            topic,
-            qos,
-            Bytes::from(outbox_frame(&self.identity.device, self.compact, payload)),
-        );
-        publish.pkid = pkid;
-        publish.dup = dup;
-        to_broker(out, v4::Packet::Publish(publish));
+    /// Passes an outbox publish on to the bridges, then acknowledges it to the device: the
+    /// PUBACK means the gate took it; the bridge's `ack` op means stored.
+    async fn forward_publish(
+        &mut self,
+        topic: String,
+        qos: QoS,
+        pkid: u16,
+        payload: &[u8],
+        out: &mut BytesMut,
+    ) -> Result<(), Close> {
+        // A repeated QoS 2 publish (not yet released) was passed on already.
+        let repeat = qos == QoS::ExactlyOnce && !self.incoming_qos2.insert(pkid);
+        if !repeat {
+            // Retain is dropped: an outbox is a queue to the bridge, not a state.
+            let payload = outbox_frame(&self.identity.device, self.compact, payload);
+            if let Err(e) = self.shared.switchboard.publish_outbox(topic, payload).await {
+                tracing::error!(error = %e, "the gate's uplink is gone");
+                return Err(Close::Upstream);
+            }
+        }
+        match (qos, self.version) {
+            (QoS::AtMostOnce, _) => {}
+            (QoS::AtLeastOnce, Version::V4) => to_device_v4(out, v4::Packet::PubAck(v4::PubAck::new(pkid))),
+            (QoS::AtLeastOnce, Version::V5) => to_device_v5(out, v5::Packet::PubAck(v5::PubAck::new(pkid, None))),
+            (QoS::ExactlyOnce, Version::V4) => to_device_v4(out, v4::Packet::PubRec(v4::PubRec::new(pkid))),
+            (QoS::ExactlyOnce, Version::V5) => to_device_v5(out, v5::Packet::PubRec(v5::PubRec::new(pkid, None))),
+        }
+        Ok(())
     }
 
     /// Whether this device may subscribe to `filter` now.
@@ -803,272 +781,165 @@ impl Session {
         }
     }
 
-    async fn subscribe(&mut self, pkid: u16, filters: Vec<(String, QoS)>, out: &mut Outgoing) {
-        let mut allowed = Vec::with_capacity(filters.len());
-        for (filter, _) in &filters {
-            allowed.push(self.may_subscribe(filter).await);
-        }
-        for ((filter, _), ok) in filters.iter().zip(&allowed) {
-            if !ok {
+    /// Subscribes the allowed filters at the switchboard and answers with one code per
+    /// filter; retained presence follows the SUBACK.
+    async fn subscribe(&mut self, pkid: u16, filters: Vec<(String, QoS)>, out: &mut BytesMut) {
+        let mut granted = Vec::with_capacity(filters.len());
+        let mut retained = Vec::new();
+        for (filter, qos) in filters {
+            if !self.may_subscribe(&filter).await {
                 tracing::info!(user = %self.identity.user, device = %self.identity.device, %filter, "subscription refused");
+                granted.push(None);
+                continue;
             }
+            let qos = if qos == QoS::AtMostOnce { qos } else { QoS::AtLeastOnce };
+            retained.extend(self.shared.switchboard.subscribe(&filter, self.id, &self.queue));
+            self.subscriptions.insert(filter, qos);
+            granted.push(Some(qos));
         }
-        let forward: Vec<v4::SubscribeFilter> = filters
-            .into_iter()
-            .zip(&allowed)
-            .filter(|(_, ok)| **ok)
-            .map(|((path, qos), _)| v4::SubscribeFilter::new(path, qos))
-            .collect();
-        if forward.is_empty() {
-            self.write_suback(pkid, &allowed, &mut Vec::new().into_iter(), out);
-            return;
-        }
-        self.pending_subs.insert(pkid, allowed);
-        to_broker(out, v4::Packet::Subscribe(v4::Subscribe { pkid, filters: forward }));
-    }
-
-    fn unsubscribe(&mut self, pkid: u16, filters: Vec<String>, out: &mut Outgoing) {
-        self.pending_unsubs.insert(pkid, filters.len());
-        to_broker(out, v4::Packet::Unsubscribe(v4::Unsubscribe { pkid, topics: filters }));
-    }
-
-    /// Writes a SUBACK with one code per original filter: refused ones get "not
-    /// authorized", the others take rumqttd's codes in order.
-    fn write_suback(
-        &self,
-        pkid: u16,
-        allowed: &[bool],
-        broker_codes: &mut dyn Iterator<Item = v4::SubscribeReasonCode>,
-        out: &mut Outgoing,
-    ) {
         match self.version {
             Version::V4 => {
-                let codes = allowed
+                let codes = granted
                     .iter()
-                    .map(|ok| {
-                        if *ok {
-                            broker_codes.next().unwrap_or(v4::SubscribeReasonCode::Failure)
-                        } else {
-                            v4::SubscribeReasonCode::Failure
-                        }
-                    })
+                    .map(|g| g.map_or(v4::SubscribeReasonCode::Failure, v4::SubscribeReasonCode::Success))
                     .collect();
-                let _ = v4::Packet::SubAck(v4::SubAck::new(pkid, codes)).write(&mut out.to_device, usize::MAX);
+                to_device_v4(out, v4::Packet::SubAck(v4::SubAck::new(pkid, codes)));
             }
             Version::V5 => {
-                let codes = allowed
+                let codes = granted
                     .iter()
-                    .map(|ok| match (ok, ok.then(|| broker_codes.next()).flatten()) {
-                        (false, _) => v5::SubscribeReasonCode::NotAuthorized,
-                        (true, Some(v4::SubscribeReasonCode::Success(qos))) => {
-                            v5::SubscribeReasonCode::Success(qos_v5(qos))
-                        }
-                        (true, _) => v5::SubscribeReasonCode::Unspecified,
+                    .map(|g| match g {
+                        Some(qos) => v5::SubscribeReasonCode::Success(qos_v5(*qos)),
+                        None => v5::SubscribeReasonCode::NotAuthorized,
                     })
                     .collect();
-                to_device_v5(
-                    out,
-                    v5::Packet::SubAck(v5::SubAck {
-                        pkid,
-                        return_codes: codes,
-                        properties: None,
-                    }),
-                );
+                let ack = v5::SubAck {
+                    pkid,
+                    return_codes: codes,
+                    properties: None,
+                };
+                to_device_v5(out, v5::Packet::SubAck(ack));
+            }
+        }
+        for delivery in retained {
+            self.deliver(delivery, out);
+        }
+    }
+
+    fn unsubscribe(&mut self, filters: &[String]) {
+        for filter in filters {
+            if self.subscriptions.remove(filter).is_some() {
+                self.shared.switchboard.unsubscribe(filter, self.id);
             }
         }
     }
 
-    /// Handles every complete packet rumqttd has sent.
-    fn handle_broker_bytes(&mut self, buf: &mut BytesMut, out: &mut Outgoing) -> Result<(), Close> {
-        loop {
-            let packet = match v4::Packet::read(buf, usize::MAX >> 1) {
-                Ok(packet) => packet,
-                Err(mqttbytes::Error::InsufficientBytes(_)) => return Ok(()),
-                Err(e) => {
-                    tracing::error!(error = %e, "unreadable packet from the embedded broker");
-                    return Err(Close::Upstream);
-                }
+    /// A publish from the switchboard: checked against admission and per-device routing,
+    /// then sent (or held back by MQTT 5 flow control).
+    fn deliver(&mut self, mut delivery: Delivery, out: &mut BytesMut) {
+        let Some(&qos) = self.subscriptions.get(&*delivery.topic) else {
+            return; // unsubscribed while it was queued
+        };
+        if self.acl.needs_admission(&delivery.topic) && !self.admitted.contains(&*delivery.topic) {
+            return; // left, kicked or blocked: the topic's publishes stop here
+        }
+        if *delivery.topic == *self.acl.inbox() {
+            let Some((route, json)) = unframe_inbox(&delivery.payload) else {
+                tracing::error!(topic = %delivery.topic, "inbox publish without a route frame; dropped");
+                return;
             };
-            match packet {
-                v4::Packet::Publish(mut p) => {
-                    if p.qos == QoS::AtLeastOnce {
-                        self.upstream_inflight.push_back((p.pkid, false));
-                    }
-                    if self.acl.needs_admission(&p.topic) && !self.admitted.contains(&p.topic) {
-                        // Left, kicked or blocked: the topic's publishes stop here.
-                        self.ack_dropped(&p, out);
-                        continue;
-                    }
-                    if p.topic == self.acl.inbox() {
-                        let Some((route, json)) = unframe_inbox(&p.payload) else {
-                            tracing::error!(topic = %p.topic, "inbox publish without a route frame; dropped");
-                            self.ack_dropped(&p, out);
-                            continue;
-                        };
-                        let wanted = match route {
-                            Route::All => true,
-                            Route::Only(device) => device == self.identity.device,
-                            Route::Except(device) => device != self.identity.device,
-                        };
-                        if !wanted {
-                            self.ack_dropped(&p, out);
-                            continue;
-                        }
-                        let skip = p.payload.len() - json.len();
-                        p.payload = p.payload.slice(skip..);
-                    }
-                    if p.qos != QoS::AtMostOnce && self.device_inflight >= self.receive_max {
-                        self.held.push_back(p);
-                    } else {
-                        self.publish_to_device(p, out);
-                    }
-                }
-                v4::Packet::PubAck(a) => match self.version {
-                    Version::V4 => to_device_v4(out, v4::Packet::PubAck(a)),
-                    Version::V5 => to_device_v5(out, v5::Packet::PubAck(v5::PubAck::new(a.pkid, None))),
-                },
-                v4::Packet::PubRec(a) => match self.version {
-                    Version::V4 => to_device_v4(out, v4::Packet::PubRec(a)),
-                    Version::V5 => to_device_v5(out, v5::Packet::PubRec(v5::PubRec::new(a.pkid, None))),
-                },
-                v4::Packet::PubRel(a) => match self.version {
-                    Version::V4 => to_device_v4(out, v4::Packet::PubRel(a)),
-                    Version::V5 => to_device_v5(out, v5::Packet::PubRel(v5::PubRel::new(a.pkid, None))),
-                },
-                v4::Packet::PubComp(a) => match self.version {
-                    Version::V4 => to_device_v4(out, v4::Packet::PubComp(a)),
-                    Version::V5 => to_device_v5(out, v5::Packet::PubComp(v5::PubComp::new(a.pkid, None))),
-                },
-                v4::Packet::SubAck(ack) => {
-                    let allowed = self
-                        .pending_subs
-                        .remove(&ack.pkid)
-                        .unwrap_or_else(|| vec![true; ack.return_codes.len()]);
-                    self.write_suback(ack.pkid, &allowed, &mut ack.return_codes.into_iter(), out);
-                }
-                v4::Packet::UnsubAck(ack) => {
-                    let count = self.pending_unsubs.remove(&ack.pkid).unwrap_or(1);
-                    match self.version {
-                        Version::V4 => to_device_v4(out, v4::Packet::UnsubAck(ack)),
-                        Version::V5 => to_device_v5(
-                            out,
-                            v5::Packet::UnsubAck(v5::UnsubAck {
-                                pkid: ack.pkid,
-                                reasons: vec![v5::UnsubAckReason::Success; count],
-                                properties: None,
-                            }),
-                        ),
-                    }
-                }
-                // Answers to the gate's own keepalive pings.
-                v4::Packet::PingResp => {}
-                other => tracing::debug!(packet = ?packet_name_v4(&other), "ignored packet from the embedded broker"),
+            let wanted = match route {
+                Route::All => true,
+                Route::Only(device) => device == self.identity.device,
+                Route::Except(device) => device != self.identity.device,
+            };
+            if !wanted {
+                return;
             }
+            let skip = delivery.payload.len() - json.len();
+            delivery.payload = delivery.payload.slice(skip..);
+        }
+        if qos == QoS::AtLeastOnce && self.unacked.len() >= self.receive_max {
+            self.held.push_back((delivery, qos));
+        } else {
+            self.publish_to_device(delivery, qos, out);
         }
     }
 
     /// Writes a publish in the device's version; one larger than the device accepts is
-    /// dropped (and acknowledged upstream), as MQTT 5 requires.
-    fn publish_to_device(&mut self, p: v4::Publish, out: &mut Outgoing) {
-        let before = out.to_device.len();
+    /// dropped, as MQTT 5 requires.
+    fn publish_to_device(&mut self, delivery: Delivery, qos: QoS, out: &mut BytesMut) {
+        let before = out.len();
+        let pkid = match qos {
+            QoS::AtMostOnce => 0,
+            _ => self.next_packet_id(),
+        };
         // Set when this publish introduces a topic alias: if it is not sent, neither is the alias.
         let mut new_alias = false;
         let payload = match self.compact {
-            true => store::compact::from_json(&p.payload).map_or_else(|| p.payload.clone(), Bytes::from),
-            false => p.payload.clone(),
+            true => store::compact::from_json(&delivery.payload).map_or_else(|| delivery.payload.clone(), Bytes::from),
+            false => delivery.payload.clone(),
         };
         match self.version {
             Version::V4 => {
-                let mut publish = v4::Publish::from_bytes(p.topic.clone(), p.qos, payload);
-                publish.pkid = p.pkid;
-                publish.dup = p.dup;
-                publish.retain = p.retain;
-                let _ = v4::Packet::Publish(publish).write(&mut out.to_device, usize::MAX);
+                let mut publish = v4::Publish::from_bytes(delivery.topic.to_string(), qos, payload);
+                publish.pkid = pkid;
+                publish.retain = delivery.retain;
+                to_device_v4(out, v4::Packet::Publish(publish));
             }
             Version::V5 => {
-                let (topic, alias) = match self.device_aliases.get(&p.topic) {
+                let (topic, alias) = match self.device_aliases.get(&delivery.topic) {
                     Some(&alias) => (String::new(), Some(alias)),
                     None if self.device_aliases.len() < usize::from(self.device_alias_max) => {
                         let alias = self.device_aliases.len() as u16 + 1;
                         new_alias = true;
-                        self.device_aliases.insert(p.topic.clone(), alias);
-                        (p.topic.clone(), Some(alias))
+                        self.device_aliases.insert(delivery.topic.clone(), alias);
+                        (delivery.topic.to_string(), Some(alias))
                     }
-                    None => (p.topic.clone(), None),
+                    None => (delivery.topic.to_string(), None),
                 };
                 let properties = alias.map(|alias| v5::PublishProperties {
                     topic_alias: Some(alias),
                     ..Default::default()
                 });
-                let mut publish = v5::Publish::new(topic, qos_v5(p.qos), payload, properties);
-                publish.pkid = p.pkid;
-                publish.dup = p.dup;
-                publish.retain = p.retain;
+                let mut publish = v5::Publish::new(topic, qos_v5(qos), payload, properties);
+                publish.pkid = pkid;
+                publish.retain = delivery.retain;
                 to_device_v5(out, v5::Packet::Publish(publish));
             }
         }
-        if out.to_device.len() - before > self.device_max_packet {
-            out.to_device.truncate(before);
+        if out.len() - before > self.device_max_packet {
+            out.truncate(before);
             if new_alias {
-                self.device_aliases.remove(&p.topic);
+                self.device_aliases.remove(&delivery.topic);
             }
-            tracing::info!(device = %self.identity.device, size = p.payload.len(), "publish larger than the device accepts; dropped");
-            self.ack_dropped(&p, out);
-        } else if p.qos != QoS::AtMostOnce {
-            self.device_inflight += 1;
+            tracing::info!(device = %self.identity.device, size = delivery.payload.len(), "publish larger than the device accepts; dropped");
+        } else if qos != QoS::AtMostOnce {
+            self.unacked.insert(pkid);
         }
     }
 
-    /// The device finished a QoS 1/2 delivery: its receive window has room again.
-    fn device_window_freed(&mut self, out: &mut Outgoing) {
-        self.device_inflight = self.device_inflight.saturating_sub(1);
-        while self.device_inflight < self.receive_max {
-            let Some(p) = self.held.pop_front() else { break };
-            self.publish_to_device(p, out);
-        }
-    }
-
-    /// The device acknowledged a QoS 1 publish.
-    fn device_acked(&mut self, pkid: u16, out: &mut Outgoing) {
-        self.device_window_freed(out);
-        match self
-            .upstream_inflight
-            .iter_mut()
-            .find(|(id, done)| *id == pkid && !done)
-        {
-            Some(entry) => entry.1 = true,
-            None => tracing::debug!(pkid, device = %self.identity.device, "unsolicited PUBACK from a device"),
-        }
-        self.release_acks(out);
-    }
-
-    /// Sends rumqttd the acks it may now take: those at the front of the queue.
-    fn release_acks(&mut self, out: &mut Outgoing) {
-        while let Some(&(pkid, true)) = self.upstream_inflight.front() {
-            self.upstream_inflight.pop_front();
-            to_broker(out, v4::Packet::PubAck(v4::PubAck::new(pkid)));
-        }
-    }
-
-    /// A publish meant for another device of this user: acknowledged to rumqttd (in
-    /// order), not sent.
-    fn ack_dropped(&mut self, p: &v4::Publish, out: &mut Outgoing) {
-        match p.qos {
-            QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => {
-                if let Some(entry) = self
-                    .upstream_inflight
-                    .iter_mut()
-                    .rev()
-                    .find(|(id, done)| *id == p.pkid && !done)
-                {
-                    entry.1 = true;
-                }
-                self.release_acks(out);
+    /// The next packet id not waiting for the device's PUBACK.
+    fn next_packet_id(&mut self) -> u16 {
+        loop {
+            self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
+            if !self.unacked.contains(&self.next_pkid) {
+                return self.next_pkid;
             }
-            // The bridge publishes inboxes at QoS 1, so QoS 2 cannot be capped here; ack the
-            // first step and let the device answer the PUBREL.
-            QoS::ExactlyOnce => to_broker(out, v4::Packet::PubRec(v4::PubRec::new(p.pkid))),
+        }
+    }
+
+    /// The device acknowledged a QoS 1 publish: its receive window has room again.
+    fn device_acked(&mut self, pkid: u16, out: &mut BytesMut) {
+        if !self.unacked.remove(&pkid) {
+            tracing::debug!(pkid, device = %self.identity.device, "unsolicited PUBACK from a device");
+            return;
+        }
+        while self.unacked.len() < self.receive_max {
+            let Some((delivery, qos)) = self.held.pop_front() else {
+                break;
+            };
+            self.publish_to_device(delivery, qos, out);
         }
     }
 }
@@ -1086,51 +957,21 @@ fn outbox_frame(device: &str, compact: bool, payload: &[u8]) -> Vec<u8> {
     }
 }
 
-fn to_broker(out: &mut Outgoing, packet: v4::Packet) {
-    let _ = packet.write(&mut out.to_broker, usize::MAX);
+fn to_device_v4(out: &mut BytesMut, packet: v4::Packet) {
+    let _ = packet.write(out, usize::MAX);
 }
 
-fn to_device_v4(out: &mut Outgoing, packet: v4::Packet) {
-    let _ = packet.write(&mut out.to_device, usize::MAX);
+fn to_device_v5(out: &mut BytesMut, packet: v5::Packet) {
+    let _ = packet.write(out, None);
 }
 
-fn to_device_v5(out: &mut Outgoing, packet: v5::Packet) {
-    let _ = packet.write(&mut out.to_device, None);
-}
-
-async fn flush(io: &mut ClientIo, upstream: &mut TcpStream, out: &mut Outgoing) -> Result<(), Close> {
-    if !out.to_broker.is_empty() {
-        upstream.write_all(&out.to_broker).await.map_err(|_| Close::Upstream)?;
-        out.to_broker.clear();
-    }
-    if !out.to_device.is_empty() {
-        io.write_all(&out.to_device).await.map_err(|_| Close::Device)?;
-        out.to_device.clear();
+async fn flush(io: &mut ClientIo, out: &mut BytesMut) -> Result<(), Close> {
+    if !out.is_empty() {
+        io.write_all(out).await.map_err(|_| Close::Device)?;
+        out.clear();
     }
     Ok(())
 }
-
-/// rumqttd does not set TCP_NODELAY on its sockets, so after a large write its next small
-/// one waits for our ACK, which Linux delays by up to 40 ms. Asking for immediate ACKs on our
-/// end (the flag does not stick, so after every read) removes that stall.
-#[cfg(target_os = "linux")]
-fn quick_ack(stream: &TcpStream) {
-    use std::os::fd::AsRawFd;
-    let on: libc::c_int = 1;
-    // SAFETY: a valid socket descriptor and a pointer to a c_int of the right size.
-    unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_QUICKACK,
-            &on as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn quick_ack(_: &TcpStream) {}
 
 /// An MQTT 5 DISCONNECT without properties: `E0 00` (normal) or `E0 01 <reason>`; returns
 /// its length and reason code.

@@ -1,0 +1,154 @@
+//! The switchboard: how device sessions and rumqttd reach each other without one rumqttd
+//! connection per device.
+//!
+//! A rumqttd connection costs ~44 KB and, through loopback, two more open files per device
+//! (one process may hold 20,000 files here). So the gate holds two connections to rumqttd
+//! for all its devices:
+//!
+//! - the **uplink** carries every outbox publish (and will) to the bridges;
+//! - the **downlink** subscribes to every inbox and every chatroom ([`INBOX_FILTER`],
+//!   [`ROOM_FILTER`]) and the switchboard hands each publish to the sessions subscribed to
+//!   that exact topic (the ACL only ever admits exact topics, so routing is a map lookup).
+//!
+//! Presence never leaves the process: the gate makes it, so the switchboard keeps each
+//! user's latest presence (the "retained" message) and hands it to a new subscriber.
+//!
+//! [`INBOX_FILTER`]: store::topics::INBOX_FILTER
+//! [`ROOM_FILTER`]: store::topics::ROOM_FILTER
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rumqttc::{AsyncClient, Event, Packet, QoS};
+use tokio::sync::mpsc;
+
+/// Deliveries a session may have queued before the switchboard drops more for it (a
+/// device that reads this slowly catches up with `sync`).
+pub const SESSION_QUEUE: usize = 1024;
+
+/// One publish for one session.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub topic: Arc<str>,
+    pub payload: Bytes,
+    /// Sent on subscribing: the topic's retained message.
+    pub retain: bool,
+}
+
+/// A session subscribed to a topic: its id and its queue.
+type Subscribers = Vec<(u64, mpsc::Sender<Delivery>)>;
+
+pub struct Switchboard {
+    topics: Mutex<HashMap<Arc<str>, Subscribers>>,
+    retained: Mutex<HashMap<Arc<str>, Bytes>>,
+    uplink: AsyncClient,
+}
+
+impl Switchboard {
+    /// Opens the uplink and downlink connections to rumqttd.
+    pub fn start(broker: &crate::EmbeddedBroker) -> Arc<Switchboard> {
+        let tag = store::tokens::random_secret(8);
+        let mut options = broker.client_options(&format!("chatd-uplink-{tag}"));
+        options.set_inflight(1000);
+        let (uplink, mut uplink_loop) = AsyncClient::new(options, 10_000);
+        uplink_loop.network_options.set_tcp_nodelay(true);
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = uplink_loop.poll().await {
+                    tracing::warn!(error = %e, "gate uplink lost the broker; reconnecting");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        });
+        let switchboard = Arc::new(Switchboard {
+            topics: Mutex::default(),
+            retained: Mutex::default(),
+            uplink,
+        });
+        let (downlink, mut downlink_loop) =
+            AsyncClient::new(broker.client_options(&format!("chatd-downlink-{tag}")), 100);
+        downlink_loop.network_options.set_tcp_nodelay(true);
+        let board = switchboard.clone();
+        tokio::spawn(async move {
+            loop {
+                match downlink_loop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        for filter in [store::topics::INBOX_FILTER, store::topics::ROOM_FILTER] {
+                            if let Err(e) = downlink.try_subscribe(filter, QoS::AtLeastOnce) {
+                                tracing::error!(error = %e, "gate downlink cannot subscribe");
+                            }
+                        }
+                    }
+                    // Acknowledged by rumqttc once returned here: handed to the sessions' queues.
+                    Ok(Event::Incoming(Packet::Publish(p))) => board.dispatch(&p.topic, p.payload),
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "gate downlink lost the broker; reconnecting");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        });
+        switchboard
+    }
+
+    /// Adds a session to a topic; returns the topic's retained message, if any.
+    pub fn subscribe(&self, topic: &str, session: u64, queue: &mpsc::Sender<Delivery>) -> Option<Delivery> {
+        let mut topics = self.topics.lock().unwrap();
+        let subscribers = match topics.get_mut(topic) {
+            Some(list) => list,
+            None => topics.entry(Arc::from(topic)).or_default(),
+        };
+        if !subscribers.iter().any(|(id, _)| *id == session) {
+            subscribers.push((session, queue.clone()));
+        }
+        let retained = self.retained.lock().unwrap();
+        retained.get_key_value(topic).map(|(topic, payload)| Delivery {
+            topic: topic.clone(),
+            payload: payload.clone(),
+            retain: true,
+        })
+    }
+
+    pub fn unsubscribe(&self, topic: &str, session: u64) {
+        let mut topics = self.topics.lock().unwrap();
+        if let Some(list) = topics.get_mut(topic) {
+            list.retain(|(id, _)| *id != session);
+            if list.is_empty() {
+                topics.remove(topic);
+            }
+        }
+    }
+
+    /// Hands a publish to every session subscribed to its topic.
+    pub fn dispatch(&self, topic: &str, payload: Bytes) {
+        let topics = self.topics.lock().unwrap();
+        let Some((topic, subscribers)) = topics.get_key_value(topic) else {
+            return;
+        };
+        for (session, queue) in subscribers {
+            let delivery = Delivery {
+                topic: topic.clone(),
+                payload: payload.clone(),
+                retain: false,
+            };
+            if let Err(mpsc::error::TrySendError::Full(_)) = queue.try_send(delivery) {
+                tracing::warn!(session, %topic, "a device is not reading; delivery dropped (it can sync)");
+            }
+        }
+    }
+
+    /// Replaces a topic's retained message and delivers it to current subscribers.
+    pub fn retain(&self, topic: &str, payload: Bytes) {
+        self.retained.lock().unwrap().insert(Arc::from(topic), payload.clone());
+        self.dispatch(topic, payload);
+    }
+
+    /// Publishes a device's outbox publish to rumqttd (for the bridges), at QoS 1. Waits
+    /// while the uplink's queue is full; an error means the uplink is gone.
+    pub async fn publish_outbox(&self, topic: String, payload: Vec<u8>) -> Result<(), rumqttc::ClientError> {
+        self.uplink.publish(topic, QoS::AtLeastOnce, false, payload).await
+    }
+}
