@@ -713,6 +713,72 @@ async fn mqtt5_flow_control_and_packet_size(backend: Backend) {
     assert_eq!(m4["body"]["msg"], "m4");
 }
 
+/// A device id is one connection: connecting again with it closes the older connection
+/// (MQTT 5: DISCONNECT 0x8E), and messages go to the new one. A QoS 2 publish is passed on
+/// once however often the device repeats it before releasing it.
+async fn same_device_takes_over_and_qos2_is_forwarded_once(backend: Backend) {
+    let t = spawn_app(backend).await;
+    let ann = t.user("ann").await;
+    let bob = t.user("bob").await;
+    let mut old = Raw::tcp(t.mqtt_port()).await;
+    assert_eq!(
+        old.connect5("ann-phone", "ann", &ann, 30).await.code,
+        v5::ConnectReturnCode::Success
+    );
+    let mut new = Raw::tcp(t.mqtt_port()).await;
+    assert_eq!(
+        new.connect5("ann-phone", "ann", &ann, 30).await.code,
+        v5::ConnectReturnCode::Success
+    );
+    match old.recv5().await {
+        Some(v5::Packet::Disconnect(d)) => assert_eq!(d.reason_code, v5::DisconnectReasonCode::SessionTakenOver),
+        other => panic!("expected DISCONNECT, got {other:?}"),
+    }
+    assert!(old.recv5().await.is_none(), "the old connection is closed");
+    let filter = v5::Filter::new(t.inbox("ann"), rumqttc::v5::mqttbytes::QoS::AtLeastOnce);
+    new.send5(v5::Packet::Subscribe(v5::Subscribe::new(filter, None))).await;
+    assert!(matches!(new.recv5().await, Some(v5::Packet::SubAck(_))));
+
+    let mut bob_dev = t.device("bob", &bob, "bob-phone").await;
+    let send = json!({"op":"send","cid":"q2","chat":"user","to":"bob","type":"txt","body":{"msg":"exactly once"}});
+    for dup in [false, true] {
+        let mut publish = v5::Publish::new(
+            t.outbox("ann"),
+            rumqttc::v5::mqttbytes::QoS::ExactlyOnce,
+            send.to_string(),
+            None,
+        );
+        publish.pkid = 7;
+        publish.dup = dup;
+        new.send5(v5::Packet::Publish(publish)).await;
+        loop {
+            match new.recv5().await {
+                Some(v5::Packet::PubRec(r)) => {
+                    assert_eq!(r.pkid, 7);
+                    break;
+                }
+                Some(_) => continue,
+                None => panic!("closed"),
+            }
+        }
+    }
+    new.send5(v5::Packet::PubRel(v5::PubRel::new(7, None))).await;
+    loop {
+        match new.recv5().await {
+            Some(v5::Packet::PubComp(c)) => {
+                assert_eq!(c.pkid, 7);
+                break;
+            }
+            Some(_) => continue,
+            None => panic!("closed"),
+        }
+    }
+    let msg = bob_dev.next_op("msg").await;
+    assert_eq!(msg["body"]["msg"], "exactly once");
+    let more = bob_dev.collect(Duration::from_millis(500)).await;
+    assert!(more.iter().all(|m| m["op"] != "msg"), "delivered once: {more:?}");
+}
+
 on_both_backends!(
     refuses_bad_tokens,
     enforces_topic_acl,
@@ -724,4 +790,5 @@ on_both_backends!(
     silent_device_is_dropped_and_handshakes_time_out,
     wills_follow_how_a_device_leaves,
     mqtt5_flow_control_and_packet_size,
+    same_device_takes_over_and_qos2_is_forwarded_once,
 );

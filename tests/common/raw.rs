@@ -162,6 +162,7 @@ impl Raw {
                         0x95 => v5::DisconnectReasonCode::PacketTooLarge,
                         0x81 => v5::DisconnectReasonCode::MalformedPacket,
                         0x82 => v5::DisconnectReasonCode::ProtocolError,
+                        0x8E => v5::DisconnectReasonCode::SessionTakenOver,
                         other => panic!("unexpected DISCONNECT reason {other:#x}"),
                     };
                     return Some(v5::Packet::Disconnect(v5::Disconnect::new(code)));
