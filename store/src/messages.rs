@@ -8,7 +8,7 @@
 //! Writes come in batches ([`Store::store_batch`]): one transaction, so one fsync, for many
 //! messages (group commit).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde_json::Value;
 use sqlx::any::AnyRow;
@@ -227,13 +227,30 @@ impl Store {
     async fn store_user_run(&self, tx: &mut Transaction<'static, Any>, run: &[&NewMessage]) -> Result<Vec<Outcome>> {
         let app_id = run[0].app_id.as_str();
 
-        // Messages these senders already sent with these cids.
-        let sql = format!(
-            // A join, not `(sender, cid) IN (VALUES …)`: SQLite would scan the app's messages.
-            "SELECT {MSG_COLUMNS} FROM (VALUES {}) AS v, messages m
-             WHERE m.app_id = $1 AND m.sender = v.column1 AND m.cid = v.column2",
-            value_rows(run.len(), 2)
-        );
+        // Messages these senders already sent with these cids. Every statement here must
+        // look rows up by key, never scan an app's users or messages (an app may have
+        // millions): each backend gets the form its planner turns into index lookups.
+        let sql = match self.backend() {
+            // A nested loop over the pairs (SQLite scans the app for row-value IN).
+            crate::db::Backend::Sqlite => format!(
+                "SELECT {MSG_COLUMNS} FROM (VALUES {}) AS v, messages m
+                 WHERE m.app_id = $1 AND m.sender = v.column1 AND m.cid = v.column2",
+                value_rows(run.len(), 2)
+            ),
+            // One lookup of the whole unique key per message. PostgreSQL hash-joins a VALUES
+            // list with the app's rows, and without fresh statistics runs an IN list of pairs
+            // as a scan of the app's messages; a full-key equality it always looks up.
+            crate::db::Backend::Postgres => (0..run.len())
+                .map(|i| {
+                    format!(
+                        "SELECT {MSG_COLUMNS} FROM messages m WHERE m.app_id = $1 AND m.sender = ${} AND m.cid = ${}",
+                        2 + 2 * i,
+                        3 + 2 * i
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(" UNION ALL "),
+        };
         let mut query = sqlx::query(&sql).bind(app_id);
         for m in run {
             query = query.bind(&m.sender).bind(&m.cid);
@@ -244,32 +261,39 @@ impl Store {
             earlier.insert((msg.sender.clone(), msg.cid.clone()), msg);
         }
 
-        // Which recipients exist, and which of them blocked the sender.
+        // Which participants exist (a sender may have been deleted while their message was
+        // in flight), and whom the recipients block.
         let fresh: Vec<&NewMessage> = run
             .iter()
             .copied()
             .filter(|m| !earlier.contains_key(&(m.sender.clone(), m.cid.clone())))
             .collect();
-        let mut existing: std::collections::HashSet<String> = Default::default();
-        let mut blocked: std::collections::HashSet<(String, String)> = Default::default();
+        let mut existing: HashSet<String> = HashSet::new();
+        let mut blocked: HashSet<(String, String)> = HashSet::new();
         if !fresh.is_empty() {
+            let mut names: Vec<&str> = fresh.iter().flat_map(|m| [m.to.as_str(), m.sender.as_str()]).collect();
+            names.sort_unstable();
+            names.dedup();
             let sql = format!(
-                "SELECT username FROM users WHERE app_id = $1 AND username IN (VALUES {})",
-                value_rows(fresh.len(), 1)
+                "SELECT username FROM users WHERE app_id = $1 AND username IN ({})",
+                params_from(2, names.len())
             );
             let mut query = sqlx::query_scalar(&sql).bind(app_id);
-            for m in &fresh {
-                query = query.bind(&m.to);
+            for name in &names {
+                query = query.bind(*name);
             }
             existing.extend(query.fetch_all(&mut **tx).await?);
+            // All blocks the recipients hold (few per user), sorted out here.
+            let mut owners: Vec<&str> = fresh.iter().map(|m| m.to.as_str()).collect();
+            owners.sort_unstable();
+            owners.dedup();
             let sql = format!(
-                "SELECT b.owner, b.blocked FROM (VALUES {}) AS v, blocks b
-                 WHERE b.app_id = $1 AND b.owner = v.column1 AND b.blocked = v.column2",
-                value_rows(fresh.len(), 2)
+                "SELECT owner, blocked FROM blocks WHERE app_id = $1 AND owner IN ({})",
+                params_from(2, owners.len())
             );
             let mut query = sqlx::query_as(&sql).bind(app_id);
-            for m in &fresh {
-                query = query.bind(&m.to).bind(&m.sender);
+            for owner in &owners {
+                query = query.bind(*owner);
             }
             blocked.extend(query.fetch_all(&mut **tx).await?);
         }
@@ -344,7 +368,8 @@ impl Store {
             .collect();
         let mut useqs: Vec<Vec<(String, i64)>> = vec![Vec::new(); accepted.len()];
         if !accepted.is_empty() {
-            self.place_user_run(tx, app_id, &mut accepted, &mut useqs).await?;
+            self.place_user_run(tx, app_id, &existing, &mut accepted, &mut useqs)
+                .await?;
         }
         let mut useqs = useqs.into_iter();
         Ok(fates
@@ -365,6 +390,7 @@ impl Store {
         &self,
         tx: &mut Transaction<'static, Any>,
         app_id: &str,
+        existing: &HashSet<String>,
         accepted: &mut [&mut StoredMessage],
         useqs: &mut [Vec<(String, i64)>],
     ) -> Result<()> {
@@ -436,27 +462,30 @@ impl Store {
         let mut positions: Vec<(&str, &str, i64)> = Vec::new();
         for msg in accepted.iter() {
             for (user, seq) in [(msg.recipient.as_str(), 0), (msg.sender.as_str(), msg.seq)] {
+                // Users deleted while their message was in flight get no row.
+                if !existing.contains(user) {
+                    continue;
+                }
                 match positions.iter_mut().find(|(u, c, _)| *u == user && *c == msg.conv) {
                     Some(entry) => entry.2 = entry.2.max(seq),
                     None => positions.push((user, msg.conv.as_str(), seq)),
                 }
             }
         }
-        // Users deleted while their message was in flight get no row.
         let sql = format!(
-            "INSERT INTO user_conversations (app_id, username, conv, read_seq, delivered_seq)
-             SELECT u.app_id, u.username, v.column2, v.column3, v.column3 FROM (VALUES {}) AS v, users u
-             WHERE u.app_id = $1 AND u.username = v.column1
+            "INSERT INTO user_conversations (app_id, username, conv, read_seq, delivered_seq) VALUES {}
              ON CONFLICT (app_id, username, conv) DO UPDATE SET
              read_seq = CASE WHEN excluded.read_seq > user_conversations.read_seq THEN excluded.read_seq ELSE user_conversations.read_seq END,
              delivered_seq = CASE WHEN excluded.delivered_seq > user_conversations.delivered_seq THEN excluded.delivered_seq ELSE user_conversations.delivered_seq END",
-            value_rows(positions.len(), 3)
+            value_rows_with_app(positions.len(), 4)
         );
         let mut query = sqlx::query(&sql).bind(app_id);
         for (user, conv, seq) in &positions {
-            query = query.bind(*user).bind(*conv).bind(*seq);
+            query = query.bind(*user).bind(*conv).bind(*seq).bind(*seq);
         }
-        query.execute(&mut **tx).await?;
+        if !positions.is_empty() {
+            query.execute(&mut **tx).await?;
+        }
 
         // Inbox positions: each user's counter moves by their number of new entries (the
         // recipient's and the sender's copy; one for a message to oneself).
@@ -469,10 +498,16 @@ impl Store {
                 }
             }
         }
+        // `username IN (…)` with a CASE, not `UPDATE … FROM (VALUES …)`, which PostgreSQL
+        // may run as a scan of the app's users.
+        let cases: String = (0..counts.len())
+            .map(|i| format!(" WHEN ${} THEN ${}", 2 + 2 * i, 3 + 2 * i))
+            .collect();
+        let names: Vec<String> = (0..counts.len()).map(|i| format!("${}", 2 + 2 * i)).collect();
         let sql = format!(
-            "UPDATE users SET inbox_seq = users.inbox_seq + v.column2 FROM (VALUES {}) AS v
-             WHERE users.app_id = $1 AND users.username = v.column1 RETURNING username, inbox_seq",
-            value_rows(counts.len(), 2)
+            "UPDATE users SET inbox_seq = inbox_seq + CASE username{cases} ELSE 0 END
+             WHERE app_id = $1 AND username IN ({}) RETURNING username, inbox_seq",
+            names.join(", ")
         );
         let mut query = sqlx::query_as::<_, (String, i64)>(&sql).bind(app_id);
         for (user, count) in &counts {
@@ -943,7 +978,7 @@ fn send_key(m: &NewMessage) -> SendKey<'_> {
 #[derive(Default)]
 struct Run<'a> {
     members: Vec<usize>,
-    keys: std::collections::HashSet<SendKey<'a>>,
+    keys: HashSet<SendKey<'a>>,
 }
 
 /// Whose inbox a one-to-one message goes into: the recipient's, and the sender's unless
@@ -951,6 +986,14 @@ struct Run<'a> {
 fn participants(msg: &StoredMessage) -> impl Iterator<Item = &str> {
     let sender = (msg.sender != msg.recipient).then_some(msg.sender.as_str());
     std::iter::once(msg.recipient.as_str()).chain(sender)
+}
+
+/// `$from, $from+1, …`: `count` parameters.
+fn params_from(from: usize, count: usize) -> String {
+    (from..from + count)
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `($2, $3), ($4, $5), …`: `rows` rows of `width` parameters, numbered after `$1`.

@@ -440,6 +440,21 @@ impl Store {
             return Ok(Vec::new());
         }
         let params: Vec<String> = (1..=message_ids.len()).map(|n| format!("${n}")).collect();
+        // First, cheaply (primary keys only), whether any of their apps has a push device
+        // at all: the join below is planned as scans of the inbox and messages tables while
+        // they are small enough, and an app without push (or a benchmark) need not pay that.
+        let sql = format!(
+            "SELECT DISTINCT d.app_id FROM push_devices d
+             WHERE d.app_id IN (SELECT DISTINCT m.app_id FROM messages m WHERE m.id IN ({}))",
+            params.join(", ")
+        );
+        let mut query = sqlx::query_scalar::<_, String>(&sql);
+        for id in message_ids {
+            query = query.bind(id);
+        }
+        if query.fetch_all(&self.pool).await?.is_empty() {
+            return Ok(Vec::new());
+        }
         let sql = format!(
             "SELECT DISTINCT m.id, i.username FROM messages m
              JOIN inbox i ON i.app_id = m.app_id AND i.message_id = m.id
