@@ -156,7 +156,9 @@ pub(crate) async fn serve(mut io: ClientIo, shared: Arc<Shared>, shutdown: watch
         queue,
         subscriptions: HashMap::new(),
         incoming_qos2: HashSet::new(),
-        receive_max: request.receive_max as usize,
+        // A 3.1.1 device states no limit; packet ids run out at 65,535, and a device that
+        // never acknowledges must not hold the gate's memory.
+        receive_max: usize::from(request.receive_max).min(MAX_UNACKED),
         device_max_packet: request.device_max_packet,
         unacked: HashSet::new(),
         next_pkid: 0,
@@ -286,6 +288,9 @@ async fn read_connect(
         }
     }
 }
+
+/// Most QoS 1 publishes a device may leave unacknowledged, whatever its Receive Maximum.
+const MAX_UNACKED: usize = 1024;
 
 /// The CONNECT user property (MQTT 5) that asks for an encoding, and its compact value.
 const ENCODING_KEY: &str = "enc";
@@ -860,6 +865,10 @@ impl Session {
             delivery.payload = delivery.payload.slice(skip..);
         }
         if qos == QoS::AtLeastOnce && self.unacked.len() >= self.receive_max {
+            if self.held.len() >= SESSION_QUEUE {
+                tracing::warn!(device = %self.identity.device, "a device is not acknowledging; delivery dropped (it can sync)");
+                return;
+            }
             self.held.push_back((delivery, qos));
         } else {
             self.publish_to_device(delivery, qos, out);
