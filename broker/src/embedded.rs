@@ -28,8 +28,9 @@ pub struct BrokerSettings {
     /// database is the real history.
     pub segment_bytes: usize,
     pub segment_count: usize,
-    /// Segment size of the three logs all chat traffic goes through: every outbox (read by
-    /// the bridges), every inbox and every chatroom (read by the switchboard).
+    /// Segment size of the log every outbox goes through (read by the bridges; four
+    /// segments); the logs of every inbox and every chatroom (read by the switchboard) get
+    /// a quarter of it.
     pub outbox_segment_bytes: usize,
 }
 
@@ -93,17 +94,21 @@ impl EmbeddedBroker {
                 max_outgoing_packet_count: 200,
                 max_segment_size: settings.segment_bytes,
                 max_segment_count: settings.segment_count,
-                // The three filters all chat traffic goes through get room to absorb a burst.
+                // The three filters all chat traffic goes through get room to absorb a burst:
+                // what the bridges have not read when the log rotates is skipped. The outbox
+                // the most (a device retries a send that got no `ack`); inboxes and rooms a
+                // quarter of it (a device that misses a live delivery fills the gap with
+                // `sync`). Their logs are the process's main fixed memory cost.
                 custom_segment: Some(
                     [
-                        store::topics::OUTBOX_FILTER,
-                        store::topics::INBOX_FILTER,
-                        store::topics::ROOM_FILTER,
+                        (store::topics::OUTBOX_FILTER, settings.outbox_segment_bytes),
+                        (store::topics::INBOX_FILTER, settings.outbox_segment_bytes / 4),
+                        (store::topics::ROOM_FILTER, settings.outbox_segment_bytes / 4),
                     ]
                     .into_iter()
-                    .map(|filter| {
+                    .map(|(filter, bytes)| {
                         let segment = SegmentConfig {
-                            max_segment_size: settings.outbox_segment_bytes,
+                            max_segment_size: bytes,
                             max_segment_count: 4,
                         };
                         (filter.to_string(), segment)
