@@ -238,21 +238,6 @@ const MIGRATIONS: &[&[&str]] = &[
     ],
 ];
 
-/// Moves the SQLite write-ahead log into the database once a second, without blocking
-/// writers (`PASSIVE`), until the pool closes.
-async fn checkpoint_wal(pool: AnyPool) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tick.tick().await;
-        if pool.is_closed() {
-            return;
-        }
-        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").fetch_all(&pool).await {
-            tracing::warn!(error = %e, "WAL checkpoint failed");
-        }
-    }
-}
-
 impl Store {
     /// Connects to `url` (`sqlite://path` or `postgres://…`) and runs pending migrations.
     /// A SQLite file is created if missing; SQLite runs in WAL mode with `synchronous=FULL`,
@@ -281,10 +266,6 @@ impl Store {
                         conn.execute("PRAGMA journal_mode=WAL").await?;
                         conn.execute("PRAGMA synchronous=FULL").await?;
                         conn.execute("PRAGMA busy_timeout=10000").await?;
-                        // Checkpoints run in the background (below), not inside whichever
-                        // commit crosses the threshold: that commit, and the batch of
-                        // messages waiting on it, took 100 ms and more.
-                        conn.execute("PRAGMA wal_autocheckpoint=0").await?;
                     }
                     Ok(())
                 })
@@ -293,9 +274,6 @@ impl Store {
             .await?;
         let store = Store { pool, backend };
         store.migrate().await?;
-        if backend == Backend::Sqlite {
-            tokio::spawn(checkpoint_wal(store.pool.clone()));
-        }
         Ok(store)
     }
 
