@@ -251,7 +251,7 @@ impl Store {
                 .collect::<Vec<_>>()
                 .join(" UNION ALL "),
         };
-        let mut query = sqlx::query(&sql).bind(app_id);
+        let mut query = sqlx::query(&sql).persistent(false).bind(app_id);
         for m in run {
             query = query.bind(&m.sender).bind(&m.cid);
         }
@@ -278,7 +278,7 @@ impl Store {
                 "SELECT username FROM users WHERE app_id = $1 AND username IN ({})",
                 params_from(2, names.len())
             );
-            let mut query = sqlx::query_scalar(&sql).bind(app_id);
+            let mut query = sqlx::query_scalar(&sql).persistent(false).bind(app_id);
             for name in &names {
                 query = query.bind(*name);
             }
@@ -291,7 +291,7 @@ impl Store {
                 "SELECT owner, blocked FROM blocks WHERE app_id = $1 AND owner IN ({})",
                 params_from(2, owners.len())
             );
-            let mut query = sqlx::query_as(&sql).bind(app_id);
+            let mut query = sqlx::query_as(&sql).persistent(false).bind(app_id);
             for owner in &owners {
                 query = query.bind(*owner);
             }
@@ -412,7 +412,7 @@ impl Store {
              RETURNING conv, last_seq",
             value_rows_with_app(convs.len(), 4)
         );
-        let mut query = sqlx::query_as::<_, (String, i64)>(&sql).bind(app_id);
+        let mut query = sqlx::query_as::<_, (String, i64)>(&sql).persistent(false).bind(app_id);
         for (conv, count, last) in &convs {
             query = query
                 .bind(conv)
@@ -438,7 +438,7 @@ impl Store {
              VALUES {}",
             value_rows_with_app(accepted.len(), 12)
         );
-        let mut query = sqlx::query(&sql).bind(app_id);
+        let mut query = sqlx::query(&sql).persistent(false).bind(app_id);
         for msg in accepted.iter() {
             query = query
                 .bind(&msg.id)
@@ -479,7 +479,7 @@ impl Store {
              delivered_seq = CASE WHEN excluded.delivered_seq > user_conversations.delivered_seq THEN excluded.delivered_seq ELSE user_conversations.delivered_seq END",
             value_rows_with_app(positions.len(), 4)
         );
-        let mut query = sqlx::query(&sql).bind(app_id);
+        let mut query = sqlx::query(&sql).persistent(false).bind(app_id);
         for (user, conv, seq) in &positions {
             query = query.bind(*user).bind(*conv).bind(*seq).bind(*seq);
         }
@@ -509,7 +509,7 @@ impl Store {
              WHERE app_id = $1 AND username IN ({}) RETURNING username, inbox_seq",
             names.join(", ")
         );
-        let mut query = sqlx::query_as::<_, (String, i64)>(&sql).bind(app_id);
+        let mut query = sqlx::query_as::<_, (String, i64)>(&sql).persistent(false).bind(app_id);
         for (user, count) in &counts {
             query = query.bind(*user).bind(*count);
         }
@@ -533,7 +533,7 @@ impl Store {
                 "INSERT INTO inbox (app_id, username, useq, message_id) VALUES {}",
                 value_rows_with_app(entries.len(), 3)
             );
-            let mut query = sqlx::query(&sql).bind(app_id);
+            let mut query = sqlx::query(&sql).persistent(false).bind(app_id);
             for (user, useq, id) in &entries {
                 query = query.bind(user).bind(*useq).bind(*id);
             }
@@ -987,6 +987,10 @@ fn participants(msg: &StoredMessage) -> impl Iterator<Item = &str> {
     let sender = (msg.sender != msg.recipient).then_some(msg.sender.as_str());
     std::iter::once(msg.recipient.as_str()).chain(sender)
 }
+
+// The statements of a run are built for its size, so there are hundreds of shapes: they are
+// not kept as prepared statements (`persistent(false)`), which would fill every pooled
+// connection's statement cache with large programs used once in a while.
 
 /// `$from, $from+1, …`: `count` parameters.
 fn params_from(from: usize, count: usize) -> String {

@@ -448,7 +448,7 @@ impl Store {
              WHERE d.app_id IN (SELECT DISTINCT m.app_id FROM messages m WHERE m.id IN ({}))",
             params.join(", ")
         );
-        let mut query = sqlx::query_scalar::<_, String>(&sql);
+        let mut query = sqlx::query_scalar::<_, String>(&sql).persistent(false);
         for id in message_ids {
             query = query.bind(id);
         }
@@ -462,7 +462,7 @@ impl Store {
              WHERE m.id IN ({}) ORDER BY m.id, i.username",
             params.join(", ")
         );
-        let mut query = sqlx::query_as::<_, (String, String)>(&sql);
+        let mut query = sqlx::query_as::<_, (String, String)>(&sql).persistent(false);
         for id in message_ids {
             query = query.bind(id);
         }
