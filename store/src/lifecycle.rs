@@ -159,13 +159,7 @@ impl Store {
 
     async fn require_holder(&self, app_id: &str, id: &str, user: &str) -> Result<StoredMessage> {
         let msg = self.message(app_id, id).await?;
-        let held: Option<i64> =
-            sqlx::query_scalar("SELECT useq FROM inbox WHERE app_id = $1 AND username = $2 AND message_id = $3")
-                .bind(app_id)
-                .bind(user)
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?;
+        let held = crate::messages::inbox_place(&self.pool, app_id, user, id).await?;
         if held.is_none() && msg.sender != user {
             return Err(Error::NotFound(format!("message {id}")));
         }

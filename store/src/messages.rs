@@ -149,9 +149,9 @@ impl Store {
     /// Stores a batch of messages in one transaction and says what became of each.
     /// An `Err` means nothing of the batch was stored.
     ///
-    /// Consecutive one-to-one messages of one app are stored together with a fixed number of
-    /// statements whatever their number ([`Store::store_user_run`]); group and chatroom
-    /// messages, and repeats of a `cid` within the batch, one at a time. Order is kept: seqs
+    /// One-to-one messages are stored in runs of consecutive ones of one app, with a fixed
+    /// number of statements whatever their number ([`Store::store_user_run`]); group and
+    /// chatroom messages one at a time ([`Store::store_channel_message`]). Order is kept: seqs
     /// and inbox positions follow the batch's order.
     pub async fn store_batch(&self, batch: &[NewMessage]) -> Result<Vec<Outcome>> {
         let mut tx = self.write_tx().await?;
@@ -184,7 +184,12 @@ impl Store {
                 run.keys.insert(key);
                 continue;
             }
-            let outcome = self.store_one(&mut tx, m).await?;
+            let kind = if m.chat == ChatType::Group {
+                ChannelKind::Group
+            } else {
+                ChannelKind::Room
+            };
+            let outcome = self.store_channel_message(&mut tx, m, kind).await?;
             if matches!(outcome, Outcome::Stored { .. }) {
                 in_batch.insert(key, outcomes.len());
             }
@@ -306,14 +311,7 @@ impl Store {
         let mut fates = Vec::with_capacity(run.len());
         for m in run {
             if let Some(msg) = earlier.get(&(m.sender.clone(), m.cid.clone())) {
-                let sender_useq = sqlx::query_scalar(
-                    "SELECT useq FROM inbox WHERE app_id = $1 AND username = $2 AND message_id = $3",
-                )
-                .bind(app_id)
-                .bind(&m.sender)
-                .bind(&msg.id)
-                .fetch_optional(&mut **tx)
-                .await?;
+                let sender_useq = inbox_place(&mut **tx, app_id, &m.sender, &msg.id).await?;
                 fates.push(Fate::Done(Outcome::Duplicate {
                     msg: msg.clone(),
                     sender_useq,
@@ -433,28 +431,8 @@ impl Store {
             *next += 1;
         }
 
-        let sql = format!(
-            "INSERT INTO messages (app_id, id, conv, seq, chat, sender, sender_device, recipient, cid, msg_type, body, ext, ts)
-             VALUES {}",
-            value_rows_with_app(accepted.len(), 12)
-        );
-        let mut query = sqlx::query(&sql).persistent(false).bind(app_id);
-        for msg in accepted.iter() {
-            query = query
-                .bind(&msg.id)
-                .bind(&msg.conv)
-                .bind(msg.seq)
-                .bind(&msg.chat)
-                .bind(&msg.sender)
-                .bind(&msg.sender_device)
-                .bind(&msg.recipient)
-                .bind(&msg.cid)
-                .bind(&msg.kind)
-                .bind(&msg.body)
-                .bind(&msg.ext)
-                .bind(msg.ts);
-        }
-        query.execute(&mut **tx).await?;
+        let rows: Vec<&StoredMessage> = accepted.iter().map(|msg| &**msg).collect();
+        insert_messages(tx, app_id, &rows).await?;
 
         // Conversation list rows: the recipient's appears, the sender has read up to what
         // they sent (never moving back); one row per (user, conversation), as PostgreSQL
@@ -474,9 +452,7 @@ impl Store {
         }
         let sql = format!(
             "INSERT INTO user_conversations (app_id, username, conv, read_seq, delivered_seq) VALUES {}
-             ON CONFLICT (app_id, username, conv) DO UPDATE SET
-             read_seq = CASE WHEN excluded.read_seq > user_conversations.read_seq THEN excluded.read_seq ELSE user_conversations.read_seq END,
-             delivered_seq = CASE WHEN excluded.delivered_seq > user_conversations.delivered_seq THEN excluded.delivered_seq ELSE user_conversations.delivered_seq END",
+             {KEEP_FURTHEST_POSITIONS}",
             value_rows_with_app(positions.len(), 4)
         );
         let mut query = sqlx::query(&sql).persistent(false).bind(app_id);
@@ -631,78 +607,49 @@ impl Store {
         Ok(seq.unwrap_or(0))
     }
 
-    async fn store_one(&self, tx: &mut Transaction<'static, Any>, m: &NewMessage) -> Result<Outcome> {
+    /// Stores one group or chatroom message: the sender is checked against the channel
+    /// (membership, bans, mutes; the app itself only needs the channel to exist).
+    async fn store_channel_message(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        m: &NewMessage,
+        kind: ChannelKind,
+    ) -> Result<Outcome> {
         if let Some(duplicate) = find_duplicate(tx, m).await? {
             return Ok(duplicate);
         }
-        let refused = |code: &'static str, message: String| Ok(Outcome::Refused { code, message });
-        let conv = match m.chat {
-            ChatType::User => {
-                // Whether the recipient exists and has blocked the sender, in one round trip.
-                let (exists, blocked): (i64, i64) = sqlx::query_as(
-                    "SELECT (SELECT COUNT(*) FROM users WHERE app_id = $1 AND username = $2),
-                            (SELECT COUNT(*) FROM blocks WHERE app_id = $1 AND owner = $2 AND blocked = $3)",
+        match self.check_sender(&m.app_id, kind, &m.to, &m.sender).await? {
+            Err(refusal) if !(m.as_app && refusal.code != "not_found") => {
+                return Ok(Outcome::Refused {
+                    code: refusal.code,
+                    message: refusal.message,
+                })
+            }
+            _ => {}
+        }
+        let conv = format!("{}:{}", &kind.as_str()[..1], m.to);
+        let (id, ts) = (uuid::Uuid::now_v7().to_string(), crate::now_ms());
+        let seq: i64 = match kind {
+            ChannelKind::Room => {
+                sqlx::query_scalar("UPDATE channels SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq")
+                    .bind(&m.to)
+                    .fetch_one(&mut **tx)
+                    .await?
+            }
+            ChannelKind::Group => {
+                sqlx::query_scalar(
+                    "INSERT INTO conversations (app_id, conv, last_seq, last_ts, last_message_id) VALUES ($1, $2, 1, $3, $4)
+                     ON CONFLICT (app_id, conv) DO UPDATE SET last_seq = conversations.last_seq + 1,
+                     last_ts = $3, last_message_id = $4
+                     RETURNING last_seq",
                 )
                 .bind(&m.app_id)
-                .bind(&m.to)
-                .bind(&m.sender)
-                .fetch_one(&mut **tx)
-                .await?;
-                if exists == 0 {
-                    return refused("unknown_recipient", format!("no user '{}' in this app", m.to));
-                }
-                if !m.as_app && blocked > 0 {
-                    return refused("blocked", format!("{} does not accept your messages", m.to));
-                }
-                if !m.as_app
-                    && m.require_contacts
-                    && m.to != m.sender
-                    && !self.are_contacts(&m.app_id, &m.sender, &m.to).await?
-                {
-                    return refused(
-                        "not_contact",
-                        format!(
-                            "{} is not your contact; this app allows messages between contacts only",
-                            m.to
-                        ),
-                    );
-                }
-                user_conv(&m.sender, &m.to)
-            }
-            ChatType::Group | ChatType::Room => {
-                let kind = if m.chat == ChatType::Group {
-                    ChannelKind::Group
-                } else {
-                    ChannelKind::Room
-                };
-                match self.check_sender(&m.app_id, kind, &m.to, &m.sender).await? {
-                    Err(refusal) if !(m.as_app && refusal.code != "not_found") => {
-                        return refused(refusal.code, refusal.message)
-                    }
-                    _ => {}
-                }
-                format!("{}:{}", &kind.as_str()[..1], m.to)
-            }
-        };
-        let (id, ts) = (uuid::Uuid::now_v7().to_string(), crate::now_ms());
-        let seq: i64 = if m.chat == ChatType::Room {
-            sqlx::query_scalar("UPDATE channels SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq")
-                .bind(&m.to)
+                .bind(&conv)
+                .bind(ts)
+                .bind(&id)
                 .fetch_one(&mut **tx)
                 .await?
-        } else {
-            sqlx::query_scalar(
-                "INSERT INTO conversations (app_id, conv, last_seq, last_ts, last_message_id) VALUES ($1, $2, 1, $3, $4)
-                 ON CONFLICT (app_id, conv) DO UPDATE SET last_seq = conversations.last_seq + 1,
-                 last_ts = $3, last_message_id = $4
-                 RETURNING last_seq",
-            )
-            .bind(&m.app_id)
-            .bind(&conv)
-            .bind(ts)
-            .bind(&id)
-            .fetch_one(&mut **tx)
-            .await?
+            }
         };
         let msg = StoredMessage {
             id,
@@ -720,22 +667,14 @@ impl Store {
             recalled: false,
             edited_at: 0,
         };
-        if m.chat != ChatType::Room {
-            track_conversation(tx, &m.app_id, &msg).await?;
-        }
-        let useqs = match m.chat {
-            ChatType::Room => {
+        let useqs = match kind {
+            ChannelKind::Room => {
                 store_room_message(tx, &msg, m.room_history).await?;
                 Vec::new()
             }
-            ChatType::User => {
-                insert_message(tx, &m.app_id, &msg).await?;
-                // A sender deleted while their message was in flight gets no inbox entry.
-                let pair = |n: usize| format!("${n}, ${}", n + 1);
-                add_to_inboxes(tx, &m.app_id, pair, &[&m.to, &m.sender], &msg.id).await?
-            }
-            ChatType::Group => {
-                insert_message(tx, &m.app_id, &msg).await?;
+            ChannelKind::Group => {
+                sender_has_read(tx, &m.app_id, &msg).await?;
+                insert_messages(tx, &m.app_id, &[&msg]).await?;
                 fan_out_to_members(tx, &m.app_id, &m.to, &msg.id).await?
             }
         };
@@ -819,83 +758,81 @@ async fn find_duplicate(tx: &mut Transaction<'static, Any>, m: &NewMessage) -> R
     .await?;
     let Some(row) = existing else { return Ok(None) };
     let msg = message_from_row(&row)?;
-    let sender_useq =
-        sqlx::query_scalar("SELECT useq FROM inbox WHERE app_id = $1 AND username = $2 AND message_id = $3")
-            .bind(&m.app_id)
-            .bind(&m.sender)
-            .bind(&msg.id)
-            .fetch_optional(&mut **tx)
-            .await?;
+    let sender_useq = inbox_place(&mut **tx, &m.app_id, &m.sender, &msg.id).await?;
     Ok(Some(Outcome::Duplicate { msg, sender_useq }))
 }
 
-async fn insert_message(tx: &mut Transaction<'static, Any>, app_id: &str, msg: &StoredMessage) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO messages (id, app_id, conv, seq, chat, sender, sender_device, recipient, cid, msg_type, body, ext, ts)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+/// Where a message sits in a user's inbox (`useq`), if it is there.
+pub(crate) async fn inbox_place<'e>(
+    executor: impl sqlx::Executor<'e, Database = Any>,
+    app_id: &str,
+    user: &str,
+    message_id: &str,
+) -> Result<Option<i64>> {
+    Ok(
+        sqlx::query_scalar("SELECT useq FROM inbox WHERE app_id = $1 AND username = $2 AND message_id = $3")
+            .bind(app_id)
+            .bind(user)
+            .bind(message_id)
+            .fetch_optional(executor)
+            .await?,
     )
-    .bind(&msg.id)
-    .bind(app_id)
-    .bind(&msg.conv)
-    .bind(msg.seq)
-    .bind(&msg.chat)
-    .bind(&msg.sender)
-    .bind(&msg.sender_device)
-    .bind(&msg.recipient)
-    .bind(&msg.cid)
-    .bind(&msg.kind)
-    .bind(&msg.body)
-    .bind(&msg.ext)
-    .bind(msg.ts)
-    .execute(&mut **tx)
-    .await?;
+}
+
+/// Inserts messages, one statement for all of them.
+async fn insert_messages(tx: &mut Transaction<'static, Any>, app_id: &str, msgs: &[&StoredMessage]) -> Result<()> {
+    let sql = format!(
+        "INSERT INTO messages (app_id, id, conv, seq, chat, sender, sender_device, recipient, cid, msg_type, body, ext, ts)
+         VALUES {}",
+        value_rows_with_app(msgs.len(), 12)
+    );
+    let mut query = sqlx::query(&sql).persistent(false).bind(app_id);
+    for msg in msgs {
+        query = query
+            .bind(&msg.id)
+            .bind(&msg.conv)
+            .bind(msg.seq)
+            .bind(&msg.chat)
+            .bind(&msg.sender)
+            .bind(&msg.sender_device)
+            .bind(&msg.recipient)
+            .bind(&msg.cid)
+            .bind(&msg.kind)
+            .bind(&msg.body)
+            .bind(&msg.ext)
+            .bind(msg.ts);
+    }
+    query.execute(&mut **tx).await?;
     Ok(())
 }
 
 /// Gives a group message a place in every member's inbox: two statements whatever the
-/// group's size.
+/// group's size (the counters move, then the entries are taken from them).
 async fn fan_out_to_members(
     tx: &mut Transaction<'static, Any>,
     app_id: &str,
     group: &str,
     message_id: &str,
 ) -> Result<Vec<(String, i64)>> {
-    let members = |n: usize| format!("SELECT username FROM channel_members WHERE channel_id = ${n}");
-    add_to_inboxes(tx, app_id, members, &[group], message_id).await
-}
-
-/// Gives a message the next place in the inbox of every user `who(n)` selects, where `who`
-/// builds a subquery whose parameters, bound from `params`, are numbered from `$n`: two
-/// statements whatever the number of users.
-async fn add_to_inboxes(
-    tx: &mut Transaction<'static, Any>,
-    app_id: &str,
-    who: impl Fn(usize) -> String,
-    params: &[&str],
-    message_id: &str,
-) -> Result<Vec<(String, i64)>> {
-    let update_sql = format!(
-        "UPDATE users SET inbox_seq = inbox_seq + 1 WHERE app_id = $1 AND username IN ({}) RETURNING username, inbox_seq",
-        who(2)
-    );
-    let mut update = sqlx::query(&update_sql).bind(app_id);
-    for p in params {
-        update = update.bind(*p);
-    }
-    let rows = update.fetch_all(&mut **tx).await?;
-    let insert_sql = format!(
+    let members = "SELECT username FROM channel_members WHERE channel_id = $2";
+    let rows: Vec<(String, i64)> = sqlx::query_as(&format!(
+        "UPDATE users SET inbox_seq = inbox_seq + 1 WHERE app_id = $1 AND username IN ({members})
+         RETURNING username, inbox_seq"
+    ))
+    .bind(app_id)
+    .bind(group)
+    .fetch_all(&mut **tx)
+    .await?;
+    sqlx::query(&format!(
         "INSERT INTO inbox (app_id, username, useq, message_id)
-         SELECT app_id, username, inbox_seq, $2 FROM users WHERE app_id = $1 AND username IN ({})",
-        who(3)
-    );
-    let mut insert = sqlx::query(&insert_sql).bind(app_id).bind(message_id);
-    for p in params {
-        insert = insert.bind(*p);
-    }
-    insert.execute(&mut **tx).await?;
-    rows.iter()
-        .map(|row| Ok((row.try_get("username")?, row.try_get("inbox_seq")?)))
-        .collect()
+         SELECT app_id, username, inbox_seq, $3 FROM users WHERE app_id = $1 AND username IN ({members})"
+    ))
+    .bind(app_id)
+    .bind(group)
+    .bind(message_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(rows)
 }
 
 /// Adds a chatroom message and forgets those beyond the room's history length.
@@ -924,29 +861,22 @@ async fn store_room_message(tx: &mut Transaction<'static, Any>, msg: &StoredMess
     Ok(())
 }
 
-/// Keeps the participants' conversation list in step: a one-to-one conversation appears for
-/// both on its first message, and a sender has read everything up to what they just sent.
-/// (Group members get their row when they join.)
-async fn track_conversation(tx: &mut Transaction<'static, Any>, app_id: &str, msg: &StoredMessage) -> Result<()> {
-    // One statement: the recipient's row appears (one to one), the sender's read position
-    // moves to this message; positions never move back.
-    let recipient = if msg.chat == "user" {
-        msg.recipient.as_str()
-    } else {
-        msg.sender.as_str()
-    };
-    sqlx::query(
+/// What a write of read positions does to an existing row: positions never move back.
+const KEEP_FURTHEST_POSITIONS: &str = "ON CONFLICT (app_id, username, conv) DO UPDATE SET
+     read_seq = CASE WHEN excluded.read_seq > user_conversations.read_seq THEN excluded.read_seq ELSE user_conversations.read_seq END,
+     delivered_seq = CASE WHEN excluded.delivered_seq > user_conversations.delivered_seq THEN excluded.delivered_seq ELSE user_conversations.delivered_seq END";
+
+/// A group message's sender has read everything up to it. (Members get their conversation
+/// row when they join; a sender who is not a user, such as the app, gets none.)
+async fn sender_has_read(tx: &mut Transaction<'static, Any>, app_id: &str, msg: &StoredMessage) -> Result<()> {
+    sqlx::query(&format!(
         "INSERT INTO user_conversations (app_id, username, conv, read_seq, delivered_seq)
-         SELECT app_id, username, $3, CASE WHEN username = $4 THEN $5 ELSE 0 END, CASE WHEN username = $4 THEN $5 ELSE 0 END
-         FROM users WHERE app_id = $1 AND username IN ($2, $4)
-         ON CONFLICT (app_id, username, conv) DO UPDATE SET
-         read_seq = CASE WHEN excluded.read_seq > user_conversations.read_seq THEN excluded.read_seq ELSE user_conversations.read_seq END,
-         delivered_seq = CASE WHEN excluded.delivered_seq > user_conversations.delivered_seq THEN excluded.delivered_seq ELSE user_conversations.delivered_seq END",
-    )
+         SELECT app_id, username, $3, $4, $4 FROM users WHERE app_id = $1 AND username = $2
+         {KEEP_FURTHEST_POSITIONS}"
+    ))
     .bind(app_id)
-    .bind(recipient)
-    .bind(&msg.conv)
     .bind(&msg.sender)
+    .bind(&msg.conv)
     .bind(msg.seq)
     .execute(&mut **tx)
     .await?;
