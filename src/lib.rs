@@ -203,10 +203,9 @@ const FILES_PER_DEVICE: u64 = 1;
 /// Files kept for everything else: listeners, the database, internal clients, logs.
 const FILES_RESERVED: u64 = 256;
 
-/// Raises the soft open-files limit to the hard one, and lowers the connection limit to what
-/// fits in it, so that a device over the limit gets a clean "server busy" CONNACK instead of
-/// a failed accept.
-fn fit_connections_to_open_files(wanted: usize) -> usize {
+/// Raises this process's soft open-files limit to its hard one; returns the limit now in
+/// force, if it can be read. (Also used by the bench tool's worker processes.)
+pub fn raise_open_files_limit() -> Option<u64> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -214,7 +213,7 @@ fn fit_connections_to_open_files(wanted: usize) -> usize {
     // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return wanted;
+            return None;
         }
         if limit.rlim_cur < limit.rlim_max {
             let raised = libc::rlimit {
@@ -226,12 +225,22 @@ fn fit_connections_to_open_files(wanted: usize) -> usize {
             }
         }
     }
-    let fits = (limit.rlim_cur.saturating_sub(FILES_RESERVED) / FILES_PER_DEVICE) as usize;
+    Some(limit.rlim_cur)
+}
+
+/// Raises the soft open-files limit to the hard one, and lowers the connection limit to what
+/// fits in it, so that a device over the limit gets a clean "server busy" CONNACK instead of
+/// a failed accept.
+fn fit_connections_to_open_files(wanted: usize) -> usize {
+    let Some(open_files) = raise_open_files_limit() else {
+        return wanted;
+    };
+    let fits = (open_files.saturating_sub(FILES_RESERVED) / FILES_PER_DEVICE) as usize;
     if wanted > fits {
         tracing::info!(
             wanted,
             fits,
-            open_files = limit.rlim_cur,
+            open_files,
             "mqtt.max_connections lowered to what the open-files limit allows (one per device)"
         );
         fits

@@ -135,7 +135,8 @@ pub struct Worker {
 /// Opens connections `from..to` (device `idle-{n}` of user `u{n % users}`), subscribes
 /// each to its inbox, prints `connected N failed M`, then holds them, pinging every 4 min.
 pub async fn worker(w: &Worker) -> anyhow::Result<()> {
-    raise_open_files_limit();
+    // One file per connection.
+    chatd::raise_open_files_limit();
     let tokens: Vec<String> = std::fs::read_to_string(&w.tokens)?.lines().map(String::from).collect();
     let mut tasks = tokio::task::JoinSet::new();
     let (mut connected, mut failed) = (0, 0);
@@ -214,19 +215,4 @@ async fn open(w: &Worker, n: usize, user: usize, token: &str) -> anyhow::Result<
         }
     }
     Ok(stream)
-}
-
-/// Lifts this process's soft open-files limit to its hard limit (one file per connection).
-fn raise_open_files_limit() {
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
-    unsafe {
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
 }
