@@ -268,7 +268,7 @@ impl Store {
         if ids.is_empty() {
             return Ok(out);
         }
-        let placeholders = (1..=ids.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
+        let placeholders = crate::messages::params_from(1, ids.len());
         let sql = format!(
             "SELECT message_id, emoji, username FROM reactions WHERE message_id IN ({placeholders}) ORDER BY message_id, created_at, username"
         );

@@ -923,7 +923,7 @@ fn participants(msg: &StoredMessage) -> impl Iterator<Item = &str> {
 // connection's statement cache with large programs used once in a while.
 
 /// `$from, $from+1, …`: `count` parameters.
-fn params_from(from: usize, count: usize) -> String {
+pub(crate) fn params_from(from: usize, count: usize) -> String {
     (from..from + count)
         .map(|n| format!("${n}"))
         .collect::<Vec<_>>()

@@ -439,14 +439,14 @@ impl Store {
         if message_ids.is_empty() {
             return Ok(Vec::new());
         }
-        let params: Vec<String> = (1..=message_ids.len()).map(|n| format!("${n}")).collect();
+        let params = crate::messages::params_from(1, message_ids.len());
         // First, cheaply (primary keys only), whether any of their apps has a push device
         // at all: the join below is planned as scans of the inbox and messages tables while
         // they are small enough, and an app without push (or a benchmark) need not pay that.
         let sql = format!(
             "SELECT DISTINCT d.app_id FROM push_devices d
              WHERE d.app_id IN (SELECT DISTINCT m.app_id FROM messages m WHERE m.id IN ({}))",
-            params.join(", ")
+            params
         );
         let mut query = sqlx::query_scalar::<_, String>(&sql).persistent(false);
         for id in message_ids {
@@ -460,7 +460,7 @@ impl Store {
              JOIN inbox i ON i.app_id = m.app_id AND i.message_id = m.id
              JOIN push_devices d ON d.app_id = i.app_id AND d.username = i.username
              WHERE m.id IN ({}) ORDER BY m.id, i.username",
-            params.join(", ")
+            params
         );
         let mut query = sqlx::query_as::<_, (String, String)>(&sql).persistent(false);
         for id in message_ids {
