@@ -393,34 +393,30 @@ impl Store {
         useqs: &mut [Vec<(String, i64)>],
     ) -> Result<()> {
         // Conversation seqs: each conversation's counter moves by its number of messages.
-        let mut convs: Vec<(String, i64, usize)> = Vec::new(); // (conv, count, last message)
+        let mut convs: Tally<&str, (i64, usize)> = Tally::default(); // (count, last message)
         for (i, msg) in accepted.iter().enumerate() {
-            match convs.iter_mut().find(|(c, _, _)| *c == msg.conv) {
-                Some(entry) => {
-                    entry.1 += 1;
-                    entry.2 = i;
-                }
-                None => convs.push((msg.conv.clone(), 1, i)),
-            }
+            let (count, last) = convs.entry(msg.conv.as_str(), (0, i));
+            *count += 1;
+            *last = i;
         }
         let sql = format!(
             "INSERT INTO conversations (app_id, conv, last_seq, last_ts, last_message_id) VALUES {}
              ON CONFLICT (app_id, conv) DO UPDATE SET last_seq = conversations.last_seq + excluded.last_seq,
              last_ts = excluded.last_ts, last_message_id = excluded.last_message_id
              RETURNING conv, last_seq",
-            value_rows_with_app(convs.len(), 4)
+            value_rows_with_app(convs.entries.len(), 4)
         );
         let mut query = sqlx::query_as::<_, (String, i64)>(&sql).persistent(false).bind(app_id);
-        for (conv, count, last) in &convs {
+        for (conv, (count, last)) in &convs.entries {
             query = query
-                .bind(conv)
+                .bind(*conv)
                 .bind(*count)
                 .bind(accepted[*last].ts)
                 .bind(&accepted[*last].id);
         }
         let mut next_seq: HashMap<String, i64> = HashMap::new();
         for (conv, last_seq) in query.fetch_all(&mut **tx).await? {
-            let count = convs.iter().find(|(c, _, _)| *c == conv).map_or(0, |(_, n, _)| *n);
+            let count = convs.get(conv.as_str()).map_or(0, |(n, _)| *n);
             next_seq.insert(conv, last_seq - count + 1);
         }
         for msg in accepted.iter_mut() {
@@ -437,61 +433,56 @@ impl Store {
         // Conversation list rows: the recipient's appears, the sender has read up to what
         // they sent (never moving back); one row per (user, conversation), as PostgreSQL
         // refuses to update a row twice in one statement.
-        let mut positions: Vec<(&str, &str, i64)> = Vec::new();
+        let mut positions: Tally<(&str, &str), i64> = Tally::default();
         for msg in accepted.iter() {
             for (user, seq) in [(msg.recipient.as_str(), 0), (msg.sender.as_str(), msg.seq)] {
                 // Users deleted while their message was in flight get no row.
                 if !existing.contains(user) {
                     continue;
                 }
-                match positions.iter_mut().find(|(u, c, _)| *u == user && *c == msg.conv) {
-                    Some(entry) => entry.2 = entry.2.max(seq),
-                    None => positions.push((user, msg.conv.as_str(), seq)),
-                }
+                let read = positions.entry((user, msg.conv.as_str()), seq);
+                *read = (*read).max(seq);
             }
         }
         let sql = format!(
             "INSERT INTO user_conversations (app_id, username, conv, read_seq, delivered_seq) VALUES {}
              {KEEP_FURTHEST_POSITIONS}",
-            value_rows_with_app(positions.len(), 4)
+            value_rows_with_app(positions.entries.len(), 4)
         );
         let mut query = sqlx::query(&sql).persistent(false).bind(app_id);
-        for (user, conv, seq) in &positions {
+        for ((user, conv), seq) in &positions.entries {
             query = query.bind(*user).bind(*conv).bind(*seq).bind(*seq);
         }
-        if !positions.is_empty() {
+        if !positions.entries.is_empty() {
             query.execute(&mut **tx).await?;
         }
 
         // Inbox positions: each user's counter moves by their number of new entries (the
         // recipient's and the sender's copy; one for a message to oneself).
-        let mut counts: Vec<(&str, i64)> = Vec::new();
+        let mut counts: Tally<&str, i64> = Tally::default();
         for msg in accepted.iter() {
             for user in participants(msg) {
-                match counts.iter_mut().find(|(u, _)| *u == user) {
-                    Some(entry) => entry.1 += 1,
-                    None => counts.push((user, 1)),
-                }
+                *counts.entry(user, 0) += 1;
             }
         }
         // `username IN (…)` with a CASE, not `UPDATE … FROM (VALUES …)`, which PostgreSQL
         // may run as a scan of the app's users.
-        let cases: String = (0..counts.len())
+        let cases: String = (0..counts.entries.len())
             .map(|i| format!(" WHEN ${} THEN ${}", 2 + 2 * i, 3 + 2 * i))
             .collect();
-        let names: Vec<String> = (0..counts.len()).map(|i| format!("${}", 2 + 2 * i)).collect();
+        let names: Vec<String> = (0..counts.entries.len()).map(|i| format!("${}", 2 + 2 * i)).collect();
         let sql = format!(
             "UPDATE users SET inbox_seq = inbox_seq + CASE username{cases} ELSE 0 END
              WHERE app_id = $1 AND username IN ({}) RETURNING username, inbox_seq",
             names.join(", ")
         );
         let mut query = sqlx::query_as::<_, (String, i64)>(&sql).persistent(false).bind(app_id);
-        for (user, count) in &counts {
+        for (user, count) in &counts.entries {
             query = query.bind(*user).bind(*count);
         }
         let mut next_useq: HashMap<String, i64> = HashMap::new();
         for (user, last) in query.fetch_all(&mut **tx).await? {
-            let count = counts.iter().find(|(u, _)| *u == user).map_or(0, |(_, n)| *n);
+            let count = counts.get(user.as_str()).copied().unwrap_or(0);
             next_useq.insert(user, last - count + 1);
         }
         let mut entries: Vec<(String, i64, &str)> = Vec::new();
@@ -909,6 +900,38 @@ fn send_key(m: &NewMessage) -> SendKey<'_> {
 struct Run<'a> {
     members: Vec<usize>,
     keys: HashSet<SendKey<'a>>,
+}
+
+/// Values by key, kept in the order the keys first came and each found in constant time: a
+/// run tallies its conversations, (user, conversation) pairs and users, hundreds of each,
+/// once per message.
+struct Tally<K, V> {
+    entries: Vec<(K, V)>,
+    index: HashMap<K, usize>,
+}
+
+impl<K, V> Default for Tally<K, V> {
+    fn default() -> Self {
+        Tally {
+            entries: Vec::new(),
+            index: HashMap::new(),
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Copy, V> Tally<K, V> {
+    /// The key's value, starting at `first` when the key is new.
+    fn entry(&mut self, key: K, first: V) -> &mut V {
+        let i = *self.index.entry(key).or_insert_with(|| {
+            self.entries.push((key, first));
+            self.entries.len() - 1
+        });
+        &mut self.entries[i].1
+    }
+
+    fn get(&self, key: K) -> Option<&V> {
+        self.index.get(&key).map(|&i| &self.entries[i].1)
+    }
 }
 
 /// Whose inbox a one-to-one message goes into: the recipient's, and the sender's unless
