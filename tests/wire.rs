@@ -156,6 +156,26 @@ async fn one_to_one_runs_keep_every_rule(backend: Backend) {
         other => panic!("{other:?}"),
     }
     assert_eq!(store.count_messages(&app_id).await.unwrap(), 6);
+
+    // Rows travel to the database as JSON: whatever a body, ext or cid holds comes back
+    // byte for byte (quotes, backslashes, escapes spelled in the text, non-ASCII, emoji).
+    let mut odd = text(&app_id, "ann", "ben", "cid \"é\" \\ 😀");
+    odd.body = json!({"msg": "a \"quote\", a \\ backslash, \\u0000 spelled, é, ✓, 😀, \u{1}"}).to_string();
+    odd.ext = Some(json!({"k": ["v", 1, null], "nested": {"x": "\n"}}).to_string());
+    let outcomes = store.store_batch(std::slice::from_ref(&odd)).await.unwrap();
+    let Outcome::Stored { msg, .. } = &outcomes[0] else {
+        panic!("{:?}", outcomes[0])
+    };
+    let back = store
+        .history(&app_id, "u:ann:ben", "ann", msg.seq, msg.seq, 1)
+        .await
+        .unwrap();
+    assert_eq!(back.len(), 1);
+    assert_eq!(
+        (back[0].body.as_str(), back[0].ext.as_deref(), back[0].cid.as_str()),
+        (odd.body.as_str(), odd.ext.as_deref(), odd.cid.as_str())
+    );
+    assert_eq!(&back[0], msg, "what the batch said it stored is what was stored");
 }
 
 /// Reads the next PUBLISH from a 3.1.1 connection, acks it, and decodes its compact payload.

@@ -15,6 +15,7 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
 use crate::channels::ChannelKind;
+use crate::db::Backend;
 use crate::envelope::{ChatType, Delivered, MsgType};
 use crate::error::Result;
 use crate::Store;
@@ -163,7 +164,6 @@ impl Store {
             let key = send_key(m);
             let joins_run = m.chat == ChatType::User
                 && !run.keys.contains(&key)
-                && run.members.len() < self.max_run()
                 && run.members.first().is_none_or(|&r| batch[r].app_id == m.app_id);
             if !joins_run {
                 self.flush_run(&mut tx, batch, &mut run, &mut outcomes, &mut in_batch)
@@ -234,32 +234,27 @@ impl Store {
 
         // Messages these senders already sent with these cids. Every statement here must
         // look rows up by key, never scan an app's users or messages (an app may have
-        // millions): each backend gets the form its planner turns into index lookups.
-        let sql = match self.backend() {
-            // A nested loop over the pairs (SQLite scans the app for row-value IN).
-            crate::db::Backend::Sqlite => format!(
-                "SELECT {MSG_COLUMNS} FROM (VALUES {}) AS v, messages m
-                 WHERE m.app_id = $1 AND m.sender = v.column1 AND m.cid = v.column2",
-                value_rows(run.len(), 2)
+        // millions), whatever the planner believes about the tables' sizes.
+        let backend = self.backend();
+        let keys = JsonRows::new(backend, &[("sender", Text), ("cid", Text)]);
+        let sql = match backend {
+            // SQLite loops over a materialized CTE and looks each key up.
+            Backend::Sqlite => format!(
+                "{keys} SELECT {MSG_COLUMNS} FROM j, messages m
+                 WHERE m.app_id = $1 AND m.sender = j.sender AND m.cid = j.cid"
             ),
-            // One lookup of the whole unique key per message. PostgreSQL hash-joins a VALUES
-            // list with the app's rows, and without fresh statistics runs an IN list of pairs
-            // as a scan of the app's messages; a full-key equality it always looks up.
-            crate::db::Backend::Postgres => (0..run.len())
-                .map(|i| {
-                    format!(
-                        "SELECT {MSG_COLUMNS} FROM messages m WHERE m.app_id = $1 AND m.sender = ${} AND m.cid = ${}",
-                        2 + 2 * i,
-                        3 + 2 * i
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(" UNION ALL "),
+            // A LATERAL subquery with a LIMIT is never flattened into a join: PostgreSQL
+            // would hash-join the keys with a scan of the app's messages when its statistics
+            // make the table look small.
+            Backend::Postgres => format!(
+                "{keys} SELECT {MSG_COLUMNS} FROM j CROSS JOIN LATERAL
+                 (SELECT * FROM messages WHERE app_id = $1 AND sender = j.sender AND cid = j.cid LIMIT 1) m"
+            ),
         };
-        let mut query = sqlx::query(&sql).persistent(false).bind(app_id);
-        for m in run {
-            query = query.bind(&m.sender).bind(&m.cid);
-        }
+        let query = sqlx::query(&sql).bind(app_id).bind(json_rows(
+            run.iter()
+                .map(|m| serde_json::json!({"sender": m.sender, "cid": m.cid})),
+        ));
         let mut earlier: HashMap<(String, String), StoredMessage> = HashMap::new();
         for row in query.fetch_all(&mut **tx).await? {
             let msg = message_from_row(&row)?;
@@ -279,27 +274,26 @@ impl Store {
             let mut names: Vec<&str> = fresh.iter().flat_map(|m| [m.to.as_str(), m.sender.as_str()]).collect();
             names.sort_unstable();
             names.dedup();
+            let names_rows = JsonRows::new(backend, &[("name", Text)]);
             let sql = format!(
-                "SELECT username FROM users WHERE app_id = $1 AND username IN ({})",
-                params_from(2, names.len())
+                "{names_rows} SELECT username FROM users WHERE app_id = $1 AND {}",
+                names_rows.has("username", "name")
             );
-            let mut query = sqlx::query_scalar(&sql).persistent(false).bind(app_id);
-            for name in &names {
-                query = query.bind(*name);
-            }
+            let query = sqlx::query_scalar(&sql)
+                .bind(app_id)
+                .bind(json_rows(names.iter().map(|name| serde_json::json!({"name": name}))));
             existing.extend(query.fetch_all(&mut **tx).await?);
             // All blocks the recipients hold (few per user), sorted out here.
             let mut owners: Vec<&str> = fresh.iter().map(|m| m.to.as_str()).collect();
             owners.sort_unstable();
             owners.dedup();
             let sql = format!(
-                "SELECT owner, blocked FROM blocks WHERE app_id = $1 AND owner IN ({})",
-                params_from(2, owners.len())
+                "{names_rows} SELECT owner, blocked FROM blocks WHERE app_id = $1 AND {}",
+                names_rows.has("owner", "name")
             );
-            let mut query = sqlx::query_as(&sql).persistent(false).bind(app_id);
-            for owner in &owners {
-                query = query.bind(*owner);
-            }
+            let query = sqlx::query_as(&sql)
+                .bind(app_id)
+                .bind(json_rows(owners.iter().map(|name| serde_json::json!({"name": name}))));
             blocked.extend(query.fetch_all(&mut **tx).await?);
         }
 
@@ -392,6 +386,7 @@ impl Store {
         accepted: &mut [&mut StoredMessage],
         useqs: &mut [Vec<(String, i64)>],
     ) -> Result<()> {
+        let backend = self.backend();
         // Conversation seqs: each conversation's counter moves by its number of messages.
         let mut convs: Tally<&str, (i64, usize)> = Tally::default(); // (count, last message)
         for (i, msg) in accepted.iter().enumerate() {
@@ -399,21 +394,19 @@ impl Store {
             *count += 1;
             *last = i;
         }
+        let rows = JsonRows::new(backend, &[("conv", Text), ("n", Int), ("ts", Int), ("id", Text)]);
         let sql = format!(
-            "INSERT INTO conversations (app_id, conv, last_seq, last_ts, last_message_id) VALUES {}
+            "{rows} INSERT INTO conversations (app_id, conv, last_seq, last_ts, last_message_id)
+             SELECT $1, j.conv, j.n, j.ts, j.id FROM j WHERE true
              ON CONFLICT (app_id, conv) DO UPDATE SET last_seq = conversations.last_seq + excluded.last_seq,
              last_ts = excluded.last_ts, last_message_id = excluded.last_message_id
-             RETURNING conv, last_seq",
-            value_rows_with_app(convs.entries.len(), 4)
+             RETURNING conv, last_seq"
         );
-        let mut query = sqlx::query_as::<_, (String, i64)>(&sql).persistent(false).bind(app_id);
-        for (conv, (count, last)) in &convs.entries {
-            query = query
-                .bind(*conv)
-                .bind(*count)
-                .bind(accepted[*last].ts)
-                .bind(&accepted[*last].id);
-        }
+        let query = sqlx::query_as::<_, (String, i64)>(&sql).bind(app_id).bind(json_rows(
+            convs.entries.iter().map(|(conv, (count, last))| {
+                serde_json::json!({"conv": conv, "n": count, "ts": accepted[*last].ts, "id": accepted[*last].id})
+            }),
+        ));
         let mut next_seq: HashMap<String, i64> = HashMap::new();
         for (conv, last_seq) in query.fetch_all(&mut **tx).await? {
             let count = convs.get(conv.as_str()).map_or(0, |(n, _)| *n);
@@ -428,7 +421,7 @@ impl Store {
         }
 
         let rows: Vec<&StoredMessage> = accepted.iter().map(|msg| &**msg).collect();
-        insert_messages(tx, app_id, &rows).await?;
+        insert_messages(tx, backend, app_id, &rows).await?;
 
         // Conversation list rows: the recipient's appears, the sender has read up to what
         // they sent (never moving back); one row per (user, conversation), as PostgreSQL
@@ -444,17 +437,20 @@ impl Store {
                 *read = (*read).max(seq);
             }
         }
-        let sql = format!(
-            "INSERT INTO user_conversations (app_id, username, conv, read_seq, delivered_seq) VALUES {}
-             {KEEP_FURTHEST_POSITIONS}",
-            value_rows_with_app(positions.entries.len(), 4)
-        );
-        let mut query = sqlx::query(&sql).persistent(false).bind(app_id);
-        for ((user, conv), seq) in &positions.entries {
-            query = query.bind(*user).bind(*conv).bind(*seq).bind(*seq);
-        }
         if !positions.entries.is_empty() {
-            query.execute(&mut **tx).await?;
+            let rows = JsonRows::new(backend, &[("name", Text), ("conv", Text), ("seq", Int)]);
+            let sql = format!(
+                "{rows} INSERT INTO user_conversations (app_id, username, conv, read_seq, delivered_seq)
+                 SELECT $1, j.name, j.conv, j.seq, j.seq FROM j WHERE true
+                 {KEEP_FURTHEST_POSITIONS}"
+            );
+            sqlx::query(&sql)
+                .bind(app_id)
+                .bind(json_rows(positions.entries.iter().map(
+                    |((user, conv), seq)| serde_json::json!({"name": user, "conv": conv, "seq": seq}),
+                )))
+                .execute(&mut **tx)
+                .await?;
         }
 
         // Inbox positions: each user's counter moves by their number of new entries (the
@@ -465,46 +461,44 @@ impl Store {
                 *counts.entry(user, 0) += 1;
             }
         }
-        // `username IN (…)` with a CASE, not `UPDATE … FROM (VALUES …)`, which PostgreSQL
-        // may run as a scan of the app's users.
-        let cases: String = (0..counts.entries.len())
-            .map(|i| format!(" WHEN ${} THEN ${}", 2 + 2 * i, 3 + 2 * i))
-            .collect();
-        let names: Vec<String> = (0..counts.entries.len()).map(|i| format!("${}", 2 + 2 * i)).collect();
+        let rows = JsonRows::new(backend, &[("name", Text), ("n", Int)]);
         let sql = format!(
-            "UPDATE users SET inbox_seq = inbox_seq + CASE username{cases} ELSE 0 END
-             WHERE app_id = $1 AND username IN ({}) RETURNING username, inbox_seq",
-            names.join(", ")
+            "{rows} UPDATE users SET inbox_seq = inbox_seq + j.n FROM j
+             WHERE users.app_id = $1 AND users.username = j.name AND {}
+             RETURNING username, inbox_seq",
+            rows.has("users.username", "name")
         );
-        let mut query = sqlx::query_as::<_, (String, i64)>(&sql).persistent(false).bind(app_id);
-        for (user, count) in &counts.entries {
-            query = query.bind(*user).bind(*count);
-        }
+        let query = sqlx::query_as::<_, (String, i64)>(&sql).bind(app_id).bind(json_rows(
+            counts
+                .entries
+                .iter()
+                .map(|(user, count)| serde_json::json!({"name": user, "n": count})),
+        ));
         let mut next_useq: HashMap<String, i64> = HashMap::new();
         for (user, last) in query.fetch_all(&mut **tx).await? {
             let count = counts.get(user.as_str()).copied().unwrap_or(0);
             next_useq.insert(user, last - count + 1);
         }
-        let mut entries: Vec<(String, i64, &str)> = Vec::new();
+        let mut entries: Vec<Value> = Vec::new();
         for (msg, places) in accepted.iter().zip(useqs.iter_mut()) {
             for user in participants(msg) {
                 if let Some(next) = next_useq.get_mut(user) {
                     places.push((user.to_string(), *next));
-                    entries.push((user.to_string(), *next, msg.id.as_str()));
+                    entries.push(serde_json::json!({"name": user, "useq": *next, "id": msg.id}));
                     *next += 1;
                 }
             }
         }
         if !entries.is_empty() {
+            let rows = JsonRows::new(backend, &[("name", Text), ("useq", Int), ("id", Text)]);
             let sql = format!(
-                "INSERT INTO inbox (app_id, username, useq, message_id) VALUES {}",
-                value_rows_with_app(entries.len(), 3)
+                "{rows} INSERT INTO inbox (app_id, username, useq, message_id) SELECT $1, j.name, j.useq, j.id FROM j"
             );
-            let mut query = sqlx::query(&sql).persistent(false).bind(app_id);
-            for (user, useq, id) in &entries {
-                query = query.bind(user).bind(*useq).bind(*id);
-            }
-            query.execute(&mut **tx).await?;
+            sqlx::query(&sql)
+                .bind(app_id)
+                .bind(json_rows(entries))
+                .execute(&mut **tx)
+                .await?;
         }
         Ok(())
     }
@@ -665,7 +659,7 @@ impl Store {
             }
             ChannelKind::Group => {
                 sender_has_read(tx, &m.app_id, &msg).await?;
-                insert_messages(tx, &m.app_id, &[&msg]).await?;
+                insert_messages(tx, self.backend(), &m.app_id, &[&msg]).await?;
                 fan_out_to_members(tx, &m.app_id, &m.to, &msg.id).await?
             }
         };
@@ -771,29 +765,44 @@ pub(crate) async fn inbox_place<'e>(
 }
 
 /// Inserts messages, one statement for all of them.
-async fn insert_messages(tx: &mut Transaction<'static, Any>, app_id: &str, msgs: &[&StoredMessage]) -> Result<()> {
-    let sql = format!(
-        "INSERT INTO messages (app_id, id, conv, seq, chat, sender, sender_device, recipient, cid, msg_type, body, ext, ts)
-         VALUES {}",
-        value_rows_with_app(msgs.len(), 12)
+async fn insert_messages(
+    tx: &mut Transaction<'static, Any>,
+    backend: Backend,
+    app_id: &str,
+    msgs: &[&StoredMessage],
+) -> Result<()> {
+    let rows = JsonRows::new(
+        backend,
+        &[
+            ("id", Text),
+            ("conv", Text),
+            ("seq", Int),
+            ("chat", Text),
+            ("sender", Text),
+            ("sender_device", Text),
+            ("recipient", Text),
+            ("cid", Text),
+            ("msg_type", Text),
+            ("body", Text),
+            ("ext", Text),
+            ("ts", Int),
+        ],
     );
-    let mut query = sqlx::query(&sql).persistent(false).bind(app_id);
-    for msg in msgs {
-        query = query
-            .bind(&msg.id)
-            .bind(&msg.conv)
-            .bind(msg.seq)
-            .bind(&msg.chat)
-            .bind(&msg.sender)
-            .bind(&msg.sender_device)
-            .bind(&msg.recipient)
-            .bind(&msg.cid)
-            .bind(&msg.kind)
-            .bind(&msg.body)
-            .bind(&msg.ext)
-            .bind(msg.ts);
-    }
-    query.execute(&mut **tx).await?;
+    let sql = format!(
+        "{rows} INSERT INTO messages (app_id, id, conv, seq, chat, sender, sender_device, recipient, cid, msg_type, body, ext, ts)
+         SELECT $1, j.id, j.conv, j.seq, j.chat, j.sender, j.sender_device, j.recipient, j.cid, j.msg_type, j.body, j.ext, j.ts FROM j"
+    );
+    sqlx::query(&sql)
+        .bind(app_id)
+        .bind(json_rows(msgs.iter().map(|m| {
+            serde_json::json!({
+                "id": m.id, "conv": m.conv, "seq": m.seq, "chat": m.chat, "sender": m.sender,
+                "sender_device": m.sender_device, "recipient": m.recipient, "cid": m.cid,
+                "msg_type": m.kind, "body": m.body, "ext": m.ext, "ts": m.ts,
+            })
+        })))
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 
@@ -874,20 +883,6 @@ async fn sender_has_read(tx: &mut Transaction<'static, Any>, app_id: &str, msg: 
     Ok(())
 }
 
-impl Store {
-    /// The most one-to-one messages stored by one set of statements. PostgreSQL: as many as
-    /// keep each statement well under its 65,535 bound parameters, since each statement is a
-    /// round trip. SQLite is in-process, so round trips are cheap, while binding `$n`
-    /// parameters costs time quadratic in their number (sqlx looks each name up in a list):
-    /// 64 messages (about 800 parameters) measured fastest.
-    fn max_run(&self) -> usize {
-        match self.backend() {
-            crate::db::Backend::Sqlite => 64,
-            crate::db::Backend::Postgres => 256,
-        }
-    }
-}
-
 /// A message's identity for repeats: (app, sender, cid).
 type SendKey<'a> = (&'a str, &'a str, &'a str);
 
@@ -941,10 +936,6 @@ fn participants(msg: &StoredMessage) -> impl Iterator<Item = &str> {
     std::iter::once(msg.recipient.as_str()).chain(sender)
 }
 
-// The statements of a run are built for its size, so there are hundreds of shapes: they are
-// not kept as prepared statements (`persistent(false)`), which would fill every pooled
-// connection's statement cache with large programs used once in a while.
-
 /// `$from, $from+1, …`: `count` parameters.
 pub(crate) fn params_from(from: usize, count: usize) -> String {
     (from..from + count)
@@ -953,38 +944,77 @@ pub(crate) fn params_from(from: usize, count: usize) -> String {
         .join(", ")
 }
 
-/// `($2, $3), ($4, $5), …`: `rows` rows of `width` parameters, numbered after `$1`.
-fn value_rows(rows: usize, width: usize) -> String {
-    placeholders(rows, width, false)
+/// The type of a column of [`JsonRows`].
+#[derive(Clone, Copy)]
+enum JsonColumn {
+    Text,
+    Int,
+}
+use JsonColumn::{Int, Text};
+
+/// Rows handed to a statement as one JSON array of objects in parameter `$2`, and read back
+/// as the table `j` (a materialized CTE; write `{rows} SELECT … FROM j`).
+///
+/// A run of messages is written with one statement per table. Spelled out as `VALUES` lists,
+/// each run size made a statement of its own: hundreds of shapes, planned (PostgreSQL) or
+/// compiled (SQLite) again for every run, never worth caching, and on SQLite bound in time
+/// quadratic in the parameters (sqlx looks each `$n` name up in a list). As JSON, every
+/// statement has one text whatever the run's size: prepared once per connection, bound as
+/// two parameters.
+struct JsonRows {
+    backend: Backend,
+    cte: String,
 }
 
-/// `($1, $2, $3), ($1, $4, $5), …`: the same, each row led by `$1` (the app).
-fn value_rows_with_app(rows: usize, width: usize) -> String {
-    placeholders(rows, width, true)
-}
-
-fn placeholders(rows: usize, width: usize, app_first: bool) -> String {
-    use std::fmt::Write;
-    let mut out = String::with_capacity(rows * (width * 6 + 8));
-    let mut n = 2;
-    for row in 0..rows {
-        if row > 0 {
-            out.push_str(", ");
-        }
-        out.push('(');
-        if app_first {
-            out.push_str("$1, ");
-        }
-        for col in 0..width {
-            if col > 0 {
-                out.push_str(", ");
+impl JsonRows {
+    fn new(backend: Backend, columns: &[(&str, JsonColumn)]) -> Self {
+        let cte = match backend {
+            Backend::Postgres => {
+                let typed: Vec<String> = columns
+                    .iter()
+                    .map(|(name, column)| match column {
+                        Text => format!("{name} text"),
+                        Int => format!("{name} bigint"),
+                    })
+                    .collect();
+                format!(
+                    "WITH j AS MATERIALIZED (SELECT * FROM json_to_recordset($2::json) AS r({}))",
+                    typed.join(", ")
+                )
             }
-            let _ = write!(out, "${n}");
-            n += 1;
-        }
-        out.push(')');
+            Backend::Sqlite => {
+                let fields: Vec<String> = columns
+                    .iter()
+                    .map(|(name, _)| format!("value ->> '{name}' AS {name}"))
+                    .collect();
+                format!(
+                    "WITH j AS MATERIALIZED (SELECT {} FROM json_each($2))",
+                    fields.join(", ")
+                )
+            }
+        };
+        JsonRows { backend, cte }
     }
-    out
+
+    /// A condition: `column` is one of the rows' `field`, in the form each planner turns
+    /// into index lookups (PostgreSQL may run `IN (SELECT …)` as a hash join over a scan).
+    fn has(&self, column: &str, field: &str) -> String {
+        match self.backend {
+            Backend::Postgres => format!("{column} = ANY(ARRAY(SELECT {field} FROM j))"),
+            Backend::Sqlite => format!("{column} IN (SELECT {field} FROM j)"),
+        }
+    }
+}
+
+impl std::fmt::Display for JsonRows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.cte)
+    }
+}
+
+/// The JSON array of rows for [`JsonRows`].
+fn json_rows(rows: impl IntoIterator<Item = Value>) -> String {
+    Value::Array(rows.into_iter().collect()).to_string()
 }
 
 /// Notes the batch's newly stored one-to-one and group messages for the push planner, in the

@@ -163,15 +163,19 @@ pub async fn run(
     let started = Instant::now();
     let interval = (traffic.rate > 0).then(|| Duration::from_secs_f64(traffic.pairs as f64 / traffic.rate as f64));
     let text = "x".repeat(traffic.size);
+    // At a set rate the senders' ticks are spread evenly over the interval (sender i starts
+    // i/pairs of an interval in), so the load is steady rather than every sender's message
+    // at once, once per interval.
+    let first_tick = tokio::time::Instant::now() + Duration::from_millis(100);
     let mut senders = Vec::new();
     for i in 0..traffic.pairs {
         let (options, topic) = protocol.endpoint(i, Side::Sender, host, port);
         let (client, mut eventloop) = client(options);
-        let (protocol, text, messages) = (protocol.clone(), text.clone(), traffic.messages);
+        let (protocol, text, messages, pairs) = (protocol.clone(), text.clone(), traffic.messages, traffic.pairs);
         senders.push(tokio::spawn(async move {
             let poller = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
             let mut ticker = interval.map(|d| {
-                let mut t = tokio::time::interval(d);
+                let mut t = tokio::time::interval_at(first_tick + d.mul_f64(i as f64 / pairs as f64), d);
                 t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 t
             });
