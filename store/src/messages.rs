@@ -403,7 +403,7 @@ impl Store {
              RETURNING conv, last_seq"
         );
         let query = sqlx::query_as::<_, (String, i64)>(&sql).bind(app_id).bind(json_rows(
-            convs.entries.iter().map(|(conv, (count, last))| {
+            convs.sorted().map(|(conv, (count, last))| {
                 serde_json::json!({"conv": conv, "n": count, "ts": accepted[*last].ts, "id": accepted[*last].id})
             }),
         ));
@@ -446,7 +446,7 @@ impl Store {
             );
             sqlx::query(&sql)
                 .bind(app_id)
-                .bind(json_rows(positions.entries.iter().map(
+                .bind(json_rows(positions.sorted().map(
                     |((user, conv), seq)| serde_json::json!({"name": user, "conv": conv, "seq": seq}),
                 )))
                 .execute(&mut **tx)
@@ -470,8 +470,7 @@ impl Store {
         );
         let query = sqlx::query_as::<_, (String, i64)>(&sql).bind(app_id).bind(json_rows(
             counts
-                .entries
-                .iter()
+                .sorted()
                 .map(|(user, count)| serde_json::json!({"name": user, "n": count})),
         ));
         let mut next_useq: HashMap<String, i64> = HashMap::new();
@@ -926,6 +925,17 @@ impl<K: std::hash::Hash + Eq + Copy, V> Tally<K, V> {
 
     fn get(&self, key: K) -> Option<&V> {
         self.index.get(&key).map(|&i| &self.entries[i].1)
+    }
+}
+
+impl<K: Ord, V> Tally<K, V> {
+    /// The entries in key order. Rows are written in this order so that two batches stored
+    /// at once (the bridge's and one sent over the REST API, on PostgreSQL) lock the rows
+    /// they share in the same order: one waits for the other instead of the two deadlocking.
+    fn sorted(&self) -> impl Iterator<Item = &(K, V)> {
+        let mut entries: Vec<&(K, V)> = self.entries.iter().collect();
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        entries.into_iter()
     }
 }
 
