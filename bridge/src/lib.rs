@@ -3,8 +3,12 @@
 //! commit), and then delivers: `ack` to the sending device, `msg` to every device of the
 //! recipient and to the sender's other devices, `error` when something is refused.
 //!
-//! It is an ordinary MQTT client of the broker, so several bridges (in this process or in
-//! others) can share the work: rumqttd hands each outbox publish to one of them.
+//! It consumes as an ordinary MQTT client of the broker (a shared subscription, so several
+//! bridges could share the work), and delivers in-process, through [`Live`], straight to
+//! the gate's sessions: only this process's gate holds devices, and a round through rumqttd
+//! cost every delivery two loopback hops, two encodings and a pass of rumqttd's router
+//! (three deliveries per message: the sender's ack, the recipient's copy, the sender's
+//! other devices).
 //!
 //! Ordering of the steps is what makes the promises hold:
 //! 1. the batch is committed before any `ack` or `msg` leaves, so an ack means stored;
@@ -55,11 +59,6 @@ pub enum Error {
 }
 
 /// Runs a bridge until `shutdown` turns true.
-///
-/// The bridge holds two connections to the broker: one consumes outboxes (and sends only
-/// acks), one publishes deliveries. On a single connection, acks for consumed messages
-/// queue behind deliveries waiting for the broker's acks, and under a burst both sides
-/// wait for each other.
 pub async fn run(
     options: MqttOptions,
     store: Store,
@@ -69,22 +68,15 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), Error> {
     let mut consumer_options = options.clone();
-    consumer_options.set_client_id(format!("{}-in", options.client_id()));
     consumer_options.set_manual_acks(true);
     consumer_options.set_clean_session(true);
     let (consumer, mut consumer_loop) = AsyncClient::new(consumer_options, 10_000);
-    // Small acks and publishes on loopback: Nagle's algorithm would hold them back.
+    // Small acks on loopback: Nagle's algorithm would hold them back.
     consumer_loop.network_options.set_tcp_nodelay(true);
-    let mut producer_options = options.clone();
-    producer_options.set_client_id(format!("{}-out", options.client_id()));
-    producer_options.set_inflight(1000);
-    let (producer, mut producer_loop) = AsyncClient::new(producer_options, 10_000);
-    producer_loop.network_options.set_tcp_nodelay(true);
 
     let (incoming_tx, mut incoming) = mpsc::channel(settings.max_batch * 4);
-    let consumer_task = tokio::spawn(poll(consumer_loop, Some(consumer.clone()), incoming_tx.clone()));
-    let producer_task = tokio::spawn(poll(producer_loop, None, incoming_tx));
-    let mut bridge = Bridge::new(producer, store, live, push_wake);
+    let consumer_task = tokio::spawn(consume(consumer_loop, consumer, incoming_tx));
+    let mut bridge = Bridge::new(store, live, push_wake);
     let mut batch = Vec::with_capacity(settings.max_batch);
     loop {
         tokio::select! {
@@ -101,34 +93,29 @@ pub async fn run(
         }
     }
     consumer_task.abort();
-    producer_task.abort();
     Ok(())
 }
 
-/// Drives one MQTT connection. The consumer's (`subscriber` set) (re)subscribes after
-/// every CONNACK, queues outbox publishes for the processor and acknowledges each once
-/// queued; when the queue is full it waits, and so does rumqttd.
-async fn poll(mut eventloop: EventLoop, subscriber: Option<AsyncClient>, incoming: mpsc::Sender<Publish>) {
+/// Drives the consuming connection: (re)subscribes after every CONNACK, queues outbox
+/// publishes for the processor and acknowledges each once queued; when the queue is full
+/// it waits, and so does rumqttd.
+async fn consume(mut eventloop: EventLoop, client: AsyncClient, incoming: mpsc::Sender<Publish>) {
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                if let Some(client) = &subscriber {
-                    if let Err(e) = client.try_subscribe(store::topics::OUTBOX_SHARED_FILTER, QoS::AtLeastOnce) {
-                        tracing::error!(error = %e, "bridge cannot subscribe");
-                    }
-                    tracing::info!("bridge subscribed to {}", store::topics::OUTBOX_SHARED_FILTER);
+                if let Err(e) = client.try_subscribe(store::topics::OUTBOX_SHARED_FILTER, QoS::AtLeastOnce) {
+                    tracing::error!(error = %e, "bridge cannot subscribe");
                 }
+                tracing::info!("bridge subscribed to {}", store::topics::OUTBOX_SHARED_FILTER);
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
-                let ack = subscriber.is_some().then(|| publish.clone());
+                let ack = publish.clone();
                 if incoming.send(publish).await.is_err() {
                     return;
                 }
-                if let (Some(client), Some(publish)) = (&subscriber, ack) {
-                    // try_ack: the eventloop that would drain a full request queue is this task.
-                    if let Err(e) = client.try_ack(&publish) {
-                        tracing::error!(error = %e, "bridge cannot acknowledge a publish");
-                    }
+                // try_ack: the eventloop that would drain a full request queue is this task.
+                if let Err(e) = client.try_ack(&ack) {
+                    tracing::error!(error = %e, "bridge cannot acknowledge a publish");
                 }
             }
             Ok(_) => {}

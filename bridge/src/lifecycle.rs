@@ -20,7 +20,7 @@ impl Bridge {
             .await
         {
             Ok(positions) => positions,
-            Err(e) => return self.reply(from, &store_refusal(None, e)).await,
+            Err(e) => return self.reply(from, &store_refusal(None, e)),
         };
         if after <= before {
             return;
@@ -30,8 +30,7 @@ impl Bridge {
             Receipt::Delivered => "delivered",
         };
         let own = json!({"op": format!("{kind}_sync"), "conv": op.conv, "seq": after});
-        self.publish_json(from, &from.user, Route::Except(&from.device), &own)
-            .await;
+        self.publish_json(from, &from.user, Route::Except(&from.device), &own);
         let event = json!({"op": "receipt", "type": kind, "conv": op.conv, "seq": after, "by": from.user});
         let others: Vec<String> = match op.conv.split(':').collect::<Vec<_>>()[..] {
             ["u", a, b] => vec![if a == from.user { b } else { a }.to_string()],
@@ -51,7 +50,7 @@ impl Bridge {
             _ => Vec::new(),
         };
         for user in others.iter().filter(|u| **u != from.user) {
-            self.publish_json(from, user, Route::All, &event).await;
+            self.publish_json(from, user, Route::All, &event);
         }
     }
 
@@ -74,12 +73,12 @@ impl Bridge {
             }
             Change::Edit(body) => match self.edit(from, &op.id, body).await {
                 Ok(m) => Ok(m),
-                Err(e) => return self.reply(from, &OpError { cid: op.cid, ..e }).await,
+                Err(e) => return self.reply(from, &OpError { cid: op.cid, ..e }),
             },
             Change::Delete => match store.hide(app, user, &op.id).await {
                 Ok(()) => {
                     let done = json!({"op": "deleted", "cid": op.cid, "id": op.id});
-                    return self.publish_json(from, user, Route::All, &done).await;
+                    return self.publish_json(from, user, Route::All, &done);
                 }
                 Err(e) => Err(e),
             },
@@ -92,7 +91,7 @@ impl Bridge {
         };
         match result {
             Ok((msg, event)) => self.tell_holders(from, &msg, &event).await,
-            Err(e) => self.reply(from, &store_refusal(op.cid, e)).await,
+            Err(e) => self.reply(from, &store_refusal(op.cid, e)),
         }
     }
 
@@ -134,7 +133,7 @@ impl Bridge {
     async fn tell_holders(&self, from: &Sender, msg: &StoredMessage, event: &Value) {
         let holders = self.store.holders(&from.app_id, &msg.id).await.unwrap_or_default();
         for user in holders {
-            self.publish_json(from, &user, Route::All, event).await;
+            self.publish_json(from, &user, Route::All, event);
         }
     }
 
@@ -179,7 +178,7 @@ impl Bridge {
         };
         let recipients = match recipients {
             Ok(r) => r,
-            Err(e) => return self.reply(from, &e).await,
+            Err(e) => return self.reply(from, &e),
         };
         let conv = match op.chat {
             ChatType::User => store::messages::user_conv(user, &op.to),
@@ -211,9 +210,9 @@ impl Bridge {
             ts: msg.ts,
             useq: None,
         };
-        self.reply(from, &ack).await;
+        self.reply(from, &ack);
         if op.chat == ChatType::Room {
-            return self.deliver_to_room(from, &msg).await;
+            return self.deliver_to_room(from, &msg);
         }
         for recipient in recipients {
             let route = if recipient == *user {
@@ -222,7 +221,7 @@ impl Bridge {
                 Route::All
             };
             let json = serde_json::to_vec(&msg.delivered(&recipient, None)).unwrap_or_default();
-            self.publish_inbox(from, &recipient, route, json).await;
+            self.publish_inbox(from, &recipient, route, json);
         }
     }
 
@@ -253,14 +252,13 @@ impl Bridge {
             ),
         };
         match result {
-            Ok(()) => self.reply(from, &json!({"op": "ok", "cid": op.cid, "of": of})).await,
-            Err(e) => self.reply(from, &store_refusal(op.cid, e)).await,
+            Ok(()) => self.reply(from, &json!({"op": "ok", "cid": op.cid, "of": of})),
+            Err(e) => self.reply(from, &store_refusal(op.cid, e)),
         }
     }
 
-    async fn publish_json(&self, tenant: &Sender, user: &str, route: Route<'_>, body: &Value) {
-        self.publish_inbox(tenant, user, route, serde_json::to_vec(body).unwrap_or_default())
-            .await;
+    fn publish_json(&self, tenant: &Sender, user: &str, route: Route<'_>, body: &Value) {
+        self.publish_inbox(tenant, user, route, serde_json::to_vec(body).unwrap_or_default());
     }
 }
 

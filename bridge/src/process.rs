@@ -3,8 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use rumqttc::{AsyncClient, Publish, QoS};
+use rumqttc::Publish;
 use serde_json::json;
 
 use crate::rules::{check_content, SendRates, TypingLimits};
@@ -44,7 +43,6 @@ struct PendingSend {
 }
 
 pub struct Bridge {
-    pub(crate) client: AsyncClient,
     pub(crate) store: Store,
     live: Arc<dyn Live>,
     /// Wakes the push worker when pushes were queued.
@@ -56,9 +54,8 @@ pub struct Bridge {
 }
 
 impl Bridge {
-    pub fn new(client: AsyncClient, store: Store, live: Arc<dyn Live>, push_wake: Arc<tokio::sync::Notify>) -> Bridge {
+    pub fn new(store: Store, live: Arc<dyn Live>, push_wake: Arc<tokio::sync::Notify>) -> Bridge {
         Bridge {
-            client,
             store,
             live,
             push_wake,
@@ -80,7 +77,7 @@ impl Bridge {
             let json = match json {
                 Ok(json) => json,
                 Err(why) => {
-                    self.reply(&from, &OpError::new(None, "bad_envelope", why)).await;
+                    self.reply(&from, &OpError::new(None, "bad_envelope", why));
                     continue;
                 }
             };
@@ -88,7 +85,7 @@ impl Bridge {
                 Ok(op) => op,
                 Err(e) => {
                     tracing::debug!(user = %from.user, code = e.code, "refused an envelope");
-                    self.reply(&from, &e).await;
+                    self.reply(&from, &e);
                     continue;
                 }
             };
@@ -104,7 +101,7 @@ impl Bridge {
                                     "internal",
                                     "not stored; retry with the same cid",
                                 );
-                                self.reply(&from, &e).await;
+                                self.reply(&from, &e);
                                 continue;
                             }
                         };
@@ -114,7 +111,7 @@ impl Bridge {
                         // Commands are delivered, never stored; they wait for the batch like
                         // the rest, so they do not overtake messages sent before them.
                         Ok(Admitted::Relay(op)) => later.push((from, ClientOp::Send(op))),
-                        Err(e) => self.reply(&from, &e).await,
+                        Err(e) => self.reply(&from, &e),
                     }
                 }
                 other => later.push((from, other)),
@@ -251,8 +248,7 @@ impl Bridge {
             }
             Ok(Outcome::Duplicate { msg, sender_useq }) => (msg, sender_useq, None),
             Ok(Outcome::Refused { code, message }) => {
-                self.reply(from, &OpError::new(Some(pending.cid.clone()), code, message))
-                    .await;
+                self.reply(from, &OpError::new(Some(pending.cid.clone()), code, message));
                 return false;
             }
             Err(e) => {
@@ -262,7 +258,7 @@ impl Bridge {
                     "internal",
                     "the message was not stored; retry with the same cid",
                 );
-                self.reply(from, &e).await;
+                self.reply(from, &e);
                 return false;
             }
         };
@@ -275,10 +271,10 @@ impl Bridge {
             ts: msg.ts,
             useq: own_useq,
         };
-        self.reply(from, &ack).await;
+        self.reply(from, &ack);
         let Some(useqs) = deliveries else { return false };
         if msg.chat == "room" {
-            self.deliver_to_room(from, &msg).await;
+            self.deliver_to_room(from, &msg);
             return false;
         }
         for (user, useq) in useqs {
@@ -288,23 +284,16 @@ impl Bridge {
                 Route::All
             };
             let copy = serde_json::to_vec(&msg.delivered(&user, Some(useq))).unwrap_or_default();
-            self.publish_inbox(from, &user, route, copy).await;
+            self.publish_inbox(from, &user, route, copy);
         }
         true
     }
 
     /// Chatrooms are delivered by the broker to whoever is subscribed (the gate lets only
     /// members subscribe); the sender's own devices get it there too.
-    pub(crate) async fn deliver_to_room(&self, from: &Sender, msg: &StoredMessage) {
-        let topic = store::topics::room(&from.org, &from.app, &msg.recipient);
+    pub(crate) fn deliver_to_room(&self, from: &Sender, msg: &StoredMessage) {
         let payload = serde_json::to_vec(&msg.delivered("", None)).unwrap_or_default();
-        if let Err(e) = self
-            .client
-            .publish_bytes(topic, QoS::AtLeastOnce, false, Bytes::from(payload))
-            .await
-        {
-            tracing::error!(error = %e, "bridge cannot publish");
-        }
+        self.live.deliver_room(&from.org, &from.app, &msg.recipient, payload);
     }
 
     async fn sync(&self, from: &Sender, op: SyncOp) {
@@ -322,12 +311,11 @@ impl Bridge {
                     more,
                     msgs,
                 };
-                self.reply(from, &reply).await
+                self.reply(from, &reply)
             }
             Err(e) => {
                 tracing::error!(error = %e, "sync failed");
                 self.reply(from, &OpError::new(op.cid, "internal", "sync failed; retry"))
-                    .await
             }
         }
     }
@@ -365,7 +353,7 @@ impl Bridge {
             }
         };
         for user in recipients {
-            self.publish_inbox(from, &user, Route::All, payload.clone()).await;
+            self.publish_inbox(from, &user, Route::All, payload.clone());
         }
     }
 
@@ -380,11 +368,8 @@ impl Bridge {
             )
             .await;
         match result {
-            Ok(_) => {
-                self.reply(from, &json!({"op": "joined", "cid": op.cid, "room": op.room}))
-                    .await
-            }
-            Err(e) => self.reply(from, &store_refusal(op.cid, e)).await,
+            Ok(_) => self.reply(from, &json!({"op": "joined", "cid": op.cid, "room": op.room})),
+            Err(e) => self.reply(from, &store_refusal(op.cid, e)),
         }
     }
 
@@ -397,24 +382,22 @@ impl Bridge {
             Ok(()) => {
                 self.live.leave_room(&from.org, &from.app, &from.user, &op.room);
                 self.reply(from, &json!({"op": "left", "cid": op.cid, "room": op.room}))
-                    .await
             }
-            Err(e) => self.reply(from, &store_refusal(op.cid, e)).await,
+            Err(e) => self.reply(from, &store_refusal(op.cid, e)),
         }
     }
 
     /// Answers the device that sent an envelope, and only that device.
-    pub(crate) async fn reply(&self, to: &Sender, body: &impl serde::Serialize) {
+    pub(crate) fn reply(&self, to: &Sender, body: &impl serde::Serialize) {
         let json = serde_json::to_vec(body).unwrap_or_default();
-        self.publish_inbox(to, &to.user, Route::Only(&to.device), json).await;
+        self.publish_inbox(to, &to.user, Route::Only(&to.device), json);
     }
 
-    pub(crate) async fn publish_inbox(&self, tenant: &Sender, user: &str, route: Route<'_>, json: Vec<u8>) {
-        let topic = store::topics::inbox(&tenant.org, &tenant.app, user);
-        let payload = Bytes::from(frame_inbox(route, &json));
-        if let Err(e) = self.client.publish_bytes(topic, QoS::AtLeastOnce, false, payload).await {
-            tracing::error!(error = %e, "bridge cannot publish");
-        }
+    /// Hands a publish on a user's inbox topic to their connected devices (in-process: the
+    /// gate's switchboard), for the route given.
+    pub(crate) fn publish_inbox(&self, tenant: &Sender, user: &str, route: Route<'_>, json: Vec<u8>) {
+        self.live
+            .deliver_inbox(&tenant.org, &tenant.app, user, frame_inbox(route, &json));
     }
 }
 

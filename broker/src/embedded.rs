@@ -17,7 +17,7 @@ pub struct BrokerSettings {
     /// Loopback port for rumqttd; 0 picks a free one.
     pub port: u16,
     /// Connections rumqttd admits: internal clients only (devices reach it through the
-    /// switchboard's two connections).
+    /// switchboard's uplink).
     pub max_connections: usize,
     /// Largest packet rumqttd accepts.
     pub max_payload_size: usize,
@@ -94,27 +94,18 @@ impl EmbeddedBroker {
                 max_outgoing_packet_count: 200,
                 max_segment_size: settings.segment_bytes,
                 max_segment_count: settings.segment_count,
-                // The three filters all chat traffic goes through get room to absorb a burst:
-                // what the bridges have not read when the log rotates is skipped. The outbox
-                // the most (a device retries a send that got no `ack`); inboxes and rooms a
-                // quarter of it (a device that misses a live delivery fills the gap with
-                // `sync`). Their logs are the process's main fixed memory cost.
-                custom_segment: Some(
-                    [
-                        (store::topics::OUTBOX_FILTER, settings.outbox_segment_bytes),
-                        (store::topics::INBOX_FILTER, settings.outbox_segment_bytes / 4),
-                        (store::topics::ROOM_FILTER, settings.outbox_segment_bytes / 4),
-                    ]
-                    .into_iter()
-                    .map(|(filter, bytes)| {
-                        let segment = SegmentConfig {
-                            max_segment_size: bytes,
-                            max_segment_count: 4,
-                        };
-                        (filter.to_string(), segment)
-                    })
-                    .collect(),
-                ),
+                // All chat traffic through rumqttd is outbox publishes on their way to the
+                // bridges: their filter gets room to absorb a burst (what the bridges have
+                // not read when the log rotates is skipped; a device retries a send that got
+                // no `ack`). Its log is the process's main fixed memory cost. Deliveries to
+                // devices do not pass through rumqttd (see the switchboard).
+                custom_segment: Some(HashMap::from([(
+                    store::topics::OUTBOX_FILTER.to_string(),
+                    SegmentConfig {
+                        max_segment_size: settings.outbox_segment_bytes,
+                        max_segment_count: 4,
+                    },
+                )])),
                 ..Default::default()
             },
             v4: Some(HashMap::from([(

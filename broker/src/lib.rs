@@ -5,8 +5,9 @@
 //! - [`gate`] is the only door for devices (TCP, WebSocket at `/mqtt`, TLS): it speaks MQTT
 //!   3.1.1 and 5 to them, checks their token at CONNECT, checks every SUBSCRIBE and PUBLISH
 //!   against the topic ACL, and passes what is allowed on through the switchboard.
-//! - [`switchboard`] connects all device sessions to rumqttd through two connections, and
-//!   routes inbox and chatroom publishes to the sessions subscribed.
+//! - [`switchboard`] connects all device sessions to rumqttd through one connection, and
+//!   routes what the server sends (inbox and chatroom publishes, handed over in-process) to
+//!   the sessions subscribed.
 //! - [`presence`] turns the gate's connects and disconnects into retained presence messages.
 
 pub mod embedded;

@@ -173,10 +173,15 @@ impl store::live::Live for Presence {
         self.devices(&key(org, app, user)) > 0
     }
 
-    fn notify(&self, org: &str, app: &str, user: &str, event: &serde_json::Value) {
-        // Straight to this process's devices: events, like presence, are live only.
-        let topic = store::topics::inbox(org, app, user);
-        let payload = store::envelope::frame_inbox(store::envelope::Route::All, event.to_string().as_bytes());
-        self.switchboard.dispatch(&topic, payload.into());
+    // Straight to this process's sessions through the switchboard, not through rumqttd:
+    // only this process's gate holds devices (BENCHMARKS.md, issue 6).
+    fn deliver_inbox(&self, org: &str, app: &str, user: &str, framed: Vec<u8>) {
+        self.switchboard
+            .dispatch(&store::topics::inbox(org, app, user), framed.into());
+    }
+
+    fn deliver_room(&self, org: &str, app: &str, room: &str, payload: Vec<u8>) {
+        self.switchboard
+            .dispatch(&store::topics::room(org, app, room), payload.into());
     }
 }

@@ -1,27 +1,26 @@
-//! The switchboard: how device sessions and rumqttd reach each other without one rumqttd
-//! connection per device.
+//! The switchboard: how device sessions, rumqttd and the bridge reach each other without
+//! one rumqttd connection per device.
 //!
 //! A rumqttd connection costs ~44 KB and, through loopback, two more open files per device
-//! (one process may hold 20,000 files here). So the gate holds two connections to rumqttd
-//! for all its devices:
+//! (one process may hold 20,000 files here). So the gate holds one connection to rumqttd
+//! for all its devices, the **uplink**: every outbox publish (and will) goes through it to
+//! the bridges.
 //!
-//! - the **uplink** carries every outbox publish (and will) to the bridges;
-//! - the **downlink** subscribes to every inbox and every chatroom ([`INBOX_FILTER`],
-//!   [`ROOM_FILTER`]) and the switchboard hands each publish to the sessions subscribed to
-//!   that exact topic (the ACL only ever admits exact topics, so routing is a map lookup).
+//! Everything the server sends to devices (inbox and chatroom publishes from the bridge,
+//! events from the API) is handed to the switchboard in-process, which passes it to the
+//! sessions subscribed to that exact topic (the ACL only ever admits exact topics, so
+//! routing is a map lookup). Only this process's gate holds devices, so a round through
+//! rumqttd bought nothing and cost each delivery two loopback hops and a router pass.
 //!
-//! Presence never leaves the process: the gate makes it, so the switchboard keeps each
-//! user's latest presence (the "retained" message) and hands it to a new subscriber.
-//!
-//! [`INBOX_FILTER`]: store::topics::INBOX_FILTER
-//! [`ROOM_FILTER`]: store::topics::ROOM_FILTER
+//! Presence never leaves the process either: the gate makes it, so the switchboard keeps
+//! each user's latest presence (the "retained" message) and hands it to a new subscriber.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use rumqttc::{AsyncClient, Event, Packet, QoS};
+use rumqttc::{AsyncClient, QoS};
 use tokio::sync::mpsc;
 
 /// Deliveries a session may have queued before the switchboard drops more for it (a
@@ -47,7 +46,7 @@ pub struct Switchboard {
 }
 
 impl Switchboard {
-    /// Opens the uplink and downlink connections to rumqttd.
+    /// Opens the uplink connection to rumqttd.
     pub fn start(broker: &crate::EmbeddedBroker) -> Arc<Switchboard> {
         let tag = store::tokens::random_secret(8);
         let mut options = broker.client_options(&format!("chatd-uplink-{tag}"));
@@ -62,36 +61,11 @@ impl Switchboard {
                 }
             }
         });
-        let switchboard = Arc::new(Switchboard {
+        Arc::new(Switchboard {
             topics: Mutex::default(),
             retained: Mutex::default(),
             uplink,
-        });
-        let (downlink, mut downlink_loop) =
-            AsyncClient::new(broker.client_options(&format!("chatd-downlink-{tag}")), 100);
-        downlink_loop.network_options.set_tcp_nodelay(true);
-        let board = switchboard.clone();
-        tokio::spawn(async move {
-            loop {
-                match downlink_loop.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        for filter in [store::topics::INBOX_FILTER, store::topics::ROOM_FILTER] {
-                            if let Err(e) = downlink.try_subscribe(filter, QoS::AtLeastOnce) {
-                                tracing::error!(error = %e, "gate downlink cannot subscribe");
-                            }
-                        }
-                    }
-                    // Acknowledged by rumqttc once returned here: handed to the sessions' queues.
-                    Ok(Event::Incoming(Packet::Publish(p))) => board.dispatch(&p.topic, p.payload),
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::warn!(error = %e, "gate downlink lost the broker; reconnecting");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                }
-            }
-        });
-        switchboard
+        })
     }
 
     /// Adds a session to a topic; returns the topic's retained message, if any.

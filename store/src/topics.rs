@@ -22,11 +22,6 @@ pub const OUTBOX_SHARED_FILTER: &str = "$share/bridge/chat/+/+/u/+/out";
 /// The filter all outbox traffic is routed under inside rumqttd (for segment sizing).
 pub const OUTBOX_FILTER: &str = "chat/+/+/u/+/out";
 
-/// Every inbox and every chatroom: what the gate takes from rumqttd for its devices, through
-/// one connection, and routes to them itself.
-pub const INBOX_FILTER: &str = "chat/+/+/u/+/in";
-pub const ROOM_FILTER: &str = "chat/+/+/room/+";
-
 /// Splits `chat/{org}/{app}/u/{user}/{leaf}` into its parts.
 pub fn parse_user_topic(topic: &str) -> Option<(&str, &str, &str, &str)> {
     let mut parts = topic.split('/');
