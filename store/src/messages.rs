@@ -274,27 +274,25 @@ impl Store {
             let mut names: Vec<&str> = fresh.iter().flat_map(|m| [m.to.as_str(), m.sender.as_str()]).collect();
             names.sort_unstable();
             names.dedup();
+            // One round trip: each participant that exists, with whom they block (few per
+            // user; a sender's own blocks come along and are not needed).
             let names_rows = JsonRows::new(backend, &[("name", Text)]);
             let sql = format!(
-                "{names_rows} SELECT username FROM users WHERE app_id = $1 AND {}",
-                names_rows.has("username", "name")
+                "{names_rows} SELECT u.username, b.blocked FROM users u
+                 LEFT JOIN blocks b ON b.app_id = u.app_id AND b.owner = u.username AND {}
+                 WHERE u.app_id = $1 AND {}",
+                names_rows.has("b.owner", "name"),
+                names_rows.has("u.username", "name")
             );
-            let query = sqlx::query_scalar(&sql)
+            let query = sqlx::query_as::<_, (String, Option<String>)>(&sql)
                 .bind(app_id)
                 .bind(json_rows(names.iter().map(|name| serde_json::json!({"name": name}))));
-            existing.extend(query.fetch_all(&mut **tx).await?);
-            // All blocks the recipients hold (few per user), sorted out here.
-            let mut owners: Vec<&str> = fresh.iter().map(|m| m.to.as_str()).collect();
-            owners.sort_unstable();
-            owners.dedup();
-            let sql = format!(
-                "{names_rows} SELECT owner, blocked FROM blocks WHERE app_id = $1 AND {}",
-                names_rows.has("owner", "name")
-            );
-            let query = sqlx::query_as(&sql)
-                .bind(app_id)
-                .bind(json_rows(owners.iter().map(|name| serde_json::json!({"name": name}))));
-            blocked.extend(query.fetch_all(&mut **tx).await?);
+            for (user, blocks) in query.fetch_all(&mut **tx).await? {
+                if let Some(blocks) = blocks {
+                    blocked.insert((user.clone(), blocks));
+                }
+                existing.insert(user);
+            }
         }
 
         // Each message's fate; the accepted ones get an id and a conversation.
