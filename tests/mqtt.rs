@@ -751,28 +751,22 @@ async fn same_device_takes_over_and_qos2_is_forwarded_once(backend: Backend) {
         publish.pkid = 7;
         publish.dup = dup;
         new.send5(v5::Packet::Publish(publish)).await;
-        loop {
-            match new.recv5().await {
-                Some(v5::Packet::PubRec(r)) => {
-                    assert_eq!(r.pkid, 7);
-                    break;
-                }
-                Some(_) => continue,
-                None => panic!("closed"),
-            }
-        }
+        let pubrec = new
+            .next5_where(|p| match p {
+                v5::Packet::PubRec(r) => Some(r.pkid),
+                _ => None,
+            })
+            .await;
+        assert_eq!(pubrec, 7);
     }
     new.send5(v5::Packet::PubRel(v5::PubRel::new(7, None))).await;
-    loop {
-        match new.recv5().await {
-            Some(v5::Packet::PubComp(c)) => {
-                assert_eq!(c.pkid, 7);
-                break;
-            }
-            Some(_) => continue,
-            None => panic!("closed"),
-        }
-    }
+    let pubcomp = new
+        .next5_where(|p| match p {
+            v5::Packet::PubComp(c) => Some(c.pkid),
+            _ => None,
+        })
+        .await;
+    assert_eq!(pubcomp, 7);
     let msg = bob_dev.next_op("msg").await;
     assert_eq!(msg["body"]["msg"], "exactly once");
     let more = bob_dev.collect(Duration::from_millis(500)).await;

@@ -247,6 +247,20 @@ impl Raw {
         }
     }
 
+    /// Reads MQTT 5 packets, skipping others, until `pick` takes one.
+    pub async fn next5_where<T>(&mut self, mut pick: impl FnMut(v5::Packet) -> Option<T>) -> T {
+        loop {
+            match self.recv5().await {
+                Some(packet) => {
+                    if let Some(found) = pick(packet) {
+                        return found;
+                    }
+                }
+                None => panic!("connection closed while waiting for a packet"),
+            }
+        }
+    }
+
     /// Waits for the next MQTT 5 PUBLISH and returns its topic and JSON payload.
     pub async fn next_publish5(&mut self) -> (String, serde_json::Value) {
         loop {
