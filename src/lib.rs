@@ -62,7 +62,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Server> {
 
     let broker = EmbeddedBroker::start(&BrokerSettings {
         port: config.broker.port,
-        // Internal clients only (the bridge's two, the switchboard's two): devices never
+        // Internal clients only (the bridge's consumer, the switchboard's uplink): devices never
         // reach rumqttd themselves.
         max_connections: 64,
         max_payload_size: config.mqtt.max_packet_bytes + 512,
