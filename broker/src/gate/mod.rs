@@ -5,6 +5,7 @@
 //! finishes its handshake holds up nobody else (rumqttd's own listeners would stall).
 
 mod acl;
+pub mod codec;
 mod session;
 mod transport;
 

@@ -15,33 +15,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use rumqttc::mqttbytes::{self, v4, QoS};
+use rumqttc::mqttbytes::{v4, QoS};
 use rumqttc::v5::mqttbytes::v5;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, timeout, Instant};
 
 use super::acl::{Acl, FilterAccess, Identity};
+use super::codec::{self, qos_v4, ConnectRead, ConnectRequest, DevicePacket, Malformed, Refusal, Version};
 use super::transport::ClientIo;
 use super::Shared;
 use crate::presence::{Control, UserKey};
 use crate::switchboard::{Delivery, SESSION_QUEUE};
 use store::envelope::{frame_outbox, frame_outbox_unreadable, unframe_inbox, Route};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Version {
-    V4,
-    V5,
-}
-
-/// Why a CONNECT is refused; each maps to a 3.1.1 and a 5 return code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Refusal {
-    Protocol,
-    ClientId,
-    NotAuthorized,
-    Busy,
-    Unavailable,
-}
 
 /// What ends a session, and what (if anything) the device is told.
 #[derive(Debug)]
@@ -59,24 +44,6 @@ enum Close {
     Kicked,
     /// The token the device connected with expired.
     Expired,
-}
-
-/// The version-neutral part of a CONNECT that the gate acts on.
-struct ConnectRequest {
-    version: Version,
-    client_id: String,
-    clean: bool,
-    keep_alive: u16,
-    login: Option<(String, String)>,
-    will: Option<v4::LastWill>,
-    /// MQTT 5: how many QoS 1/2 publishes the device takes unacknowledged.
-    receive_max: u16,
-    /// MQTT 5: the largest packet the device takes.
-    device_max_packet: usize,
-    /// MQTT 5: how many topic aliases the device takes from the server.
-    device_alias_max: u16,
-    /// The device asked for the compact envelope (MessagePack) instead of JSON.
-    compact: bool,
 }
 
 /// Serves one device connection until it ends.
@@ -203,120 +170,21 @@ async fn read_connect(
     max_packet: usize,
 ) -> std::io::Result<Result<ConnectRequest, (Version, Refusal)>> {
     loop {
-        // Not MQTT (or not starting with CONNECT): no need to wait for the rest.
-        if buf.first().is_some_and(|b| b >> 4 != 1) {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                "first packet is not CONNECT",
-            ));
-        }
-        match mqttbytes::check(buf.iter(), max_packet) {
-            Ok(header) => {
-                let _ = header;
-                let (level, packet_type) = (connect_level(buf), buf[0] >> 4);
-                if packet_type != 1 {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        "first packet is not CONNECT",
-                    ));
-                }
-                return Ok(match level {
-                    Some(4) => match v4::Packet::read(buf, max_packet) {
-                        Ok(v4::Packet::Connect(c)) => {
-                            let (login, compact) = negotiate(c.login.map(|l| (l.username, l.password)), false);
-                            Ok(ConnectRequest {
-                                version: Version::V4,
-                                client_id: c.client_id,
-                                clean: c.clean_session,
-                                keep_alive: c.keep_alive,
-                                login,
-                                will: c.last_will,
-                                receive_max: u16::MAX,
-                                device_max_packet: usize::MAX,
-                                device_alias_max: 0,
-                                compact,
-                            })
-                        }
-                        _ => Err((Version::V4, Refusal::Protocol)),
-                    },
-                    Some(5) => match v5::Packet::read(buf, Some(max_packet as u32)) {
-                        Ok(v5::Packet::Connect(c, will, login)) => {
-                            let asked = c.properties.as_ref().is_some_and(|p| {
-                                p.user_properties.iter().any(|(k, v)| k == ENCODING_KEY && v == COMPACT)
-                            });
-                            let (login, compact) = negotiate(login.map(|l| (l.username, l.password)), asked);
-                            Ok(ConnectRequest {
-                                version: Version::V5,
-                                compact,
-                                device_alias_max: c.properties.as_ref().and_then(|p| p.topic_alias_max).unwrap_or(0),
-                                receive_max: c
-                                    .properties
-                                    .as_ref()
-                                    .and_then(|p| p.receive_maximum)
-                                    .filter(|n| *n > 0)
-                                    .unwrap_or(u16::MAX),
-                                device_max_packet: c
-                                    .properties
-                                    .as_ref()
-                                    .and_then(|p| p.max_packet_size)
-                                    .map_or(usize::MAX, |n| n as usize),
-                                client_id: c.client_id,
-                                clean: c.clean_start,
-                                keep_alive: c.keep_alive,
-                                login,
-                                will: will.and_then(|w| {
-                                    Some(v4::LastWill {
-                                        topic: String::from_utf8(w.topic.to_vec()).ok()?,
-                                        message: w.message,
-                                        qos: qos_v4(w.qos),
-                                        retain: w.retain,
-                                    })
-                                }),
-                            })
-                        }
-                        _ => Err((Version::V5, Refusal::Protocol)),
-                    },
-                    _ => Err((Version::V4, Refusal::Protocol)),
-                });
-            }
-            Err(mqttbytes::Error::InsufficientBytes(_)) => {
+        match codec::read_connect(buf, max_packet) {
+            ConnectRead::Incomplete => {
                 if io.read_buf(buf).await? == 0 {
                     return Err(std::io::ErrorKind::UnexpectedEof.into());
                 }
             }
-            Err(e) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())),
+            ConnectRead::NotMqtt(why) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, why)),
+            ConnectRead::Connect(request) => return Ok(Ok(request)),
+            ConnectRead::Refused(version, refusal) => return Ok(Err((version, refusal))),
         }
     }
 }
 
 /// Most QoS 1 publishes a device may leave unacknowledged, whatever its Receive Maximum.
 const MAX_UNACKED: usize = 1024;
-
-/// The CONNECT user property (MQTT 5) that asks for an encoding, and its compact value.
-const ENCODING_KEY: &str = "enc";
-const COMPACT: &str = "compact";
-
-/// Whether the device asked for the compact envelope, by the MQTT 5 user property
-/// `enc: compact` (`asked`) or, in any version, a username ending in `?enc=compact`, which
-/// is cut off before authentication.
-fn negotiate(login: Option<(String, String)>, asked: bool) -> (Option<(String, String)>, bool) {
-    const SUFFIX: &str = "?enc=compact";
-    match login {
-        Some((user, pass)) if user.ends_with(SUFFIX) => {
-            (Some((user[..user.len() - SUFFIX.len()].to_string(), pass)), true)
-        }
-        login => (login, asked),
-    }
-}
-
-/// The protocol level byte of a CONNECT: after the fixed header, `00 04 'MQTT'`, then the level.
-fn connect_level(buf: &[u8]) -> Option<u8> {
-    // Fixed header: one type byte, then 1-4 bytes of remaining length (last has bit 7 clear).
-    let length_bytes = buf.iter().skip(1).take(4).position(|b| b & 0x80 == 0)? + 1;
-    let start = 1 + length_bytes;
-    let vh = buf.get(start..start + 7)?;
-    (vh[..6] == *b"\x00\x04MQTT").then_some(vh[6])
-}
 
 async fn authenticate(shared: &Shared, request: &ConnectRequest) -> Result<Identity, (Refusal, String)> {
     let not_authorized = |why: &str| (Refusal::NotAuthorized, why.to_string());
@@ -564,38 +432,11 @@ impl Session {
     /// Handles every complete packet the device has sent.
     async fn handle_device_bytes(&mut self, buf: &mut BytesMut, out: &mut BytesMut) -> Result<(), Close> {
         loop {
-            match self.version {
-                Version::V4 => match v4::Packet::read(buf, self.max_packet) {
-                    Ok(packet) => self.device_v4(packet, out).await?,
-                    Err(mqttbytes::Error::InsufficientBytes(_)) => return Ok(()),
-                    Err(e) => {
-                        return Err(malformed(
-                            e.to_string(),
-                            matches!(e, mqttbytes::Error::PayloadSizeLimitExceeded(_)),
-                        ))
-                    }
-                },
-                // MQTT 5 lets a DISCONNECT omit its properties, or its reason code too (as
-                // Mosquitto's clients do); rumqttc's codec rejects both short forms.
-                Version::V5 if short_disconnect(buf).is_some() => {
-                    let (len, code) = short_disconnect(buf).unwrap_or_default();
-                    let _ = buf.split_to(len);
-                    let reason = if code == v5::DisconnectReasonCode::DisconnectWithWillMessage as u8 {
-                        v5::DisconnectReasonCode::DisconnectWithWillMessage
-                    } else {
-                        v5::DisconnectReasonCode::NormalDisconnection
-                    };
-                    self.device_v5(v5::Packet::Disconnect(v5::Disconnect::new(reason)), out)
-                        .await?
-                }
-                Version::V5 => match v5::Packet::read(buf, Some(self.max_packet as u32)) {
-                    Ok(packet) => self.device_v5(packet, out).await?,
-                    Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(_)) => return Ok(()),
-                    Err(e) => {
-                        let too_large = matches!(e, rumqttc::v5::mqttbytes::Error::PayloadSizeLimitExceeded { .. });
-                        return Err(malformed(e.to_string(), too_large));
-                    }
-                },
+            match codec::read_packet(self.version, buf, self.max_packet) {
+                Ok(None) => return Ok(()),
+                Ok(Some(DevicePacket::V4(packet))) => self.device_v4(packet, out).await?,
+                Ok(Some(DevicePacket::V5(packet))) => self.device_v5(packet, out).await?,
+                Err(Malformed { why, too_large }) => return Err(malformed(why, too_large)),
             }
         }
     }
@@ -982,16 +823,6 @@ async fn flush(io: &mut ClientIo, out: &mut BytesMut) -> Result<(), Close> {
     Ok(())
 }
 
-/// An MQTT 5 DISCONNECT without properties: `E0 00` (normal) or `E0 01 <reason>`; returns
-/// its length and reason code.
-fn short_disconnect(buf: &[u8]) -> Option<(usize, u8)> {
-    match buf {
-        [0xE0, 0x00, ..] => Some((2, 0)),
-        [0xE0, 0x01, code, ..] => Some((3, *code)),
-        _ => None,
-    }
-}
-
 fn malformed(why: String, too_large: bool) -> Close {
     let reason = if too_large {
         v5::DisconnectReasonCode::PacketTooLarge
@@ -1021,14 +852,6 @@ fn packet_name_v4(packet: &v4::Packet) -> &'static str {
         v4::Packet::PingReq => "PINGREQ",
         v4::Packet::PingResp => "PINGRESP",
         v4::Packet::Disconnect => "DISCONNECT",
-    }
-}
-
-fn qos_v4(qos: rumqttc::v5::mqttbytes::QoS) -> QoS {
-    match qos {
-        rumqttc::v5::mqttbytes::QoS::AtMostOnce => QoS::AtMostOnce,
-        rumqttc::v5::mqttbytes::QoS::AtLeastOnce => QoS::AtLeastOnce,
-        rumqttc::v5::mqttbytes::QoS::ExactlyOnce => QoS::ExactlyOnce,
     }
 }
 
