@@ -156,8 +156,12 @@ impl Store {
     /// and inbox positions follow the batch's order.
     pub async fn store_batch(&self, batch: &[NewMessage]) -> Result<Vec<Outcome>> {
         let mut tx = self.write_tx().await?;
-        let mut outcomes: Vec<Outcome> = Vec::with_capacity(batch.len());
-        // (app, sender, cid) -> index of the outcome that stored it, for repeats in one batch.
+        // Each outcome is written at its message's position in the batch, never appended:
+        // runs are stored when they end, so outcomes are settled out of order (a repeat of
+        // an earlier message is settled before the run still open around it), and each
+        // must stay tied to its own send.
+        let mut outcomes: Vec<Option<Outcome>> = batch.iter().map(|_| None).collect();
+        // (app, sender, cid) -> position of the message that stored it, for repeats in one batch.
         let mut in_batch: HashMap<SendKey, usize> = HashMap::new();
         let mut run = Run::default();
         for (i, m) in batch.iter().enumerate() {
@@ -170,9 +174,9 @@ impl Store {
                     .await?;
             }
             if let Some(&earlier) = in_batch.get(&key) {
-                if let Outcome::Stored { msg, useqs } = &outcomes[earlier] {
+                if let Some(Outcome::Stored { msg, useqs }) = &outcomes[earlier] {
                     let sender_useq = useqs.iter().find(|(u, _)| *u == msg.sender).map(|(_, s)| *s);
-                    outcomes.push(Outcome::Duplicate {
+                    outcomes[i] = Some(Outcome::Duplicate {
                         msg: msg.clone(),
                         sender_useq,
                     });
@@ -191,35 +195,46 @@ impl Store {
             };
             let outcome = self.store_channel_message(&mut tx, m, kind).await?;
             if matches!(outcome, Outcome::Stored { .. }) {
-                in_batch.insert(key, outcomes.len());
+                in_batch.insert(key, i);
             }
-            outcomes.push(outcome);
+            outcomes[i] = Some(outcome);
         }
         self.flush_run(&mut tx, batch, &mut run, &mut outcomes, &mut in_batch)
             .await?;
+        let outcomes = outcomes
+            .into_iter()
+            .map(|o| o.ok_or_else(|| crate::Error::Internal("a message of the batch has no outcome".into())))
+            .collect::<Result<Vec<Outcome>>>()?;
         record_for_push(&mut tx, &outcomes).await?;
         tx.commit().await?;
         Ok(outcomes)
     }
 
-    /// Stores the waiting run of one-to-one messages and appends their outcomes.
+    /// Stores the waiting run of one-to-one messages and settles their outcomes, each at its
+    /// position in the batch.
     async fn flush_run<'a>(
         &self,
         tx: &mut Transaction<'static, Any>,
         batch: &'a [NewMessage],
         run: &mut Run<'a>,
-        outcomes: &mut Vec<Outcome>,
+        outcomes: &mut [Option<Outcome>],
         in_batch: &mut HashMap<SendKey<'a>, usize>,
     ) -> Result<()> {
         if run.members.is_empty() {
             return Ok(());
         }
         let messages: Vec<&NewMessage> = run.members.iter().map(|&i| &batch[i]).collect();
-        for (m, outcome) in messages.iter().zip(self.store_user_run(tx, &messages).await?) {
+        let stored = self.store_user_run(tx, &messages).await?;
+        if stored.len() != run.members.len() {
+            return Err(crate::Error::Internal(
+                "a run's outcomes do not match its messages".into(),
+            ));
+        }
+        for (&i, outcome) in run.members.iter().zip(stored) {
             if matches!(outcome, Outcome::Stored { .. }) {
-                in_batch.insert(send_key(m), outcomes.len());
+                in_batch.insert(send_key(&batch[i]), i);
             }
-            outcomes.push(outcome);
+            outcomes[i] = Some(outcome);
         }
         run.members.clear();
         run.keys.clear();
