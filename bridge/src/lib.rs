@@ -26,6 +26,7 @@ mod lifecycle;
 mod process;
 mod rules;
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -77,23 +78,95 @@ pub async fn run(
     let (incoming_tx, mut incoming) = mpsc::channel(settings.max_batch * 4);
     let consumer_task = tokio::spawn(consume(consumer_loop, consumer, incoming_tx));
     let mut bridge = Bridge::new(store, live, push_wake);
+    let mut waiting = FairQueue::default();
+    let most_waiting = settings.max_batch * 8;
+    let mut arrived = Vec::with_capacity(settings.max_batch);
     let mut batch = Vec::with_capacity(settings.max_batch);
     loop {
-        tokio::select! {
-            n = incoming.recv_many(&mut batch, settings.max_batch) => {
-                if n == 0 {
-                    break;
+        if waiting.is_empty() {
+            tokio::select! {
+                n = incoming.recv_many(&mut arrived, settings.max_batch) => {
+                    if n == 0 {
+                        break;
+                    }
                 }
-                let started = std::time::Instant::now();
-                bridge.process(&batch).await;
-                tracing::debug!(size = n, took_us = started.elapsed().as_micros() as u64, "batch");
-                batch.clear();
+                _ = shutdown.changed() => break,
             }
-            _ = shutdown.changed() => break,
         }
+        // Take what else has arrived, up to a bound: past it the queue (and then rumqttd)
+        // waits, so a slow database still pushes back.
+        while waiting.len() + arrived.len() < most_waiting {
+            match incoming.try_recv() {
+                Ok(publish) => arrived.push(publish),
+                Err(_) => break,
+            }
+        }
+        for publish in arrived.drain(..) {
+            waiting.push(publish);
+        }
+        waiting.take_batch(settings.max_batch, &mut batch);
+        let started = std::time::Instant::now();
+        bridge.process(&batch).await;
+        tracing::debug!(
+            size = batch.len(),
+            took_us = started.elapsed().as_micros() as u64,
+            "batch"
+        );
+        batch.clear();
     }
     consumer_task.abort();
     Ok(())
+}
+
+/// What waits for a batch, one queue per sender (outbox topic, so per user), served in
+/// turn: each batch takes one publish from every sender with something waiting before it
+/// takes a second from any. A user who floods fills their own queue, not everyone's
+/// batches: others' publishes are in the next batch, not behind thousands of the flood's.
+/// Each sender's publishes keep their order.
+#[derive(Default)]
+struct FairQueue {
+    by_sender: HashMap<String, VecDeque<Publish>>,
+    /// Senders with something waiting, in turn order.
+    turns: VecDeque<String>,
+    len: usize,
+}
+
+impl FairQueue {
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn push(&mut self, publish: Publish) {
+        let queue = self.by_sender.entry(publish.topic.clone()).or_default();
+        if queue.is_empty() {
+            self.turns.push_back(publish.topic.clone());
+        }
+        queue.push_back(publish);
+        self.len += 1;
+    }
+
+    /// Moves up to `most` publishes into `batch`, one sender's turn at a time.
+    fn take_batch(&mut self, most: usize, batch: &mut Vec<Publish>) {
+        while batch.len() < most {
+            let Some(sender) = self.turns.pop_front() else { break };
+            let Some(queue) = self.by_sender.get_mut(&sender) else {
+                continue;
+            };
+            if let Some(publish) = queue.pop_front() {
+                batch.push(publish);
+                self.len -= 1;
+            }
+            if queue.is_empty() {
+                self.by_sender.remove(&sender);
+            } else {
+                self.turns.push_back(sender);
+            }
+        }
+    }
 }
 
 /// Drives the consuming connection: (re)subscribes after every CONNACK, queues outbox
@@ -124,5 +197,38 @@ async fn consume(mut eventloop: EventLoop, client: AsyncClient, incoming: mpsc::
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publish(topic: &str, n: u8) -> Publish {
+        Publish::new(topic, QoS::AtLeastOnce, vec![n])
+    }
+
+    #[test]
+    fn a_flooding_sender_gets_its_turn_and_no_more() {
+        let mut q = FairQueue::default();
+        for n in 0..100 {
+            q.push(publish("flood", n));
+        }
+        q.push(publish("alice", 0));
+        q.push(publish("bob", 0));
+        q.push(publish("alice", 1));
+        let mut batch = Vec::new();
+        q.take_batch(5, &mut batch);
+        let taken: Vec<(&str, u8)> = batch.iter().map(|p| (p.topic.as_str(), p.payload[0])).collect();
+        assert_eq!(
+            taken,
+            [("flood", 0), ("alice", 0), ("bob", 0), ("flood", 1), ("alice", 1)]
+        );
+        assert_eq!(q.len(), 98);
+        batch.clear();
+        q.take_batch(1000, &mut batch);
+        // The rest, in order.
+        assert!(batch.iter().map(|p| p.payload[0]).eq(2..100));
+        assert!(q.is_empty());
     }
 }
