@@ -25,6 +25,9 @@ pub struct Store {
     backend: Backend,
 }
 
+/// The PostgreSQL advisory lock key migrations run under (any constant; "chatd" in ASCII).
+const MIGRATION_LOCK: i64 = 0x63_6861_7464;
+
 /// Each migration is a list of statements, applied once, in order, in one transaction.
 const MIGRATIONS: &[&[&str]] = &[
     &[
@@ -296,14 +299,41 @@ impl Store {
         &self.pool
     }
 
+    /// Brings the schema up to date. Several processes may start at once on one empty
+    /// PostgreSQL database: they take turns under an advisory lock (held by one connection
+    /// for the whole run, and let go if that process dies), so one migrates and the others
+    /// find the work done. On SQLite each migration's `BEGIN IMMEDIATE` takes the file's
+    /// write lock, which does the same.
     async fn migrate(&self) -> Result<()> {
-        self.pool
-            .execute("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY)")
+        let mut conn = self.pool.acquire().await?;
+        if self.backend == Backend::Postgres {
+            conn.execute(format!("SELECT pg_advisory_lock({MIGRATION_LOCK})").as_str())
+                .await?;
+        }
+        let migrated = self.migrate_on(&mut conn).await;
+        if self.backend == Backend::Postgres {
+            let unlocked = conn
+                .execute(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})").as_str())
+                .await;
+            if let Err(e) = unlocked {
+                // Dropping the connection from the pool lets the lock go with it.
+                tracing::warn!(error = %e, "could not release the migration lock; closing its connection");
+                conn.detach();
+            }
+        }
+        migrated
+    }
+
+    async fn migrate_on(&self, conn: &mut sqlx::pool::PoolConnection<sqlx::Any>) -> Result<()> {
+        use sqlx::Connection;
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY)")
             .await?;
         for (i, statements) in MIGRATIONS.iter().enumerate() {
             let version = i as i64 + 1;
-            let mut tx = self.write_tx().await?;
-            // Taking the row first serialises concurrent starters on PostgreSQL.
+            let mut tx = match self.backend {
+                Backend::Sqlite => conn.begin_with("BEGIN IMMEDIATE").await?,
+                Backend::Postgres => conn.begin().await?,
+            };
             let claimed = sqlx::query("INSERT INTO schema_migrations (version) VALUES ($1) ON CONFLICT DO NOTHING")
                 .bind(version)
                 .execute(&mut *tx)
