@@ -29,6 +29,11 @@ pub struct Server {
     pub store: Store,
     pub tokens: Tokens,
     pub presence: Presence,
+    /// Stopping, step one: stop accepting and reading, store and answer what is in flight.
+    drain: watch::Sender<bool>,
+    /// Turns true when the bridge has stored and answered everything in flight.
+    drained: watch::Receiver<bool>,
+    /// Stopping, step two: close connections, stop every component.
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
@@ -77,6 +82,13 @@ pub async fn start(mut config: Config) -> anyhow::Result<Server> {
     let live: Arc<dyn store::live::Live> = Arc::new(presence.clone());
 
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let (drain, drain_rx) = watch::channel(false);
+    let (drained_tx, drained) = watch::channel(false);
+    let bridge_drain = bridge::Drain {
+        requested: drain_rx.clone(),
+        published: switchboard.outbox_published(),
+        done: drained_tx,
+    };
     let mut tasks = JoinSet::new();
     let server_addrs = (
         tcp.as_ref().map(|l| l.local_addr()).transpose()?,
@@ -114,6 +126,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Server> {
             bridge_live,
             push_wake,
             bridge_settings,
+            bridge_drain,
             bridge_shutdown,
         )
         .await
@@ -135,7 +148,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Server> {
         switchboard,
         presence.clone(),
     );
-    tasks.spawn(gate.run(Listeners { tcp, ws, tls, wss }, shutdown_rx.clone()));
+    tasks.spawn(gate.run(Listeners { tcp, ws, tls, wss }, drain_rx.clone(), shutdown_rx.clone()));
 
     let api_state = api::AppState {
         live,
@@ -144,9 +157,11 @@ pub async fn start(mut config: Config) -> anyhow::Result<Server> {
         settings: api::ApiSettings {
             app_token_ttl: Duration::from_secs(config.api.app_token_ttl_secs),
             user_token_ttl: Duration::from_secs(config.api.user_token_ttl_secs),
+            ..api::ApiSettings::default()
         },
     };
-    let api_shutdown = shutdown_rx.clone();
+    // The API stops accepting when the server drains, and finishes the requests in flight.
+    let api_shutdown = drain_rx.clone();
     tasks.spawn(async move {
         if let Err(e) = api::serve(api_listener, api_state, api_shutdown).await {
             tracing::error!(error = %e, "API stopped");
@@ -163,14 +178,25 @@ pub async fn start(mut config: Config) -> anyhow::Result<Server> {
         store,
         tokens,
         presence,
+        drain,
+        drained,
         shutdown,
         tasks,
     })
 }
 
 impl Server {
-    /// Stops accepting, closes device connections, finishes API requests in flight.
+    /// Stops in two steps, so that nothing a device or a backend sent before is lost or
+    /// left unanswered: first it stops accepting connections and requests and stops reading
+    /// what devices send, and the bridge stores and acks everything already on its way (at
+    /// most [`DRAIN_TIMEOUT`]); then every device connection gets what is queued for it
+    /// (those acks) and is closed (MQTT 5: DISCONNECT 0x8B), and the components stop.
     pub async fn shutdown(mut self) {
+        let _ = self.drain.send(true);
+        let drained = tokio::time::timeout(DRAIN_TIMEOUT, self.drained.wait_for(|done| *done)).await;
+        if !matches!(drained, Ok(Ok(_))) {
+            tracing::warn!("stopping before the bridge reported everything in flight stored");
+        }
         let _ = self.shutdown.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(10), async {
             while self.tasks.join_next().await.is_some() {}
@@ -183,6 +209,9 @@ impl Server {
         self.tasks.join_next().await;
     }
 }
+
+/// The longest a stop waits for what is in flight to be stored.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Creates the dev app `demo/chat` if there is no app yet; returns its credentials then.
 pub async fn ensure_dev_app(store: &Store) -> anyhow::Result<Option<store::tenants::Credentials>> {

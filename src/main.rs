@@ -107,13 +107,22 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         server.wss_addr.map_or("off".into(), |a| format!("wss://{a}/mqtt"))
     );
     println!("REST API:         http://{}", server.api_addr);
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {
-            tracing::info!("shutting down");
-            server.shutdown().await;
-        }
+    // SIGTERM is what `docker stop`, systemd and Kubernetes send; SIGINT is Ctrl-C. Both
+    // stop the same way: nothing acked is lost, nothing in flight is left unanswered, and
+    // the exit status is 0. Handlers are installed explicitly, so the signals also work
+    // when chatd is PID 1 in a container (where the default action is to ignore them).
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("installing the SIGINT handler")?;
+    let signal = tokio::select! {
+        _ = terminate.recv() => "SIGTERM",
+        _ = interrupt.recv() => "SIGINT",
         _ = server.wait() => anyhow::bail!("a component stopped unexpectedly; see the log"),
-    }
+    };
+    tracing::info!(signal, "stopping: storing and answering what is in flight, then closing connections");
+    server.shutdown().await;
+    tracing::info!("stopped");
     Ok(())
 }
 

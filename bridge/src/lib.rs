@@ -27,6 +27,7 @@ mod process;
 mod rules;
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,6 +60,16 @@ pub enum Error {
     Client(#[from] rumqttc::ClientError),
 }
 
+/// How the bridge finishes when the server stops: asked to drain, it stores and answers
+/// everything devices sent before the gate stopped reading them (the gate counts its
+/// outbox publishes, the bridge counts what reaches it), then says it is done.
+pub struct Drain {
+    pub requested: watch::Receiver<bool>,
+    /// Outbox publishes the gate has handed to rumqttd.
+    pub published: Arc<AtomicU64>,
+    pub done: watch::Sender<bool>,
+}
+
 /// Runs a bridge until `shutdown` turns true.
 pub async fn run(
     options: MqttOptions,
@@ -66,6 +77,7 @@ pub async fn run(
     live: Arc<dyn Live>,
     push_wake: Arc<tokio::sync::Notify>,
     settings: BridgeSettings,
+    mut drain: Drain,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), Error> {
     let mut consumer_options = options.clone();
@@ -76,7 +88,8 @@ pub async fn run(
     consumer_loop.network_options.set_tcp_nodelay(true);
 
     let (incoming_tx, mut incoming) = mpsc::channel(settings.max_batch * 4);
-    let consumer_task = tokio::spawn(consume(consumer_loop, consumer, incoming_tx));
+    let received = Arc::new(AtomicU64::new(0));
+    let consumer_task = tokio::spawn(consume(consumer_loop, consumer, incoming_tx, received.clone()));
     let mut bridge = Bridge::new(store, live, push_wake);
     let mut waiting = FairQueue::default();
     let most_waiting = settings.max_batch * 8;
@@ -84,6 +97,14 @@ pub async fn run(
     let mut batch = Vec::with_capacity(settings.max_batch);
     loop {
         if waiting.is_empty() {
+            let draining = *drain.requested.borrow();
+            if draining
+                && incoming.is_empty()
+                && received.load(Ordering::Acquire) >= drain.published.load(Ordering::Acquire)
+            {
+                // Everything the gate passed on is stored and answered.
+                let _ = drain.done.send(true);
+            }
             tokio::select! {
                 n = incoming.recv_many(&mut arrived, settings.max_batch) => {
                     if n == 0 {
@@ -91,6 +112,9 @@ pub async fn run(
                     }
                 }
                 _ = shutdown.changed() => break,
+                // Draining: look again soon (what is still in rumqttd arrives by itself).
+                _ = tokio::time::sleep(Duration::from_millis(10)), if draining => continue,
+                _ = drain.requested.changed(), if !draining => continue,
             }
         }
         // Take what else has arrived, up to a bound: past it the queue (and then rumqttd)
@@ -172,7 +196,12 @@ impl FairQueue {
 /// Drives the consuming connection: (re)subscribes after every CONNACK, queues outbox
 /// publishes for the processor and acknowledges each once queued; when the queue is full
 /// it waits, and so does rumqttd.
-async fn consume(mut eventloop: EventLoop, client: AsyncClient, incoming: mpsc::Sender<Publish>) {
+async fn consume(
+    mut eventloop: EventLoop,
+    client: AsyncClient,
+    incoming: mpsc::Sender<Publish>,
+    received: Arc<AtomicU64>,
+) {
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
@@ -186,6 +215,7 @@ async fn consume(mut eventloop: EventLoop, client: AsyncClient, incoming: mpsc::
                 if incoming.send(publish).await.is_err() {
                     return;
                 }
+                received.fetch_add(1, Ordering::Release);
                 // try_ack: the eventloop that would drain a full request queue is this task.
                 if let Err(e) = client.try_ack(&ack) {
                     tracing::error!(error = %e, "bridge cannot acknowledge a publish");

@@ -16,6 +16,7 @@
 //! each user's latest presence (the "retained" message) and hands it to a new subscriber.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -43,6 +44,48 @@ pub struct Switchboard {
     topics: Mutex<HashMap<Arc<str>, Subscribers>>,
     retained: Mutex<HashMap<Arc<str>, Bytes>>,
     uplink: AsyncClient,
+    /// Deliveries dropped for devices that do not read or acknowledge.
+    pub(crate) drops: DropLog,
+    /// Outbox publishes handed to the uplink so far: when the server drains, the bridge
+    /// has everything once it has received as many.
+    outbox_published: Arc<AtomicU64>,
+}
+
+/// Counts things dropped or refused (deliveries for slow devices, connections over a limit)
+/// and logs them at most once every ten seconds, with how many: a flood drops thousands a
+/// second, and a line for each would flood the log instead.
+pub(crate) struct DropLog {
+    what: &'static str,
+    dropped: AtomicU64,
+    last_logged_ms: AtomicU64,
+}
+
+impl DropLog {
+    const EVERY_MS: u64 = 10_000;
+
+    pub(crate) const fn new(what: &'static str) -> DropLog {
+        DropLog {
+            what,
+            dropped: AtomicU64::new(0),
+            last_logged_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts one; `last` names the latest one (a device, an address) for the log.
+    pub(crate) fn record(&self, last: &str) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        let now = store::now_ms().max(0) as u64;
+        let logged = self.last_logged_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(logged) >= Self::EVERY_MS
+            && self
+                .last_logged_ms
+                .compare_exchange(logged, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let dropped = self.dropped.swap(0, Ordering::Relaxed);
+            tracing::warn!(count = dropped, last, "{} (logged at most every 10 s)", self.what);
+        }
+    }
 }
 
 impl Switchboard {
@@ -65,6 +108,10 @@ impl Switchboard {
             topics: Mutex::default(),
             retained: Mutex::default(),
             uplink,
+            outbox_published: Arc::default(),
+            drops: DropLog::new(
+                "deliveries dropped for devices that do not read or acknowledge (they catch up with sync)",
+            ),
         })
     }
 
@@ -109,7 +156,7 @@ impl Switchboard {
                 retain: false,
             };
             if let Err(mpsc::error::TrySendError::Full(_)) = queue.try_send(delivery) {
-                tracing::warn!(session, %topic, "a device is not reading; delivery dropped (it can sync)");
+                self.drops.record(&format!("session {session}"));
             }
         }
     }
@@ -123,6 +170,13 @@ impl Switchboard {
     /// Publishes a device's outbox publish to rumqttd (for the bridges), at QoS 1. Waits
     /// while the uplink's queue is full; an error means the uplink is gone.
     pub async fn publish_outbox(&self, topic: String, payload: Vec<u8>) -> Result<(), rumqttc::ClientError> {
-        self.uplink.publish(topic, QoS::AtLeastOnce, false, payload).await
+        self.uplink.publish(topic, QoS::AtLeastOnce, false, payload).await?;
+        self.outbox_published.fetch_add(1, Ordering::Release);
+        Ok(())
+    }
+
+    /// The count of outbox publishes handed to the uplink, shared.
+    pub fn outbox_published(&self) -> Arc<AtomicU64> {
+        self.outbox_published.clone()
     }
 }

@@ -127,6 +127,9 @@ pub fn read_connect(buf: &mut BytesMut, max_packet: usize) -> ConnectRead {
 }
 
 /// A packet from a connected device, in its version.
+// Returned and consumed at once for every packet: boxing the larger variant would cost an
+// allocation per packet to save stack space that is never held.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum DevicePacket {
     V4(v4::Packet),

@@ -5,19 +5,22 @@
 //! finishes its handshake holds up nobody else (rumqttd's own listeners would stall).
 
 mod acl;
+pub mod budget;
 pub mod codec;
 mod session;
 mod transport;
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use async_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
+use async_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::rustls;
 use tokio_rustls::TlsAcceptor;
 
@@ -41,6 +44,15 @@ pub struct GateSettings {
     pub max_packet_size: usize,
     /// MQTT 5 topic aliases a device may set.
     pub topic_alias_max: u16,
+    /// What each device may publish, per op class, enforced on arrival.
+    pub budgets: budget::OpBudgets,
+    /// Topics one connection may be subscribed to at once.
+    pub max_subscriptions: usize,
+    /// Connections not yet past CONNECT (handshake, CONNECT, token check) at once, and from
+    /// one source address: what they hold before anyone knows who they are is bounded.
+    /// Over either, a new connection is closed at once.
+    pub max_pending: usize,
+    pub max_pending_per_ip: usize,
 }
 
 impl Default for GateSettings {
@@ -51,6 +63,10 @@ impl Default for GateSettings {
             handshake_timeout: Duration::from_secs(10),
             max_packet_size: 256 * 1024,
             topic_alias_max: 16,
+            budgets: budget::OpBudgets::default(),
+            max_subscriptions: 1000,
+            max_pending: 1024,
+            max_pending_per_ip: 64,
         }
     }
 }
@@ -66,6 +82,13 @@ pub struct Listeners {
     pub wss: Option<(TcpListener, TlsAcceptor)>,
 }
 
+/// The two steps of stopping (see [`Gate::run`]).
+#[derive(Clone)]
+pub(crate) struct Stop {
+    pub drain: watch::Receiver<bool>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
 /// What every session needs.
 pub(crate) struct Shared {
     pub settings: GateSettings,
@@ -74,6 +97,13 @@ pub(crate) struct Shared {
     pub switchboard: Arc<Switchboard>,
     pub presence: Presence,
     pub slots: Arc<Semaphore>,
+    /// Connections not yet past CONNECT, in all and by source address.
+    pending: Arc<Semaphore>,
+    pending_by_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    /// Connections closed for want of a pending place, and CONNECTs refused as busy
+    /// (over `max_connections`), logged at most every 10 s.
+    refused_pending: crate::switchboard::DropLog,
+    pub refused_busy: crate::switchboard::DropLog,
     /// Ids of sessions at the switchboard.
     pub next_session: AtomicU64,
 }
@@ -101,6 +131,7 @@ impl Gate {
         presence: Presence,
     ) -> Gate {
         let slots = Arc::new(Semaphore::new(settings.max_connections));
+        let pending = Arc::new(Semaphore::new(settings.max_pending));
         Gate {
             shared: Arc::new(Shared {
                 settings,
@@ -109,25 +140,36 @@ impl Gate {
                 switchboard,
                 presence,
                 slots,
+                pending,
+                pending_by_ip: Arc::default(),
+                refused_pending: crate::switchboard::DropLog::new(
+                    "connections closed at once: too many not yet past CONNECT (in all or from one address)",
+                ),
+                refused_busy: crate::switchboard::DropLog::new("connection limit reached; CONNECTs refused as busy"),
                 next_session: AtomicU64::new(0),
             }),
         }
     }
 
-    /// Serves all listeners until `shutdown` turns true; open sessions are then closed.
-    pub async fn run(self, listeners: Listeners, shutdown: watch::Receiver<bool>) {
+    /// Serves all listeners. When `drain` turns true the gate stops accepting connections
+    /// and stops reading what connected devices send, but still delivers to them (the
+    /// bridge is finishing what they sent: their acks are on the way). When `shutdown`
+    /// turns true each session writes what is queued for it and closes (MQTT 5: DISCONNECT
+    /// 0x8B, server shutting down).
+    pub async fn run(self, listeners: Listeners, drain: watch::Receiver<bool>, shutdown: watch::Receiver<bool>) {
+        let stop = Stop { drain, shutdown };
         let mut tasks = tokio::task::JoinSet::new();
         if let Some(l) = listeners.tcp {
-            tasks.spawn(self.clone().accept_loop(l, Kind::Tcp, None, shutdown.clone()));
+            tasks.spawn(self.clone().accept_loop(l, Kind::Tcp, None, stop.clone()));
         }
         if let Some(l) = listeners.ws {
-            tasks.spawn(self.clone().accept_loop(l, Kind::Ws, None, shutdown.clone()));
+            tasks.spawn(self.clone().accept_loop(l, Kind::Ws, None, stop.clone()));
         }
         if let Some((l, acceptor)) = listeners.tls {
-            tasks.spawn(self.clone().accept_loop(l, Kind::Tls, Some(acceptor), shutdown.clone()));
+            tasks.spawn(self.clone().accept_loop(l, Kind::Tls, Some(acceptor), stop.clone()));
         }
         if let Some((l, acceptor)) = listeners.wss {
-            tasks.spawn(self.clone().accept_loop(l, Kind::Wss, Some(acceptor), shutdown.clone()));
+            tasks.spawn(self.clone().accept_loop(l, Kind::Wss, Some(acceptor), stop.clone()));
         }
         while tasks.join_next().await.is_some() {}
     }
@@ -137,20 +179,27 @@ impl Gate {
         listener: TcpListener,
         kind: Kind,
         tls: Option<TlsAcceptor>,
-        mut shutdown: watch::Receiver<bool>,
+        stop: Stop,
     ) {
+        let mut drain = stop.drain.clone();
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
+                        let Some(pending) = self.shared.pending_slot(peer.ip()) else {
+                            // Closed at once: too many connections that have not said who they are.
+                            self.shared.refused_pending.record(&peer.ip().to_string());
+                            continue;
+                        };
                         let shared = self.shared.clone();
-                        let (tls, shutdown) = (tls.clone(), shutdown.clone());
+                        let (tls, stop) = (tls.clone(), stop.clone());
                         tokio::spawn(async move {
                             let _ = stream.set_nodelay(true);
                             // Boxed, here and in the session: a task's future is as large as the
                             // largest thing it ever awaits, for as long as the connection lives.
-                            match Box::pin(handshake(stream, kind, tls, shared.settings.handshake_timeout)).await {
-                                Ok(io) => session::serve(io, shared, shutdown).await,
+                            let (limit, max_packet) = (shared.settings.handshake_timeout, shared.settings.max_packet_size);
+                            match Box::pin(handshake(stream, kind, tls, limit, max_packet)).await {
+                                Ok(io) => session::serve(io, shared, pending, stop).await,
                                 Err(e) => tracing::debug!(%peer, ?kind, error = %e, "handshake failed"),
                             }
                         });
@@ -161,10 +210,60 @@ impl Gate {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 },
-                _ = shutdown.changed() => return,
+                _ = session::wait_until_true(&mut drain) => return,
             }
         }
     }
+}
+
+impl Shared {
+    /// A place among the connections not yet past CONNECT, if there is one in all and for
+    /// this source address.
+    fn pending_slot(&self, ip: IpAddr) -> Option<PendingSlot> {
+        let permit = self.pending.clone().try_acquire_owned().ok()?;
+        let mut by_ip = self.pending_by_ip.lock().unwrap();
+        let count = by_ip.entry(ip).or_insert(0);
+        if *count >= self.settings.max_pending_per_ip {
+            return None;
+        }
+        *count += 1;
+        Some(PendingSlot {
+            _permit: permit,
+            ip,
+            by_ip: self.pending_by_ip.clone(),
+        })
+    }
+}
+
+/// Held by a connection until it is past CONNECT (or gone).
+pub(crate) struct PendingSlot {
+    _permit: OwnedSemaphorePermit,
+    ip: IpAddr,
+    by_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        let mut by_ip = self.by_ip.lock().unwrap();
+        if let Some(count) = by_ip.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                by_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// WebSocket limits: a message or frame may be as large as the largest MQTT packet (a
+/// device sends one packet per message), and no larger, so unfinished fragments cannot hold
+/// more than that per connection; a small read buffer, since it is allocated up front for
+/// every connection and devices send little.
+fn ws_config(max_packet: usize) -> WebSocketConfig {
+    let mut config = WebSocketConfig::default();
+    config.max_message_size = Some(max_packet);
+    config.max_frame_size = Some(max_packet);
+    config.read_buffer_size = 8 * 1024;
+    config
 }
 
 async fn handshake(
@@ -172,6 +271,7 @@ async fn handshake(
     kind: Kind,
     tls: Option<TlsAcceptor>,
     limit: Duration,
+    max_packet: usize,
 ) -> std::io::Result<ClientIo> {
     let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timeout");
     match kind {
@@ -184,7 +284,9 @@ async fn handshake(
             Ok(ClientIo::Tls(Box::new(stream)))
         }
         Kind::Ws => {
-            let ws = tokio::time::timeout(limit, async_tungstenite::tokio::accept_hdr_async(stream, ws_upgrade))
+            let accept =
+                async_tungstenite::tokio::accept_hdr_async_with_config(stream, ws_upgrade, Some(ws_config(max_packet)));
+            let ws = tokio::time::timeout(limit, accept)
                 .await
                 .map_err(|_| timed_out())?
                 .map_err(std::io::Error::other)?;
@@ -195,7 +297,7 @@ async fn handshake(
             // One limit for both handshakes together.
             let ws = tokio::time::timeout(limit, async {
                 let stream = acceptor.accept(stream).await?;
-                async_tungstenite::tokio::accept_hdr_async(stream, ws_upgrade)
+                async_tungstenite::tokio::accept_hdr_async_with_config(stream, ws_upgrade, Some(ws_config(max_packet)))
                     .await
                     .map_err(std::io::Error::other)
             })

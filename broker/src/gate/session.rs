@@ -17,16 +17,17 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use rumqttc::mqttbytes::{v4, QoS};
 use rumqttc::v5::mqttbytes::v5;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::time::{sleep_until, timeout, Instant};
 
 use super::acl::{Acl, FilterAccess, Identity};
+use super::budget::{DeviceBudget, OpClass, Peek};
 use super::codec::{self, qos_v4, ConnectRead, ConnectRequest, DevicePacket, Malformed, Refusal, Version};
 use super::transport::ClientIo;
 use super::Shared;
 use crate::presence::{Control, UserKey};
 use crate::switchboard::{Delivery, SESSION_QUEUE};
-use store::envelope::{frame_outbox, frame_outbox_unreadable, unframe_inbox, Route};
+use store::envelope::{frame_inbox, frame_outbox, frame_outbox_unreadable, unframe_inbox, OpError, Route};
 
 /// What ends a session, and what (if anything) the device is told.
 #[derive(Debug)]
@@ -47,15 +48,22 @@ enum Close {
 }
 
 /// Serves one device connection until it ends.
-pub(crate) async fn serve(mut io: ClientIo, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) {
+pub(crate) async fn serve(
+    mut io: ClientIo,
+    shared: Arc<Shared>,
+    pending: super::PendingSlot,
+    stop: super::Stop,
+) {
     // Taken before CONNECT so the limit also bounds connections still authenticating;
     // over the limit the device still gets a CONNACK that says why.
     let slot = shared.slots.clone().try_acquire_owned().ok();
     let mut buf = BytesMut::with_capacity(1024);
     let max_packet = shared.settings.max_packet_size;
+    // Before anyone knows who the device is, its first packet may hold no more than this.
+    let max_connect = max_packet.min(MAX_CONNECT_BYTES);
     let request = match timeout(
         shared.settings.connect_timeout,
-        Box::pin(read_connect(&mut io, &mut buf, max_packet)),
+        Box::pin(read_connect(&mut io, &mut buf, max_connect)),
     )
     .await
     {
@@ -76,7 +84,7 @@ pub(crate) async fn serve(mut io: ClientIo, shared: Arc<Shared>, shutdown: watch
     };
     let version = request.version;
     if slot.is_none() {
-        tracing::warn!("connection limit reached; refusing a device");
+        shared.refused_busy.record(&request.client_id);
         Box::pin(refuse(&mut io, version, Refusal::Busy, None)).await;
         return;
     }
@@ -102,6 +110,7 @@ pub(crate) async fn serve(mut io: ClientIo, shared: Arc<Shared>, shutdown: watch
     if io.write_all(&out).await.is_err() {
         return;
     }
+    drop(pending);
     let mut presence = shared.presence.connected(
         UserKey {
             org: identity.org.clone(),
@@ -135,11 +144,13 @@ pub(crate) async fn serve(mut io: ClientIo, shared: Arc<Shared>, shutdown: watch
         compact: request.compact,
         admitted: HashSet::new(),
         will: request.will,
+        budget: DeviceBudget::new(&shared.settings.budgets),
+        over_budget: 0,
         shared: shared.clone(),
     };
     let keep_alive = request.keep_alive;
     let close = session
-        .run(&mut io, buf, deliveries, keep_alive, &mut presence, shutdown)
+        .run(&mut io, buf, deliveries, keep_alive, &mut presence, stop)
         .await;
     tracing::debug!(user = %session.identity.user, device = %session.identity.device, ?close, "device disconnected");
     let reason = match &close {
@@ -182,6 +193,24 @@ async fn read_connect(
         }
     }
 }
+
+/// Waits until a stop signal turns true (or its sender is gone). Returns nothing, so no
+/// lock guard of the channel is held across what follows in a `select!`.
+pub(crate) async fn wait_until_true(signal: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = signal.wait_for(|on| *on).await;
+}
+
+/// Why a subscription was refused.
+#[derive(Debug, Clone, Copy)]
+enum Refused {
+    NotAuthorized,
+    /// Too many subscriptions on the connection, or too many SUBSCRIBE filters too fast.
+    Quota,
+}
+
+/// The largest CONNECT the gate reads (a will's payload included: an envelope is at most
+/// 64 KiB anyway).
+const MAX_CONNECT_BYTES: usize = 64 * 1024 + 1024;
 
 /// Most QoS 1 publishes a device may leave unacknowledged, whatever its Receive Maximum.
 const MAX_UNACKED: usize = 1024;
@@ -335,6 +364,10 @@ struct Session {
     admitted: HashSet<String>,
     /// Published to the device's outbox if the connection ends without a DISCONNECT.
     will: Option<v4::LastWill>,
+    /// What this device may still publish, per op class ([`super::budget`]).
+    budget: DeviceBudget,
+    /// Ops refused as over budget on this connection, for the log.
+    over_budget: u64,
     shared: Arc<Shared>,
 }
 
@@ -346,8 +379,15 @@ impl Session {
         mut deliveries: mpsc::Receiver<Delivery>,
         keep_alive: u16,
         presence: &mut crate::presence::PresenceGuard,
-        mut shutdown: watch::Receiver<bool>,
+        stop: super::Stop,
     ) -> Close {
+        let super::Stop {
+            mut drain,
+            mut shutdown,
+        } = stop;
+        // Cleared when the server drains: what the device sends is no longer read (and its
+        // silence no longer counts against its keepalive), what is on its way to it still goes.
+        let mut reading = !*drain.borrow();
         let idle_limit = (keep_alive > 0).then(|| Duration::from_millis(keep_alive as u64 * 1500));
         let far_future = Instant::now() + Duration::from_secs(86400 * 365);
         let mut idle_deadline = idle_limit.map_or(far_future, |d| Instant::now() + d);
@@ -373,7 +413,11 @@ impl Session {
                 }
             }
             tokio::select! {
-                read = io.read_buf(&mut device_buf) => {
+                _ = wait_until_true(&mut drain), if reading => {
+                    reading = false;
+                    idle_deadline = far_future;
+                }
+                read = io.read_buf(&mut device_buf), if reading => {
                     match read {
                         Ok(0) | Err(_) => return Close::Device,
                         Ok(_) => {
@@ -399,7 +443,14 @@ impl Session {
                     return Close::Violation(v5::DisconnectReasonCode::KeepAliveTimeout, "keepalive timeout".into());
                 }
                 _ = sleep_until(token_deadline) => return Close::Expired,
-                _ = shutdown.changed() => return Close::Shutdown,
+                _ = wait_until_true(&mut shutdown) => {
+                    // What the bridge stored while the server drained is acked: write it.
+                    while let Ok(delivery) = deliveries.try_recv() {
+                        self.deliver(delivery, &mut out);
+                    }
+                    let _ = flush(io, &mut out).await;
+                    return Close::Shutdown;
+                }
                 control = presence.next_control() => match control {
                     Control::Disconnect => return Close::Kicked,
                     Control::TakenOver => return Close::TakenOver,
@@ -571,7 +622,8 @@ impl Session {
     }
 
     /// Passes an outbox publish on to the bridges, then acknowledges it to the device: the
-    /// PUBACK means the gate took it; the bridge's `ack` op means stored.
+    /// PUBACK means the gate took it; the bridge's `ack` op means stored. An op over the
+    /// device's budget for its class is answered here and goes no further.
     async fn forward_publish(
         &mut self,
         topic: String,
@@ -583,9 +635,53 @@ impl Session {
         // A repeated QoS 2 publish (not yet released) was passed on already.
         let repeat = qos == QoS::ExactlyOnce && !self.incoming_qos2.insert(pkid);
         if !repeat {
-            // Retain is dropped: an outbox is a queue to the bridge, not a state.
-            let payload = outbox_frame(&self.identity.device, self.compact, payload);
-            if let Err(e) = self.shared.switchboard.publish_outbox(topic, payload).await {
+            // What the bridge reads: the JSON as it is, or the compact envelope turned into
+            // JSON (or, if it is not one, the reason, which the bridge answers as an error).
+            let json = match self.compact {
+                false => Ok(std::borrow::Cow::Borrowed(payload)),
+                true => store::compact::to_json(payload)
+                    .map(std::borrow::Cow::Owned)
+                    .map_err(|e| e.to_string()),
+            };
+            let peek = json.as_deref().map_or_else(|_| Peek::default(), Peek::of);
+            let class = peek.class();
+            if let Err(wait_ms) = self.budget.take(&self.shared.settings.budgets, class) {
+                self.refuse_over_budget(class, peek.cid(), wait_ms, out);
+                if qos == QoS::ExactlyOnce {
+                    // Refused with a PUBREC error code: the exchange ends here.
+                    self.incoming_qos2.remove(&pkid);
+                }
+                match (qos, self.version) {
+                    (QoS::AtMostOnce, _) => {}
+                    (QoS::AtLeastOnce, Version::V5) => to_device_v5(
+                        out,
+                        v5::Packet::PubAck(v5::PubAck {
+                            pkid,
+                            reason: v5::PubAckReason::QuotaExceeded,
+                            properties: None,
+                        }),
+                    ),
+                    (QoS::ExactlyOnce, Version::V5) => to_device_v5(
+                        out,
+                        v5::Packet::PubRec(v5::PubRec {
+                            pkid,
+                            reason: v5::PubRecReason::QuotaExceeded,
+                            properties: None,
+                        }),
+                    ),
+                    // 3.1.1 acks carry no reason: the publish was handled (refused), and
+                    // the error op says so. Not acking it would only bring it back.
+                    (QoS::AtLeastOnce, Version::V4) => to_device_v4(out, v4::Packet::PubAck(v4::PubAck::new(pkid))),
+                    (QoS::ExactlyOnce, Version::V4) => to_device_v4(out, v4::Packet::PubComp(v4::PubComp::new(pkid))),
+                }
+                return Ok(());
+            }
+            let device = &self.identity.device;
+            let frame = match &json {
+                Ok(json) => frame_outbox(device, json),
+                Err(why) => frame_outbox_unreadable(device, why),
+            };
+            if let Err(e) = self.shared.switchboard.publish_outbox(topic, frame).await {
                 tracing::error!(error = %e, "the gate's uplink is gone");
                 return Err(Close::Upstream);
             }
@@ -598,6 +694,30 @@ impl Session {
             (QoS::ExactlyOnce, Version::V5) => to_device_v5(out, v5::Packet::PubRec(v5::PubRec::new(pkid, None))),
         }
         Ok(())
+    }
+
+    /// Tells the device an op was over its budget: a `rate_limited` error op on its inbox
+    /// (typing indicators are advisory and dropped without one).
+    fn refuse_over_budget(&mut self, class: OpClass, cid: Option<&str>, wait_ms: u64, out: &mut BytesMut) {
+        self.over_budget += 1;
+        if self.over_budget == 1 {
+            tracing::info!(user = %self.identity.user, device = %self.identity.device, ops = class.name(), "a device is over its op budget; refusing the excess");
+        }
+        if class == OpClass::Typing {
+            return;
+        }
+        let error = OpError::new(
+            cid.map(str::to_string),
+            "rate_limited",
+            format!("too many {} ops; retry in {wait_ms} ms", class.name()),
+        );
+        let json = serde_json::to_vec(&error).unwrap_or_default();
+        let delivery = Delivery {
+            topic: Arc::from(self.acl.inbox()),
+            payload: Bytes::from(frame_inbox(Route::Only(&self.identity.device), &json)),
+            retain: false,
+        };
+        self.deliver(delivery, out);
     }
 
     /// Whether this device may subscribe to `filter` now.
@@ -633,15 +753,32 @@ impl Session {
         let mut granted = Vec::with_capacity(filters.len());
         let mut retained = Vec::new();
         for (filter, qos) in filters {
+            // Each filter may cost a database check, and each held topic memory: both are
+            // bounded per connection.
+            let new_topic = !self.subscriptions.contains_key(&filter);
+            if new_topic && self.subscriptions.len() >= self.shared.settings.max_subscriptions {
+                tracing::info!(user = %self.identity.user, device = %self.identity.device, %filter, "subscription refused: too many on one connection");
+                granted.push(Err(Refused::Quota));
+                continue;
+            }
+            if self
+                .budget
+                .take(&self.shared.settings.budgets, OpClass::Subscribe)
+                .is_err()
+            {
+                self.over_budget += 1;
+                granted.push(Err(Refused::Quota));
+                continue;
+            }
             if !self.may_subscribe(&filter).await {
                 tracing::info!(user = %self.identity.user, device = %self.identity.device, %filter, "subscription refused");
-                granted.push(None);
+                granted.push(Err(Refused::NotAuthorized));
                 continue;
             }
             let qos = if qos == QoS::AtMostOnce { qos } else { QoS::AtLeastOnce };
             retained.extend(self.shared.switchboard.subscribe(&filter, self.id, &self.queue));
             self.subscriptions.insert(filter, qos);
-            granted.push(Some(qos));
+            granted.push(Ok(qos));
         }
         match self.version {
             Version::V4 => {
@@ -655,8 +792,9 @@ impl Session {
                 let codes = granted
                     .iter()
                     .map(|g| match g {
-                        Some(qos) => v5::SubscribeReasonCode::Success(qos_v5(*qos)),
-                        None => v5::SubscribeReasonCode::NotAuthorized,
+                        Ok(qos) => v5::SubscribeReasonCode::Success(qos_v5(*qos)),
+                        Err(Refused::NotAuthorized) => v5::SubscribeReasonCode::NotAuthorized,
+                        Err(Refused::Quota) => v5::SubscribeReasonCode::QuotaExceeded,
                     })
                     .collect();
                 let ack = v5::SubAck {
@@ -707,7 +845,7 @@ impl Session {
         }
         if qos == QoS::AtLeastOnce && self.unacked.len() >= self.receive_max {
             if self.held.len() >= SESSION_QUEUE {
-                tracing::warn!(device = %self.identity.device, "a device is not acknowledging; delivery dropped (it can sync)");
+                self.shared.switchboard.drops.record(&self.identity.device);
                 return;
             }
             self.held.push_back((delivery, qos));
@@ -794,7 +932,7 @@ impl Session {
     }
 }
 
-/// What goes to the bridge for a device's outbox payload: the JSON as it is, or the compact
+/// What goes to the bridge for a device's will: the JSON as it is, or the compact
 /// envelope turned into JSON (or, if it is not one, the reason, which the bridge answers
 /// with an `error` op).
 fn outbox_frame(device: &str, compact: bool, payload: &[u8]) -> Vec<u8> {
