@@ -1,5 +1,6 @@
 //! The `chatd` binary as a real process: first start prints the dev app's credentials,
-//! and every acked message survives `kill -9`.
+//! every acked message survives `kill -9`, SIGTERM stores and answers what is in flight
+//! and exits 0, and several processes may start at once on one empty database.
 
 mod common;
 
@@ -301,7 +302,190 @@ async fn operator_manages_apps_from_the_command_line(backend: Backend) {
     post(&http, token_url, None, grant(&new_secret)).await;
 }
 
+/// The dev app's credentials from a first start's banner, and an app token.
+async fn dev_app_token(chatd: &Chatd, http: &reqwest::Client) -> (String, String) {
+    let field = |name: &str| {
+        chatd
+            .lines
+            .iter()
+            .find_map(|l| l.trim().strip_prefix(name).map(|v| v.trim().to_string()))
+            .unwrap_or_else(|| panic!("no {name} in {:?}", chatd.lines))
+    };
+    let base = format!("{}/demo/chat", chatd.api);
+    let token = fetch_app_token(http, &base, &field("client_id:"), &field("client_secret:")).await;
+    (base, token)
+}
+
+/// SIGTERM (what `docker stop` and systemd send): the server stops reading, stores and
+/// acks everything a device had handed over, tells the MQTT 5 device it is shutting down
+/// (0x8B), and exits 0. Every publish the gate PUBACKed got its `ack` before that, and is
+/// stored.
+async fn sigterm_stores_and_answers_what_is_in_flight(backend: Backend) {
+    use bytes::BytesMut;
+    use common::raw::Raw;
+    use rumqttc::v5::mqttbytes::v5;
+
+    let db = common::fresh_database(backend).await;
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut chatd = start_chatd(&db.url, data_dir.path()).await;
+    let http = reqwest::Client::new();
+    let (base, app_token) = dev_app_token(&chatd, &http).await;
+    let resp = http
+        .put(format!("{base}/settings"))
+        .bearer_auth(&app_token)
+        .json(&json!({"send_rate_per_sec": 1e9, "send_burst": 1e9}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{:?}", resp.text().await);
+    post(
+        &http,
+        format!("{base}/users"),
+        Some(&app_token),
+        json!([{"username": "alice", "password": "pw"}, {"username": "bob", "password": "pw"}]),
+    )
+    .await;
+    let alice = post(
+        &http,
+        format!("{base}/token"),
+        None,
+        json!({"grant_type": "password", "username": "alice", "password": "pw"}),
+    )
+    .await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let mut raw = Raw::tcp(chatd.mqtt_port).await;
+    let ack = raw.connect5("alice-phone", "alice", &alice, 30).await;
+    assert_eq!(ack.code, v5::ConnectReturnCode::Success);
+    let subscribe = v5::Subscribe::new(
+        v5::Filter::new("chat/demo/chat/u/alice/in", rumqttc::v5::mqttbytes::QoS::AtLeastOnce),
+        None,
+    );
+    raw.send5(v5::Packet::Subscribe(subscribe)).await;
+    raw.next5_where(|p| matches!(p, v5::Packet::SubAck(_)).then_some(()))
+        .await;
+
+    // 400 sends in one write (within the device's send budget), then SIGTERM as soon as the
+    // first acks come back, while most are still in flight.
+    const SENDS: u16 = 400;
+    let mut bytes = BytesMut::new();
+    for pkid in 1..=SENDS {
+        let envelope = json!({"op": "send", "cid": format!("c{pkid}"), "chat": "user", "to": "bob", "type": "txt", "body": {"msg": format!("m{pkid}")}});
+        let mut publish = v5::Publish::new(
+            "chat/demo/chat/u/alice/out",
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+            envelope.to_string(),
+            None,
+        );
+        publish.pkid = pkid;
+        v5::Packet::Publish(publish).write(&mut bytes, None).unwrap();
+    }
+    raw.write(&bytes).await;
+    let mut pubacked: HashSet<u16> = HashSet::new();
+    let mut acked: HashSet<String> = HashSet::new();
+    let mut signalled = false;
+    let disconnect = loop {
+        match raw.recv5().await {
+            Some(v5::Packet::PubAck(a)) => {
+                assert_eq!(a.reason, v5::PubAckReason::Success);
+                pubacked.insert(a.pkid);
+            }
+            Some(v5::Packet::Publish(p)) => {
+                // Once stopping, the server no longer reads (and may have closed its side).
+                if !signalled {
+                    raw.send5(v5::Packet::PubAck(v5::PubAck::new(p.pkid, None))).await;
+                }
+                let v: Value = serde_json::from_slice(&p.payload).unwrap();
+                assert_ne!(v["op"], "error", "{v}");
+                if v["op"] == "ack" {
+                    acked.insert(v["cid"].as_str().unwrap().to_string());
+                }
+            }
+            Some(v5::Packet::Disconnect(d)) => break Some(d.reason_code),
+            Some(_) => {}
+            None => break None,
+        }
+        if !signalled && !acked.is_empty() {
+            // SAFETY: kill only sends a signal to the child we started.
+            let pid = chatd.child.id().unwrap() as i32;
+            assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+            signalled = true;
+        }
+    };
+    assert!(signalled, "no ack came back before the connection closed");
+    assert_eq!(
+        disconnect,
+        Some(v5::DisconnectReasonCode::ServerShuttingDown),
+        "an MQTT 5 device is told the server is shutting down"
+    );
+    let status = tokio::time::timeout(Duration::from_secs(30), chatd.child.wait())
+        .await
+        .expect("chatd exits after SIGTERM")
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "SIGTERM is a clean stop: {status:?}");
+    let unanswered: Vec<u16> = pubacked
+        .iter()
+        .copied()
+        .filter(|pkid| !acked.contains(&format!("c{pkid}")))
+        .collect();
+    assert!(
+        unanswered.is_empty(),
+        "{} publishes taken by the gate got no ack before the stop: {unanswered:?}",
+        unanswered.len()
+    );
+
+    // Restarted: everything acked is stored.
+    let chatd = start_chatd(&db.url, data_dir.path()).await;
+    let base = format!("{}/demo/chat", chatd.api);
+    let resp = http
+        .post(format!("{base}/token"))
+        .json(&json!({"grant_type": "password", "username": "bob", "password": "pw"}))
+        .send()
+        .await
+        .unwrap();
+    let bob = common::into_json(resp).await.1["access_token"].as_str().unwrap().to_string();
+    let mut stored: HashSet<String> = HashSet::new();
+    for from_seq in (1..=i64::from(SENDS)).step_by(200) {
+        let resp = http
+            .get(format!(
+                "{base}/users/bob/conversations/user/alice/messages?from_seq={from_seq}&limit=200"
+            ))
+            .bearer_auth(&bob)
+            .send()
+            .await
+            .unwrap();
+        let (status, page) = common::into_json(resp).await;
+        assert_eq!(status, 200, "{page}");
+        stored.extend(
+            page["entities"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["body"]["msg"].as_str().unwrap().replacen('m', "c", 1)),
+        );
+    }
+    let lost: Vec<&String> = acked.iter().filter(|cid| !stored.contains(*cid)).collect();
+    assert!(lost.is_empty(), "acked but not stored: {lost:?}");
+    drop(chatd);
+    drop(db);
+}
+
+/// Several nodes started at the same moment on one empty database all come up: migrations
+/// run once, under a lock, and the others wait for them.
+async fn nodes_started_at_once_on_an_empty_database(backend: Backend) {
+    let db = common::fresh_database(backend).await;
+    let starts = (0..4).map(|_| store::Store::connect(&db.url, 2));
+    for started in futures_util::future::join_all(starts).await {
+        let store = started.expect("every node starts");
+        assert!(store.list_apps().await.unwrap().is_empty());
+    }
+}
+
 on_both_backends!(
     acked_messages_survive_kill_9,
-    operator_manages_apps_from_the_command_line
+    operator_manages_apps_from_the_command_line,
+    sigterm_stores_and_answers_what_is_in_flight,
+    nodes_started_at_once_on_an_empty_database
 );
