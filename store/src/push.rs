@@ -108,6 +108,9 @@ pub struct PushJob {
     pub attempts: i64,
 }
 
+/// Push bindings kept per user; binding another forgets the oldest.
+pub const MAX_PUSH_DEVICES: i64 = 20;
+
 impl Store {
     /// Binds (or re-binds) a push token to one of a user's devices. A token moves to the
     /// device that binds it last.
@@ -144,6 +147,22 @@ impl Store {
         .bind(notifier.as_str())
         .bind(token)
         .bind(crate::now_ms())
+        .execute(&mut *tx)
+        .await?;
+        // A user has at most MAX_PUSH_DEVICES bindings: binding one more forgets the one
+        // bound longest ago (a phone replaced long since), so no client can fill the table.
+        let no_limit = match self.backend() {
+            crate::db::Backend::Sqlite => "LIMIT -1",
+            crate::db::Backend::Postgres => "LIMIT ALL",
+        };
+        sqlx::query(&format!(
+            "DELETE FROM push_devices WHERE app_id = $1 AND username = $2 AND device_id IN (
+                SELECT device_id FROM push_devices WHERE app_id = $1 AND username = $2
+                ORDER BY created_at DESC, device_id {no_limit} OFFSET $3)"
+        ))
+        .bind(app_id)
+        .bind(user)
+        .bind(MAX_PUSH_DEVICES)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
