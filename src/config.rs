@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Config {
     /// Where the SQLite database lives when `database_url` is not set.
     pub data_dir: PathBuf,
@@ -25,6 +26,7 @@ pub struct Config {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PushConfig {
     /// Run the push worker in this process.
     pub worker: bool,
@@ -39,6 +41,7 @@ pub struct PushConfig {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MqttConfig {
     /// MQTT over TCP; empty disables it.
     pub tcp: String,
@@ -54,9 +57,61 @@ pub struct MqttConfig {
     pub connect_timeout_secs: u64,
     pub handshake_timeout_secs: u64,
     pub max_packet_bytes: usize,
+    /// Connections not yet past CONNECT at once, in all and from one address.
+    pub max_pending: usize,
+    pub max_pending_per_ip: usize,
+    /// Topics one connection may hold.
+    pub max_subscriptions: usize,
+    /// What each device may publish, per op class, counted on arrival.
+    pub budgets: BudgetsConfig,
+}
+
+/// A sustained rate and a burst, per device.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateConfig {
+    pub per_sec: f64,
+    pub burst: f64,
+}
+
+impl From<RateConfig> for broker::gate::budget::Rate {
+    fn from(r: RateConfig) -> Self {
+        broker::gate::budget::Rate::new(r.per_sec, r.burst)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetsConfig {
+    pub send: RateConfig,
+    pub sync: RateConfig,
+    pub receipt: RateConfig,
+    pub change: RateConfig,
+    pub typing: RateConfig,
+    pub room: RateConfig,
+    pub push: RateConfig,
+    pub other: RateConfig,
+    pub subscribe: RateConfig,
+}
+
+impl From<&BudgetsConfig> for broker::gate::budget::OpBudgets {
+    fn from(b: &BudgetsConfig) -> Self {
+        broker::gate::budget::OpBudgets {
+            send: b.send.into(),
+            sync: b.sync.into(),
+            receipt: b.receipt.into(),
+            change: b.change.into(),
+            typing: b.typing.into(),
+            room: b.room.into(),
+            push: b.push.into(),
+            other: b.other.into(),
+            subscribe: b.subscribe.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ApiConfig {
     pub listen: String,
     pub app_token_ttl_secs: u64,
@@ -64,6 +119,7 @@ pub struct ApiConfig {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BrokerConfig {
     /// rumqttd's loopback port; 0 picks a free one.
     pub port: u16,
@@ -74,6 +130,7 @@ pub struct BrokerConfig {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BridgeConfig {
     pub max_batch: usize,
 }
@@ -95,6 +152,20 @@ max_connections = 50000
 connect_timeout_secs = 10
 handshake_timeout_secs = 10
 max_packet_bytes = 262144
+max_pending = 1024
+max_pending_per_ip = 64
+max_subscriptions = 1000
+
+[mqtt.budgets]
+send = { per_sec = 100, burst = 500 }
+sync = { per_sec = 10, burst = 40 }
+receipt = { per_sec = 50, burst = 200 }
+change = { per_sec = 20, burst = 50 }
+typing = { per_sec = 5, burst = 10 }
+room = { per_sec = 5, burst = 20 }
+push = { per_sec = 2, burst = 10 }
+other = { per_sec = 10, burst = 20 }
+subscribe = { per_sec = 20, burst = 1000 }
 
 [api]
 listen = "127.0.0.1:18080"
@@ -130,7 +201,8 @@ impl Config {
         builder = builder.add_source(
             config::Environment::with_prefix("CHATD")
                 .prefix_separator("_")
-                .separator("__"),
+                .separator("__")
+                .source(Some(settings_from_environment())),
         );
         if let Ok(url) = std::env::var("DATABASE_URL") {
             builder = builder.set_override("database_url", url)?;
@@ -155,6 +227,15 @@ impl Config {
             self.database_url.clone()
         }
     }
+}
+
+/// The `CHATD_*` environment variables that are settings: all but `CHATD_CONFIG`, which
+/// names the file. Every one of them must name a key: a misspelt one is refused at start
+/// (with the key named), never silently ignored.
+fn settings_from_environment() -> config::Map<String, String> {
+    std::env::vars()
+        .filter(|(key, _)| key.starts_with("CHATD_") && key != "CHATD_CONFIG")
+        .collect()
 }
 
 /// Parses an optional listen address: empty means disabled.
@@ -193,6 +274,27 @@ mod tests {
         let err = Config::load(Some(&broken)).unwrap_err().to_string();
         assert!(err.contains("max_connections"), "{err}");
         assert!(Config::load(Some(&dir.join("missing.toml"))).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_name() {
+        let dir = std::env::temp_dir().join(format!("chatd-config-unknown-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (text, key) in [
+            ("[mqtt]\ntpc = \"0.0.0.0:1883\"\n", "tpc"),
+            ("datadir = \"/srv\"\n", "datadir"),
+            (
+                "[mqtt.budgets]\nsend = { per_sec = 1, burst = 2, brust = 3 }\n",
+                "brust",
+            ),
+            ("[bridg]\nmax_batch = 1\n", "bridg"),
+        ] {
+            let file = dir.join("chatd.toml");
+            std::fs::write(&file, text).unwrap();
+            let err = Config::load(Some(&file)).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

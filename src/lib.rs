@@ -141,6 +141,10 @@ pub async fn start(mut config: Config) -> anyhow::Result<Server> {
             connect_timeout: Duration::from_secs(config.mqtt.connect_timeout_secs),
             handshake_timeout: Duration::from_secs(config.mqtt.handshake_timeout_secs),
             max_packet_size: config.mqtt.max_packet_bytes,
+            max_pending: config.mqtt.max_pending.max(1),
+            max_pending_per_ip: config.mqtt.max_pending_per_ip.max(1),
+            max_subscriptions: config.mqtt.max_subscriptions,
+            budgets: (&config.mqtt.budgets).into(),
             ..GateSettings::default()
         },
         store.clone(),
