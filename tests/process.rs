@@ -272,6 +272,15 @@ async fn operator_manages_apps_from_the_command_line(backend: Backend) {
     assert!(!ok && err.contains("org"), "{err}");
     let (ok, listed, _) = cli(&["app", "list"]);
     assert!(ok && listed.contains("acme/support"), "{listed}");
+    // A misspelt setting is refused, by name, rather than ignored.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_chatd"))
+        .args(["app", "list"])
+        .env("DATABASE_URL", &db.url)
+        .env("CHATD_MQTT__TPC", "0.0.0.0:1883")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && err.contains("tpc"), "{err}");
 
     let chatd = start_chatd(&db.url, data_dir.path()).await;
     assert!(
@@ -445,7 +454,10 @@ async fn sigterm_stores_and_answers_what_is_in_flight(backend: Backend) {
         .send()
         .await
         .unwrap();
-    let bob = common::into_json(resp).await.1["access_token"].as_str().unwrap().to_string();
+    let bob = common::into_json(resp).await.1["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let mut stored: HashSet<String> = HashSet::new();
     for from_seq in (1..=i64::from(SENDS)).step_by(200) {
         let resp = http

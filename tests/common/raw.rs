@@ -89,6 +89,22 @@ impl Raw {
         }
     }
 
+    /// Writes, and carries on if the server has already closed the connection (as it may
+    /// while a write it refuses is still going out).
+    pub async fn write_unchecked(&mut self, bytes: &[u8]) {
+        let _ = match &mut self.transport {
+            Transport::Tcp(s) => s.write_all(bytes).await.map_err(|e| e.to_string()),
+            Transport::Ws(ws) => ws
+                .send(Message::binary(bytes.to_vec()))
+                .await
+                .map_err(|e| e.to_string()),
+            Transport::Wss(ws) => ws
+                .send(Message::binary(bytes.to_vec()))
+                .await
+                .map_err(|e| e.to_string()),
+        };
+    }
+
     pub async fn send4(&mut self, packet: v4::Packet) {
         let mut out = BytesMut::new();
         packet.write(&mut out, usize::MAX).unwrap();

@@ -1,0 +1,265 @@
+//! One user must not be able to slow down anyone else: floods of every op are refused by
+//! the gate on arrival with `rate_limited` (every op answered, none queued), another pair's
+//! messages keep flowing meanwhile, rows a client creates are capped, and memory a device
+//! can make the gate hold (WebSocket fragments, subscriptions, connections that never say
+//! who they are) is bounded.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use common::raw::Raw;
+use common::Backend;
+use rumqttc::mqttbytes::v4;
+use rumqttc::v5::mqttbytes::v5;
+use rumqttc::QoS;
+use serde_json::{json, Value};
+
+/// A raw 3.1.1 device subscribed to its inbox.
+async fn raw_device(t: &common::TestApp, user: &str, token: &str, device: &str) -> Raw {
+    let mut raw = Raw::tcp(t.mqtt_port()).await;
+    assert_eq!(
+        raw.connect4(device, user, token, 60).await,
+        v4::ConnectReturnCode::Success
+    );
+    raw.send4(v4::Packet::Subscribe(v4::Subscribe::new(
+        t.inbox(user),
+        QoS::AtLeastOnce,
+    )))
+    .await;
+    loop {
+        if let Some(v4::Packet::SubAck(_)) = raw.recv4().await {
+            return raw;
+        }
+    }
+}
+
+/// `count` publishes of `envelope(i)` on the user's outbox, in one write.
+fn burst(t: &common::TestApp, user: &str, count: usize, envelope: impl Fn(usize) -> Value) -> BytesMut {
+    let mut bytes = BytesMut::new();
+    for i in 0..count {
+        let mut publish = v4::Publish::new(t.outbox(user), QoS::AtLeastOnce, envelope(i).to_string());
+        publish.pkid = (i % 65_000 + 1) as u16;
+        v4::Packet::Publish(publish).write(&mut bytes, usize::MAX).unwrap();
+    }
+    bytes
+}
+
+/// Reads the answers to `count` ops: returns (answered, rate_limited).
+async fn answers(raw: &mut Raw, count: usize, answer_op: &str) -> (usize, usize) {
+    let (mut answered, mut limited) = (0, 0);
+    while answered + limited < count {
+        let (_, v) = raw.next_publish4().await;
+        if v["op"] == answer_op {
+            answered += 1;
+        } else if v["op"] == "error" {
+            assert_eq!(v["code"], "rate_limited", "{v}");
+            assert!(v["message"].as_str().unwrap().contains("retry in"), "{v}");
+            limited += 1;
+        }
+    }
+    (answered, limited)
+}
+
+/// 2,000 `sync` ops in one write: the device's budget (40 at once) is answered, every other
+/// one is refused at once with `rate_limited` naming the wait, and a message between two
+/// other users is delivered meanwhile.
+async fn sync_flood_is_refused_on_arrival(backend: Backend) {
+    let t = common::spawn_app(backend).await;
+    let mallory = t.user("mallory").await;
+    let bob = t.user("bob").await;
+    let carol = t.user("carol").await;
+    let mut flooder = raw_device(&t, "mallory", &mallory, "mallory-phone").await;
+    let bob_dev = t.device("bob", &bob, "bob-phone").await;
+    let mut carol_dev = t.device("carol", &carol, "carol-phone").await;
+
+    const FLOOD: usize = 2000;
+    flooder
+        .write(&burst(
+            &t,
+            "mallory",
+            FLOOD,
+            |i| json!({"op": "sync", "cid": format!("s{i}"), "after": 0}),
+        ))
+        .await;
+    bob_dev.send_text("b1", "carol", "still there?").await;
+    let msg = carol_dev.next_op("msg").await;
+    assert_eq!(msg["body"]["msg"], "still there?");
+
+    let (synced, limited) = answers(&mut flooder, FLOOD, "synced").await;
+    assert_eq!(synced + limited, FLOOD, "every op answered, once");
+    let budget = common::test_config("").mqtt.budgets.sync;
+    assert!(
+        synced as f64 <= budget.burst + budget.per_sec * 10.0,
+        "{synced} syncs served: the budget was not applied"
+    );
+    assert!(limited >= FLOOD - 200, "only {limited} refused");
+}
+
+/// Floods of receipts, push bindings and unknown ops are refused the same way; typing over
+/// budget is dropped silently. A user's push bindings are capped whatever the route.
+async fn other_floods_and_row_caps(backend: Backend) {
+    let t = common::spawn_app(backend).await;
+    let mallory = t.user("mallory").await;
+    t.user("bob").await;
+    let mut flooder = raw_device(&t, "mallory", &mallory, "mallory-phone").await;
+
+    let binds = burst(
+        &t,
+        "mallory",
+        300,
+        |i| json!({"op": "push_bind", "cid": format!("p{i}"), "device_token": format!("tok{i}"), "notifier": "fcm", "device_id": format!("d{i}")}),
+    );
+    flooder.write(&binds).await;
+    let (bound, limited) = answers(&mut flooder, 300, "ok").await;
+    assert!(bound <= 40 && limited >= 260, "bound {bound}, refused {limited}");
+
+    let unknown = burst(
+        &t,
+        "mallory",
+        200,
+        |i| json!({"op": "frobnicate", "cid": format!("u{i}")}),
+    );
+    flooder.write(&unknown).await;
+    let mut limited = 0;
+    let mut refused = 0;
+    while limited + refused < 200 {
+        let (_, v) = flooder.next_publish4().await;
+        match v["code"].as_str() {
+            Some("rate_limited") => limited += 1,
+            Some(_) => refused += 1,
+            None => {}
+        }
+    }
+    assert!(limited >= 150, "{limited} unknown ops refused as over budget");
+
+    // However they are bound (MQTT or REST), a user keeps at most 20 push devices.
+    for i in 0..30 {
+        let (status, body) = t
+            .put(
+                "/users/mallory/push/binding",
+                &mallory,
+                json!({"device_id": format!("r{i}"), "device_token": format!("rt{i}"), "notifier": "fcm"}),
+            )
+            .await;
+        assert!(status == 200 || status == 201, "{status} {body}");
+    }
+    let (status, body) = t.get("/users/mallory/push/binding", &mallory).await;
+    assert_eq!(status, 200, "{body}");
+    let devices = body["entities"].as_array().or(body["data"].as_array()).unwrap().clone();
+    assert_eq!(devices.len(), 20, "{body}");
+    // The newest are kept.
+    assert!(devices.iter().any(|d| d["device_id"] == "r29"), "{body}");
+}
+
+/// A connection may hold at most `max_subscriptions` topics; SUBSCRIBE filters have a
+/// budget of their own.
+async fn subscriptions_are_capped(backend: Backend) {
+    let db = common::fresh_database(backend).await;
+    let mut config = common::test_config(&db.url);
+    config.mqtt.max_subscriptions = 50;
+    let t = common::spawn_app_with(config, db).await;
+    let alice = t.user("alice").await;
+    let mut raw = Raw::tcp(t.mqtt_port()).await;
+    let ack = raw.connect5("alice-phone", "alice", &alice, 30).await;
+    assert_eq!(ack.code, v5::ConnectReturnCode::Success);
+    let filters: Vec<v5::Filter> = (0..80)
+        .map(|i| {
+            v5::Filter::new(
+                format!("chat/{}/{}/presence/user{i}", t.org, t.app),
+                rumqttc::v5::mqttbytes::QoS::AtMostOnce,
+            )
+        })
+        .collect();
+    let mut subscribe = v5::Subscribe::new_many(filters, None);
+    subscribe.pkid = 1;
+    raw.send5(v5::Packet::Subscribe(subscribe)).await;
+    let codes = raw
+        .next5_where(|p| match p {
+            v5::Packet::SubAck(a) => Some(a.return_codes),
+            _ => None,
+        })
+        .await;
+    let granted = codes
+        .iter()
+        .filter(|c| matches!(c, v5::SubscribeReasonCode::Success(_)))
+        .count();
+    let quota = codes
+        .iter()
+        .filter(|c| matches!(c, v5::SubscribeReasonCode::QuotaExceeded))
+        .count();
+    assert_eq!((granted, quota), (50, 30), "{codes:?}");
+}
+
+/// WebSocket messages larger than the MQTT packet limit close the connection, before
+/// CONNECT and after; so do TCP CONNECTs over 65 KiB.
+async fn oversized_frames_are_refused(backend: Backend) {
+    let db = common::fresh_database(backend).await;
+    let mut config = common::test_config(&db.url);
+    config.mqtt.max_packet_bytes = 64 * 1024;
+    let t = common::spawn_app_with(config, db).await;
+    let alice = t.user("alice").await;
+    let ws_port = t.server.ws_addr.unwrap().port();
+
+    // Before CONNECT: one message over the limit.
+    let mut raw = Raw::ws(ws_port).await;
+    raw.write_unchecked(&[0x10; 65 * 1024]).await;
+    assert!(raw.recv4().await.is_none(), "oversized message before CONNECT kept");
+
+    // After CONNECT, keepalive 0: a message over the limit closes the connection; the
+    // same content cut into packet-sized pieces is fine.
+    let mut raw = Raw::ws(ws_port).await;
+    assert_eq!(
+        raw.connect4("alice-ws", "alice", &alice, 0).await,
+        v4::ConnectReturnCode::Success
+    );
+    raw.send4(v4::Packet::PingReq).await;
+    assert!(matches!(raw.recv4().await, Some(v4::Packet::PingResp)));
+    raw.write_unchecked(&[0xC0, 0x00].repeat(33 * 1024)).await;
+    assert!(raw.recv4().await.is_none(), "oversized message after CONNECT kept");
+
+    // TCP: a CONNECT larger than 65 KiB is not read.
+    let mut raw = Raw::tcp(t.mqtt_port()).await;
+    let mut connect = v4::Connect::new("big");
+    connect.set_login("alice", "x".repeat(70 * 1024));
+    raw.send4(v4::Packet::Connect(connect)).await;
+    assert!(raw.recv4().await.is_none(), "oversized CONNECT read");
+}
+
+/// Connections that never send CONNECT are bounded per source address: over the bound a
+/// new one is closed at once; once they go, connections are accepted again.
+async fn silent_connections_are_bounded(backend: Backend) {
+    let db = common::fresh_database(backend).await;
+    let mut config = common::test_config(&db.url);
+    config.mqtt.max_pending_per_ip = 5;
+    let t = common::spawn_app_with(config, db).await;
+    let alice = t.user("alice").await;
+    let mut silent = Vec::new();
+    for _ in 0..5 {
+        silent.push(
+            tokio::net::TcpStream::connect(("127.0.0.1", t.mqtt_port()))
+                .await
+                .unwrap(),
+        );
+    }
+    // Give the gate time to take them.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut raw = Raw::tcp(t.mqtt_port()).await;
+    assert!(raw.recv4().await.is_none(), "a sixth silent connection was kept");
+    drop(silent);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut raw = Raw::tcp(t.mqtt_port()).await;
+    assert_eq!(
+        raw.connect4("alice-phone", "alice", &alice, 30).await,
+        v4::ConnectReturnCode::Success
+    );
+}
+
+on_both_backends!(
+    sync_flood_is_refused_on_arrival,
+    other_floods_and_row_caps,
+    subscriptions_are_capped,
+    oversized_frames_are_refused,
+    silent_connections_are_bounded
+);
