@@ -143,12 +143,14 @@ async fn fake_fcm(dir: &std::path::Path) -> (Fake, String, Value) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    // As Google's key files have it: the token exchange goes to the operator's
+    // `push.fcm_token_uri` (the fake's), never to a URI an app chose.
     let account = json!({
         "type": "service_account",
         "project_id": "demo-proj",
         "client_email": "svc@demo.iam",
         "private_key": std::fs::read_to_string(&key).unwrap(),
-        "token_uri": format!("{base}/token"),
+        "token_uri": "https://oauth2.googleapis.com/token",
     });
     (fake, base, account)
 }
@@ -157,6 +159,7 @@ async fn app_with_fake(backend: Backend, dir: &std::path::Path) -> (TestApp, Fak
     let (fake, base, account) = fake_fcm(dir).await;
     let db = common::fresh_database(backend).await;
     let mut config = test_config(&db.url);
+    config.push.fcm_token_uri = format!("{base}/token");
     config.push.fcm_endpoint = base;
     config.push.backoff_ms = 50;
     let t = spawn_app_with(config.clone(), db).await;
@@ -474,6 +477,7 @@ async fn messages_stored_before_a_restart_still_push(backend: Backend) {
     let (fake, base, account) = fake_fcm(dir.path()).await;
     let db = common::fresh_database(backend).await;
     let mut config = test_config(&db.url);
+    config.push.fcm_token_uri = format!("{base}/token");
     config.push.fcm_endpoint = base;
     config.push.worker = false;
     let t = spawn_app_with(config.clone(), db).await;
@@ -532,6 +536,7 @@ async fn two_workers_never_send_twice(backend: Backend) {
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let settings = push::WorkerSettings {
         fcm_endpoint: config.push.fcm_endpoint.clone(),
+        fcm_token_uri: config.push.fcm_token_uri.clone(),
         concurrency: 8,
         ..Default::default()
     };

@@ -1,5 +1,11 @@
 //! An app's push configuration (`PUT /{org}/{app}/push/config`): credentials for FCM and
 //! APNs, and the template pushes are built from.
+//!
+//! Where pushes go is the operator's business, never the app's: the FCM endpoint and
+//! token URI are server settings (`WorkerSettings`), APNs is Apple's. A key file's
+//! `token_uri` was once used as is, so an app could make the server POST to an internal
+//! address and read the reply back in `last_result`; now any other `token_uri` than
+//! Google's is refused, and the worker ignores it anyway.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -35,8 +41,11 @@ pub struct ServiceAccount {
     pub other: serde_json::Map<String, Value>,
 }
 
+/// The `token_uri` of every Google service-account key file.
+pub const GOOGLE_TOKEN_URI: &str = "https://oauth2.googleapis.com/token";
+
 fn default_token_uri() -> String {
-    "https://oauth2.googleapis.com/token".into()
+    GOOGLE_TOKEN_URI.into()
 }
 
 /// APNs token authentication: the `.p8` key, its id, the team id, the app's bundle id.
@@ -85,6 +94,21 @@ impl PushConfig {
             let sa = &fcm.service_account;
             if sa.project_id.is_empty() || sa.client_email.is_empty() {
                 return Err("fcm.service_account needs project_id and client_email".into());
+            }
+            if sa.token_uri != GOOGLE_TOKEN_URI {
+                return Err(format!(
+                    "fcm.service_account.token_uri: must be {GOOGLE_TOKEN_URI} (as in Google's key files) or absent; \
+                     the server exchanges tokens only with the endpoint its operator configured"
+                ));
+            }
+            // The project id goes into the FCM URL's path.
+            if sa.project_id.contains("..")
+                || !sa
+                    .project_id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' || c == ':')
+            {
+                return Err("fcm.service_account.project_id: letters, digits, '-', '_', '.' and ':' only".into());
             }
             jsonwebtoken::EncodingKey::from_rsa_pem(sa.private_key.as_bytes())
                 .map_err(|e| format!("fcm.service_account.private_key: {e}"))?;

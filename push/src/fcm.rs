@@ -1,7 +1,12 @@
 //! FCM through the HTTP v1 API, with our own small OAuth2 client: a JWT signed with the
 //! service account's key is exchanged for an access token (cached until shortly before it
 //! expires), which authorizes `POST {endpoint}/v1/projects/{project}/messages:send`.
-//! Both URLs are configurable, so tests run against a local fake.
+//! Both URLs are operator settings (`WorkerSettings::fcm_endpoint`, `fcm_token_uri`; tests
+//! point them at a local fake), never taken from an app's key file.
+//!
+//! What a send comes to is shown to the app (`last_result` of a device binding), so it
+//! carries the HTTP status and a code from a fixed list of Google's, never text of the
+//! answer: whatever a server answers must not travel back to the tenant.
 
 use std::time::{Duration, Instant};
 
@@ -14,17 +19,72 @@ use crate::{Delivery, PushSender};
 
 const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
 pub const DEFAULT_ENDPOINT: &str = "https://fcm.googleapis.com";
+pub const DEFAULT_TOKEN_URI: &str = crate::config::GOOGLE_TOKEN_URI;
+
+/// Error codes of FCM (`FcmError.errorCode`), of Google APIs (`error.status`) and of OAuth2
+/// (`error`): the only words of an answer that may reach a result.
+const KNOWN_CODES: &[&str] = &[
+    "UNSPECIFIED_ERROR",
+    "INVALID_ARGUMENT",
+    "UNREGISTERED",
+    "SENDER_ID_MISMATCH",
+    "QUOTA_EXCEEDED",
+    "UNAVAILABLE",
+    "INTERNAL",
+    "THIRD_PARTY_AUTH_ERROR",
+    "CANCELLED",
+    "UNKNOWN",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+    "invalid_request",
+    "invalid_client",
+    "invalid_grant",
+    "unauthorized_client",
+    "unsupported_grant_type",
+    "invalid_scope",
+];
+
+/// `code` if it is one of [`KNOWN_CODES`], else nothing.
+fn known(code: Option<&str>) -> &'static str {
+    code.and_then(|c| KNOWN_CODES.iter().find(|k| **k == c))
+        .copied()
+        .unwrap_or("")
+}
+
+/// A network failure, by kind only (reqwest's message names the URL).
+fn network(what: &str, e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else {
+        "request failed"
+    };
+    format!("{what}: {kind}")
+}
 
 pub struct Fcm {
     http: reqwest::Client,
     account: ServiceAccount,
     key: EncodingKey,
     endpoint: String,
+    token_uri: String,
     token: Mutex<Option<(String, Instant)>>,
 }
 
 impl Fcm {
-    pub fn new(account: ServiceAccount, endpoint: &str) -> Result<Fcm, String> {
+    /// A client for the app's service account, talking to the operator's `endpoint` and
+    /// `token_uri` (the account's own `token_uri` is ignored).
+    pub fn new(account: ServiceAccount, endpoint: &str, token_uri: &str) -> Result<Fcm, String> {
         let key = EncodingKey::from_rsa_pem(account.private_key.as_bytes()).map_err(|e| e.to_string())?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(15))
@@ -35,6 +95,7 @@ impl Fcm {
             account,
             key,
             endpoint: endpoint.trim_end_matches('/').to_string(),
+            token_uri: token_uri.to_string(),
             token: Mutex::new(None),
         })
     }
@@ -48,12 +109,12 @@ impl Fcm {
             }
         }
         let now = store::now_ms() / 1000;
-        let claims = json!({"iss": self.account.client_email, "scope": SCOPE, "aud": self.account.token_uri, "iat": now, "exp": now + 3600});
+        let claims = json!({"iss": self.account.client_email, "scope": SCOPE, "aud": self.token_uri, "iat": now, "exp": now + 3600});
         let assertion = encode(&Header::new(Algorithm::RS256), &claims, &self.key)
             .map_err(|e| Delivery::Failed(format!("signing the OAuth2 assertion: {e}")))?;
         let response = self
             .http
-            .post(&self.account.token_uri)
+            .post(&self.token_uri)
             .form(&[
                 ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
                 ("assertion", &assertion),
@@ -61,13 +122,14 @@ impl Fcm {
             .send()
             .await
             .map_err(|e| Delivery::Retry {
-                reason: format!("OAuth2 token exchange: {e}"),
+                reason: network("OAuth2 token exchange", &e),
                 after: None,
             })?;
         let status = response.status();
         let body: Value = response.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
-            let reason = format!("OAuth2 token exchange: {status} {body}");
+            let code = known(body["error"].as_str());
+            let reason = format!("OAuth2 token exchange: {status} {code}").trim_end().to_string();
             return Err(if status.is_server_error() || status.as_u16() == 429 {
                 Delivery::Retry { reason, after: None }
             } else {
@@ -109,28 +171,37 @@ pub fn message(token: &str, push: &Value) -> Value {
     }})
 }
 
+/// `403`, or `404 UNREGISTERED` when the answer had a known code.
+fn answered(status: u16, code: &str) -> String {
+    if code.is_empty() {
+        status.to_string()
+    } else {
+        format!("{status} {code}")
+    }
+}
+
 /// What an FCM answer means for the push.
 pub fn classify(status: u16, body: &Value, retry_after: Option<Duration>) -> Delivery {
-    let code = body["error"]["details"]
-        .as_array()
-        .and_then(|d| d.iter().find_map(|e| e["errorCode"].as_str()))
-        .or_else(|| body["error"]["status"].as_str())
-        .unwrap_or("")
-        .to_string();
+    let code = known(
+        body["error"]["details"]
+            .as_array()
+            .and_then(|d| d.iter().find_map(|e| e["errorCode"].as_str()))
+            .or_else(|| body["error"]["status"].as_str()),
+    );
     match status {
         200..=299 => Delivery::Sent,
         429 | 500..=599 => Delivery::Retry {
-            reason: format!("{status} {code}"),
+            reason: answered(status, code),
             after: retry_after,
         },
         _ if code == "UNREGISTERED" || code == "INVALID_ARGUMENT" || status == 404 => {
-            Delivery::InvalidToken(format!("{status} {code}"))
+            Delivery::InvalidToken(answered(status, code))
         }
         401 => Delivery::Retry {
             reason: "401: access token refused".into(),
             after: None,
         },
-        _ => Delivery::Failed(format!("{status} {code}")),
+        _ => Delivery::Failed(answered(status, code)),
     }
 }
 
@@ -156,7 +227,7 @@ impl PushSender for Fcm {
             Ok(r) => r,
             Err(e) => {
                 return Delivery::Retry {
-                    reason: format!("network: {e}"),
+                    reason: network("network", &e),
                     after: None,
                 }
             }
@@ -194,7 +265,7 @@ mod tests {
         assert_eq!(
             classify(429, &json!({}), later),
             Delivery::Retry {
-                reason: "429 ".into(),
+                reason: "429".into(),
                 after: later
             }
         );
@@ -203,6 +274,15 @@ mod tests {
             classify(403, &json!({"error": {"status": "PERMISSION_DENIED"}}), None),
             Delivery::Failed(_)
         ));
+    }
+
+    #[test]
+    fn answers_text_never_reaches_the_result() {
+        let body =
+            json!({"error": {"status": "secret-internal-data", "details": [{"errorCode": "db password hunter2"}]}});
+        assert_eq!(classify(403, &body, None), Delivery::Failed("403".into()));
+        assert_eq!(known(Some("UNREGISTERED")), "UNREGISTERED");
+        assert_eq!(known(Some("unregistered, and more")), "");
     }
 
     #[test]

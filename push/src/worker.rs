@@ -31,6 +31,9 @@ pub struct WorkerSettings {
     pub poll: Duration,
     /// The FCM API base URL (tests point it at a local fake).
     pub fcm_endpoint: String,
+    /// Where FCM access tokens are obtained (OAuth2 JWT bearer). An operator setting: the
+    /// `token_uri` of an app's key file is never used.
+    pub fcm_token_uri: String,
 }
 
 impl Default for WorkerSettings {
@@ -43,6 +46,7 @@ impl Default for WorkerSettings {
             lease: Duration::from_secs(60),
             poll: Duration::from_millis(500),
             fcm_endpoint: crate::fcm::DEFAULT_ENDPOINT.into(),
+            fcm_token_uri: crate::fcm::DEFAULT_TOKEN_URI.into(),
         }
     }
 }
@@ -236,16 +240,19 @@ impl Worker {
         }
         let app = self.store.app_by_id(app_id).await?;
         let parsed: PushConfig = serde_json::from_value(config).unwrap_or_default();
-        let fcm =
-            parsed.fcm.as_ref().and_then(
-                |f| match Fcm::new(f.service_account.clone(), &self.settings.fcm_endpoint) {
-                    Ok(fcm) => Some(Arc::new(fcm) as Arc<dyn PushSender>),
-                    Err(e) => {
-                        tracing::error!(error = %e, app_id, "FCM credentials unusable");
-                        None
-                    }
-                },
-            );
+        let fcm = parsed.fcm.as_ref().and_then(|f| {
+            match Fcm::new(
+                f.service_account.clone(),
+                &self.settings.fcm_endpoint,
+                &self.settings.fcm_token_uri,
+            ) {
+                Ok(fcm) => Some(Arc::new(fcm) as Arc<dyn PushSender>),
+                Err(e) => {
+                    tracing::error!(error = %e, app_id, "FCM credentials unusable");
+                    None
+                }
+            }
+        });
         let apns = parsed.apns.as_ref().and_then(|a| match Apns::new(a) {
             Ok(apns) => Some(Arc::new(apns) as Arc<dyn PushSender>),
             Err(e) => {
