@@ -1,4 +1,6 @@
-//! Who is calling: the bearer token, checked against the org and app in the path.
+//! Who is calling: the bearer token, checked against the org and app in the path. An app
+//! token must carry the app's current secret version; a user token the user's current
+//! token generation (so it dies with its user, and with a revocation).
 
 use axum::extract::{FromRequestParts, Path};
 use axum::http::request::Parts;
@@ -64,7 +66,11 @@ impl FromRequestParts<AppState> for Caller {
                 ))
             }
             Role::App => None,
-            Role::User => Some(claims.sub),
+            Role::User => match state.store.user_token_generation(&app.id, &claims.sub).await? {
+                Some(generation) if generation == claims.ver => Some(claims.sub),
+                Some(_) => return Err(ApiError::Unauthorized("token revoked".into())),
+                None => return Err(ApiError::Unauthorized("the token's user no longer exists".into())),
+            },
         };
         Ok(Caller {
             app,

@@ -9,8 +9,7 @@
 
 use std::collections::HashMap;
 
-use axum::body::Bytes;
-use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post, put};
@@ -19,7 +18,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::auth::Caller;
-use crate::error::parse_json;
+use crate::error::{parse_json, JsonBody, Query};
 use crate::{ApiError, AppState};
 use store::channels::{Channel, ChannelKind, ChannelUpdate, NewChannel, RequestKind, Role};
 
@@ -228,7 +227,7 @@ async fn create(
     State(state): State<AppState>,
     Extension(kind): Extension<ChannelKind>,
     caller: Caller,
-    body: Bytes,
+    JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let body: CreateBody = parse_json(&body)?;
     let settings = state.store.app_settings(&caller.app.id).await?;
@@ -347,7 +346,11 @@ struct UpdateBody {
     maxusers: Option<i64>,
 }
 
-async fn update(State(state): State<AppState>, acting: Acting, body: Bytes) -> Result<Json<Value>, ApiError> {
+async fn update(
+    State(state): State<AppState>,
+    acting: Acting,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
     acting.require(Standing::Admin, "change it")?;
     let body: UpdateBody = parse_json(&body)?;
     let channel = update_channel(
@@ -504,7 +507,11 @@ struct AdminBody {
     newadmin: String,
 }
 
-async fn add_admin(State(state): State<AppState>, acting: Acting, body: Bytes) -> Result<Json<Value>, ApiError> {
+async fn add_admin(
+    State(state): State<AppState>,
+    acting: Acting,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
     let (kind, id) = (acting.channel.kind, acting.channel.id.clone());
     acting.require(Standing::Owner, "appoint admins")?;
     let body: AdminBody = parse_json(&body)?;
@@ -551,7 +558,11 @@ struct OwnerBody {
     newowner: String,
 }
 
-async fn transfer(State(state): State<AppState>, acting: Acting, body: Bytes) -> Result<Json<Value>, ApiError> {
+async fn transfer(
+    State(state): State<AppState>,
+    acting: Acting,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
     let (kind, id) = (acting.channel.kind, acting.channel.id.clone());
     acting.require(Standing::Owner, "transfer ownership")?;
     let body: OwnerBody = parse_json(&body)?;
@@ -579,7 +590,11 @@ struct MuteBody {
     mute_duration: i64,
 }
 
-async fn mute(State(state): State<AppState>, acting: Acting, body: Bytes) -> Result<Json<Value>, ApiError> {
+async fn mute(
+    State(state): State<AppState>,
+    acting: Acting,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
     let (kind, id) = (acting.channel.kind, acting.channel.id.clone());
     acting.require(Standing::Admin, "mute members")?;
     let body: MuteBody = parse_json(&body)?;
@@ -641,7 +656,11 @@ struct MuteAllBody {
     muted: bool,
 }
 
-async fn mute_all(State(state): State<AppState>, acting: Acting, body: Bytes) -> Result<Json<Value>, ApiError> {
+async fn mute_all(
+    State(state): State<AppState>,
+    acting: Acting,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
     acting.require(Standing::Admin, "mute everyone")?;
     let body: MuteAllBody = parse_json(&body)?;
     let channel = update_channel(
@@ -662,7 +681,11 @@ struct AnnouncementBody {
     announcement: String,
 }
 
-async fn announce(State(state): State<AppState>, acting: Acting, body: Bytes) -> Result<Json<Value>, ApiError> {
+async fn announce(
+    State(state): State<AppState>,
+    acting: Acting,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
     let (kind, id) = (acting.channel.kind, acting.channel.id.clone());
     acting.require(Standing::Admin, "set the announcement")?;
     let body: AnnouncementBody = parse_json(&body)?;
@@ -699,7 +722,7 @@ struct UsersBody {
 }
 
 /// Adds users to the blocklist: members among them are removed and cannot come back.
-async fn ban(State(state): State<AppState>, acting: Acting, body: Bytes) -> Result<Json<Value>, ApiError> {
+async fn ban(State(state): State<AppState>, acting: Acting, JsonBody(body): JsonBody) -> Result<Json<Value>, ApiError> {
     let (kind, id) = (acting.channel.kind, acting.channel.id.clone());
     acting.require(Standing::Admin, "ban users")?;
     let body: UsersBody = parse_json(&body)?;
@@ -775,7 +798,11 @@ async fn decide_request(
 
 /// Invites users: admins always, members when the group allows invites. The invitee joins
 /// by accepting.
-async fn invite(State(state): State<AppState>, acting: Acting, body: Bytes) -> Result<Json<Value>, ApiError> {
+async fn invite(
+    State(state): State<AppState>,
+    acting: Acting,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
     let id = acting.channel.id.clone();
     if acting.channel.allow_invites {
         acting.require(Standing::Member, "invite")?;

@@ -1,6 +1,11 @@
 //! The REST management API, in the resource model of the Agora/Easemob platform API:
 //! everything lives under `/{org}/{app}/…`, JSON in and out, bearer tokens from
 //! `POST /{org}/{app}/token`. See `docs/api.md` for every route.
+//!
+//! The port is open to anyone, so the server protects itself before any token is checked:
+//! connection cap and header, body and idle timeouts ([`server`]), a body size limit,
+//! throttled credential guessing ([`throttle`]) and a bound on concurrent argon2 work
+//! (`store::tokens`).
 
 mod auth;
 mod channels;
@@ -8,24 +13,55 @@ mod error;
 mod lifecycle;
 mod messages;
 mod push;
+mod server;
 mod social;
+mod throttle;
 mod tokens;
 mod users;
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post};
-use axum::Router;
+use axum::{Extension, Router};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use error::ApiError;
 
-/// Token lifetimes.
+/// Token lifetimes and the limits the API protects itself with. Every field has a default
+/// that suits a production server.
 #[derive(Debug, Clone)]
 pub struct ApiSettings {
     pub app_token_ttl: Duration,
     pub user_token_ttl: Duration,
+    /// HTTP connections open at once; over it a new connection is answered 503 and closed.
+    pub max_connections: usize,
+    /// How long a request header may take to arrive complete (from the connection's
+    /// opening for its first request, from its first byte for later ones).
+    pub header_timeout: Duration,
+    /// How long reading the body and handling a request may take (else 408).
+    pub request_timeout: Duration,
+    /// How long a keep-alive connection may wait for its next request.
+    pub idle_timeout: Duration,
+    /// The largest request body (else 413).
+    pub max_body_bytes: usize,
+    /// Failed password or client-secret attempts per user or client before backoff.
+    pub login_free_failures: u32,
+    /// Failed attempts per caller address (whatever the user) before backoff.
+    pub login_address_free_failures: u32,
+    /// The first backoff; doubled with each further failure.
+    pub login_backoff: Duration,
+    /// The longest backoff; also how long a key is remembered after its last failure.
+    pub login_max_backoff: Duration,
+    /// The most users, clients and addresses the login throttle remembers.
+    pub login_throttle_entries: usize,
+    /// argon2 hashes or verifications at once in the process (19 MiB each).
+    pub max_concurrent_hashes: usize,
+    /// How long one credential check may take, its turn at the argon2 semaphore included
+    /// (else 503).
+    pub hash_timeout: Duration,
 }
 
 impl Default for ApiSettings {
@@ -33,6 +69,18 @@ impl Default for ApiSettings {
         ApiSettings {
             app_token_ttl: Duration::from_secs(24 * 3600),
             user_token_ttl: Duration::from_secs(7 * 24 * 3600),
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_body_bytes: 1024 * 1024,
+            login_free_failures: 5,
+            login_address_free_failures: 50,
+            login_backoff: Duration::from_secs(1),
+            login_max_backoff: Duration::from_secs(15 * 60),
+            login_throttle_entries: 100_000,
+            max_concurrent_hashes: store::tokens::DEFAULT_MAX_CONCURRENT_HASHES,
+            hash_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -47,8 +95,10 @@ pub struct AppState {
     pub live: std::sync::Arc<dyn store::live::Live>,
 }
 
-/// All routes.
+/// All routes. Each router has its own login throttle.
 pub fn router(state: AppState) -> Router {
+    let throttle = Arc::new(throttle::Throttle::new(&state.settings));
+    let max_body = state.settings.max_body_bytes;
     Router::new()
         .route(
             "/health",
@@ -61,6 +111,8 @@ pub fn router(state: AppState) -> Router {
             get(users::get).put(users::update).delete(users::delete),
         )
         .route("/:org/:app/users/:username/inbox", get(messages::inbox))
+        .route("/:org/:app/users/:username/revoke_tokens", post(users::revoke_tokens))
+        .route("/:org/:app/users/:username/disconnect", get(users::disconnect))
         .route(
             "/:org/:app/users/:username/conversations/:chat/:with/messages",
             get(messages::history),
@@ -117,14 +169,15 @@ pub fn router(state: AppState) -> Router {
         .merge(channels::routes(store::channels::ChannelKind::Group))
         .merge(channels::routes(store::channels::ChannelKind::Room))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .layer(Extension(throttle))
+        .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
 }
 
-/// Serves the API on `listener` until `shutdown` turns true, finishing requests in flight.
-pub async fn serve(listener: TcpListener, state: AppState, mut shutdown: watch::Receiver<bool>) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|stop| *stop).await;
-        })
-        .await
+/// Serves the API on `listener` within the limits of `state.settings` until `shutdown`
+/// turns true, finishing requests in flight. Also sets the process-wide argon2 limit.
+pub async fn serve(listener: TcpListener, state: AppState, shutdown: watch::Receiver<bool>) -> std::io::Result<()> {
+    store::tokens::set_max_concurrent_hashes(state.settings.max_concurrent_hashes);
+    let settings = state.settings.clone();
+    server::run(listener, router(state), settings, shutdown).await
 }

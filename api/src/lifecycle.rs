@@ -1,14 +1,13 @@
 //! The life of a message over REST: the conversation list and unread counts, recall,
 //! delete-for-me, who read a group message, search, and messages sent by the app's backend.
 
-use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::auth::{Caller, Owner};
-use crate::error::parse_json;
+use crate::error::{parse_json, JsonBody, Query};
 use crate::{ApiError, AppState};
 use store::envelope::{ChatType, MsgType};
 use store::messages::{NewMessage, Outcome, StoredMessage};
@@ -157,7 +156,7 @@ pub async fn send(
     State(state): State<AppState>,
     caller: Caller,
     Path((_, _, target)): UserPath,
-    body: Bytes,
+    JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     caller.require_app()?;
     let chat = match target.as_str() {

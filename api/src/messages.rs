@@ -5,12 +5,13 @@
 //! - `GET /{org}/{app}/users/{user}/inbox?after=&limit=`: the user's inbox after `useq`
 //!   `after`, the same pages the MQTT `sync` op returns.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::auth::{Caller, Owner};
+use crate::error::Query;
 use crate::{ApiError, AppState};
 use store::envelope::MAX_SYNC_LIMIT;
 use store::messages::user_conv;

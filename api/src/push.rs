@@ -1,14 +1,13 @@
 //! Push notifications over REST: device bindings, do-not-disturb, muted conversations, the
 //! app's credentials and template, and counters.
 
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::auth::{Caller, Owner};
-use crate::error::parse_json;
+use crate::error::{parse_json, JsonBody};
 use crate::{ApiError, AppState};
 use store::push::{Dnd, Notifier};
 
@@ -25,7 +24,7 @@ struct Binding {
 pub async fn bind(
     State(state): State<AppState>,
     Owner { caller, user: username }: Owner,
-    body: Bytes,
+    JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     let b: Binding = parse_json(&body)?;
     if b.device_token.is_empty() {
@@ -71,7 +70,7 @@ pub async fn get_dnd(
 pub async fn put_dnd(
     State(state): State<AppState>,
     Owner { caller, user: username }: Owner,
-    body: Bytes,
+    JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     let dnd: Dnd = parse_json(&body)?;
     state.store.set_dnd(&caller.app.id, &username, &dnd).await?;
@@ -89,7 +88,7 @@ struct Mute {
 pub async fn put_mute(
     State(state): State<AppState>,
     Owner { caller, user: username }: Owner,
-    body: Bytes,
+    JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     let m: Mute = parse_json(&body)?;
     state
@@ -110,7 +109,11 @@ pub async fn get_mute(
 /// `PUT /{org}/{app}/push/config` (app token): FCM and APNs credentials and the template.
 /// Sections present (`template`, `fcm`, `apns`) replace the stored ones, `null` removes one,
 /// absent ones stay. `GET` shows it without secrets.
-pub async fn put_config(State(state): State<AppState>, caller: Caller, body: Bytes) -> Result<Json<Value>, ApiError> {
+pub async fn put_config(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
     caller.require_app()?;
     let patch: Value = parse_json(&body)?;
     let patch = patch

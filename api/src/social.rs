@@ -1,13 +1,12 @@
 //! Contacts, blocklists, user metadata (profiles) and the app's settings.
 
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use crate::auth::{Caller, Owner};
-use crate::error::parse_json;
+use crate::error::{parse_json, JsonBody};
 use crate::{ApiError, AppState};
 use store::users::UserUpdate;
 
@@ -55,7 +54,7 @@ struct BlockBody {
 pub async fn block(
     State(state): State<AppState>,
     Owner { caller, user: owner }: Owner,
-    body: Bytes,
+    JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     let body: BlockBody = parse_json(&body)?;
     let users = body
@@ -110,7 +109,7 @@ pub async fn get_metadata(
 pub async fn put_metadata(
     State(state): State<AppState>,
     Owner { caller, user: username }: Owner,
-    body: Bytes,
+    JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     let changes: Map<String, Value> = parse_json(&body)?;
     if let Some(url) = changes.get("avatarurl").and_then(Value::as_str) {
@@ -147,7 +146,11 @@ pub async fn get_settings(State(state): State<AppState>, caller: Caller) -> Resu
     Ok(Json(json!({"data": state.store.app_settings(&caller.app.id).await?})))
 }
 
-pub async fn put_settings(State(state): State<AppState>, caller: Caller, body: Bytes) -> Result<Json<Value>, ApiError> {
+pub async fn put_settings(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
     caller.require_app()?;
     let patch: Value = parse_json(&body)?;
     Ok(Json(

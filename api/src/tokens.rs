@@ -1,15 +1,24 @@
 //! `POST /{org}/{app}/token`: client credentials give an app token; a username and
 //! password give a user token; an app token and a username give that user a token
 //! (`inherit`, for backends that authenticate their users themselves).
+//!
+//! Guessing is throttled per user, per client id and per caller address
+//! ([`crate::throttle`]); the argon2 check, its turn included, may take at most `hash_timeout` (else
+//! 503). A user token carries the user's token generation, which the API and the gate
+//! compare with the stored one.
 
-use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::Json;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Path, State};
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::auth::Caller;
-use crate::error::parse_json;
+use crate::error::{parse_json, JsonBody};
+use crate::throttle::{Key, Throttle};
 use crate::{ApiError, AppState};
 use store::tenants::App;
 use store::tokens::Role;
@@ -46,8 +55,15 @@ async fn user_token(
     ttl: Option<i64>,
 ) -> Result<Json<Value>, ApiError> {
     let user = state.store.get_user(&app.id, username).await?;
+    let generation = state
+        .store
+        .user_token_generation(&app.id, username)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("user {username} not found")))?;
     let ttl = lifetime(ttl, state.settings.user_token_ttl)?;
-    let token = state.tokens.issue(username, org, &app.name, Role::User, 0, ttl)?;
+    let token = state
+        .tokens
+        .issue(username, org, &app.name, Role::User, generation, ttl)?;
     Ok(Json(json!({"access_token": token, "expires_in": ttl, "user": user})))
 }
 
@@ -63,24 +79,65 @@ fn lifetime(requested: Option<i64>, max: std::time::Duration) -> Result<i64, Api
     }
 }
 
+/// Runs a credential check (argon2) under the throttle: refused at once while one of `keys`
+/// is blocked; counted as a failure unless it succeeds; 503 if it took longer than
+/// `hash_timeout` (its turn at the argon2 semaphore included).
+async fn checked(
+    state: &AppState,
+    throttle: &Throttle,
+    keys: Vec<Key>,
+    check: impl Future<Output = store::Result<()>>,
+) -> Result<(), ApiError> {
+    let attempt = throttle.attempt(keys)?;
+    match tokio::time::timeout(state.settings.hash_timeout, check).await {
+        Ok(Ok(())) => {
+            throttle.succeeded(attempt);
+            Ok(())
+        }
+        Ok(Err(e @ store::Error::BadCredentials)) => {
+            throttle.failed(attempt);
+            Err(e.into())
+        }
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err(ApiError::Unavailable(
+            "too many credential checks in progress; retry shortly".into(),
+        )),
+    }
+}
+
+/// A name as a throttle key: at most 64 bytes, the longest a real username or client id
+/// is, so a megabyte of username cannot become a megabyte of table.
+fn bounded(name: &str) -> String {
+    let mut end = name.len().min(64);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name[..end].to_string()
+}
+
 pub async fn issue(
     State(state): State<AppState>,
+    Extension(throttle): Extension<Arc<Throttle>>,
+    peer: Option<ConnectInfo<SocketAddr>>,
     Path((org, app)): Path<(String, String)>,
     caller: Option<Caller>,
-    body: Bytes,
+    JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     let grant: Grant = parse_json(&body)?;
     let app = state.store.find_app(&org, &app).await?;
+    let address = peer.map(|ConnectInfo(addr)| Key::Address(addr.ip()));
     match grant {
         Grant::ClientCredentials {
             client_id,
             client_secret,
             ttl,
         } => {
-            state
-                .store
-                .check_client_secret(&app, &client_id, &client_secret)
-                .await?;
+            let keys = [Some(Key::Client(app.id.clone(), bounded(&client_id))), address]
+                .into_iter()
+                .flatten()
+                .collect();
+            let check = state.store.check_client_secret(&app, &client_id, &client_secret);
+            checked(&state, &throttle, keys, check).await?;
             let ttl = lifetime(ttl, state.settings.app_token_ttl)?;
             let token = state
                 .tokens
@@ -95,7 +152,12 @@ pub async fn issue(
             ttl,
         } => {
             let username = username.trim().to_ascii_lowercase();
-            state.store.check_password(&app.id, &username, &password).await?;
+            let keys = [Some(Key::User(app.id.clone(), bounded(&username))), address]
+                .into_iter()
+                .flatten()
+                .collect();
+            let check = state.store.check_password(&app.id, &username, &password);
+            checked(&state, &throttle, keys, check).await?;
             user_token(&state, &org, &app, &username, ttl).await
         }
         Grant::Inherit { username, ttl } => {

@@ -1,14 +1,14 @@
-//! `/{org}/{app}/users`: create (one or many), list with a cursor, get, update, delete.
+//! `/{org}/{app}/users`: create (one or many), list with a cursor, get, update, delete;
+//! revoke a user's tokens, disconnect a user's devices.
 
-use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use crate::auth::{Caller, Owner};
-use crate::error::parse_json;
+use crate::error::{parse_json, JsonBody, Query};
 use crate::{ApiError, AppState};
 use store::users::{NewUser, UserUpdate};
 
@@ -34,7 +34,7 @@ const MAX_BATCH: usize = 60;
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
-    body: Bytes,
+    JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     caller.require_app()?;
     let value: Value = parse_json(&body)?;
@@ -56,7 +56,12 @@ pub async fn create(
             })
         })
         .collect::<Result<Vec<_>, store::Error>>()?;
-    let created = state.store.create_users(&caller.app.id, &users).await?;
+    // Hashing the passwords takes turns with every other argon2 use in the process; a
+    // request that cannot get its turns in time is refused rather than queued forever.
+    let wait = state.settings.hash_timeout.saturating_mul(users.len() as u32);
+    let created = tokio::time::timeout(wait, state.store.create_users(&caller.app.id, &users))
+        .await
+        .map_err(|_| ApiError::Unavailable("too many password hashes in progress; retry shortly".into()))??;
     Ok((
         StatusCode::CREATED,
         Json(json!({"action": "post", "entities": created, "count": created.len()})),
@@ -139,7 +144,7 @@ struct UpdateBody {
 pub async fn update(
     State(state): State<AppState>,
     Owner { caller, user: username }: Owner,
-    body: Bytes,
+    JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     let body: UpdateBody = parse_json(&body)?;
     let user = state
@@ -167,5 +172,36 @@ pub async fn delete(
     state.live.disconnect_user(&caller.app.org, &caller.app.name, &username);
     Ok(Json(
         json!({"action": "delete", "entities": [{"username": username}], "count": 1}),
+    ))
+}
+
+/// `POST /{org}/{app}/users/{username}/revoke_tokens` (app token): every token issued to
+/// the user so far stops working, on REST and MQTT, and their connected devices are
+/// disconnected (they must log in again).
+pub async fn revoke_tokens(
+    State(state): State<AppState>,
+    Owner { caller, user: username }: Owner,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_app()?;
+    state.store.revoke_user_tokens(&caller.app.id, &username).await?;
+    state.live.disconnect_user(&caller.app.org, &caller.app.name, &username);
+    Ok(Json(
+        json!({"action": "post", "data": {"username": username, "revoked": true}}),
+    ))
+}
+
+/// `GET /{org}/{app}/users/{username}/disconnect` (app token): closes the user's MQTT
+/// connections to this process; their tokens stay valid, so devices may reconnect.
+pub async fn disconnect(
+    State(state): State<AppState>,
+    Owner { caller, user: username }: Owner,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_app()?;
+    if !state.store.user_exists(&caller.app.id, &username).await? {
+        return Err(ApiError::NotFound(format!("user {username} not found")));
+    }
+    state.live.disconnect_user(&caller.app.org, &caller.app.name, &username);
+    Ok(Json(
+        json!({"action": "get", "data": {"username": username, "result": true}}),
     ))
 }

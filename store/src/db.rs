@@ -239,6 +239,10 @@ const MIGRATIONS: &[&[&str]] = &[
         created_at BIGINT NOT NULL
     )",
     ],
+    // 5: a user's token generation, carried in their tokens' `ver` claim: a new one on
+    // creation (so a deleted and re-created user does not inherit old tokens) and on
+    // revocation. Existing users keep 0, which is what their existing tokens carry.
+    &["ALTER TABLE users ADD COLUMN token_generation BIGINT NOT NULL DEFAULT 0"],
 ];
 
 impl Store {

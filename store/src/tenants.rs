@@ -100,13 +100,15 @@ impl Store {
         app_from_row(&row)
     }
 
-    /// Checks client credentials for an app; the error does not say which part was wrong.
+    /// Checks client credentials for an app; the error does not say which part was wrong,
+    /// and neither does the time taken (the secret is verified even for a wrong client id).
     pub async fn check_client_secret(&self, app: &App, client_id: &str, secret: &str) -> Result<()> {
         let hash: String = sqlx::query_scalar("SELECT secret_hash FROM apps WHERE id = $1")
             .bind(&app.id)
             .fetch_one(&self.pool)
             .await?;
-        if client_id == app.client_id && verify_secret_async(secret.to_string(), hash).await {
+        let secret_ok = verify_secret_async(secret.to_string(), Some(hash)).await?;
+        if client_id == app.client_id && secret_ok {
             Ok(())
         } else {
             Err(Error::BadCredentials)

@@ -1,5 +1,8 @@
 //! Users of an app: username (unique within the app), password hash, nickname and
-//! metadata (a small object of string values), and the head of their inbox.
+//! metadata (a small object of string values), the head of their inbox, and their token
+//! generation: a random number given at creation and replaced on revocation, carried in
+//! every user token (`ver`) and compared by the API and the gate, so a token outlives
+//! neither its user nor a revocation.
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -38,6 +41,12 @@ pub struct NewUser {
 pub struct UserUpdate {
     pub nickname: Option<String>,
     pub metadata: Option<Map<String, Value>>,
+}
+
+/// A fresh token generation: random and positive (0 is what users created before
+/// generations existed have, and what their old tokens carry).
+fn new_token_generation() -> i64 {
+    (rand::random::<i64>() & i64::MAX).max(1)
 }
 
 fn validate_nickname(nickname: &Option<String>) -> Result<()> {
@@ -101,14 +110,15 @@ impl Store {
         let mut tx = self.write_tx().await?;
         for (u, hash) in users.iter().zip(&hashes) {
             let inserted = sqlx::query(
-                "INSERT INTO users (app_id, username, password_hash, nickname, metadata, inbox_seq, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, '{}', 0, $5, $5) ON CONFLICT DO NOTHING",
+                "INSERT INTO users (app_id, username, password_hash, nickname, metadata, inbox_seq, created_at, updated_at, token_generation)
+                 VALUES ($1, $2, $3, $4, '{}', 0, $5, $5, $6) ON CONFLICT DO NOTHING",
             )
             .bind(app_id)
             .bind(&u.username)
             .bind(hash)
             .bind(&u.nickname)
             .bind(now)
+            .bind(new_token_generation())
             .execute(&mut *tx)
             .await?
             .rows_affected();
@@ -139,6 +149,37 @@ impl Store {
         .await?
         .ok_or_else(|| Error::NotFound(format!("user {username}")))?;
         user_from_row(&row)
+    }
+
+    /// The user's token generation (what their valid tokens carry as `ver`), or `None` if
+    /// there is no such user. The API and the gate both check user tokens with it.
+    pub async fn user_token_generation(&self, app_id: &str, username: &str) -> Result<Option<i64>> {
+        Ok(
+            sqlx::query_scalar("SELECT token_generation FROM users WHERE app_id = $1 AND username = $2")
+                .bind(app_id)
+                .bind(username)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Gives the user a new token generation, so every token issued to them so far stops
+    /// working; returns it.
+    pub async fn revoke_user_tokens(&self, app_id: &str, username: &str) -> Result<i64> {
+        let generation = new_token_generation();
+        let changed =
+            sqlx::query("UPDATE users SET token_generation = $1, updated_at = $2 WHERE app_id = $3 AND username = $4")
+                .bind(generation)
+                .bind(crate::now_ms())
+                .bind(app_id)
+                .bind(username)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+        if changed == 0 {
+            return Err(Error::NotFound(format!("user {username}")));
+        }
+        Ok(generation)
     }
 
     pub async fn user_exists(&self, app_id: &str, username: &str) -> Result<bool> {
@@ -227,7 +268,9 @@ impl Store {
         Ok(())
     }
 
-    /// Checks a user's password (for the password grant).
+    /// Checks a user's password (for the password grant). An unknown user costs the same
+    /// argon2 verification as a known one (against a dummy hash), so the time taken does not
+    /// say whether the username exists.
     pub async fn check_password(&self, app_id: &str, username: &str, password: &str) -> Result<()> {
         let hash: Option<String> =
             sqlx::query_scalar("SELECT password_hash FROM users WHERE app_id = $1 AND username = $2")
@@ -235,11 +278,7 @@ impl Store {
                 .bind(username)
                 .fetch_optional(&self.pool)
                 .await?;
-        let valid = match hash {
-            Some(hash) => verify_secret_async(password.to_string(), hash).await,
-            None => false,
-        };
-        if valid {
+        if verify_secret_async(password.to_string(), hash).await? {
             Ok(())
         } else {
             Err(Error::BadCredentials)

@@ -234,9 +234,12 @@ async fn authenticate(shared: &Shared, request: &ConnectRequest) -> Result<Ident
         .find_app(&claims.org, &claims.app)
         .await
         .map_err(|e| not_authorized(&e.to_string()))?;
-    match shared.store.user_exists(&app.id, &username).await {
-        Ok(true) => {}
-        Ok(false) => return Err(not_authorized("user does not exist")),
+    // The token must be of this user's current generation: not of a deleted user of the
+    // same name, nor revoked.
+    match shared.store.user_token_generation(&app.id, &username).await {
+        Ok(Some(generation)) if generation == claims.ver => {}
+        Ok(Some(_)) => return Err(not_authorized("token revoked")),
+        Ok(None) => return Err(not_authorized("user does not exist")),
         Err(e) => return Err((Refusal::Unavailable, e.to_string())),
     }
     let device = if request.client_id.is_empty() {
