@@ -38,6 +38,9 @@ pub struct PushConfig {
     pub backoff_ms: u64,
     /// The FCM HTTP v1 base URL.
     pub fcm_endpoint: String,
+    /// Where FCM service-account keys are exchanged for access tokens. An operator
+    /// setting, never an app's: an app's key file may only name this one.
+    pub fcm_token_uri: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -116,6 +119,18 @@ pub struct ApiConfig {
     pub listen: String,
     pub app_token_ttl_secs: u64,
     pub user_token_ttl_secs: u64,
+    pub max_connections: usize,
+    pub header_timeout_ms: u64,
+    pub request_timeout_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub max_body_bytes: usize,
+    pub login_free_failures: u32,
+    pub login_address_free_failures: u32,
+    pub login_backoff_ms: u64,
+    pub login_max_backoff_ms: u64,
+    pub login_throttle_entries: usize,
+    pub max_concurrent_hashes: usize,
+    pub hash_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -152,8 +167,8 @@ max_connections = 50000
 connect_timeout_secs = 10
 handshake_timeout_secs = 10
 max_packet_bytes = 262144
-max_pending = 1024
-max_pending_per_ip = 64
+max_pending = 2048
+max_pending_per_ip = 256
 max_subscriptions = 1000
 
 [mqtt.budgets]
@@ -171,6 +186,18 @@ subscribe = { per_sec = 20, burst = 1000 }
 listen = "127.0.0.1:18080"
 app_token_ttl_secs = 86400
 user_token_ttl_secs = 604800
+max_connections = 1024
+header_timeout_ms = 10000
+request_timeout_ms = 30000
+idle_timeout_ms = 60000
+max_body_bytes = 1048576
+login_free_failures = 5
+login_address_free_failures = 50
+login_backoff_ms = 1000
+login_max_backoff_ms = 900000
+login_throttle_entries = 100000
+max_concurrent_hashes = 4
+hash_timeout_ms = 5000
 
 [broker]
 port = 0
@@ -188,6 +215,7 @@ concurrency = 16
 max_attempts = 8
 backoff_ms = 1000
 fcm_endpoint = "https://fcm.googleapis.com"
+fcm_token_uri = "https://oauth2.googleapis.com/token"
 "#;
 
 impl Config {
@@ -275,6 +303,14 @@ mod tests {
         assert!(err.contains("max_connections"), "{err}");
         assert!(Config::load(Some(&dir.join("missing.toml"))).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_example_file_is_every_key_with_its_default() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("chatd.example.toml");
+        let example = Config::load(Some(&path)).expect("chatd.example.toml loads");
+        let defaults = Config::defaults();
+        assert_eq!(format!("{example:?}"), format!("{defaults:?}"));
     }
 
     #[test]

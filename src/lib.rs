@@ -41,7 +41,11 @@ pub struct Server {
 /// Starts every component. All listeners are bound before anything is spawned, so a taken
 /// port is a clear error at start rather than a half-running server.
 pub async fn start(mut config: Config) -> anyhow::Result<Server> {
-    config.mqtt.max_connections = fit_connections_to_open_files(config.mqtt.max_connections);
+    // Every listener's connections come out of one open-files limit: the API's and the
+    // connections not yet past CONNECT are set aside first, so no listener can starve
+    // another (or the database) of descriptors.
+    let others = config.api.max_connections + config.mqtt.max_pending;
+    config.mqtt.max_connections = fit_connections_to_open_files(config.mqtt.max_connections, others);
     let url = config.database_url();
     if url.starts_with("sqlite:") && config.database_url.is_empty() {
         std::fs::create_dir_all(&config.data_dir)
@@ -112,6 +116,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Server> {
             max_attempts: config.push.max_attempts.max(1),
             backoff: Duration::from_millis(config.push.backoff_ms),
             fcm_endpoint: config.push.fcm_endpoint.clone(),
+            fcm_token_uri: config.push.fcm_token_uri.clone(),
             ..push::WorkerSettings::default()
         },
     );
@@ -161,7 +166,18 @@ pub async fn start(mut config: Config) -> anyhow::Result<Server> {
         settings: api::ApiSettings {
             app_token_ttl: Duration::from_secs(config.api.app_token_ttl_secs),
             user_token_ttl: Duration::from_secs(config.api.user_token_ttl_secs),
-            ..api::ApiSettings::default()
+            max_connections: config.api.max_connections,
+            header_timeout: Duration::from_millis(config.api.header_timeout_ms),
+            request_timeout: Duration::from_millis(config.api.request_timeout_ms),
+            idle_timeout: Duration::from_millis(config.api.idle_timeout_ms),
+            max_body_bytes: config.api.max_body_bytes,
+            login_free_failures: config.api.login_free_failures,
+            login_address_free_failures: config.api.login_address_free_failures,
+            login_backoff: Duration::from_millis(config.api.login_backoff_ms),
+            login_max_backoff: Duration::from_millis(config.api.login_max_backoff_ms),
+            login_throttle_entries: config.api.login_throttle_entries,
+            max_concurrent_hashes: config.api.max_concurrent_hashes,
+            hash_timeout: Duration::from_millis(config.api.hash_timeout_ms),
         },
     };
     // The API stops accepting when the server drains, and finishes the requests in flight.
@@ -261,20 +277,21 @@ pub fn raise_open_files_limit() -> Option<u64> {
     Some(limit.rlim_cur)
 }
 
-/// Raises the soft open-files limit to the hard one, and lowers the connection limit to what
-/// fits in it, so that a device over the limit gets a clean "server busy" CONNACK instead of
-/// a failed accept.
-fn fit_connections_to_open_files(wanted: usize) -> usize {
+/// Raises the soft open-files limit to the hard one, and lowers the device connection limit
+/// to what fits in it beside `others` (the API's connections, the gate's pending ones) and
+/// the reserve, so that a device over the limit gets a clean "server busy" CONNACK instead
+/// of a failed accept, and a flood of devices leaves the API its descriptors.
+fn fit_connections_to_open_files(wanted: usize, others: usize) -> usize {
     let Some(open_files) = raise_open_files_limit() else {
         return wanted;
     };
-    let fits = (open_files.saturating_sub(FILES_RESERVED) / FILES_PER_DEVICE) as usize;
+    let fits = (open_files.saturating_sub(FILES_RESERVED + others as u64) / FILES_PER_DEVICE) as usize;
     if wanted > fits {
         tracing::info!(
             wanted,
             fits,
             open_files,
-            "mqtt.max_connections lowered to what the open-files limit allows (one per device)"
+            "mqtt.max_connections lowered to what the open-files limit allows (one per device, beside api.max_connections and mqtt.max_pending)"
         );
         fits
     } else {

@@ -65,8 +65,8 @@ impl Default for GateSettings {
             topic_alias_max: 16,
             budgets: budget::OpBudgets::default(),
             max_subscriptions: 1000,
-            max_pending: 1024,
-            max_pending_per_ip: 64,
+            max_pending: 2048,
+            max_pending_per_ip: 256,
         }
     }
 }
@@ -174,13 +174,7 @@ impl Gate {
         while tasks.join_next().await.is_some() {}
     }
 
-    async fn accept_loop(
-        self,
-        listener: TcpListener,
-        kind: Kind,
-        tls: Option<TlsAcceptor>,
-        stop: Stop,
-    ) {
+    async fn accept_loop(self, listener: TcpListener, kind: Kind, tls: Option<TlsAcceptor>, stop: Stop) {
         let mut drain = stop.drain.clone();
         loop {
             tokio::select! {
