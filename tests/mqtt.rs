@@ -67,10 +67,19 @@ async fn refuses_bad_tokens(backend: Backend) {
         .await
         .unwrap();
     let _ = creds;
+    // A user token carries its user's token generation (a deleted and re-created alice
+    // gets a new one).
+    let generation = t
+        .server
+        .store
+        .user_token_generation(&other_app.id, "alice")
+        .await
+        .unwrap()
+        .unwrap();
     let acme_alice = t
         .server
         .tokens
-        .issue("alice", "acme", "chat", store::tokens::Role::User, 0, 600)
+        .issue("alice", "acme", "chat", store::tokens::Role::User, generation, 600)
         .unwrap();
     let mut raw = Raw::tcp(port).await;
     assert_eq!(
