@@ -58,6 +58,11 @@ impl Chatd {
             .env("CHATD_MQTT__TCP", "127.0.0.1:0")
             .env("CHATD_MQTT__WS", "")
             .env("CHATD_API__LISTEN", "127.0.0.1:0")
+            // A bench sender sends far faster than a person (up to ~200 msg/s each when
+            // saturated): lift the per-device send budget, as for the app's send rate below.
+            // The other ops keep their defaults, which `--flood` measures.
+            .env("CHATD_MQTT__BUDGETS__SEND__PER_SEC", "1000000")
+            .env("CHATD_MQTT__BUDGETS__SEND__BURST", "1000000")
             .env(
                 "RUST_LOG",
                 std::env::var("BENCH_CHATD_LOG").unwrap_or_else(|_| "warn,rumqttd=off".into()),

@@ -28,6 +28,11 @@ pub struct Traffic {
     /// chatd runs: print chatd's resident memory every this many seconds (a soak's curve).
     #[arg(long, default_value_t = 0)]
     pub rss_every_secs: u64,
+    /// chatd runs: one more user floods this op (`sync`, `read`, `push_bind`, `send`)
+    /// as fast as its connection takes it, for the whole run, to show what one flooding
+    /// device does to everyone else's latency.
+    #[arg(long)]
+    pub flood: Option<String>,
 }
 
 /// How one protocol frames a message and reads it back.
@@ -86,9 +91,20 @@ pub async fn through_chatd(traffic: &Traffic, database_url: Option<&str>) -> any
         tokens: Arc::new(tokens),
     };
     let sampler = (traffic.rss_every_secs > 0).then(|| crate::chatd::sample_rss(chatd.pid(), traffic.rss_every_secs));
-    let report = run(traffic, "127.0.0.1", chatd.mqtt_port, protocol, chatd.label.clone()).await?;
+    let flooder = match &traffic.flood {
+        Some(op) => Some(Flooder::start(&chatd, op).await?),
+        None => None,
+    };
+    let mut label = chatd.label.clone();
+    if let Some(op) = &traffic.flood {
+        label = format!("{label}, one device flooding '{op}'");
+    }
+    let report = run(traffic, "127.0.0.1", chatd.mqtt_port, protocol, label).await?;
     if let Some(sampler) = sampler {
         sampler.abort();
+    }
+    if let Some(flooder) = flooder {
+        flooder.stop().await;
     }
     // Every delivered message must be stored: the conversations' last seqs add up.
     let mut stored = 0;
@@ -212,6 +228,91 @@ pub async fn run(
     }
     let latencies_us = std::mem::take(&mut *latencies.lock().await);
     Ok(Report::new(label, expected, last - started, latencies_us))
+}
+
+/// One device publishing one op as fast as its connection takes it (QoS 0, so no ack
+/// window slows it down), reading and dropping whatever comes back.
+struct Flooder {
+    tasks: [tokio::task::JoinHandle<()>; 2],
+    /// Ops sent, answers, `rate_limited` refusals.
+    counts: Arc<[std::sync::atomic::AtomicU64; 3]>,
+    started: Instant,
+}
+
+impl Flooder {
+    async fn start(chatd: &Chatd, op: &str) -> anyhow::Result<Flooder> {
+        chatd.create_users("flood", 1).await?;
+        chatd.create_users("floodpeer", 1).await?;
+        let token = chatd.user_token("flood0").await?;
+        let mut options = MqttOptions::new("flood0-dev", "127.0.0.1", chatd.mqtt_port);
+        options.set_credentials("flood0", token);
+        let (client, mut eventloop) = client(options);
+        client.subscribe("chat/demo/chat/u/flood0/in", QoS::AtMostOnce).await?;
+        use std::sync::atomic::Ordering::Relaxed;
+        let counts: Arc<[std::sync::atomic::AtomicU64; 3]> = Arc::default();
+        let read_counts = counts.clone();
+        let reader = tokio::spawn(async move {
+            while let Ok(event) = eventloop.poll().await {
+                if let Event::Incoming(Packet::Publish(p)) = event {
+                    match serde_json::from_slice::<Value>(&p.payload) {
+                        Ok(v) if v["code"] == "rate_limited" => read_counts[2].fetch_add(1, Relaxed),
+                        Ok(_) => read_counts[1].fetch_add(1, Relaxed),
+                        Err(_) => 0,
+                    };
+                }
+            }
+        });
+        let op = op.to_string();
+        let sent_count = counts.clone();
+        let sender = tokio::spawn(async move {
+            let mut sent = 0u64;
+            loop {
+                let envelope = match op.as_str() {
+                    "sync" => json!({"op": "sync", "cid": format!("f{sent}"), "after": 0, "limit": 200}),
+                    "read" => json!({"op": "read", "conv": "u:flood0:floodpeer0", "seq": 1}),
+                    "push_bind" => {
+                        json!({"op": "push_bind", "cid": format!("f{sent}"), "device_token": format!("t{sent}"), "notifier": "fcm", "device_id": format!("d{sent}")})
+                    }
+                    _ => {
+                        json!({"op": "send", "cid": format!("f{sent}"), "chat": "user", "to": "floodpeer0", "type": "txt", "body": {"msg": "flood"}})
+                    }
+                };
+                if client
+                    .publish(
+                        "chat/demo/chat/u/flood0/out",
+                        QoS::AtMostOnce,
+                        false,
+                        envelope.to_string(),
+                    )
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                sent += 1;
+                sent_count[0].store(sent, Relaxed);
+            }
+        });
+        Ok(Flooder {
+            tasks: [sender, reader],
+            counts,
+            started: Instant::now(),
+        })
+    }
+
+    async fn stop(self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let secs = self.started.elapsed().as_secs_f64();
+        self.tasks[0].abort();
+        // Let the answers in flight arrive.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        self.tasks[1].abort();
+        let [sent, answered, limited] = [0, 1, 2].map(|i| self.counts[i].load(Relaxed));
+        println!(
+            "flooder: {sent} ops in {secs:.1} s ({:.0}/s); {answered} answered, {limited} refused as rate_limited",
+            sent as f64 / secs
+        );
+    }
 }
 
 pub fn client(mut options: MqttOptions) -> (AsyncClient, rumqttc::EventLoop) {
