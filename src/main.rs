@@ -120,7 +120,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         _ = interrupt.recv() => "SIGINT",
         _ = server.wait() => anyhow::bail!("a component stopped unexpectedly; see the log"),
     };
-    tracing::info!(signal, "stopping: storing and answering what is in flight, then closing connections");
+    tracing::info!(
+        signal,
+        "stopping: storing and answering what is in flight, then closing connections"
+    );
     server.shutdown().await;
     tracing::info!("stopped");
     Ok(())

@@ -48,12 +48,7 @@ enum Close {
 }
 
 /// Serves one device connection until it ends.
-pub(crate) async fn serve(
-    mut io: ClientIo,
-    shared: Arc<Shared>,
-    pending: super::PendingSlot,
-    stop: super::Stop,
-) {
+pub(crate) async fn serve(mut io: ClientIo, shared: Arc<Shared>, pending: super::PendingSlot, stop: super::Stop) {
     // Taken before CONNECT so the limit also bounds connections still authenticating;
     // over the limit the device still gets a CONNACK that says why.
     let slot = shared.slots.clone().try_acquire_owned().ok();
