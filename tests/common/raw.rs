@@ -179,6 +179,7 @@ impl Raw {
                         0x81 => v5::DisconnectReasonCode::MalformedPacket,
                         0x82 => v5::DisconnectReasonCode::ProtocolError,
                         0x8E => v5::DisconnectReasonCode::SessionTakenOver,
+                        0x96 => v5::DisconnectReasonCode::MessageRateTooHigh,
                         other => panic!("unexpected DISCONNECT reason {other:#x}"),
                     };
                     return Some(v5::Packet::Disconnect(v5::Disconnect::new(code)));
@@ -261,6 +262,11 @@ impl Raw {
                 None => panic!("connection closed while waiting for a publish"),
             }
         }
+    }
+
+    /// The next 3.1.1 PUBLISH (acked) within `wait`, or None if nothing comes by then.
+    pub async fn publish4_within(&mut self, wait: Duration) -> Option<(String, serde_json::Value)> {
+        tokio::time::timeout(wait, self.next_publish4()).await.ok()
     }
 
     /// Reads MQTT 5 packets, skipping others, until `pick` takes one.

@@ -140,7 +140,7 @@ pub(crate) async fn serve(mut io: ClientIo, shared: Arc<Shared>, pending: super:
         admitted: HashSet::new(),
         will: request.will,
         budget: DeviceBudget::new(&shared.settings.budgets),
-        over_budget: 0,
+        over_budget: FloodWindow::default(),
         shared: shared.clone(),
     };
     let keep_alive = request.keep_alive;
@@ -193,6 +193,35 @@ async fn read_connect(
 /// lock guard of the channel is held across what follows in a `select!`.
 pub(crate) async fn wait_until_true(signal: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = signal.wait_for(|on| *on).await;
+}
+
+/// Ops a device had refused as over budget in the last ten seconds or so (a window that
+/// starts at the first refusal and is reset ten seconds later).
+#[derive(Debug, Default)]
+struct FloodWindow {
+    started: Option<Instant>,
+    refused: u32,
+}
+
+impl FloodWindow {
+    const LENGTH: Duration = Duration::from_secs(10);
+    /// Refusals in a window that get a `rate_limited` error op.
+    const ANSWERED: u32 = 100;
+    /// Refusals in a window past which the connection is closed.
+    const DISCONNECT: u32 = 1000;
+
+    /// Counts one refusal; returns the count in the current window.
+    fn count(&mut self) -> u32 {
+        let now = Instant::now();
+        match self.started {
+            Some(started) if now.duration_since(started) < Self::LENGTH => self.refused += 1,
+            _ => {
+                self.started = Some(now);
+                self.refused = 1;
+            }
+        }
+        self.refused
+    }
 }
 
 /// Why a subscription was refused.
@@ -364,8 +393,8 @@ struct Session {
     will: Option<v4::LastWill>,
     /// What this device may still publish, per op class ([`super::budget`]).
     budget: DeviceBudget,
-    /// Ops refused as over budget on this connection, for the log.
-    over_budget: u64,
+    /// Ops refused as over budget in the current window ([`FloodWindow`]).
+    over_budget: FloodWindow,
     shared: Arc<Shared>,
 }
 
@@ -644,7 +673,7 @@ impl Session {
             let peek = json.as_deref().map_or_else(|_| Peek::default(), Peek::of);
             let class = peek.class();
             if let Err(wait_ms) = self.budget.take(&self.shared.settings.budgets, class) {
-                self.refuse_over_budget(class, peek.cid(), wait_ms, out);
+                self.refuse_over_budget(class, peek.cid(), wait_ms, out)?;
                 if qos == QoS::ExactlyOnce {
                     // Refused with a PUBREC error code: the exchange ends here.
                     self.incoming_qos2.remove(&pkid);
@@ -695,14 +724,33 @@ impl Session {
     }
 
     /// Tells the device an op was over its budget: a `rate_limited` error op on its inbox
-    /// (typing indicators are advisory and dropped without one).
-    fn refuse_over_budget(&mut self, class: OpClass, cid: Option<&str>, wait_ms: u64, out: &mut BytesMut) {
-        self.over_budget += 1;
-        if self.over_budget == 1 {
+    /// (typing indicators are advisory and dropped without one). A device that keeps going
+    /// is a flood, not a client in a hurry: past [`FloodWindow::ANSWERED`] refusals in a
+    /// window its excess is refused silently (answering each would cost as much as the
+    /// flood), and past [`FloodWindow::DISCONNECT`] the connection is closed (MQTT 5:
+    /// `0x96`, message rate too high).
+    fn refuse_over_budget(
+        &mut self,
+        class: OpClass,
+        cid: Option<&str>,
+        wait_ms: u64,
+        out: &mut BytesMut,
+    ) -> Result<(), Close> {
+        let refused = self.over_budget.count();
+        if refused == 1 {
             tracing::info!(user = %self.identity.user, device = %self.identity.device, ops = class.name(), "a device is over its op budget; refusing the excess");
         }
-        if class == OpClass::Typing {
-            return;
+        if refused > FloodWindow::DISCONNECT {
+            return Err(Close::Violation(
+                v5::DisconnectReasonCode::MessageRateTooHigh,
+                format!(
+                    "over {} ops refused as over budget within 10 s",
+                    FloodWindow::DISCONNECT
+                ),
+            ));
+        }
+        if class == OpClass::Typing || refused > FloodWindow::ANSWERED {
+            return Ok(());
         }
         let error = OpError::new(
             cid.map(str::to_string),
@@ -716,6 +764,7 @@ impl Session {
             retain: false,
         };
         self.deliver(delivery, out);
+        Ok(())
     }
 
     /// Whether this device may subscribe to `filter` now.
@@ -764,7 +813,7 @@ impl Session {
                 .take(&self.shared.settings.budgets, OpClass::Subscribe)
                 .is_err()
             {
-                self.over_budget += 1;
+                self.over_budget.count();
                 granted.push(Err(Refused::Quota));
                 continue;
             }
