@@ -99,13 +99,9 @@ pub(crate) async fn serve(mut io: ClientIo, shared: Arc<Shared>, pending: super:
             return;
         }
     }
-    let mut out = BytesMut::new();
-    let assigned = request.client_id.is_empty().then_some(identity.device.as_str());
-    write_connack(&mut out, version, false, assigned, &shared);
-    if io.write_all(&out).await.is_err() {
-        return;
-    }
-    drop(pending);
+    // Registered before the CONNACK goes out: a device that connects again with the same id
+    // as soon as it has its CONNACK must find this connection there to take over (registered
+    // after, a slow task could take over the newer connection instead).
     let mut presence = shared.presence.connected(
         UserKey {
             org: identity.org.clone(),
