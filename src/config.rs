@@ -65,7 +65,7 @@ pub struct MqttConfig {
     pub max_pending_per_ip: usize,
     /// Topics one connection may hold.
     pub max_subscriptions: usize,
-    /// What each device may publish, per op class, counted on arrival.
+    /// What each user's devices may publish, per op class, counted on arrival.
     pub budgets: BudgetsConfig,
 }
 
@@ -95,6 +95,7 @@ pub struct BudgetsConfig {
     pub push: RateConfig,
     pub other: RateConfig,
     pub subscribe: RateConfig,
+    pub connect: RateConfig,
 }
 
 impl From<&BudgetsConfig> for broker::gate::budget::OpBudgets {
@@ -109,6 +110,7 @@ impl From<&BudgetsConfig> for broker::gate::budget::OpBudgets {
             push: b.push.into(),
             other: b.other.into(),
             subscribe: b.subscribe.into(),
+            connect: b.connect.into(),
         }
     }
 }
@@ -181,6 +183,7 @@ room = { per_sec = 5, burst = 20 }
 push = { per_sec = 2, burst = 10 }
 other = { per_sec = 10, burst = 20 }
 subscribe = { per_sec = 20, burst = 1000 }
+connect = { per_sec = 2, burst = 20 }
 
 [api]
 listen = "127.0.0.1:18080"

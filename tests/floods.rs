@@ -142,6 +142,53 @@ async fn a_sustained_flood_is_disconnected(backend: Backend) {
     assert_eq!(reason, v5::DisconnectReasonCode::MessageRateTooHigh);
 }
 
+/// Budgets are the user's: a second device, or the same device reconnected, gets no fresh
+/// burst; and a reconnect loop is refused at CONNECT (MQTT 5: 0x9F, connection rate
+/// exceeded) before it reaches the database.
+async fn budgets_survive_reconnects(backend: Backend) {
+    let t = common::spawn_app(backend).await;
+    let mallory = t.user("mallory").await;
+    let mut phone = raw_device(&t, "mallory", &mallory, "mallory-phone").await;
+    let syncs = |n| {
+        burst(
+            &t,
+            "mallory",
+            n,
+            |i| json!({"op": "sync", "cid": format!("s{i}"), "after": 0}),
+        )
+    };
+    phone.write(&syncs(40)).await;
+    let mut laptop = raw_device(&t, "mallory", &mallory, "mallory-laptop").await;
+    laptop.write(&syncs(10)).await;
+    assert_eq!(answers(&mut phone, "synced").await, (40, 0));
+    let (synced, limited) = answers(&mut laptop, "synced").await;
+    assert!(
+        synced <= 2 && limited >= 8,
+        "a second device got a fresh burst: {synced} served"
+    );
+
+    // Connecting: 20 at once, then 2 a second (what is left after the two above).
+    let mut refused = None;
+    for n in 0..40 {
+        let mut raw = Raw::tcp(t.mqtt_port()).await;
+        let ack = raw.connect5(&format!("loop-{n}"), "mallory", &mallory, 30).await;
+        if ack.code != v5::ConnectReturnCode::Success {
+            refused = Some((n, ack.code));
+            break;
+        }
+    }
+    let (n, code) = refused.expect("a reconnect loop was never refused");
+    assert!((15..=20).contains(&n), "refused after {n} connects");
+    assert_eq!(code, v5::ConnectReturnCode::ConnectionRateExceeded);
+    // Another user connects as usual.
+    let bob = t.user("bob").await;
+    let mut raw = Raw::tcp(t.mqtt_port()).await;
+    assert_eq!(
+        raw.connect5("bob-phone", "bob", &bob, 30).await.code,
+        v5::ConnectReturnCode::Success
+    );
+}
+
 /// Floods of push bindings and unknown ops are refused the same way. A user's push
 /// bindings are capped whatever the route.
 async fn other_floods_and_row_caps(backend: Backend) {
@@ -298,6 +345,7 @@ async fn silent_connections_are_bounded(backend: Backend) {
 on_both_backends!(
     sync_flood_is_refused_on_arrival,
     a_sustained_flood_is_disconnected,
+    budgets_survive_reconnects,
     other_floods_and_row_caps,
     subscriptions_are_capped,
     oversized_frames_are_refused,

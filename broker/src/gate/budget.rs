@@ -1,17 +1,24 @@
-//! Per-device budgets for what a device publishes, enforced by the gate on arrival.
+//! Per-user budgets for what a user's devices publish, enforced by the gate on arrival.
 //!
 //! Every op costs the server something different: a `send` is a row or three, a `sync` is
 //! a page read of up to 200 inbox entries, a `push_bind` creates a row. Counted when the
 //! bridge gets round to it, a flood is already in the backlog, ahead of everyone else's
 //! messages: 20,000 `sync` ops written in under a second held every other user's delivery
 //! for half a minute. So the gate counts each op against a token bucket of its class for
-//! that device the moment the publish arrives, and answers what is over budget itself with a
+//! that user the moment the publish arrives, and answers what is over budget itself with a
 //! `rate_limited` error (and, in MQTT 5, a PUBACK with reason "quota exceeded"): the excess
 //! never reaches rumqttd, the bridge or the database, and is never queued.
 //!
 //! The op is read from the envelope without validating it (that is the bridge's job): an
 //! envelope that is not JSON, or has no known op, is counted as `other`.
+//!
+//! The buckets belong to the user, not to a connection: a device that reconnects, or a user
+//! who connects many devices, gets no fresh burst (a flood that reconnected after every
+//! disconnect got ten fresh `push_bind`s each time, forty times a second). Connecting is
+//! budgeted too, so a reconnect loop is refused before it reaches the database.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Instant;
 
 use serde::Deserialize;
@@ -38,9 +45,11 @@ pub enum OpClass {
     /// Not an op: each filter of a SUBSCRIBE (a room or presence filter is checked against
     /// the database).
     Subscribe,
+    /// Not an op: a CONNECT (a token check and database reads).
+    Connect,
 }
 
-const CLASSES: usize = 9;
+const CLASSES: usize = 10;
 
 impl OpClass {
     pub fn of(op: &str) -> OpClass {
@@ -67,6 +76,7 @@ impl OpClass {
             OpClass::Push => "push settings",
             OpClass::Other => "unknown",
             OpClass::Subscribe => "subscribe",
+            OpClass::Connect => "connect",
         }
     }
 
@@ -88,9 +98,9 @@ impl Rate {
     }
 }
 
-/// The budget of each op class, per device. Defaults leave room for what a real client
-/// does (a reconnect's catch-up, marking a screenful of conversations read, a burst of
-/// queued sends after a tunnel) and refuse what only a flood does.
+/// The budget of each op class, per user. Defaults leave room for what real clients do (a
+/// reconnect's catch-up on a few devices, marking a screenful of conversations read, a
+/// burst of queued sends after a tunnel) and refuse what only a flood does.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OpBudgets {
     pub send: Rate,
@@ -102,6 +112,7 @@ pub struct OpBudgets {
     pub push: Rate,
     pub other: Rate,
     pub subscribe: Rate,
+    pub connect: Rate,
 }
 
 impl Default for OpBudgets {
@@ -116,6 +127,7 @@ impl Default for OpBudgets {
             push: Rate::new(2.0, 10.0),
             other: Rate::new(10.0, 20.0),
             subscribe: Rate::new(20.0, 1000.0),
+            connect: Rate::new(2.0, 20.0),
         }
     }
 }
@@ -132,34 +144,89 @@ impl OpBudgets {
             OpClass::Push => self.push,
             OpClass::Other => self.other,
             OpClass::Subscribe => self.subscribe,
+            OpClass::Connect => self.connect,
         }
     }
 }
 
-/// One device's buckets: the tokens left in each class and when they were last topped up.
+/// Every user's buckets, shared by the gate's sessions: one short lock per op. A user whose
+/// buckets have all refilled is the same as one never seen, so such entries are dropped
+/// whenever the table passes its bound; users still busy are kept (forgetting one would
+/// hand it a fresh burst), and they are bounded by the connection limit.
 #[derive(Debug)]
-pub struct DeviceBudget {
+pub struct UserBudgets {
+    budgets: OpBudgets,
+    users: Mutex<Table>,
+}
+
+#[derive(Debug)]
+struct Table {
+    users: HashMap<String, Buckets>,
+    /// Past this many users the idle ones are dropped; doubled when most are busy, so
+    /// pruning stays rare (amortised constant time per new user).
+    prune_at: usize,
+    floor: usize,
+}
+
+impl UserBudgets {
+    pub fn new(budgets: OpBudgets, prune_at: usize) -> UserBudgets {
+        let floor = prune_at.max(1024);
+        UserBudgets {
+            budgets,
+            users: Mutex::new(Table {
+                users: HashMap::new(),
+                prune_at: floor,
+                floor,
+            }),
+        }
+    }
+
+    /// Takes one op of `class` for `user` (a key naming the app and the user); `Err(ms)`
+    /// says how long until one is allowed again.
+    pub fn take(&self, user: &str, class: OpClass) -> Result<(), u64> {
+        let now = Instant::now();
+        let mut table = self.users.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(buckets) = table.users.get_mut(user) {
+            return buckets.take_at(&self.budgets, class, now);
+        }
+        if table.users.len() >= table.prune_at {
+            table.users.retain(|_, b| !b.is_full(&self.budgets, now));
+            table.prune_at = (table.users.len() * 2).max(table.floor);
+        }
+        let mut buckets = Buckets::new(&self.budgets, now);
+        let taken = buckets.take_at(&self.budgets, class, now);
+        table.users.insert(user.to_string(), buckets);
+        taken
+    }
+}
+
+/// One user's buckets: the tokens left in each class and when they were last topped up.
+#[derive(Debug)]
+struct Buckets {
     tokens: [f64; CLASSES],
     at: [Instant; CLASSES],
 }
 
-impl DeviceBudget {
-    /// Full buckets: a device that just connected may use its whole burst.
-    pub fn new(budgets: &OpBudgets) -> DeviceBudget {
-        let now = Instant::now();
+impl Buckets {
+    /// Full buckets: a user seen for the first time may use the whole burst.
+    fn new(budgets: &OpBudgets, now: Instant) -> Buckets {
         let mut tokens = [0.0; CLASSES];
         for (i, class) in ALL.iter().enumerate() {
             tokens[i] = budgets.rate(*class).burst;
         }
-        DeviceBudget {
+        Buckets {
             tokens,
             at: [now; CLASSES],
         }
     }
 
-    /// Takes one op of `class`; `Err(ms)` says how long until one is allowed again.
-    pub fn take(&mut self, budgets: &OpBudgets, class: OpClass) -> Result<(), u64> {
-        self.take_at(budgets, class, Instant::now())
+    /// Whether every bucket has refilled to its burst by `now`.
+    fn is_full(&self, budgets: &OpBudgets, now: Instant) -> bool {
+        ALL.iter().enumerate().all(|(i, class)| {
+            let rate = budgets.rate(*class);
+            let elapsed = now.saturating_duration_since(self.at[i]).as_secs_f64();
+            self.tokens[i] + elapsed * rate.per_sec >= rate.burst
+        })
     }
 
     fn take_at(&mut self, budgets: &OpBudgets, class: OpClass, now: Instant) -> Result<(), u64> {
@@ -189,6 +256,7 @@ const ALL: [OpClass; CLASSES] = [
     OpClass::Push,
     OpClass::Other,
     OpClass::Subscribe,
+    OpClass::Connect,
 ];
 
 /// The op and cid of an envelope, read without validating anything else.
@@ -227,8 +295,8 @@ mod tests {
             sync: Rate::new(2.0, 3.0),
             ..OpBudgets::default()
         };
-        let mut b = DeviceBudget::new(&budgets);
         let t0 = Instant::now();
+        let mut b = Buckets::new(&budgets, t0);
         for _ in 0..3 {
             b.take_at(&budgets, OpClass::Sync, t0).unwrap();
         }
@@ -244,6 +312,35 @@ mod tests {
             b.take_at(&budgets, OpClass::Sync, later).unwrap();
         }
         assert!(b.take_at(&budgets, OpClass::Sync, later).is_err());
+    }
+
+    #[test]
+    fn buckets_are_the_users_and_idle_users_are_forgotten() {
+        let budgets = OpBudgets {
+            push: Rate::new(1000.0, 2.0),
+            ..OpBudgets::default()
+        };
+        let users = UserBudgets::new(budgets, 0);
+        users.take("app/alice", OpClass::Push).unwrap();
+        users.take("app/alice", OpClass::Push).unwrap();
+        assert!(
+            users.take("app/alice", OpClass::Push).is_err(),
+            "one bucket for all her devices"
+        );
+        users.take("app/bob", OpClass::Push).unwrap();
+        // Bob's bucket refills in a millisecond; a sync bucket in a tenth of a second.
+        std::thread::sleep(Duration::from_millis(10));
+        for i in 0..1100 {
+            users.take(&format!("app/u{i}"), OpClass::Sync).unwrap();
+        }
+        // Past the bound (1,024), users whose buckets have refilled are dropped, busy ones kept.
+        let table = users.users.lock().unwrap();
+        assert!(!table.users.contains_key("app/bob"), "bob's bucket refilled: forgotten");
+        assert!(
+            table.users.contains_key("app/u0"),
+            "u0's sync bucket is still refilling: kept"
+        );
+        assert_eq!(table.users.len(), 1100);
     }
 
     #[test]

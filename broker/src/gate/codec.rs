@@ -25,6 +25,8 @@ pub enum Refusal {
     NotAuthorized,
     Busy,
     Unavailable,
+    /// The user connects too often (a reconnect loop).
+    TooOften,
 }
 
 /// The version-neutral part of a CONNECT that the gate acts on.

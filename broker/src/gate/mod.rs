@@ -44,7 +44,7 @@ pub struct GateSettings {
     pub max_packet_size: usize,
     /// MQTT 5 topic aliases a device may set.
     pub topic_alias_max: u16,
-    /// What each device may publish, per op class, enforced on arrival.
+    /// What each user's devices may publish, per op class, enforced on arrival.
     pub budgets: budget::OpBudgets,
     /// Topics one connection may be subscribed to at once.
     pub max_subscriptions: usize,
@@ -97,6 +97,8 @@ pub(crate) struct Shared {
     pub switchboard: Arc<Switchboard>,
     pub presence: Presence,
     pub slots: Arc<Semaphore>,
+    /// Every user's op budgets.
+    pub budgets: budget::UserBudgets,
     /// Connections not yet past CONNECT, in all and by source address.
     pending: Arc<Semaphore>,
     pending_by_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
@@ -132,6 +134,7 @@ impl Gate {
     ) -> Gate {
         let slots = Arc::new(Semaphore::new(settings.max_connections));
         let pending = Arc::new(Semaphore::new(settings.max_pending));
+        let budgets = budget::UserBudgets::new(settings.budgets.clone(), settings.max_connections);
         Gate {
             shared: Arc::new(Shared {
                 settings,
@@ -140,6 +143,7 @@ impl Gate {
                 switchboard,
                 presence,
                 slots,
+                budgets,
                 pending,
                 pending_by_ip: Arc::default(),
                 refused_pending: crate::switchboard::DropLog::new(

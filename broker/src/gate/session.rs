@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use tokio::time::{sleep_until, timeout, Instant};
 
 use super::acl::{Acl, FilterAccess, Identity};
-use super::budget::{DeviceBudget, OpClass, Peek};
+use super::budget::{OpClass, Peek};
 use super::codec::{self, qos_v4, ConnectRead, ConnectRequest, DevicePacket, Malformed, Refusal, Version};
 use super::transport::ClientIo;
 use super::Shared;
@@ -110,8 +110,16 @@ pub(crate) async fn serve(mut io: ClientIo, shared: Arc<Shared>, pending: super:
         },
         &identity.device,
     );
+    let mut out = BytesMut::new();
+    let assigned = request.client_id.is_empty().then_some(identity.device.as_str());
+    write_connack(&mut out, version, false, assigned, &shared);
+    if io.write_all(&out).await.is_err() {
+        return;
+    }
+    drop(pending);
     tracing::debug!(user = %identity.user, device = %identity.device, ?version, "device connected");
     let (queue, deliveries) = mpsc::channel(SESSION_QUEUE);
+    let budget_key = budget_key(&identity.org, &identity.app, &identity.user);
     let mut session = Session {
         version,
         identity,
@@ -135,7 +143,7 @@ pub(crate) async fn serve(mut io: ClientIo, shared: Arc<Shared>, pending: super:
         compact: request.compact,
         admitted: HashSet::new(),
         will: request.will,
-        budget: DeviceBudget::new(&shared.settings.budgets),
+        budget_key,
         over_budget: FloodWindow::default(),
         shared: shared.clone(),
     };
@@ -189,6 +197,11 @@ async fn read_connect(
 /// lock guard of the channel is held across what follows in a `select!`.
 pub(crate) async fn wait_until_true(signal: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = signal.wait_for(|on| *on).await;
+}
+
+/// A user's key in the gate's budgets.
+fn budget_key(org: &str, app: &str, user: &str) -> String {
+    format!("{org}/{app}/{user}")
 }
 
 /// Ops a device had refused as over budget in the last ten seconds or so (a window that
@@ -249,6 +262,15 @@ async fn authenticate(shared: &Shared, request: &ConnectRequest) -> Result<Ident
     if claims.role != store::tokens::Role::User || claims.sub != username {
         return Err(not_authorized("token is not this user's"));
     }
+    // A reconnect loop is refused here, before it costs database reads (a forged token was
+    // refused above; the app is checked just below).
+    let connect_key = budget_key(&claims.org, &claims.app, &username);
+    if let Err(wait_ms) = shared.budgets.take(&connect_key, OpClass::Connect) {
+        return Err((
+            Refusal::TooOften,
+            format!("connecting too often; retry in {wait_ms} ms"),
+        ));
+    }
     let app = shared
         .store
         .find_app(&claims.org, &claims.app)
@@ -289,7 +311,7 @@ async fn refuse(io: &mut ClientIo, version: Version, refusal: Refusal, reason: O
                 Refusal::Protocol => v4::ConnectReturnCode::RefusedProtocolVersion,
                 Refusal::ClientId => v4::ConnectReturnCode::BadClientId,
                 Refusal::NotAuthorized => v4::ConnectReturnCode::NotAuthorized,
-                Refusal::Busy | Refusal::Unavailable => v4::ConnectReturnCode::ServiceUnavailable,
+                Refusal::Busy | Refusal::Unavailable | Refusal::TooOften => v4::ConnectReturnCode::ServiceUnavailable,
             };
             let _ = v4::Packet::ConnAck(v4::ConnAck::new(code, false)).write(&mut out, usize::MAX);
         }
@@ -299,6 +321,7 @@ async fn refuse(io: &mut ClientIo, version: Version, refusal: Refusal, reason: O
                 Refusal::ClientId => v5::ConnectReturnCode::ClientIdentifierNotValid,
                 Refusal::NotAuthorized => v5::ConnectReturnCode::NotAuthorized,
                 Refusal::Busy => v5::ConnectReturnCode::ServerBusy,
+                Refusal::TooOften => v5::ConnectReturnCode::ConnectionRateExceeded,
                 Refusal::Unavailable => v5::ConnectReturnCode::ServerUnavailable,
             };
             let properties = reason.map(|reason_string| v5::ConnAckProperties {
@@ -387,8 +410,8 @@ struct Session {
     admitted: HashSet<String>,
     /// Published to the device's outbox if the connection ends without a DISCONNECT.
     will: Option<v4::LastWill>,
-    /// What this device may still publish, per op class ([`super::budget`]).
-    budget: DeviceBudget,
+    /// The user's key in the gate's budgets ([`super::budget`]): app id and username.
+    budget_key: String,
     /// Ops refused as over budget in the current window ([`FloodWindow`]).
     over_budget: FloodWindow,
     shared: Arc<Shared>,
@@ -668,7 +691,7 @@ impl Session {
             };
             let peek = json.as_deref().map_or_else(|_| Peek::default(), Peek::of);
             let class = peek.class();
-            if let Err(wait_ms) = self.budget.take(&self.shared.settings.budgets, class) {
+            if let Err(wait_ms) = self.shared.budgets.take(&self.budget_key, class) {
                 self.refuse_over_budget(class, peek.cid(), wait_ms, out)?;
                 if qos == QoS::ExactlyOnce {
                     // Refused with a PUBREC error code: the exchange ends here.
@@ -804,11 +827,7 @@ impl Session {
                 granted.push(Err(Refused::Quota));
                 continue;
             }
-            if self
-                .budget
-                .take(&self.shared.settings.budgets, OpClass::Subscribe)
-                .is_err()
-            {
+            if self.shared.budgets.take(&self.budget_key, OpClass::Subscribe).is_err() {
                 self.over_budget.count();
                 granted.push(Err(Refused::Quota));
                 continue;
