@@ -21,7 +21,19 @@ pub struct Chatd {
 }
 
 impl Chatd {
+    /// A chatd with the per-user send and connect budgets lifted: bench senders send far
+    /// faster than a person (up to ~200 msg/s each when saturated), and `idle` connects
+    /// thousands of devices of few users, as fast as it can.
     pub async fn start(database_url: Option<&str>) -> anyhow::Result<Chatd> {
+        Self::start_with(database_url, true).await
+    }
+
+    /// A chatd with every budget at its default (what `--flood` measures).
+    pub async fn start_with_default_budgets(database_url: Option<&str>) -> anyhow::Result<Chatd> {
+        Self::start_with(database_url, false).await
+    }
+
+    async fn start_with(database_url: Option<&str>, lift_budgets: bool) -> anyhow::Result<Chatd> {
         let data_dir = tempfile::tempdir()?;
         let stamp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_micros();
         let (url, label, pg_db) = match database_url {
@@ -52,17 +64,23 @@ impl Chatd {
             ),
         };
         let exe = std::env::current_exe()?.with_file_name("chatd");
-        let mut child = tokio::process::Command::new(&exe)
+        let mut command = tokio::process::Command::new(&exe);
+        if lift_budgets {
+            for (key, value) in [
+                ("CHATD_MQTT__BUDGETS__SEND__PER_SEC", "1000000"),
+                ("CHATD_MQTT__BUDGETS__SEND__BURST", "1000000"),
+                ("CHATD_MQTT__BUDGETS__CONNECT__PER_SEC", "1000000"),
+                ("CHATD_MQTT__BUDGETS__CONNECT__BURST", "1000000"),
+            ] {
+                command.env(key, value);
+            }
+        }
+        let mut child = command
             .env("DATABASE_URL", &url)
             .env("CHATD_DATA_DIR", data_dir.path())
             .env("CHATD_MQTT__TCP", "127.0.0.1:0")
             .env("CHATD_MQTT__WS", "")
             .env("CHATD_API__LISTEN", "127.0.0.1:0")
-            // A bench sender sends far faster than a person (up to ~200 msg/s each when
-            // saturated): lift the per-device send budget, as for the app's send rate below.
-            // The other ops keep their defaults, which `--flood` measures.
-            .env("CHATD_MQTT__BUDGETS__SEND__PER_SEC", "1000000")
-            .env("CHATD_MQTT__BUDGETS__SEND__BURST", "1000000")
             .env(
                 "RUST_LOG",
                 std::env::var("BENCH_CHATD_LOG").unwrap_or_else(|_| "warn,rumqttd=off".into()),

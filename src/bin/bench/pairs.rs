@@ -77,7 +77,12 @@ impl Protocol {
 
 /// Pairs through a chatd started for the run; checks every message was stored.
 pub async fn through_chatd(traffic: &Traffic, database_url: Option<&str>) -> anyhow::Result<Report> {
-    let chatd = Chatd::start(database_url).await?;
+    // A flood is measured against the budgets as they ship; at --rate 1000 each pair sends
+    // 10 msg/s, well within them.
+    let chatd = match traffic.flood {
+        Some(_) => Chatd::start_with_default_budgets(database_url).await?,
+        None => Chatd::start(database_url).await?,
+    };
     chatd.create_users("s", traffic.pairs).await?;
     chatd.create_users("r", traffic.pairs).await?;
     let mut tokens = Vec::with_capacity(traffic.pairs);
@@ -231,11 +236,12 @@ pub async fn run(
 }
 
 /// One device publishing one op as fast as its connection takes it (QoS 0, so no ack
-/// window slows it down), reading and dropping whatever comes back.
+/// window slows it down), reading and dropping whatever comes back, and reconnecting at
+/// once whenever the server closes the connection.
 struct Flooder {
     tasks: [tokio::task::JoinHandle<()>; 2],
-    /// Ops sent, answers, `rate_limited` refusals.
-    counts: Arc<[std::sync::atomic::AtomicU64; 3]>,
+    /// Ops sent, answers, `rate_limited` refusals, connections closed by the server.
+    counts: Arc<[std::sync::atomic::AtomicU64; 4]>,
     started: Instant,
 }
 
@@ -249,16 +255,24 @@ impl Flooder {
         let (client, mut eventloop) = client(options);
         client.subscribe("chat/demo/chat/u/flood0/in", QoS::AtMostOnce).await?;
         use std::sync::atomic::Ordering::Relaxed;
-        let counts: Arc<[std::sync::atomic::AtomicU64; 3]> = Arc::default();
+        let counts: Arc<[std::sync::atomic::AtomicU64; 4]> = Arc::default();
         let read_counts = counts.clone();
         let reader = tokio::spawn(async move {
-            while let Ok(event) = eventloop.poll().await {
-                if let Event::Incoming(Packet::Publish(p)) = event {
-                    match serde_json::from_slice::<Value>(&p.payload) {
-                        Ok(v) if v["code"] == "rate_limited" => read_counts[2].fetch_add(1, Relaxed),
-                        Ok(_) => read_counts[1].fetch_add(1, Relaxed),
-                        Err(_) => 0,
-                    };
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        match serde_json::from_slice::<Value>(&p.payload) {
+                            Ok(v) if v["code"] == "rate_limited" => read_counts[2].fetch_add(1, Relaxed),
+                            Ok(_) => read_counts[1].fetch_add(1, Relaxed),
+                            Err(_) => 0,
+                        };
+                    }
+                    Ok(_) => {}
+                    // Polling again reconnects (without the subscription: a flooder need not read).
+                    Err(_) => {
+                        read_counts[3].fetch_add(1, Relaxed);
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
                 }
             }
         });
@@ -307,9 +321,9 @@ impl Flooder {
         // Let the answers in flight arrive.
         tokio::time::sleep(Duration::from_millis(500)).await;
         self.tasks[1].abort();
-        let [sent, answered, limited] = [0, 1, 2].map(|i| self.counts[i].load(Relaxed));
+        let [sent, answered, limited, closed] = [0, 1, 2, 3].map(|i| self.counts[i].load(Relaxed));
         println!(
-            "flooder: {sent} ops in {secs:.1} s ({:.0}/s); {answered} answered, {limited} refused as rate_limited",
+            "flooder: {sent} ops in {secs:.1} s ({:.0}/s); {answered} answered, {limited} refused with an error op, disconnected {closed} times",
             sent as f64 / secs
         );
     }
