@@ -29,6 +29,10 @@ async fn start_chatd(database_url: &str, data_dir: &std::path::Path) -> Chatd {
         .env("CHATD_MQTT__TCP", "127.0.0.1:0")
         .env("CHATD_MQTT__WS", "")
         .env("CHATD_API__LISTEN", "127.0.0.1:0")
+        // These tests stream thousands of messages from one device as fast as acks come:
+        // far past a person's send budget, as they are past the app's send rate.
+        .env("CHATD_MQTT__BUDGETS__SEND__PER_SEC", "1000000")
+        .env("CHATD_MQTT__BUDGETS__SEND__BURST", "1000000")
         .env(
             "RUST_LOG",
             std::env::var("CHILD_LOG").unwrap_or("warn,rumqttd=off".into()),

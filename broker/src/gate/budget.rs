@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
@@ -281,6 +281,40 @@ impl Peek {
     /// The cid, when it is a string (anything else is the bridge's to refuse).
     pub fn cid(&self) -> Option<&str> {
         self.cid.as_ref().and_then(|c| c.as_str())
+    }
+}
+
+/// A user's key in the gate's budgets.
+pub(crate) fn budget_key(org: &str, app: &str, user: &str) -> String {
+    format!("{org}/{app}/{user}")
+}
+
+/// Ops a device had refused as over budget in the last ten seconds or so (a window that
+/// starts at the first refusal and is reset ten seconds later).
+#[derive(Debug, Default)]
+pub(crate) struct FloodWindow {
+    started: Option<Instant>,
+    refused: u32,
+}
+
+impl FloodWindow {
+    const LENGTH: Duration = Duration::from_secs(10);
+    /// Refusals in a window that get a `rate_limited` error op.
+    pub(crate) const ANSWERED: u32 = 100;
+    /// Refusals in a window past which the connection is closed.
+    pub(crate) const DISCONNECT: u32 = 1000;
+
+    /// Counts one refusal; returns the count in the current window.
+    pub(crate) fn count(&mut self) -> u32 {
+        let now = Instant::now();
+        match self.started {
+            Some(started) if now.duration_since(started) < Self::LENGTH => self.refused += 1,
+            _ => {
+                self.started = Some(now);
+                self.refused = 1;
+            }
+        }
+        self.refused
     }
 }
 

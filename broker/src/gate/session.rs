@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use tokio::time::{sleep_until, timeout, Instant};
 
 use super::acl::{Acl, FilterAccess, Identity};
-use super::budget::{OpClass, Peek};
+use super::budget::{budget_key, FloodWindow, OpClass, Peek};
 use super::codec::{self, qos_v4, ConnectRead, ConnectRequest, DevicePacket, Malformed, Refusal, Version};
 use super::transport::ClientIo;
 use super::Shared;
@@ -197,40 +197,6 @@ async fn read_connect(
 /// lock guard of the channel is held across what follows in a `select!`.
 pub(crate) async fn wait_until_true(signal: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = signal.wait_for(|on| *on).await;
-}
-
-/// A user's key in the gate's budgets.
-fn budget_key(org: &str, app: &str, user: &str) -> String {
-    format!("{org}/{app}/{user}")
-}
-
-/// Ops a device had refused as over budget in the last ten seconds or so (a window that
-/// starts at the first refusal and is reset ten seconds later).
-#[derive(Debug, Default)]
-struct FloodWindow {
-    started: Option<Instant>,
-    refused: u32,
-}
-
-impl FloodWindow {
-    const LENGTH: Duration = Duration::from_secs(10);
-    /// Refusals in a window that get a `rate_limited` error op.
-    const ANSWERED: u32 = 100;
-    /// Refusals in a window past which the connection is closed.
-    const DISCONNECT: u32 = 1000;
-
-    /// Counts one refusal; returns the count in the current window.
-    fn count(&mut self) -> u32 {
-        let now = Instant::now();
-        match self.started {
-            Some(started) if now.duration_since(started) < Self::LENGTH => self.refused += 1,
-            _ => {
-                self.started = Some(now);
-                self.refused = 1;
-            }
-        }
-        self.refused
-    }
 }
 
 /// Why a subscription was refused.
