@@ -160,11 +160,13 @@ async fn budgets_survive_reconnects(backend: Backend) {
     phone.write(&syncs(40)).await;
     let mut laptop = raw_device(&t, "mallory", &mallory, "mallory-laptop").await;
     laptop.write(&syncs(10)).await;
-    assert_eq!(answers(&mut phone, "synced").await, (40, 0));
-    let (synced, limited) = answers(&mut laptop, "synced").await;
+    // However the two devices' ops interleave, the user's 40 are all they get between them.
+    let (phone_synced, phone_limited) = answers(&mut phone, "synced").await;
+    let (laptop_synced, laptop_limited) = answers(&mut laptop, "synced").await;
+    let (synced, limited) = (phone_synced + laptop_synced, phone_limited + laptop_limited);
     assert!(
-        synced <= 2 && limited >= 8,
-        "a second device got a fresh burst: {synced} served"
+        (40..=42).contains(&synced) && synced + limited == 50,
+        "two devices of one user were served {synced} syncs ({limited} refused)"
     );
 
     // Connecting: 20 at once, then 2 a second (what is left after the two above).

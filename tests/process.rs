@@ -90,11 +90,15 @@ async fn post(http: &reqwest::Client, url: String, token: Option<&str>, body: Va
     body
 }
 
-async fn acked_messages_survive_kill_9(backend: Backend) {
-    let db = common::fresh_database(backend).await;
-    let url = db.url.clone();
-    let data_dir = tempfile::tempdir().unwrap();
-    let mut chatd = start_chatd(&url, data_dir.path()).await;
+/// What a first start gives a test: the dev app's credentials from the banner, with its
+/// send rate lifted, and users alice and bob (password "pw") with a token for alice.
+struct Chatters {
+    client_id: String,
+    client_secret: String,
+    alice: String,
+}
+
+async fn alice_and_bob(chatd: &Chatd, http: &reqwest::Client) -> Chatters {
     let banner = chatd.lines.join("\n");
     assert!(banner.contains("Created the dev app demo/chat"), "{banner}");
     let field = |name: &str| {
@@ -102,12 +106,11 @@ async fn acked_messages_survive_kill_9(backend: Backend) {
             .lines
             .iter()
             .find_map(|l| l.trim().strip_prefix(name).map(|v| v.trim().to_string()))
-            .unwrap()
+            .unwrap_or_else(|| panic!("no {name} in {banner}"))
     };
     let (client_id, client_secret) = (field("client_id:"), field("client_secret:"));
-    let http = reqwest::Client::new();
     let base = format!("{}/demo/chat", chatd.api);
-    let app_token = fetch_app_token(&http, &base, &client_id, &client_secret).await;
+    let app_token = fetch_app_token(http, &base, &client_id, &client_secret).await;
     let resp = http
         .put(format!("{base}/settings"))
         .bearer_auth(&app_token)
@@ -117,14 +120,14 @@ async fn acked_messages_survive_kill_9(backend: Backend) {
         .unwrap();
     assert_eq!(resp.status(), 200, "{:?}", resp.text().await);
     post(
-        &http,
+        http,
         format!("{base}/users"),
         Some(&app_token),
         json!([{"username": "alice", "password": "pw"}, {"username": "bob", "password": "pw"}]),
     )
     .await;
     let alice = post(
-        &http,
+        http,
         format!("{base}/token"),
         None,
         json!({"grant_type": "password", "username": "alice", "password": "pw"}),
@@ -133,6 +136,24 @@ async fn acked_messages_survive_kill_9(backend: Backend) {
         .as_str()
         .unwrap()
         .to_string();
+    Chatters {
+        client_id,
+        client_secret,
+        alice,
+    }
+}
+
+async fn acked_messages_survive_kill_9(backend: Backend) {
+    let db = common::fresh_database(backend).await;
+    let url = db.url.clone();
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut chatd = start_chatd(&url, data_dir.path()).await;
+    let http = reqwest::Client::new();
+    let Chatters {
+        client_id,
+        client_secret,
+        alice,
+    } = alice_and_bob(&chatd, &http).await;
 
     // Alice streams messages; the server is killed while acks are still arriving.
     let mut options = MqttOptions::new("alice-phone", "127.0.0.1", chatd.mqtt_port);
@@ -315,20 +336,6 @@ async fn operator_manages_apps_from_the_command_line(backend: Backend) {
     post(&http, token_url, None, grant(&new_secret)).await;
 }
 
-/// The dev app's credentials from a first start's banner, and an app token.
-async fn dev_app_token(chatd: &Chatd, http: &reqwest::Client) -> (String, String) {
-    let field = |name: &str| {
-        chatd
-            .lines
-            .iter()
-            .find_map(|l| l.trim().strip_prefix(name).map(|v| v.trim().to_string()))
-            .unwrap_or_else(|| panic!("no {name} in {:?}", chatd.lines))
-    };
-    let base = format!("{}/demo/chat", chatd.api);
-    let token = fetch_app_token(http, &base, &field("client_id:"), &field("client_secret:")).await;
-    (base, token)
-}
-
 /// SIGTERM (what `docker stop` and systemd send): the server stops reading, stores and
 /// acks everything a device had handed over, tells the MQTT 5 device it is shutting down
 /// (0x8B), and exits 0. Every publish the gate PUBACKed got its `ack` before that, and is
@@ -342,32 +349,7 @@ async fn sigterm_stores_and_answers_what_is_in_flight(backend: Backend) {
     let data_dir = tempfile::tempdir().unwrap();
     let mut chatd = start_chatd(&db.url, data_dir.path()).await;
     let http = reqwest::Client::new();
-    let (base, app_token) = dev_app_token(&chatd, &http).await;
-    let resp = http
-        .put(format!("{base}/settings"))
-        .bearer_auth(&app_token)
-        .json(&json!({"send_rate_per_sec": 1e9, "send_burst": 1e9}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200, "{:?}", resp.text().await);
-    post(
-        &http,
-        format!("{base}/users"),
-        Some(&app_token),
-        json!([{"username": "alice", "password": "pw"}, {"username": "bob", "password": "pw"}]),
-    )
-    .await;
-    let alice = post(
-        &http,
-        format!("{base}/token"),
-        None,
-        json!({"grant_type": "password", "username": "alice", "password": "pw"}),
-    )
-    .await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let alice = alice_and_bob(&chatd, &http).await.alice;
 
     let mut raw = Raw::tcp(chatd.mqtt_port).await;
     let ack = raw.connect5("alice-phone", "alice", &alice, 30).await;
