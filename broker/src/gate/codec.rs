@@ -148,6 +148,26 @@ pub struct Malformed {
 
 /// Takes the next whole packet off `buf`; `Ok(None)` when it is not all there yet.
 pub fn read_packet(version: Version, buf: &mut BytesMut, max_packet: usize) -> Result<Option<DevicePacket>, Malformed> {
+    let before = buf.len();
+    let read = read_packet_unchecked(version, buf, max_packet);
+    // rumqttc takes a whole packet off the buffer before parsing it, and a packet whose
+    // contents are shorter than its fields say (an MQTT 5 PUBLISH without its properties'
+    // length, found by fuzzing) comes back as "not enough bytes": the packet is gone, and
+    // waiting for more would parse the next packet from the wrong place.
+    if matches!(read, Ok(None)) && buf.len() != before {
+        return Err(Malformed {
+            why: "a packet is shorter than its own fields say".into(),
+            too_large: false,
+        });
+    }
+    read
+}
+
+fn read_packet_unchecked(
+    version: Version,
+    buf: &mut BytesMut,
+    max_packet: usize,
+) -> Result<Option<DevicePacket>, Malformed> {
     match version {
         Version::V4 => match v4::Packet::read(buf, max_packet) {
             Ok(packet) => Ok(Some(DevicePacket::V4(packet))),
@@ -224,5 +244,44 @@ pub(crate) fn qos_v4(qos: rumqttc::v5::mqttbytes::QoS) -> QoS {
         rumqttc::v5::mqttbytes::QoS::AtMostOnce => QoS::AtMostOnce,
         rumqttc::v5::mqttbytes::QoS::AtLeastOnce => QoS::AtLeastOnce,
         rumqttc::v5::mqttbytes::QoS::ExactlyOnce => QoS::ExactlyOnce,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by fuzzing (`fuzz/regressions/mqtt_packets_contract/`): an MQTT 5 PUBLISH whose
+    /// remaining length covers its topic but not its properties' length. It was taken off
+    /// the buffer and reported as incomplete.
+    #[test]
+    fn a_packet_shorter_than_its_fields_is_malformed_not_incomplete() {
+        let mut buf = BytesMut::from(&[0x31, 0x03, 0x00, 0x01, 0x10][..]);
+        assert!(read_packet(Version::V5, &mut buf, 1024).is_err());
+        // A packet really cut short is still just incomplete, and nothing is taken.
+        let mut buf = BytesMut::from(&[0x30, 0x0A, 0x00, 0x03, b'a'][..]);
+        assert!(matches!(read_packet(Version::V5, &mut buf, 1024), Ok(None)));
+        assert_eq!(buf.len(), 5);
+        let mut buf = BytesMut::from(&[0x30, 0x0A, 0x00, 0x03, b'a'][..]);
+        assert!(matches!(read_packet(Version::V4, &mut buf, 1024), Ok(None)));
+        assert_eq!(buf.len(), 5);
+    }
+
+    #[test]
+    fn short_mqtt5_disconnects_are_read() {
+        for (bytes, reason) in [
+            (&[0xE0, 0x00][..], v5::DisconnectReasonCode::NormalDisconnection),
+            (
+                &[0xE0, 0x01, 0x04][..],
+                v5::DisconnectReasonCode::DisconnectWithWillMessage,
+            ),
+        ] {
+            let mut buf = BytesMut::from(bytes);
+            match read_packet(Version::V5, &mut buf, 1024) {
+                Ok(Some(DevicePacket::V5(v5::Packet::Disconnect(d)))) => assert_eq!(d.reason_code, reason),
+                other => panic!("{other:?}"),
+            }
+            assert!(buf.is_empty());
+        }
     }
 }
