@@ -436,6 +436,30 @@ mod tests {
         );
     }
 
+    /// Found by fuzzing (`fuzz/regressions/compact/`): a location whose latitude printed as
+    /// JSON and parsed back came back one unit in the last place off, so the compact
+    /// envelope and its JSON disagreed. serde_json now parses floats exactly.
+    #[test]
+    fn floats_keep_every_digit() {
+        for lat in [-2.1389724112930865e-133, 0.1 + 0.2, f64::MIN_POSITIVE, 1e308, 52.520008] {
+            let compact = from_json(&serde_json::to_vec(&json!({"op":"send","cid":"c","chat":"user","to":"b","type":"loc","body":{"lat":lat,"lng":0.5,"addr":"x"}})).unwrap()).unwrap();
+            let once = to_json(&compact).unwrap();
+            let twice = to_json(&from_json(&once).unwrap()).unwrap();
+            assert_eq!(once, twice, "{lat}");
+            let back: Value = serde_json::from_slice(&once).unwrap();
+            assert_eq!(back["body"]["lat"].as_f64(), Some(lat));
+        }
+        // The fuzzer's input itself.
+        let found = [
+            0x97, 0x01, 0xa2, 0x63, 0x32, 0x01, 0xa2, 0x67, 0x31, 0x02, 0x83, 0xa3, 0x6c, 0x61, 0x74, 0xcb, 0xa4, 0x63,
+            0x6f, 0x00, 0x64, 0x65, 0x80, 0x4e, 0xa3, 0x6c, 0x2c, 0x02, 0x23, 0xa4, 0x61, 0x64, 0x64, 0x72, 0x78, 0xc0,
+        ];
+        if let Ok(once) = to_json(&found) {
+            let twice = to_json(&from_json(&once).unwrap()).unwrap();
+            assert_eq!(once, twice);
+        }
+    }
+
     #[test]
     fn other_ops_travel_as_maps() {
         round_trip(json!({"op":"error","cid":"c1","code":"blocked","message":"no"}));
