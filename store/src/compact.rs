@@ -12,7 +12,8 @@
 //!   page in the `msg` form).
 //!
 //! `chat` is 0 user, 1 group, 2 room; `type` indexes [`TYPES`]; a `txt` body is its `msg`
-//! string; a message id that is a UUID travels as 16 bytes; `conv` is nil when it follows
+//! string (a body that is itself a JSON string travels as MessagePack extension type 1, so
+//! the two are never confused); a message id that is a UUID travels as 16 bytes; `conv` is nil when it follows
 //! from `chat`, `from` and `to`; `more` is a map of the rarer `msg` fields (`cid`,
 //! `from_device`, `recalled`, `edited`, `hidden`, `reactions`).
 
@@ -160,13 +161,16 @@ fn name(table: &[&str], value: &Mp, what: &str) -> Result<Value, CompactError> {
         .ok_or_else(|| bad(format!("unknown {what} {value}")))
 }
 
-/// A body: a `txt` body that is just `{"msg": s}` travels as `s`.
+/// A body: a `txt` body that is just `{"msg": s}` travels as `s`. A body that is a JSON
+/// string itself (never valid, but it must come back as it went, for the bridge to refuse)
+/// travels as extension type [`STRING_BODY`].
 fn encode_body(kind: &str, body: &Value) -> Mp {
-    match body.as_object() {
-        Some(b) if kind == "txt" && b.len() == 1 => match b.get("msg") {
+    match body {
+        Value::Object(b) if kind == "txt" && b.len() == 1 => match b.get("msg") {
             Some(Value::String(s)) => Mp::from(s.as_str()),
             _ => plain(body),
         },
+        Value::String(s) => Mp::Ext(STRING_BODY, s.as_bytes().to_vec()),
         _ => plain(body),
     }
 }
@@ -177,9 +181,15 @@ fn decode_body(value: Mp) -> Result<Value, CompactError> {
             let msg = s.into_str().ok_or_else(|| bad("strings must be UTF-8"))?;
             Ok(serde_json::json!({ "msg": msg }))
         }
+        Mp::Ext(STRING_BODY, bytes) => String::from_utf8(bytes)
+            .map(Value::String)
+            .map_err(|_| bad("strings must be UTF-8")),
         other => unplain(other),
     }
 }
+
+/// The MessagePack extension type of a body that is a plain JSON string.
+const STRING_BODY: i8 = 1;
 
 /// A message id: a UUID as its 16 bytes, anything else as it is.
 fn encode_id(id: &str) -> Mp {
@@ -378,7 +388,15 @@ fn decode_short(items: Vec<Mp>) -> Result<Value, CompactError> {
             }
             if let Ok(more) = next("more") {
                 match unplain(more)? {
-                    Value::Object(more) => obj.extend(more),
+                    Value::Object(more) => {
+                        for (key, value) in more {
+                            // A field of the short form given again would silently win.
+                            if obj.contains_key(&key) {
+                                return Err(bad(format!("'{key}' is given twice in a msg")));
+                            }
+                            obj.insert(key, value);
+                        }
+                    }
                     _ => return Err(bad("the last item of a msg must be a map")),
                 }
             }
@@ -434,6 +452,23 @@ mod tests {
         round_trip(
             json!({"op":"msg","id":"x","conv":"odd","seq":1,"ts":1,"chat":"user","from":"a","to":"b","type":"txt","body":{"msg":""},"ext":null}),
         );
+    }
+
+    /// Found by reading what the fuzzer stopped short of (`fuzz/regressions/compact/`): a
+    /// body that is a JSON string came back as a `txt` body `{"msg": …}`; a msg's `more`
+    /// could override its core fields, and then the JSON did not go back.
+    #[test]
+    fn string_bodies_and_repeated_fields() {
+        round_trip(json!({"op":"send","cid":"c","chat":"user","to":"b","type":"txt","body":"x"}));
+        round_trip(
+            json!({"op":"msg","id":"i","conv":"u:a:b","seq":1,"ts":1,"chat":"user","from":"a","to":"b","type":"img","body":"x"}),
+        );
+        let more_overrides_op = [
+            0x9d, 0x03, 0xa1, 0x69, 0xc0, 0x01, 0xc0, 0x01, 0x00, 0xa1, 0x61, 0xa1, 0x62, 0x00, 0xa2, 0x68, 0x69, 0xc0,
+            0x82, 0xa2, 0x6f, 0x70, 0xa6, 0x73, 0x79, 0x6e, 0x63, 0x65, 0x64, 0xa4, 0x6d, 0x73, 0x67, 0x73, 0x91, 0x01,
+        ];
+        let err = to_json(&more_overrides_op).unwrap_err().to_string();
+        assert!(err.contains("'op' is given twice"), "{err}");
     }
 
     /// Found by fuzzing (`fuzz/regressions/compact/`): a location whose latitude printed as
