@@ -3,6 +3,9 @@
 #   - a PostgreSQL server: the one at $DATABASE_URL (default postgres://postgres@127.0.0.1:5432/test)
 #     if it answers; otherwise Debian's postgresql package is installed if missing and a
 #     throwaway cluster is started on a free port for this run;
+#   - a NATS server (cluster tests): the one at $NATS_URL (default nats://127.0.0.1:4222) if
+#     it answers; otherwise Debian's nats-server package is installed if missing and a
+#     throwaway server is started on a free port for this run;
 #   - mosquitto_pub/mosquitto_sub and openssl (interoperability and TLS tests).
 # Tests never skip for want of a service: if one cannot be had, they fail.
 set -euo pipefail
@@ -18,6 +21,10 @@ apt_install() {
     fi
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
 }
+
+# What to undo on exit (throwaway servers), run in order.
+cleanup=()
+trap 'for c in "${cleanup[@]}"; do eval "$c"; done' EXIT
 
 missing=()
 command -v mosquitto_sub >/dev/null || missing+=(mosquitto-clients)
@@ -43,8 +50,26 @@ else
     "${run_as[@]}" "$bin/initdb" -D "$dir/data" -U postgres --auth=trust >/dev/null
     "${run_as[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/log" -w \
         -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off" start >/dev/null
-    trap '"${run_as[@]}" "$bin/pg_ctl" -D "$dir/data" -m immediate stop >/dev/null 2>&1; rm -rf "$dir"' EXIT
+    cleanup+=('"${run_as[@]}" "$bin/pg_ctl" -D "$dir/data" -m immediate stop >/dev/null 2>&1; rm -rf "$dir"')
     export DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
+fi
+
+export NATS_URL="${NATS_URL:-nats://127.0.0.1:4222}"
+nats_hostport="${NATS_URL#*://}"; nats_hostport="${nats_hostport##*@}"; nats_hostport="${nats_hostport%%/*}"
+# A NATS server greets every connection with INFO.
+if timeout 2 bash -c "exec 3<>/dev/tcp/${nats_hostport%:*}/${nats_hostport##*:}; head -c 4 <&3" 2>/dev/null | grep -q INFO; then
+    echo "using NATS at $NATS_URL"
+else
+    echo "no NATS answers at $NATS_URL; starting a throwaway server"
+    command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || apt_install nats-server
+    nats_bin="$(command -v nats-server || echo /usr/sbin/nats-server)"
+    nats_port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+    nats_log="$(mktemp /tmp/chatd-nats.XXXXXX)"
+    "$nats_bin" -a 127.0.0.1 -p "$nats_port" >"$nats_log" 2>&1 &
+    nats_pid=$!
+    cleanup+=('kill "$nats_pid" 2>/dev/null; rm -f "$nats_log"')
+    for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null && break; sleep 0.1; done
+    export NATS_URL="nats://127.0.0.1:$nats_port"
 fi
 
 cargo test --workspace --all-targets "$@"

@@ -23,6 +23,71 @@ pub struct Config {
     pub broker: BrokerConfig,
     pub bridge: BridgeConfig,
     pub push: PushConfig,
+    pub cluster: ClusterConfig,
+}
+
+/// Cluster mode: several chatd nodes on one database, NATS between them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// NATS server URLs, comma-separated (`nats://user:pass@host:4222`, `tls://…`); empty
+    /// means one node on its own (no NATS).
+    pub nats: String,
+    /// This node's name in logs; empty means the host name.
+    pub node: String,
+    /// What every NATS subject starts with (clusters sharing one NATS need different ones).
+    pub prefix: String,
+    /// How often a node tells the others it is alive.
+    pub heartbeat_ms: u64,
+    /// After how long without a heartbeat a node is taken for dead and its devices shown
+    /// offline. At least twice `heartbeat_ms`.
+    pub node_timeout_ms: u64,
+}
+
+impl ClusterConfig {
+    /// The cluster settings, or `None` in single-node mode.
+    pub fn settings(&self) -> anyhow::Result<Option<cluster::ClusterSettings>> {
+        let nats: Vec<String> = self
+            .nats
+            .split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .map(String::from)
+            .collect();
+        if nats.is_empty() {
+            return Ok(None);
+        }
+        anyhow::ensure!(self.heartbeat_ms >= 100, "cluster.heartbeat_ms must be at least 100");
+        anyhow::ensure!(
+            self.node_timeout_ms >= 2 * self.heartbeat_ms,
+            "cluster.node_timeout_ms must be at least twice cluster.heartbeat_ms"
+        );
+        let node = match self.node.trim() {
+            "" => host_name(),
+            name => name.to_string(),
+        };
+        anyhow::ensure!(
+            !node.is_empty() && node.len() <= 64 && node.bytes().all(|b| b.is_ascii_graphic()),
+            "cluster.node must be 1-64 printable characters without spaces"
+        );
+        Ok(Some(cluster::ClusterSettings {
+            nats,
+            node,
+            prefix: self.prefix.trim().to_string(),
+            heartbeat: std::time::Duration::from_millis(self.heartbeat_ms),
+            node_timeout: std::time::Duration::from_millis(self.node_timeout_ms),
+        }))
+    }
+}
+
+/// This machine's host name (the default node name), or `chatd`.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "chatd".to_string())
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -219,6 +284,13 @@ max_attempts = 8
 backoff_ms = 1000
 fcm_endpoint = "https://fcm.googleapis.com"
 fcm_token_uri = "https://oauth2.googleapis.com/token"
+
+[cluster]
+nats = ""
+node = ""
+prefix = "chatd"
+heartbeat_ms = 1000
+node_timeout_ms = 3000
 "#;
 
 impl Config {

@@ -29,6 +29,8 @@ pub struct Server {
     pub store: Store,
     pub tokens: Tokens,
     pub presence: Presence,
+    /// This node's membership of its cluster, in cluster mode.
+    pub cluster: Option<Arc<cluster::Cluster>>,
     /// Stopping, step one: stop accepting and reading, store and answer what is in flight.
     drain: watch::Sender<bool>,
     /// Turns true when the bridge has stored and answered everything in flight.
@@ -82,8 +84,16 @@ pub async fn start(mut config: Config) -> anyhow::Result<Server> {
     })?;
     let switchboard = Switchboard::start(&broker);
     let presence = Presence::new(switchboard.clone());
-    // What the API and the bridge may ask of live connections; the presence tracker holds them.
-    let live: Arc<dyn store::live::Live> = Arc::new(presence.clone());
+    // What the API and the bridge may ask of live connections: on one node the presence
+    // tracker holds them all; in a cluster, NATS reaches the other nodes' too.
+    let cluster = match config.cluster.settings()? {
+        Some(settings) => Some(cluster::Cluster::start(settings, presence.clone(), switchboard.clone()).await?),
+        None => None,
+    };
+    let live: Arc<dyn store::live::Live> = match &cluster {
+        Some(cluster) => cluster.clone(),
+        None => Arc::new(presence.clone()),
+    };
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (drain, drain_rx) = watch::channel(false);
@@ -198,6 +208,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Server> {
         store,
         tokens,
         presence,
+        cluster,
         drain,
         drained,
         shutdown,
@@ -210,7 +221,8 @@ impl Server {
     /// left unanswered: first it stops accepting connections and requests and stops reading
     /// what devices send, and the bridge stores and acks everything already on its way (at
     /// most [`DRAIN_TIMEOUT`]); then every device connection gets what is queued for it
-    /// (those acks) and is closed (MQTT 5: DISCONNECT 0x8B), and the components stop.
+    /// (those acks) and is closed (MQTT 5: DISCONNECT 0x8B), and the components stop. In a
+    /// cluster, the node then says goodbye, so the others show its devices offline at once.
     pub async fn shutdown(mut self) {
         let _ = self.drain.send(true);
         let drained = tokio::time::timeout(DRAIN_TIMEOUT, self.drained.wait_for(|done| *done)).await;
@@ -222,6 +234,9 @@ impl Server {
             while self.tasks.join_next().await.is_some() {}
         })
         .await;
+        if let Some(cluster) = self.cluster.take() {
+            cluster.leave().await;
+        }
     }
 
     /// Waits until a component stops by itself (which only happens on a fatal error).

@@ -1,17 +1,24 @@
 //! Presence from the gate's own bookkeeping: rumqttd tells nobody about connects and
 //! disconnects, but every device connection passes through the gate.
 //!
-//! A user is online while any of their devices is connected. Each change of a user's device
-//! count is published, retained, on `chat/{org}/{app}/presence/{user}` as
+//! A user is online while any of their devices is connected, to this process or, in a
+//! cluster, to any node. Each change of a user's device count is published, retained, on
+//! `chat/{org}/{app}/presence/{user}` as
 //! `{"user","status":"online"|"offline","devices":N,"last_seen":ms}`, through the
-//! [`Switchboard`] (presence never needs rumqttd: only this process's devices read it).
+//! [`Switchboard`] (presence never needs rumqttd: every node derives it from what it knows).
 //!
 //! A device id is one connection: a device connecting again with the same id takes over,
-//! and the older connection is closed.
+//! and the older connection is closed, on whichever node it is.
+//!
+//! In a cluster (`cluster/`), every node tells the others how many devices each of its users
+//! has (a [`LocalChange`] per change, a snapshot on request), and keeps theirs here, per
+//! node: the device count a user shows is the sum. A node that stops being heard from is
+//! forgotten ([`Presence::remote_node_gone`]), so its devices show offline instead of
+//! staying online forever.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::mpsc;
 
@@ -37,40 +44,130 @@ pub enum Control {
     TakenOver,
 }
 
-/// Each open connection of a user: its id, its device id and where to send it controls.
-type Connections = Vec<(u64, String, mpsc::UnboundedSender<Control>)>;
+/// One open connection of a user.
+struct Connection {
+    id: u64,
+    device: String,
+    /// When it connected (ms): of two connections with one device id, the later one stays.
+    since: i64,
+    controls: mpsc::UnboundedSender<Control>,
+}
+
+/// A change of a user's device count on this node, for the other nodes of a cluster.
+#[derive(Debug, Clone)]
+pub struct LocalChange {
+    pub user: UserKey,
+    /// The user's devices on this node now.
+    pub devices: u32,
+    /// Grows with every change on this node: the others keep the latest.
+    pub version: u64,
+    /// The device that has just connected and when: the same device id elsewhere is closed.
+    pub connected: Option<(String, i64)>,
+}
+
+/// What one other node has told us about its devices.
+#[derive(Default)]
+struct RemoteNode {
+    /// Device counts per user, with the version of the change that set them. A count of 0
+    /// is kept only while a snapshot is on its way (it must not bring back an older count).
+    users: HashMap<UserKey, (u32, u64)>,
+    /// Changes at or below this version are older than the snapshot applied.
+    floor: u64,
+    /// A snapshot was asked for and has not been applied yet.
+    awaiting_snapshot: bool,
+}
+
+#[derive(Default)]
+struct State {
+    local: HashMap<UserKey, Vec<Connection>>,
+    remote: HashMap<Arc<str>, RemoteNode>,
+    /// The sum over `remote` per user (users with none are absent).
+    remote_devices: HashMap<UserKey, u32>,
+    /// Grows with every local change.
+    version: u64,
+}
+
+impl State {
+    fn total(&self, user: &UserKey) -> usize {
+        self.local.get(user).map_or(0, Vec::len) + self.remote_devices.get(user).copied().unwrap_or(0) as usize
+    }
+
+    /// Sets one node's count for a user, keeping the sums right.
+    fn set_remote(&mut self, node: &str, user: &UserKey, devices: u32, version: u64, keep_zero: bool) {
+        let Some(state) = self.remote.get_mut(node) else { return };
+        let before = match (devices, keep_zero) {
+            (0, false) => state.users.remove(user),
+            _ => state.users.insert(user.clone(), (devices, version)),
+        }
+        .map_or(0, |(count, _)| count);
+        if before == devices {
+            return;
+        }
+        let sum = self.remote_devices.entry(user.clone()).or_default();
+        *sum = *sum + devices - before;
+        if *sum == 0 {
+            self.remote_devices.remove(user);
+        }
+    }
+}
+
+/// The cluster's side of presence, once this node has joined one.
+struct ClusterLink {
+    node: Arc<str>,
+    changes: mpsc::UnboundedSender<LocalChange>,
+}
 
 /// Tracks each user's connected devices, publishes changes, and can disconnect them all.
 #[derive(Clone)]
 pub struct Presence {
-    devices: Arc<Mutex<HashMap<UserKey, Connections>>>,
+    state: Arc<Mutex<State>>,
     next_id: Arc<AtomicU64>,
     switchboard: Arc<Switchboard>,
+    cluster: Arc<OnceLock<ClusterLink>>,
 }
 
 impl Presence {
     pub fn new(switchboard: Arc<Switchboard>) -> Presence {
         Presence {
-            devices: Arc::default(),
+            state: Arc::default(),
             next_id: Arc::default(),
             switchboard,
+            cluster: Arc::default(),
         }
+    }
+
+    /// Joins a cluster as `node`: every later change of a local device count is sent on the
+    /// returned channel, for the other nodes. Once only.
+    pub fn join_cluster(&self, node: Arc<str>) -> mpsc::UnboundedReceiver<LocalChange> {
+        let (changes, rx) = mpsc::unbounded_channel();
+        if self.cluster.set(ClusterLink { node, changes }).is_err() {
+            panic!("presence joined a cluster twice");
+        }
+        rx
     }
 
     /// Records a device connection; the returned guard records the disconnection when it
     /// is dropped, however the connection ends.
     pub fn connected(&self, user: UserKey, device: &str) -> PresenceGuard {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let since = store::now_ms();
         let (tx, controls) = mpsc::unbounded_channel();
-        let mut devices = self.devices.lock().unwrap();
-        let list = devices.entry(user.clone()).or_default();
-        for (_, other, control) in list.iter() {
-            if other == device {
-                let _ = control.send(Control::TakenOver);
+        let mut state = self.state.lock().unwrap();
+        let before = state.total(&user);
+        let list = state.local.entry(user.clone()).or_default();
+        for other in list.iter() {
+            if other.device == device {
+                let _ = other.controls.send(Control::TakenOver);
             }
         }
-        list.push((id, device.to_string(), tx));
-        self.publish(&user, list.len());
+        list.push(Connection {
+            id,
+            device: device.to_string(),
+            since,
+            controls: tx,
+        });
+        let local = list.len();
+        self.changed(&mut state, &user, before, local, Some((device.to_string(), since)));
         PresenceGuard {
             presence: self.clone(),
             user,
@@ -79,34 +176,60 @@ impl Presence {
         }
     }
 
-    /// How many devices of a user are connected.
+    /// How many devices of a user are connected (to any node of the cluster).
     pub fn devices(&self, user: &UserKey) -> usize {
-        self.devices.lock().unwrap().get(user).map_or(0, Vec::len)
+        self.state.lock().unwrap().total(user)
     }
 
-    /// Sends a control to every connection of a user; returns how many there are.
+    /// Sends a control to every connection of a user on this node; returns how many there are.
     pub fn control(&self, user: &UserKey, control: Control) -> usize {
-        let devices = self.devices.lock().unwrap();
-        let list = devices.get(user).map(Vec::as_slice).unwrap_or_default();
-        for (_, _, tx) in list {
-            let _ = tx.send(control.clone());
+        let state = self.state.lock().unwrap();
+        let list = state.local.get(user).map(Vec::as_slice).unwrap_or_default();
+        for connection in list {
+            let _ = connection.controls.send(control.clone());
         }
         list.len()
     }
 
     fn disconnected(&self, user: &UserKey, id: u64) {
-        let mut devices = self.devices.lock().unwrap();
-        let Some(list) = devices.get_mut(user) else { return };
-        list.retain(|(other, _, _)| *other != id);
-        let count = list.len();
-        if count == 0 {
-            devices.remove(user);
+        let mut state = self.state.lock().unwrap();
+        let before = state.total(user);
+        let Some(list) = state.local.get_mut(user) else { return };
+        list.retain(|connection| connection.id != id);
+        let local = list.len();
+        if local == 0 {
+            state.local.remove(user);
         }
-        self.publish(user, count);
+        self.changed(&mut state, user, before, local, None);
     }
 
-    /// Publishes a user's presence; called under the lock so that the retained value
-    /// follows the count's order.
+    /// After a local change: tells the cluster, and publishes the user's presence if the
+    /// total changed. Called under the lock, so that the retained value and the versions
+    /// follow the order of the changes.
+    fn changed(
+        &self,
+        state: &mut State,
+        user: &UserKey,
+        before: usize,
+        local: usize,
+        connected: Option<(String, i64)>,
+    ) {
+        state.version += 1;
+        if let Some(cluster) = self.cluster.get() {
+            let _ = cluster.changes.send(LocalChange {
+                user: user.clone(),
+                devices: local as u32,
+                version: state.version,
+                connected,
+            });
+        }
+        let after = state.total(user);
+        if after != before {
+            self.publish(user, after);
+        }
+    }
+
+    /// Publishes a user's presence.
     fn publish(&self, user: &UserKey, devices: usize) {
         let payload = serde_json::json!({
             "user": user.user,
@@ -116,6 +239,152 @@ impl Presence {
         });
         let topic = store::topics::presence(&user.org, &user.app, &user.user);
         self.switchboard.retain(&topic, payload.to_string().into());
+    }
+
+    /// Every local user with their device count, and the version it is true at: what
+    /// another node asks for when it first hears of this one.
+    pub fn local_snapshot(&self) -> (u64, Vec<(UserKey, u32)>) {
+        let state = self.state.lock().unwrap();
+        let users = state
+            .local
+            .iter()
+            .map(|(user, list)| (user.clone(), list.len() as u32))
+            .collect();
+        (state.version, users)
+    }
+
+    /// Another node is known from now on; its snapshot has been asked for. Changes it sends
+    /// before the snapshot arrives are kept.
+    pub fn remote_node_seen(&self, node: &str) {
+        let mut state = self.state.lock().unwrap();
+        let entry = state.remote.entry(Arc::from(node)).or_default();
+        entry.awaiting_snapshot = true;
+    }
+
+    /// Applies another node's change: its count for the user, and, if a device has just
+    /// connected there, closes this node's connection of the same device if it is older.
+    pub fn remote_change(&self, node: &str, change: LocalChange) {
+        let mut state = self.state.lock().unwrap();
+        if let Some((device, since)) = &change.connected {
+            let this_node = self
+                .cluster
+                .get()
+                .map(|c| c.node.clone())
+                .unwrap_or_else(|| Arc::from(""));
+            for connection in state.local.get(&change.user).map(Vec::as_slice).unwrap_or_default() {
+                // The later connection stays; a tie goes to the greater node name, so that
+                // exactly one of two simultaneous connections is closed.
+                if &connection.device == device && (connection.since, &*this_node) < (*since, node) {
+                    let _ = connection.controls.send(Control::TakenOver);
+                }
+            }
+        }
+        let Some(remote) = state.remote.get(node) else {
+            // Not known yet: its heartbeat will make it known and ask for its snapshot.
+            return;
+        };
+        let stale = change.version <= remote.floor
+            || remote
+                .users
+                .get(&change.user)
+                .is_some_and(|(_, v)| change.version <= *v);
+        let keep_zero = remote.awaiting_snapshot;
+        if stale {
+            return;
+        }
+        let before = state.total(&change.user);
+        state.set_remote(node, &change.user, change.devices, change.version, keep_zero);
+        let after = state.total(&change.user);
+        if after != before {
+            self.publish(&change.user, after);
+        }
+    }
+
+    /// Applies another node's snapshot (all its users at `version`): it replaces what is
+    /// known of that node, except changes newer than the snapshot.
+    pub fn remote_snapshot(&self, node: &str, version: u64, users: Vec<(UserKey, u32)>) {
+        let mut state = self.state.lock().unwrap();
+        let Some(remote) = state.remote.get_mut(node) else {
+            return;
+        };
+        if !remote.awaiting_snapshot {
+            return;
+        }
+        remote.awaiting_snapshot = false;
+        remote.floor = version;
+        let mut touched: Vec<UserKey> = remote
+            .users
+            .iter()
+            .filter(|(_, (_, v))| *v <= version)
+            .map(|(user, _)| user.clone())
+            .collect();
+        let newer: std::collections::HashSet<UserKey> = remote
+            .users
+            .iter()
+            .filter(|(_, (_, v))| *v > version)
+            .map(|(user, _)| user.clone())
+            .collect();
+        let mut next: HashMap<UserKey, u32> = touched.iter().map(|user| (user.clone(), 0)).collect();
+        for (user, devices) in users {
+            if !newer.contains(&user) {
+                if !next.contains_key(&user) {
+                    touched.push(user.clone());
+                }
+                next.insert(user, devices);
+            }
+        }
+        for user in touched {
+            let devices = next.get(&user).copied().unwrap_or(0);
+            let before = state.total(&user);
+            state.set_remote(node, &user, devices, version, false);
+            let after = state.total(&user);
+            if after != before {
+                self.publish(&user, after);
+            }
+        }
+        // Zero counts were kept only for the snapshot's sake.
+        if let Some(remote) = state.remote.get(node) {
+            let zeros: Vec<UserKey> = remote
+                .users
+                .iter()
+                .filter(|(_, (count, _))| *count == 0)
+                .map(|(user, _)| user.clone())
+                .collect();
+            let remote = state.remote.get_mut(node).unwrap();
+            for user in zeros {
+                remote.users.remove(&user);
+            }
+        }
+    }
+
+    /// Another node is gone (not heard from in time, or it said goodbye): its devices no
+    /// longer count.
+    pub fn remote_node_gone(&self, node: &str) {
+        let mut state = self.state.lock().unwrap();
+        let Some(remote) = state.remote.remove(node) else {
+            return;
+        };
+        for (user, (devices, _)) in remote.users {
+            if devices == 0 {
+                continue;
+            }
+            let before = state.total(&user);
+            if let Some(sum) = state.remote_devices.get_mut(&user) {
+                *sum -= devices;
+                if *sum == 0 {
+                    state.remote_devices.remove(&user);
+                }
+            }
+            let after = state.total(&user);
+            if after != before {
+                self.publish(&user, after);
+            }
+        }
+    }
+
+    /// The other nodes this node knows.
+    pub fn remote_nodes(&self) -> Vec<Arc<str>> {
+        self.state.lock().unwrap().remote.keys().cloned().collect()
     }
 }
 
@@ -141,7 +410,7 @@ impl Drop for PresenceGuard {
     }
 }
 
-fn key(org: &str, app: &str, user: &str) -> UserKey {
+pub fn key(org: &str, app: &str, user: &str) -> UserKey {
     UserKey {
         org: org.to_string(),
         app: app.to_string(),
@@ -149,6 +418,7 @@ fn key(org: &str, app: &str, user: &str) -> UserKey {
     }
 }
 
+/// One process on its own: everything live is in this process.
 impl store::live::Live for Presence {
     fn disconnect_user(&self, org: &str, app: &str, user: &str) {
         let closed = self.control(&key(org, app, user), Control::Disconnect);

@@ -12,8 +12,15 @@
 //! routing is a map lookup). Only this process's gate holds devices, so a round through
 //! rumqttd bought nothing and cost each delivery two loopback hops and a router pass.
 //!
-//! Presence never leaves the process either: the gate makes it, so the switchboard keeps
-//! each user's latest presence (the "retained" message) and hands it to a new subscriber.
+//! Presence never crosses the switchboard from outside: every node derives it (see
+//! [`crate::presence`]), so the switchboard keeps each user's latest presence (the
+//! "retained" message) and hands it to a new subscriber.
+//!
+//! In a cluster, the switchboard also says which topics this node's sessions hold: when a
+//! topic gets its first subscriber here, and when its last one leaves, it sends an
+//! [`Interest`] to the cluster (`cluster/`), which subscribes to (or drops) that topic's
+//! subject on NATS, so that deliveries made on other nodes reach this one only while it has
+//! a recipient.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,7 +29,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rumqttc::{AsyncClient, QoS};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// Deliveries a session may have queued before the switchboard drops more for it (a
 /// device that reads this slowly catches up with `sync`).
@@ -40,6 +47,23 @@ pub struct Delivery {
 /// A session subscribed to a topic: its id and its queue.
 type Subscribers = Vec<(u64, mpsc::Sender<Delivery>)>;
 
+/// A change of the topics this node's sessions hold, for the cluster.
+#[derive(Debug)]
+pub enum Interest {
+    /// The topic has its first subscriber here; `ready` is told once other nodes' deliveries
+    /// on it are routed here (the session answers SUBACK then).
+    Add(Arc<str>, oneshot::Sender<()>),
+    /// The topic's last subscriber here left.
+    Remove(Arc<str>),
+}
+
+/// What subscribing gave: the topic's retained message, and, in a cluster, when the topic
+/// is routed to this node.
+pub struct Subscribed {
+    pub retained: Option<Delivery>,
+    pub ready: Option<oneshot::Receiver<()>>,
+}
+
 pub struct Switchboard {
     topics: Mutex<HashMap<Arc<str>, Subscribers>>,
     retained: Mutex<HashMap<Arc<str>, Bytes>>,
@@ -49,6 +73,14 @@ pub struct Switchboard {
     /// Outbox publishes handed to the uplink so far: when the server drains, the bridge
     /// has everything once it has received as many.
     outbox_published: Arc<AtomicU64>,
+    /// Where interest changes go, in a cluster.
+    interest: std::sync::OnceLock<mpsc::UnboundedSender<Interest>>,
+}
+
+/// Whether deliveries on a topic may come from other nodes: inbox and room topics. Presence
+/// is derived on every node, so its topics never cross.
+fn crosses_nodes(topic: &str) -> bool {
+    topic.split('/').nth(3) != Some("presence")
 }
 
 /// Counts things dropped or refused (deliveries for slow devices, connections over a limit)
@@ -109,28 +141,50 @@ impl Switchboard {
             retained: Mutex::default(),
             uplink,
             outbox_published: Arc::default(),
+            interest: std::sync::OnceLock::new(),
             drops: DropLog::new(
                 "deliveries dropped for devices that do not read or acknowledge (they catch up with sync)",
             ),
         })
     }
 
-    /// Adds a session to a topic; returns the topic's retained message, if any.
-    pub fn subscribe(&self, topic: &str, session: u64, queue: &mpsc::Sender<Delivery>) -> Option<Delivery> {
+    /// From now on, tells `interest` when a topic that crosses nodes gets its first
+    /// subscriber on this node and loses its last. Once only.
+    pub fn route_interest(&self, interest: mpsc::UnboundedSender<Interest>) {
+        if self.interest.set(interest).is_err() {
+            panic!("the switchboard's interest is routed twice");
+        }
+    }
+
+    /// Adds a session to a topic.
+    pub fn subscribe(&self, topic: &str, session: u64, queue: &mpsc::Sender<Delivery>) -> Subscribed {
         let mut topics = self.topics.lock().unwrap();
+        let mut ready = None;
         let subscribers = match topics.get_mut(topic) {
             Some(list) => list,
-            None => topics.entry(Arc::from(topic)).or_default(),
+            None => {
+                let key: Arc<str> = Arc::from(topic);
+                // Sent under the lock, so that the cluster sees adds and removes of a topic
+                // in the order they happened.
+                if let (Some(interest), true) = (self.interest.get(), crosses_nodes(topic)) {
+                    let (tx, rx) = oneshot::channel();
+                    if interest.send(Interest::Add(key.clone(), tx)).is_ok() {
+                        ready = Some(rx);
+                    }
+                }
+                topics.entry(key).or_default()
+            }
         };
         if !subscribers.iter().any(|(id, _)| *id == session) {
             subscribers.push((session, queue.clone()));
         }
         let retained = self.retained.lock().unwrap();
-        retained.get_key_value(topic).map(|(topic, payload)| Delivery {
+        let retained = retained.get_key_value(topic).map(|(topic, payload)| Delivery {
             topic: topic.clone(),
             payload: payload.clone(),
             retain: true,
-        })
+        });
+        Subscribed { retained, ready }
     }
 
     pub fn unsubscribe(&self, topic: &str, session: u64) {
@@ -138,7 +192,11 @@ impl Switchboard {
         if let Some(list) = topics.get_mut(topic) {
             list.retain(|(id, _)| *id != session);
             if list.is_empty() {
-                topics.remove(topic);
+                if let Some((topic, _)) = topics.remove_entry(topic) {
+                    if let (Some(interest), true) = (self.interest.get(), crosses_nodes(&topic)) {
+                        let _ = interest.send(Interest::Remove(topic));
+                    }
+                }
             }
         }
     }

@@ -263,22 +263,51 @@ impl TestApp {
 
     /// A connected rumqttc 3.1.1 device subscribed to its inbox.
     pub async fn device(&self, user: &str, token: &str, device: &str) -> Device {
-        let mut options = MqttOptions::new(device, "127.0.0.1", self.mqtt_port());
-        options.set_credentials(user, token);
-        options.set_keep_alive(Duration::from_secs(30));
-        options.set_max_packet_size(1 << 20, 1 << 20);
-        let (client, eventloop) = AsyncClient::new(options, 100);
-        let (events, poller) = spawn_poller(eventloop);
-        let mut d = Device {
-            client,
-            events,
-            poller,
-            user: user.to_string(),
-            outbox: self.outbox(user),
-        };
-        d.client.subscribe(self.inbox(user), QoS::AtLeastOnce).await.unwrap();
-        d.wait_for(|p| matches!(p, Packet::SubAck(_))).await;
-        d
+        device_on(self.mqtt_port(), &self.org, &self.app, user, token, device).await
+    }
+}
+
+/// A connected rumqttc 3.1.1 device of `org/app` at MQTT port `port`, subscribed to its inbox.
+pub async fn device_on(port: u16, org: &str, app: &str, user: &str, token: &str, device: &str) -> Device {
+    try_device_on(port, org, app, user, token, device)
+        .await
+        .unwrap_or_else(|e| panic!("{user}: {e}"))
+}
+
+/// As [`device_on`], but a refused or failed connection is an error, not a panic.
+pub async fn try_device_on(
+    port: u16,
+    org: &str,
+    app: &str,
+    user: &str,
+    token: &str,
+    device: &str,
+) -> Result<Device, String> {
+    let mut options = MqttOptions::new(device, "127.0.0.1", port);
+    options.set_credentials(user, token);
+    options.set_keep_alive(Duration::from_secs(30));
+    options.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, eventloop) = AsyncClient::new(options, 100);
+    let (events, poller) = spawn_poller(eventloop);
+    let mut d = Device {
+        client,
+        events,
+        poller,
+        user: user.to_string(),
+        outbox: format!("chat/{org}/{app}/u/{user}/out"),
+    };
+    d.client
+        .subscribe(format!("chat/{org}/{app}/u/{user}/in"), QoS::AtLeastOnce)
+        .await
+        .map_err(|e| e.to_string())?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match d.next_packet(left).await? {
+            Some(Packet::SubAck(_)) => return Ok(d),
+            Some(_) => {}
+            None => return Err("no SUBACK within 10 s".into()),
+        }
     }
 }
 
@@ -393,6 +422,28 @@ impl Device {
         }
     }
 
+    /// The next packet within `within` (`Ok(None)` if none came), or the connection's error.
+    pub async fn next_packet(&mut self, within: Duration) -> Result<Option<Packet>, String> {
+        match tokio::time::timeout(within, self.events.recv()).await {
+            Ok(Some(Ok(packet))) => Ok(Some(packet)),
+            Ok(Some(Err(e))) => Err(e),
+            Ok(None) => Err("connection closed".into()),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Waits until the server closes the connection: true if it did within `within`.
+    pub async fn closed_within(&mut self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(_)) | None) => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+
     /// Collects inbox envelopes for `window`, while keeping the connection alive.
     pub async fn collect(&mut self, window: Duration) -> Vec<Value> {
         let mut got = Vec::new();
@@ -404,4 +455,68 @@ impl Device {
         }
         got
     }
+}
+
+/// The NATS server cluster tests use: `$NATS_URL`, or the one on 127.0.0.1:4222 (the test
+/// script makes sure one answers). Tests fail, never skip, without it.
+pub fn nats_url() -> String {
+    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+impl TestDb {
+    /// Another node's handle on a database a first node owns (dropping it drops nothing).
+    pub fn shared(url: &str) -> TestDb {
+        TestDb {
+            url: url.to_string(),
+            _dir: None,
+            pg_name: None,
+        }
+    }
+}
+
+/// `n` chatd nodes in this process, in cluster mode on one fresh PostgreSQL database and the
+/// test NATS, under a NATS subject prefix of their own (so tests running at once never hear
+/// each other). Node 0 owns the database and created the app; `tweak` adjusts each node's
+/// configuration (its index given).
+pub async fn spawn_cluster(n: usize, tweak: impl Fn(usize, &mut chatd::Config)) -> Vec<TestApp> {
+    let db = fresh_database(Backend::Postgres).await;
+    let prefix = format!("test{}", store::tokens::random_secret(8).to_ascii_lowercase());
+    let config = |i: usize| {
+        let mut config = test_config(&db.url);
+        config.cluster.nats = nats_url();
+        config.cluster.node = format!("node{i}");
+        config.cluster.prefix = prefix.clone();
+        config.cluster.heartbeat_ms = 200;
+        config.cluster.node_timeout_ms = 1000;
+        tweak(i, &mut config);
+        config
+    };
+    let configs: Vec<chatd::Config> = (0..n).map(config).collect();
+    let url = db.url.clone();
+    let first = spawn_app_with(configs[0].clone(), db).await;
+    let mut nodes = vec![first];
+    for config in configs.into_iter().skip(1) {
+        let server = chatd::start(config).await.expect("node starts");
+        let first = &nodes[0];
+        let mut node = TestApp {
+            api: format!("http://{}", server.api_addr),
+            server,
+            http: reqwest::Client::new(),
+            org: first.org.clone(),
+            app: first.app.clone(),
+            client_id: first.client_id.clone(),
+            client_secret: first.client_secret.clone(),
+            app_token: String::new(),
+            database_url: url.clone(),
+            _db: TestDb::shared(&url),
+        };
+        node.app_token = node
+            .token(json!({"grant_type": "client_credentials", "client_id": node.client_id, "client_secret": node.client_secret}))
+            .await;
+        nodes.push(node);
+    }
+    // Every node has heard every other's first heartbeat (sent as it starts) by the time it
+    // would matter; give the last one's a moment to land.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    nodes
 }

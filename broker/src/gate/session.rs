@@ -213,6 +213,8 @@ const MAX_CONNECT_BYTES: usize = 64 * 1024 + 1024;
 
 /// Most QoS 1 publishes a device may leave unacknowledged, whatever its Receive Maximum.
 const MAX_UNACKED: usize = 1024;
+/// The longest a SUBSCRIBE waits for its topics to be routed to this node by the cluster.
+const ROUTING_WAIT: Duration = Duration::from_secs(2);
 
 async fn authenticate(shared: &Shared, request: &ConnectRequest) -> Result<Identity, (Refusal, String)> {
     let not_authorized = |why: &str| (Refusal::NotAuthorized, why.to_string());
@@ -784,6 +786,7 @@ impl Session {
     async fn subscribe(&mut self, pkid: u16, filters: Vec<(String, QoS)>, out: &mut BytesMut) {
         let mut granted = Vec::with_capacity(filters.len());
         let mut retained = Vec::new();
+        let mut routing = Vec::new();
         for (filter, qos) in filters {
             // Each filter may cost a database check, and each held topic memory: both are
             // bounded per connection.
@@ -804,9 +807,20 @@ impl Session {
                 continue;
             }
             let qos = if qos == QoS::AtMostOnce { qos } else { QoS::AtLeastOnce };
-            retained.extend(self.shared.switchboard.subscribe(&filter, self.id, &self.queue));
+            let subscribed = self.shared.switchboard.subscribe(&filter, self.id, &self.queue);
+            retained.extend(subscribed.retained);
+            routing.extend(subscribed.ready);
             self.subscriptions.insert(filter, qos);
             granted.push(Ok(qos));
+        }
+        // In a cluster, SUBACK once other nodes' deliveries on the new topics are routed here:
+        // a device that subscribes and then syncs misses nothing in between. Bounded, so a
+        // slow NATS cannot hold the session (what it misses then, it gets by its next sync).
+        if !routing.is_empty() {
+            let all = futures_util::future::join_all(routing);
+            if tokio::time::timeout(ROUTING_WAIT, all).await.is_err() {
+                tracing::warn!(user = %self.identity.user, device = %self.identity.device, "subscription not routed across the cluster in time; answering anyway");
+            }
         }
         match self.version {
             Version::V4 => {
