@@ -62,6 +62,11 @@ impl ClusterConfig {
             self.node_timeout_ms >= 2 * self.heartbeat_ms,
             "cluster.node_timeout_ms must be at least twice cluster.heartbeat_ms"
         );
+        let prefix = self.prefix.trim().to_string();
+        anyhow::ensure!(
+            cluster::subjects::valid_prefix(&prefix),
+            "cluster.prefix {prefix:?}: must be dot-separated tokens of A-Z, a-z, 0-9, '_', '-'"
+        );
         let node = match self.node.trim() {
             "" => host_name(),
             name => name.to_string(),
@@ -73,7 +78,7 @@ impl ClusterConfig {
         Ok(Some(cluster::ClusterSettings {
             nats,
             node,
-            prefix: self.prefix.trim().to_string(),
+            prefix,
             heartbeat: std::time::Duration::from_millis(self.heartbeat_ms),
             node_timeout: std::time::Duration::from_millis(self.node_timeout_ms),
         }))

@@ -48,6 +48,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Server> {
     // another (or the database) of descriptors.
     let others = config.api.max_connections + config.mqtt.max_pending;
     config.mqtt.max_connections = fit_connections_to_open_files(config.mqtt.max_connections, others);
+    let cluster_settings = config.cluster.settings()?;
     let url = config.database_url();
     if url.starts_with("sqlite:") && config.database_url.is_empty() {
         std::fs::create_dir_all(&config.data_dir)
@@ -86,7 +87,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Server> {
     let presence = Presence::new(switchboard.clone());
     // What the API and the bridge may ask of live connections: on one node the presence
     // tracker holds them all; in a cluster, NATS reaches the other nodes' too.
-    let cluster = match config.cluster.settings()? {
+    let cluster = match cluster_settings {
         Some(settings) => Some(cluster::Cluster::start(settings, presence.clone(), switchboard.clone()).await?),
         None => None,
     };

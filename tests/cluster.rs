@@ -296,3 +296,33 @@ async fn presence_push_decision_and_controls_cross_nodes() {
     );
     presence_reaches(&mut watch, 0).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_setting_that_cannot_work_stops_the_start_with_its_name() {
+    let db = common::fresh_database(common::Backend::Sqlite).await;
+    let nats = common::nats_url();
+    let cases = [
+        (
+            "nats://127.0.0.1:1",
+            "chatd",
+            1000,
+            3000,
+            "cluster.nats: cannot connect to NATS at nats://127.0.0.1:1",
+        ),
+        ("not a url", "chatd", 1000, 3000, "cluster.nats"),
+        (nats.as_str(), "a.*", 1000, 3000, "cluster.prefix"),
+        (nats.as_str(), "chatd", 1000, 1500, "cluster.node_timeout_ms"),
+    ];
+    for (nats, prefix, heartbeat, timeout, named) in cases {
+        let mut config = common::test_config(&db.url);
+        config.cluster.nats = nats.into();
+        config.cluster.prefix = prefix.into();
+        config.cluster.heartbeat_ms = heartbeat;
+        config.cluster.node_timeout_ms = timeout;
+        let error = match chatd::start(config).await {
+            Ok(_) => panic!("started with {nats} {prefix} {heartbeat} {timeout}"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(error.contains(named), "{error:?} does not name {named}");
+    }
+}

@@ -6,7 +6,8 @@
 //! carries what is live, and each kind by the cheapest rule that is still right:
 //!
 //! - **Deliveries** (inbox and room publishes from the bridge, events from the API) are
-//!   dispatched to this node's sessions as before and published once on the topic's subject
+//!   dispatched to this node's sessions as before and, unless they answer one device of
+//!   this node (an `ack`, an `error`), published once on the topic's subject
 //!   ([`subjects::for_topic`]). A node subscribes to a topic's subject when the topic gets
 //!   its first subscriber on that node and unsubscribes when the last one leaves (the
 //!   switchboard's [`Interest`]), so NATS forwards a delivery only to nodes that hold a
@@ -36,6 +37,7 @@ use broker::presence::{key, Control, LocalChange, Presence, UserKey};
 use broker::switchboard::{Interest, Switchboard};
 use bytes::Bytes;
 use futures_util::StreamExt;
+use store::envelope::{unframe_inbox, Route};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -403,7 +405,14 @@ impl store::live::Live for Cluster {
 
     fn deliver_inbox(&self, org: &str, app: &str, user: &str, framed: Vec<u8>) {
         let topic = store::topics::inbox(org, app, user);
+        // A reply to one device (ack, error, synced, ok) is for the device that sent the op
+        // through this node's gate to this node's bridge: it never needs to cross.
+        let reply = matches!(unframe_inbox(&framed), Some((Route::Only(_), _)));
         let payload = Bytes::from(framed);
+        if reply {
+            self.switchboard.dispatch(&topic, payload);
+            return;
+        }
         self.switchboard.dispatch(&topic, payload.clone());
         self.share(&topic, payload);
     }
