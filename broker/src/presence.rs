@@ -455,3 +455,91 @@ impl store::live::Live for Presence {
             .dispatch(&store::topics::room(org, app, room), payload.into());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(user: &str, devices: u32, version: u64, connected: Option<(&str, i64)>) -> LocalChange {
+        LocalChange {
+            user: key("o", "a", user),
+            devices,
+            version,
+            connected: connected.map(|(d, t)| (d.to_string(), t)),
+        }
+    }
+
+    fn presence() -> Presence {
+        let presence = Presence::new(Switchboard::unconnected());
+        let _changes = presence.join_cluster(Arc::from("me"));
+        presence
+    }
+
+    #[test]
+    fn remote_counts_add_up_and_go_with_their_node() {
+        let p = presence();
+        let bob = key("o", "a", "bob");
+        // Not known yet: ignored (its snapshot will tell).
+        p.remote_change("b", change("bob", 1, 1, None));
+        assert_eq!(p.devices(&bob), 0);
+        p.remote_node_seen("b");
+        p.remote_node_seen("c");
+        p.remote_change("b", change("bob", 1, 2, None));
+        p.remote_change("c", change("bob", 2, 7, None));
+        assert_eq!(p.devices(&bob), 3);
+        // Older than what is known: ignored.
+        p.remote_change("c", change("bob", 5, 6, None));
+        assert_eq!(p.devices(&bob), 3);
+        p.remote_node_gone("c");
+        assert_eq!(p.devices(&bob), 1);
+        p.remote_change("b", change("bob", 0, 3, None));
+        assert_eq!(p.devices(&bob), 0);
+    }
+
+    #[test]
+    fn a_snapshot_never_undoes_a_newer_change() {
+        let p = presence();
+        let (bob, carol, dave) = (key("o", "a", "bob"), key("o", "a", "carol"), key("o", "a", "dave"));
+        p.remote_node_seen("b");
+        // While the snapshot (taken at version 10) is on its way: bob left at 12, carol came at 11.
+        p.remote_change("b", change("bob", 1, 5, None));
+        p.remote_change("b", change("bob", 0, 12, None));
+        p.remote_change("b", change("carol", 1, 11, None));
+        p.remote_snapshot("b", 10, vec![(bob.clone(), 1), (dave.clone(), 2)]);
+        assert_eq!(
+            p.devices(&bob),
+            0,
+            "the snapshot brought back a device that left after it"
+        );
+        assert_eq!(p.devices(&carol), 1);
+        assert_eq!(p.devices(&dave), 2);
+        // Changes older than the snapshot are ignored from now on.
+        p.remote_change("b", change("dave", 0, 9, None));
+        assert_eq!(p.devices(&dave), 2);
+        // A snapshot nobody asked for is ignored.
+        p.remote_snapshot("b", 20, vec![]);
+        assert_eq!(p.devices(&dave), 2);
+    }
+
+    #[test]
+    fn the_later_connection_of_a_device_stays() {
+        let p = presence();
+        let mut older = p.connected(key("o", "a", "bob"), "phone");
+        let since = store::now_ms();
+        // The same device connects on node "b" later: this one is taken over.
+        p.remote_change("b", change("bob", 1, 1, Some(("phone", since + 1_000))));
+        assert_eq!(older.controls.try_recv(), Ok(Control::TakenOver));
+        // An earlier connection elsewhere (announced late) does not close this one.
+        let mut newer = p.connected(key("o", "a", "bob"), "tablet");
+        p.remote_change("b", change("bob", 1, 2, Some(("tablet", since - 60_000))));
+        assert!(newer.controls.try_recv().is_err());
+        // Same moment: the greater node name wins ("me" < "x").
+        let mut tie = p.connected(key("o", "a", "bob"), "laptop");
+        let at = p.state.lock().unwrap().local[&key("o", "a", "bob")]
+            .last()
+            .unwrap()
+            .since;
+        p.remote_change("x", change("bob", 1, 1, Some(("laptop", at))));
+        assert_eq!(tie.controls.try_recv(), Ok(Control::TakenOver));
+    }
+}

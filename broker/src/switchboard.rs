@@ -156,6 +156,20 @@ impl Switchboard {
         }
     }
 
+    /// A switchboard whose uplink goes nowhere: for tests of what routes in-process.
+    #[cfg(test)]
+    pub(crate) fn unconnected() -> Arc<Switchboard> {
+        let (uplink, _never_polled) = AsyncClient::new(rumqttc::MqttOptions::new("test", "127.0.0.1", 9), 10);
+        Arc::new(Switchboard {
+            topics: Mutex::default(),
+            retained: Mutex::default(),
+            uplink,
+            outbox_published: Arc::default(),
+            interest: std::sync::OnceLock::new(),
+            drops: DropLog::new("test drops"),
+        })
+    }
+
     /// Adds a session to a topic.
     pub fn subscribe(&self, topic: &str, session: u64, queue: &mpsc::Sender<Delivery>) -> Subscribed {
         let mut topics = self.topics.lock().unwrap();
