@@ -109,13 +109,22 @@ async fn one_to_one_receipts_typing_and_events_cross_nodes() {
     assert_eq!(api_msg["body"]["msg"], "from the API");
 
     // Interest: carol is only on A; bob (B) -> carol crosses to A and nowhere else.
-    let _carol_dev = a.device("carol", &carol, "carol-phone").await;
+    let carol_dev = a.device("carol", &carol, "carol-phone").await;
     let (before_a, before_c) = (received(a), received(c));
     bob_phone.send_text("c3", "carol", "only A holds carol").await;
     bob_phone.next_op("ack").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(received(a) > before_a, "the delivery did not reach A");
     assert_eq!(received(c), before_c, "C holds no recipient but got the delivery");
+
+    // Once carol's last device on A leaves, A drops the subject: nothing crosses for her.
+    drop(carol_dev);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before_a = received(a);
+    bob_phone.send_text("c4", "carol", "nobody holds carol").await;
+    bob_phone.next_op("ack").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(received(a), before_a, "A still got carol's deliveries after she left");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
