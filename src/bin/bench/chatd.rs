@@ -1,6 +1,7 @@
 //! A chatd started for one bench run: the binary next to this one, as a child process, on
-//! free ports, with a fresh SQLite file or a fresh database on a PostgreSQL server; and the
-//! REST calls the runs need (users, tokens, groups, rooms).
+//! free ports, with a fresh SQLite file or a fresh database on a PostgreSQL server; or, for
+//! a cluster run, several such processes on one fresh PostgreSQL database with NATS between
+//! them. And the REST calls the runs need (users, tokens, groups, rooms).
 
 use std::process::Stdio;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -9,15 +10,31 @@ use anyhow::{bail, Context};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+/// The chatd of a run: one node, or the nodes of a cluster, on one database. REST calls go
+/// to the first node.
 pub struct Chatd {
     pub label: String,
-    pub mqtt_port: u16,
+    /// Every node, the first one (which created the dev app) first.
+    pub nodes: Vec<Node>,
     pub base: String,
     pub app_token: String,
     pub http: reqwest::Client,
-    child: tokio::process::Child,
     pg_db: Option<(String, String)>,
+}
+
+/// One chatd process.
+pub struct Node {
+    pub name: String,
+    pub mqtt_port: u16,
+    child: tokio::process::Child,
     _data_dir: tempfile::TempDir,
+}
+
+/// Several chatd nodes on one PostgreSQL database, with NATS between them.
+pub struct Cluster<'a> {
+    /// The NATS server the nodes join (`nats://127.0.0.1:PORT`).
+    pub nats_url: &'a str,
+    pub nodes: usize,
 }
 
 impl Chatd {
@@ -25,18 +42,23 @@ impl Chatd {
     /// faster than a person (up to ~200 msg/s each when saturated), and `idle` connects
     /// thousands of devices of few users, as fast as it can.
     pub async fn start(database_url: Option<&str>) -> anyhow::Result<Chatd> {
-        Self::start_with(database_url, true).await
+        Self::start_with(database_url, true, None).await
     }
 
-    /// A chatd with every budget at its default (what `--flood` measures).
-    pub async fn start_with_default_budgets(database_url: Option<&str>) -> anyhow::Result<Chatd> {
-        Self::start_with(database_url, false).await
-    }
-
-    async fn start_with(database_url: Option<&str>, lift_budgets: bool) -> anyhow::Result<Chatd> {
-        let data_dir = tempfile::tempdir()?;
+    /// A chatd with the budgets lifted (as [`Chatd::start`]) or at their defaults (what
+    /// `--flood` measures); with `cluster`, that many nodes on one PostgreSQL database. The
+    /// first node creates the schema and the dev app, and prints the app's credentials; the
+    /// others start once it is up.
+    pub async fn start_with(
+        database_url: Option<&str>,
+        lift_budgets: bool,
+        cluster: Option<Cluster<'_>>,
+    ) -> anyhow::Result<Chatd> {
+        let data_dirs = (0..cluster.as_ref().map_or(1, |c| c.nodes))
+            .map(|_| tempfile::tempdir())
+            .collect::<Result<Vec<_>, _>>()?;
         let stamp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_micros();
-        let (url, label, pg_db) = match database_url {
+        let (url, mut label, pg_db) = match database_url {
             Some(base) => {
                 use sqlx::Connection;
                 let name = format!("chatd_bench_{stamp}");
@@ -57,68 +79,56 @@ impl Chatd {
                     Some((base.to_string(), name)),
                 )
             }
+            None if cluster.is_some() => bail!("the nodes of a cluster need a PostgreSQL database"),
             None => (
-                format!("sqlite://{}", data_dir.path().join("chatd.db").display()),
+                format!("sqlite://{}", data_dirs[0].path().join("chatd.db").display()),
                 "chatd (SQLite)".to_string(),
                 None,
             ),
         };
+        if let Some(cluster) = &cluster {
+            label = format!("chatd (PostgreSQL, {} nodes)", cluster.nodes);
+        }
         let exe = std::env::current_exe()?.with_file_name("chatd");
-        let mut command = tokio::process::Command::new(&exe);
-        if lift_budgets {
-            for (key, value) in [
-                ("CHATD_MQTT__BUDGETS__SEND__PER_SEC", "1000000"),
-                ("CHATD_MQTT__BUDGETS__SEND__BURST", "1000000"),
-                ("CHATD_MQTT__BUDGETS__CONNECT__PER_SEC", "1000000"),
-                ("CHATD_MQTT__BUDGETS__CONNECT__BURST", "1000000"),
-            ] {
-                command.env(key, value);
+        let mut nodes = Vec::with_capacity(data_dirs.len());
+        let mut first_banner = Vec::new();
+        for (n, data_dir) in data_dirs.into_iter().enumerate() {
+            let mut command = tokio::process::Command::new(&exe);
+            if lift_budgets {
+                for (key, value) in [
+                    ("CHATD_MQTT__BUDGETS__SEND__PER_SEC", "1000000"),
+                    ("CHATD_MQTT__BUDGETS__SEND__BURST", "1000000"),
+                    ("CHATD_MQTT__BUDGETS__CONNECT__PER_SEC", "1000000"),
+                    ("CHATD_MQTT__BUDGETS__CONNECT__BURST", "1000000"),
+                ] {
+                    command.env(key, value);
+                }
+            }
+            let name = format!("node{n}");
+            if let Some(cluster) = &cluster {
+                command
+                    .env("CHATD_CLUSTER__NATS", cluster.nats_url)
+                    .env("CHATD_CLUSTER__NODE", &name)
+                    .env("CHATD_CLUSTER__PREFIX", "bench");
+            }
+            command.env("DATABASE_URL", &url);
+            let (node, banner) = Node::spawn(command, name, data_dir).await?;
+            nodes.push(node);
+            if n == 0 {
+                first_banner = banner;
             }
         }
-        let mut child = command
-            .env("DATABASE_URL", &url)
-            .env("CHATD_DATA_DIR", data_dir.path())
-            .env("CHATD_MQTT__TCP", "127.0.0.1:0")
-            .env("CHATD_MQTT__WS", "")
-            .env("CHATD_API__LISTEN", "127.0.0.1:0")
-            .env(
-                "RUST_LOG",
-                std::env::var("BENCH_CHATD_LOG").unwrap_or_else(|_| "warn,rumqttd=off".into()),
-            )
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {} (build it with cargo build --release)", exe.display()))?;
-        let mut lines = BufReader::new(child.stdout.take().context("no stdout")?).lines();
-        let mut banner = Vec::new();
-        while let Some(line) = lines.next_line().await? {
-            let done = line.starts_with("REST API:");
-            banner.push(line);
-            if done {
-                break;
-            }
-        }
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let field = |prefix: &str| -> anyhow::Result<String> {
-            banner
-                .iter()
-                .find_map(|l| l.trim().strip_prefix(prefix).map(|v| v.trim().to_string()))
-                .with_context(|| format!("chatd did not print '{prefix}'"))
-        };
-        let mqtt_port: u16 = field("MQTT (TCP):")?.rsplit(':').next().unwrap_or_default().parse()?;
+        let field = |prefix: &str| banner_field(&first_banner, prefix);
         let base = format!("{}/demo/chat", field("REST API:")?);
         let http = reqwest::Client::new();
         let grant = json!({"grant_type": "client_credentials", "client_id": field("client_id:")?, "client_secret": field("client_secret:")?});
         let mut chatd = Chatd {
             label,
-            mqtt_port,
+            nodes,
             base,
             app_token: String::new(),
             http,
-            child,
             pg_db,
-            _data_dir: data_dir,
         };
         chatd.app_token = chatd.post("/token", grant).await?["access_token"]
             .as_str()
@@ -128,6 +138,16 @@ impl Chatd {
         let limits = json!({"send_rate_per_sec": 1e9, "send_burst": 1e9, "max_group_members": 100000, "max_room_members": 100000});
         chatd.put("/settings", limits).await?;
         Ok(chatd)
+    }
+
+    /// The first node's MQTT port (the only node's, unless a cluster run).
+    pub fn mqtt_port(&self) -> u16 {
+        self.nodes[0].mqtt_port
+    }
+
+    /// The first node's process id.
+    pub fn pid(&self) -> u32 {
+        self.nodes[0].pid()
     }
 
     pub async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
@@ -199,13 +219,13 @@ impl Chatd {
         Ok(body["access_token"].as_str().context("no token")?.to_string())
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.id().unwrap_or_default()
-    }
-
     pub async fn stop(mut self) -> anyhow::Result<()> {
-        self.child.start_kill()?;
-        let _ = self.child.wait().await;
+        for node in &mut self.nodes {
+            node.child.start_kill()?;
+        }
+        for node in &mut self.nodes {
+            let _ = node.child.wait().await;
+        }
         if let Some((base, name)) = self.pg_db.take() {
             use sqlx::Connection;
             let mut conn = sqlx::PgConnection::connect(&base).await?;
@@ -215,6 +235,103 @@ impl Chatd {
         }
         Ok(())
     }
+}
+
+impl Node {
+    /// Starts `command` (chatd, its database and cluster settings already set) on free
+    /// ports and reads its start banner, up to the REST API's address.
+    async fn spawn(
+        mut command: tokio::process::Command,
+        name: String,
+        data_dir: tempfile::TempDir,
+    ) -> anyhow::Result<(Node, Vec<String>)> {
+        let program = std::path::PathBuf::from(command.as_std().get_program());
+        let mut child = command
+            .env("CHATD_DATA_DIR", data_dir.path())
+            .env("CHATD_MQTT__TCP", "127.0.0.1:0")
+            .env("CHATD_MQTT__WS", "")
+            .env("CHATD_API__LISTEN", "127.0.0.1:0")
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_CHATD_LOG").unwrap_or_else(|_| "warn,rumqttd=off".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {} (build it with cargo build --release)", program.display()))?;
+        let mut lines = BufReader::new(child.stdout.take().context("no stdout")?).lines();
+        let mut banner = Vec::new();
+        while let Some(line) = lines.next_line().await? {
+            let done = line.starts_with("REST API:");
+            banner.push(line);
+            if done {
+                break;
+            }
+        }
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let mqtt_port = banner_field(&banner, "MQTT (TCP):")
+            .with_context(|| format!("starting {name}"))?
+            .rsplit(':')
+            .next()
+            .unwrap_or_default()
+            .parse()?;
+        let node = Node {
+            name,
+            mqtt_port,
+            child,
+            _data_dir: data_dir,
+        };
+        Ok((node, banner))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap_or_default()
+    }
+}
+
+/// The value after `prefix` on a line of chatd's start banner.
+fn banner_field(banner: &[String], prefix: &str) -> anyhow::Result<String> {
+    banner
+        .iter()
+        .find_map(|line| line.trim().strip_prefix(prefix).map(|v| v.trim().to_string()))
+        .with_context(|| format!("chatd did not print '{prefix}'"))
+}
+
+/// A process's CPU time so far, user and system, in seconds (`/proc/PID/stat`); 0 if it
+/// has gone.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces), from field 3 (state): utime
+    // and stime are fields 14 and 15.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    (ticks(14) + ticks(15)) as f64 / ticks_per_second()
+}
+
+/// The unit of the CPU times in `/proc` (clock ticks per second).
+fn ticks_per_second() -> f64 {
+    // SAFETY: sysconf only reads a system constant.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
+}
+
+/// CPU seconds the whole machine has been busy, all cores and processes (`/proc/stat`:
+/// user, nice, system, irq, softirq and steal time; not idle or iowait).
+pub fn machine_busy_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .and_then(|all| all.strip_prefix("cpu "))
+        .map_or(Vec::new(), |all| {
+            all.split_whitespace().filter_map(|v| v.parse().ok()).collect()
+        });
+    let busy: u64 = [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| ticks.get(i)).sum();
+    busy as f64 / ticks_per_second()
 }
 
 /// A process's resident memory in KiB and open file descriptors, from `/proc`.

@@ -73,7 +73,7 @@ pub async fn run(args: &Fanout, channel: Channel, database_url: Option<&str>) ->
                 Channel::Group => format!("chat/demo/chat/u/{user}/in"),
                 Channel::Room => format!("chat/demo/chat/room/{id}"),
             };
-            pending.push(subscribed(options(&user, &token, chatd.mqtt_port), topic));
+            pending.push(subscribed(options(&user, &token, chatd.mqtt_port()), topic));
         }
         for result in futures_util::future::join_all(pending).await {
             let (client, mut eventloop) = result?;
@@ -111,13 +111,13 @@ pub async fn run(args: &Fanout, channel: Channel, database_url: Option<&str>) ->
 
     // The one-to-one pair that keeps talking during the fan-out.
     let background = tokio::spawn(background_pair(
-        chatd.mqtt_port,
+        chatd.mqtt_port(),
         chatd.user_token("p0").await?,
         chatd.user_token("p1").await?,
     ));
 
     let sender_token = chatd.user_token("m0").await?;
-    let (sender, mut sender_loop) = client(options("m0", &sender_token, chatd.mqtt_port));
+    let (sender, mut sender_loop) = client(options("m0", &sender_token, chatd.mqtt_port()));
     let acks = tokio::spawn(async move {
         let mut acks = 0;
         while let Ok(event) = sender_loop.poll().await {

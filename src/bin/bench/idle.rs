@@ -63,7 +63,7 @@ pub async fn run(idle: &Idle, database_url: Option<&str>) -> anyhow::Result<()> 
         let mut child = tokio::process::Command::new(&exe)
             .arg("idle-worker")
             .arg("--port")
-            .arg(chatd.mqtt_port.to_string())
+            .arg(chatd.mqtt_port().to_string())
             .arg("--from")
             .arg(from.to_string())
             .arg("--to")

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! bench chatd   [--pairs 100 --messages 200 --size 100 --rate 0] [--database-url postgres://…]
+//!               [--nodes N [--same-node] (a cluster on PostgreSQL, with its own nats-server)]
 //! bench mqtt    --port 1883 [--host 127.0.0.1] [same traffic options]
 //! bench compare [--mosquitto-port P | (starts a fresh mosquitto)] [--database-url …]
 //! bench group   [--members 2000 --online N --messages 20 --interval-ms 250] [--database-url …]
@@ -13,6 +14,10 @@
 //! ```
 //!
 //! `--rss-every-secs N` on `chatd` prints chatd's resident memory every N seconds (a soak).
+//! `--nodes N` on `chatd` runs N chatd nodes on one PostgreSQL database with a throwaway
+//! `nats-server` between them, pair `i`'s sender on node `i % N` and its receiver on node
+//! `(i + 1) % N`, so that with N > 1 every message crosses nodes (`--same-node`: none does,
+//! the control run); it prints NATS's messages and bytes per delivered message.
 //!
 //! Every chatd run starts the `chatd` binary next to this one as a child process with a
 //! fresh database (SQLite, or a new database on the PostgreSQL server of
@@ -20,11 +25,14 @@
 //! `send` ops, timed from publish to the receiver's `msg`), and at the end the tool checks
 //! that every message is in the database. Plain MQTT sends the same payloads as QoS 1
 //! publishes on `bench/{i}`, with no storage. Reported: delivered messages per second
-//! (first send to last delivery) and send-to-deliver latency percentiles.
+//! (first send to last delivery) and send-to-deliver latency percentiles; for chatd runs
+//! also the CPU time the traffic took per delivered message (each chatd node, nats-server,
+//! this tool, the whole machine).
 
 mod chatd;
 mod fanout;
 mod idle;
+mod nats;
 mod pairs;
 mod report;
 mod sync;
@@ -52,6 +60,8 @@ enum Mode {
         /// PostgreSQL server to create the run's database on; SQLite if absent.
         #[arg(long)]
         database_url: Option<String>,
+        #[command(flatten)]
+        nodes: pairs::Nodes,
     },
     /// The same pairs as plain MQTT QoS 1 through any broker, no storage.
     Mqtt {
@@ -110,19 +120,23 @@ enum Mode {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().mode {
-        Mode::Chatd { traffic, database_url } => pairs::through_chatd(&traffic, database_url.as_deref()).await?.print(),
+        Mode::Chatd {
+            traffic,
+            database_url,
+            nodes,
+        } => pairs::through_chatd(&traffic, database_url.as_deref(), &nodes)
+            .await?
+            .print(),
         Mode::Mqtt { traffic, host, port } => {
             let label = format!("plain MQTT {host}:{port}");
-            pairs::run(&traffic, &host, port, pairs::Protocol::Plain, label)
-                .await?
-                .print()
+            through_broker(&traffic, &host, port, label).await?.print()
         }
         Mode::Compare {
             traffic,
             database_url,
             mosquitto_port,
         } => {
-            let chatd = pairs::through_chatd(&traffic, database_url.as_deref()).await?;
+            let chatd = pairs::through_chatd(&traffic, database_url.as_deref(), &pairs::Nodes::ONE).await?;
             let (port, _mosquitto) = match mosquitto_port {
                 Some(port) => (port, None),
                 None => {
@@ -131,7 +145,7 @@ async fn main() -> anyhow::Result<()> {
                 }
             };
             let label = format!("mosquitto :{port} (no storage)");
-            let plain = pairs::run(&traffic, "127.0.0.1", port, pairs::Protocol::Plain, label).await?;
+            let plain = through_broker(&traffic, "127.0.0.1", port, label).await?;
             chatd.print();
             plain.print();
             println!("chatd / mosquitto throughput: {:.2}x", chatd.rate() / plain.rate());
@@ -150,9 +164,27 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The pairs as plain MQTT through the broker at `host:port`.
+async fn through_broker(
+    traffic: &pairs::Traffic,
+    host: &str,
+    port: u16,
+    label: String,
+) -> anyhow::Result<report::Report> {
+    let no_reading = || async { anyhow::Ok(()) };
+    let ports = vec![(port, port); traffic.pairs];
+    let (report, (), ()) = pairs::run(traffic, host, &ports, pairs::Protocol::Plain, label, no_reading).await?;
+    Ok(report)
+}
+
+/// A port free on 127.0.0.1 at the time of asking.
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
 /// Starts a fresh Mosquitto on a free port.
 async fn spawn_mosquitto() -> anyhow::Result<(u16, tokio::process::Child)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = free_port()?;
     let dir = std::env::temp_dir().join(format!("bench-mosquitto-{port}"));
     std::fs::create_dir_all(&dir)?;
     let conf = dir.join("mosquitto.conf");

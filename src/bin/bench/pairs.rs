@@ -1,5 +1,6 @@
 //! N sender/receiver pairs of one-to-one chat, through chatd or as plain MQTT.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -8,7 +9,8 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
-use crate::chatd::Chatd;
+use crate::chatd::{cpu_seconds, machine_busy_seconds, Chatd, Cluster};
+use crate::nats::{NatsServer, Varz};
 use crate::report::{now_us, Report};
 
 #[derive(clap::Args, Clone)]
@@ -33,6 +35,38 @@ pub struct Traffic {
     /// device does to everyone else's latency.
     #[arg(long)]
     pub flood: Option<String>,
+}
+
+/// How many chatd nodes a pairs run uses, and which node each pair's two ends connect to.
+#[derive(clap::Args, Clone)]
+pub struct Nodes {
+    /// chatd nodes on the one database; more than one needs `--database-url` and starts a
+    /// nats-server between them. Pair `i`'s sender connects to node `i % N` and its
+    /// receiver to node `(i + 1) % N`, so every message crosses nodes.
+    #[arg(long, default_value_t = 1)]
+    pub nodes: usize,
+    /// Each pair's receiver on its sender's node instead, so no message crosses nodes: the
+    /// control run for what crossing costs.
+    #[arg(long)]
+    pub same_node: bool,
+}
+
+impl Nodes {
+    /// One chatd, no NATS.
+    pub const ONE: Nodes = Nodes {
+        nodes: 1,
+        same_node: false,
+    };
+
+    /// The nodes (indices) of pair `i`'s sender and receiver.
+    fn of_pair(&self, i: usize) -> (usize, usize) {
+        let sender = i % self.nodes;
+        if self.same_node {
+            (sender, sender)
+        } else {
+            (sender, (i + 1) % self.nodes)
+        }
+    }
 }
 
 /// How one protocol frames a message and reads it back.
@@ -75,14 +109,26 @@ impl Protocol {
     }
 }
 
-/// Pairs through a chatd started for the run; checks every message was stored.
-pub async fn through_chatd(traffic: &Traffic, database_url: Option<&str>) -> anyhow::Result<Report> {
+/// Pairs through a chatd started for the run, on one node or several (a cluster with NATS
+/// between them); prints what the traffic cost in CPU and NATS messages, and checks every
+/// message was stored.
+pub async fn through_chatd(traffic: &Traffic, database_url: Option<&str>, placement: &Nodes) -> anyhow::Result<Report> {
+    let nodes = placement.nodes;
+    if nodes == 0 {
+        bail!("--nodes must be at least 1");
+    }
+    if nodes > 1 && database_url.is_none() {
+        bail!("--nodes {nodes} needs --database-url: the nodes of a cluster share one PostgreSQL database");
+    }
+    let nats = match nodes {
+        1 => None,
+        _ => Some(NatsServer::start().await?),
+    };
+    let nats_url = nats.as_ref().map(NatsServer::url);
+    let cluster = nats_url.as_deref().map(|nats_url| Cluster { nats_url, nodes });
     // A flood is measured against the budgets as they ship; at --rate 1000 each pair sends
     // 10 msg/s, well within them.
-    let chatd = match traffic.flood {
-        Some(_) => Chatd::start_with_default_budgets(database_url).await?,
-        None => Chatd::start(database_url).await?,
-    };
+    let chatd = Chatd::start_with(database_url, traffic.flood.is_none(), cluster).await?;
     chatd.create_users("s", traffic.pairs).await?;
     chatd.create_users("r", traffic.pairs).await?;
     let mut tokens = Vec::with_capacity(traffic.pairs);
@@ -101,10 +147,20 @@ pub async fn through_chatd(traffic: &Traffic, database_url: Option<&str>) -> any
         None => None,
     };
     let mut label = chatd.label.clone();
+    if nodes > 1 && placement.same_node {
+        label = format!("{label}, pairs within a node");
+    }
     if let Some(op) = &traffic.flood {
         label = format!("{label}, one device flooding '{op}'");
     }
-    let report = run(traffic, "127.0.0.1", chatd.mqtt_port, protocol, label).await?;
+    let ports: Vec<(u16, u16)> = (0..traffic.pairs)
+        .map(|i| {
+            let (sender, receiver) = placement.of_pair(i);
+            (chatd.nodes[sender].mqtt_port, chatd.nodes[receiver].mqtt_port)
+        })
+        .collect();
+    let read_costs = || Costs::read(&chatd, nats.as_ref());
+    let (report, before, after) = run(traffic, "127.0.0.1", &ports, protocol, label, read_costs).await?;
     if let Some(sampler) = sampler {
         sampler.abort();
     }
@@ -123,6 +179,7 @@ pub async fn through_chatd(traffic: &Traffic, database_url: Option<&str>) -> any
         "{}: {stored} messages stored for {} expected",
         report.label, report.expected
     );
+    Costs::print(&chatd, &before, &after, report.delivered);
     chatd.stop().await?;
     if stored != report.expected {
         bail!("stored {stored} messages, expected {}", report.expected);
@@ -130,19 +187,109 @@ pub async fn through_chatd(traffic: &Traffic, database_url: Option<&str>) -> any
     Ok(report)
 }
 
-/// Runs the traffic: all receivers connect and subscribe, then all senders send.
-pub async fn run(
+/// What a run's processes have spent so far: each chatd node's CPU seconds, this tool's,
+/// the whole machine's and, in a cluster, nats-server's CPU seconds and message counters.
+/// Read just before the first send and just after the last delivery, so connecting,
+/// disconnecting and the stored-count check are left out.
+struct Costs {
+    at: Instant,
+    nodes_cpu: Vec<f64>,
+    bench_cpu: f64,
+    machine_busy: f64,
+    nats: Option<(f64, Varz)>,
+}
+
+impl Costs {
+    async fn read(chatd: &Chatd, nats: Option<&NatsServer>) -> anyhow::Result<Costs> {
+        let nats = match nats {
+            Some(nats) => Some((cpu_seconds(nats.pid()), nats.varz().await?)),
+            None => None,
+        };
+        Ok(Costs {
+            at: Instant::now(),
+            nodes_cpu: chatd.nodes.iter().map(|node| cpu_seconds(node.pid())).collect(),
+            bench_cpu: cpu_seconds(std::process::id()),
+            machine_busy: machine_busy_seconds(),
+            nats,
+        })
+    }
+
+    /// Prints the costs between two readings, per delivered message.
+    fn print(chatd: &Chatd, before: &Costs, after: &Costs, delivered: usize) {
+        let delivered = delivered.max(1) as f64;
+        let per_message_us = |secs: f64| secs * 1e6 / delivered;
+        let mut chatd_cpu = 0.0;
+        for ((node, before), after) in chatd.nodes.iter().zip(&before.nodes_cpu).zip(&after.nodes_cpu) {
+            let spent = after - before;
+            chatd_cpu += spent;
+            println!(
+                "cpu {}: {before:.2} s before, {after:.2} s after: {spent:.2} s, {:.1} µs per delivered message",
+                node.name,
+                per_message_us(spent)
+            );
+        }
+        if chatd.nodes.len() > 1 {
+            println!(
+                "cpu all {} chatd nodes: {chatd_cpu:.2} s, {:.1} µs per delivered message",
+                chatd.nodes.len(),
+                per_message_us(chatd_cpu)
+            );
+        }
+        let mut nats_cpu = 0.0;
+        if let (Some((cpu_before, varz_before)), Some((cpu_after, varz_after))) = (before.nats, after.nats) {
+            nats_cpu = cpu_after - cpu_before;
+            let nats = varz_after - varz_before;
+            println!(
+                "cpu nats-server: {nats_cpu:.2} s, {:.1} µs per delivered message",
+                per_message_us(nats_cpu)
+            );
+            println!(
+                "nats: {} messages in, {} out: {:.2} in and {:.2} out per delivered message; {} bytes in, {} out: {:.0} in and {:.0} out per delivered message",
+                nats.in_msgs,
+                nats.out_msgs,
+                nats.in_msgs as f64 / delivered,
+                nats.out_msgs as f64 / delivered,
+                nats.in_bytes,
+                nats.out_bytes,
+                nats.in_bytes as f64 / delivered,
+                nats.out_bytes as f64 / delivered,
+            );
+        }
+        let bench_cpu = after.bench_cpu - before.bench_cpu;
+        println!(
+            "cpu bench tool: {bench_cpu:.2} s, {:.1} µs per delivered message",
+            per_message_us(bench_cpu)
+        );
+        let busy = after.machine_busy - before.machine_busy;
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let available = (after.at - before.at).as_secs_f64() * cores as f64;
+        let rest = busy - chatd_cpu - nats_cpu - bench_cpu;
+        println!(
+            "cpu machine: {busy:.2} s busy of {available:.2} s ({cores} cores): {:.0}%; outside chatd, nats-server and this tool (PostgreSQL if used, the kernel, anything else): {rest:.2} s, {:.1} µs per delivered message",
+            100.0 * busy / available,
+            per_message_us(rest)
+        );
+    }
+}
+
+/// Runs the traffic: all receivers connect and subscribe, all senders connect, then all
+/// senders send. `ports` has one entry per pair: pair `i`'s sender connects to port
+/// `ports[i].0` and its receiver to `ports[i].1`.
+/// `read` is called just before the first send and just after the last delivery; both
+/// readings are returned with the report.
+pub async fn run<T, F: Future<Output = anyhow::Result<T>>>(
     traffic: &Traffic,
     host: &str,
-    port: u16,
+    ports: &[(u16, u16)],
     protocol: Protocol,
     label: String,
-) -> anyhow::Result<Report> {
+    read: impl Fn() -> F,
+) -> anyhow::Result<(Report, T, T)> {
     let expected = traffic.pairs * traffic.messages;
     let latencies = Arc::new(Mutex::new(Vec::with_capacity(expected)));
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
     let mut receivers = Vec::new();
-    for i in 0..traffic.pairs {
+    for (i, &(_, port)) in ports.iter().enumerate() {
         let (options, topic) = protocol.endpoint(i, Side::Receiver, host, port);
         let (client, mut eventloop) = client(options);
         client.subscribe(&topic, QoS::AtLeastOnce).await?;
@@ -181,6 +328,20 @@ pub async fn run(
     }
     drop(done_tx);
 
+    // Senders connect before the clock starts, so the run measures messages only.
+    let mut connected = Vec::with_capacity(traffic.pairs);
+    for (i, &(port, _)) in ports.iter().enumerate() {
+        let (options, topic) = protocol.endpoint(i, Side::Sender, host, port);
+        let (client, mut eventloop) = client(options);
+        loop {
+            if let Event::Incoming(Packet::ConnAck(_)) = eventloop.poll().await.context("sender connect")? {
+                break;
+            }
+        }
+        connected.push((client, eventloop, topic));
+    }
+    let before = read().await?;
+
     let started = Instant::now();
     let interval = (traffic.rate > 0).then(|| Duration::from_secs_f64(traffic.pairs as f64 / traffic.rate as f64));
     let text = "x".repeat(traffic.size);
@@ -189,9 +350,7 @@ pub async fn run(
     // at once, once per interval.
     let first_tick = tokio::time::Instant::now() + Duration::from_millis(100);
     let mut senders = Vec::new();
-    for i in 0..traffic.pairs {
-        let (options, topic) = protocol.endpoint(i, Side::Sender, host, port);
-        let (client, mut eventloop) = client(options);
+    for (i, (client, mut eventloop, topic)) in connected.into_iter().enumerate() {
         let (protocol, text, messages, pairs) = (protocol.clone(), text.clone(), traffic.messages, traffic.pairs);
         senders.push(tokio::spawn(async move {
             let poller = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
@@ -225,6 +384,7 @@ pub async fn run(
     while let Ok(Some(at)) = tokio::time::timeout(deadline, done_rx.recv()).await {
         last = last.max(at);
     }
+    let after = read().await?;
     for r in receivers {
         r.abort();
     }
@@ -232,7 +392,11 @@ pub async fn run(
         poller.abort();
     }
     let latencies_us = std::mem::take(&mut *latencies.lock().await);
-    Ok(Report::new(label, expected, last - started, latencies_us))
+    Ok((
+        Report::new(label, expected, last - started, latencies_us),
+        before,
+        after,
+    ))
 }
 
 /// One device publishing one op as fast as its connection takes it (QoS 0, so no ack
@@ -250,7 +414,7 @@ impl Flooder {
         chatd.create_users("flood", 1).await?;
         chatd.create_users("floodpeer", 1).await?;
         let token = chatd.user_token("flood0").await?;
-        let mut options = MqttOptions::new("flood0-dev", "127.0.0.1", chatd.mqtt_port);
+        let mut options = MqttOptions::new("flood0-dev", "127.0.0.1", chatd.mqtt_port());
         options.set_credentials("flood0", token);
         let (client, mut eventloop) = client(options);
         client.subscribe("chat/demo/chat/u/flood0/in", QoS::AtMostOnce).await?;

@@ -36,7 +36,7 @@ pub async fn run(args: &Sync, database_url: Option<&str>) -> anyhow::Result<()> 
     for i in 0..args.conversations {
         let user = format!("peer{i}");
         let token = chatd.user_token(&user).await?;
-        let mut options = MqttOptions::new(format!("{user}-dev"), "127.0.0.1", chatd.mqtt_port);
+        let mut options = MqttOptions::new(format!("{user}-dev"), "127.0.0.1", chatd.mqtt_port());
         options.set_credentials(&user, &token);
         let (client, mut eventloop) = client(options);
         let messages = args.messages;
@@ -68,7 +68,7 @@ pub async fn run(args: &Sync, database_url: Option<&str>) -> anyhow::Result<()> 
 
     // The target comes back and catches up.
     let token = chatd.user_token("target0").await?;
-    let mut options = MqttOptions::new("target0-phone", "127.0.0.1", chatd.mqtt_port);
+    let mut options = MqttOptions::new("target0-phone", "127.0.0.1", chatd.mqtt_port());
     options.set_credentials("target0", &token);
     let (client, mut eventloop) = client(options);
     client

@@ -262,7 +262,7 @@ pub async fn run() -> anyhow::Result<()> {
     for (i, mode) in MODES.iter().enumerate() {
         let (s, r) = (format!("s{i}"), format!("r{i}"));
         let mut sender = Counted::connect(
-            chatd.mqtt_port,
+            chatd.mqtt_port(),
             *mode,
             &s,
             &chatd.user_token(&s).await?,
@@ -270,7 +270,7 @@ pub async fn run() -> anyhow::Result<()> {
         )
         .await?;
         let mut receiver = Counted::connect(
-            chatd.mqtt_port,
+            chatd.mqtt_port(),
             *mode,
             &r,
             &chatd.user_token(&r).await?,
