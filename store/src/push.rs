@@ -359,12 +359,13 @@ impl Store {
     /// the lease ends.
     pub async fn claim_pushes(&self, limit: i64, lease_ms: i64) -> Result<Vec<PushJob>> {
         let now = crate::now_ms();
-        let rows = sqlx::query(
+        let rows = sqlx::query(&format!(
             "UPDATE push_queue SET locked_until = $1
-             WHERE id IN (SELECT id FROM push_queue WHERE next_at <= $2 AND locked_until < $2 ORDER BY next_at LIMIT $3)
+             WHERE id IN (SELECT id FROM push_queue WHERE next_at <= $2 AND locked_until < $2 ORDER BY next_at LIMIT $3 {})
              AND locked_until < $2
              RETURNING id, app_id, username, device_id, notifier, token, payload, attempts",
-        )
+            self.skip_locked()
+        ))
         .bind(now + lease_ms)
         .bind(now)
         .bind(limit)
@@ -408,14 +409,26 @@ impl Store {
 
     /// Claims up to `limit` batches of stored messages waiting for the push planner: each is
     /// a row id and message ids. Leased like queue jobs.
+    /// How a claim's subquery locks the rows it picks. On PostgreSQL, workers of several
+    /// nodes claim at once: without locking in the subquery, two claims could lock the same
+    /// rows in different orders (a deadlock was seen with three nodes); `SKIP LOCKED` makes
+    /// each take rows no other claim holds. SQLite has one writer at a time.
+    fn skip_locked(&self) -> &'static str {
+        match self.backend() {
+            crate::db::Backend::Sqlite => "",
+            crate::db::Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+        }
+    }
+
     pub async fn claim_pending_plans(&self, limit: i64, lease_ms: i64) -> Result<Vec<(String, Vec<String>)>> {
         let now = crate::now_ms();
-        let rows = sqlx::query(
+        let rows = sqlx::query(&format!(
             "UPDATE push_pending SET locked_until = $1
-             WHERE id IN (SELECT id FROM push_pending WHERE locked_until < $2 ORDER BY created_at LIMIT $3)
+             WHERE id IN (SELECT id FROM push_pending WHERE locked_until < $2 ORDER BY created_at LIMIT $3 {})
              AND locked_until < $2
              RETURNING id, messages",
-        )
+            self.skip_locked()
+        ))
         .bind(now + lease_ms)
         .bind(now)
         .bind(limit)
