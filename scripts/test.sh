@@ -6,7 +6,8 @@
 #   - a NATS server (cluster tests): the one at $NATS_URL (default nats://127.0.0.1:4222) if
 #     it answers; otherwise Debian's nats-server package is installed if missing and a
 #     throwaway server is started on a free port for this run;
-#   - mosquitto_pub/mosquitto_sub and openssl (interoperability and TLS tests).
+#   - the nats-server binary (a cluster test restarts a NATS of its own), mosquitto_pub/
+#     mosquitto_sub and openssl (interoperability and TLS tests).
 # Tests never skip for want of a service: if one cannot be had, they fail.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,6 +31,8 @@ missing=()
 command -v mosquitto_sub >/dev/null || missing+=(mosquitto-clients)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v psql >/dev/null || missing+=(postgresql-client)
+# The cluster tests also start throwaway NATS servers of their own (a NATS restart).
+command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
 [ ${#missing[@]} -eq 0 ] || { echo "installing ${missing[*]}"; apt_install "${missing[@]}"; }
 
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}"

@@ -335,3 +335,84 @@ async fn a_cluster_setting_that_cannot_work_stops_the_start_with_its_name() {
         assert!(error.contains(named), "{error:?} does not name {named}");
     }
 }
+
+/// A throwaway `nats-server` (Debian's package; the test script installs it) on `port`.
+fn start_nats(port: u16) -> std::process::Child {
+    let exe = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or("nats-server");
+    let child = std::process::Command::new(exe)
+        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("the tests need nats-server ({exe}): {e}"));
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return child;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("nats-server did not listen on {port}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_recover_when_nats_comes_back() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut nats = start_nats(port);
+    let url = format!("nats://127.0.0.1:{port}");
+    let nodes = spawn_cluster(2, |_, config| config.cluster.nats = url.clone()).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let alice = a.user("alice").await;
+    let bob = a.user("bob").await;
+    let mut watch = a.device("alice", &alice, "alice-watch").await;
+    assert!(watch.subscribe("chat/demo/chat/presence/bob").await);
+    let mut bob_dev = b.device("bob", &bob, "bob-phone").await;
+    presence_reaches(&mut watch, 1).await;
+
+    // NATS goes away: past the node timeout, A no longer counts B's devices.
+    nats.kill().unwrap();
+    nats.wait().unwrap();
+    let gone = presence_reaches(&mut watch, 0).await;
+    assert_eq!(gone["status"], "offline");
+    // Storage does not depend on NATS: a message sent meanwhile is stored and acked.
+    watch.send_text("n1", "bob", "while NATS is down").await;
+    let stored = watch.next_op("ack").await;
+
+    // NATS is back: both nodes reconnect, B's new epoch makes A ask for its snapshot, and
+    // the subscriptions are made again, so bob is online on A and live delivery works.
+    let mut nats = start_nats(port);
+    presence_reaches(&mut watch, 1).await;
+    let mut delivered = false;
+    for i in 0..20 {
+        watch.send_text(&format!("n2-{i}"), "bob", "after NATS came back").await;
+        watch.next_op("ack").await;
+        let got = bob_dev.collect(Duration::from_millis(500)).await;
+        if got
+            .iter()
+            .any(|m| m["op"] == "msg" && m["body"]["msg"] == "after NATS came back")
+        {
+            delivered = true;
+            break;
+        }
+    }
+    assert!(delivered, "no live delivery across nodes after NATS came back");
+    // What was sent while NATS was down is in bob's inbox.
+    bob_dev.publish(json!({"op": "sync", "cid": "s", "after": 0})).await;
+    let synced = bob_dev.next_op("synced").await;
+    assert!(
+        synced["msgs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == stored["id"]),
+        "{synced}"
+    );
+    nats.kill().unwrap();
+    let _ = nats.wait();
+}
