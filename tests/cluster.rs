@@ -336,25 +336,38 @@ async fn a_cluster_setting_that_cannot_work_stops_the_start_with_its_name() {
     }
 }
 
-/// A throwaway `nats-server` (Debian's package; the test script installs it) on `port`.
-fn start_nats(port: u16) -> std::process::Child {
-    let exe = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .unwrap_or("nats-server");
-    let child = std::process::Command::new(exe)
-        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("the tests need nats-server ({exe}): {e}"));
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return child;
+/// A throwaway `nats-server` (Debian's package; the test script installs it) on a port of
+/// the test's choosing; stopped when dropped, even if the test fails.
+struct Nats(std::process::Child);
+
+impl Nats {
+    fn start(port: u16) -> Nats {
+        let exe = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .unwrap_or("nats-server");
+        let child = std::process::Command::new(exe)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("the tests need nats-server ({exe}): {e}"));
+        let nats = Nats(child);
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return nats;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
-        std::thread::sleep(Duration::from_millis(50));
+        panic!("nats-server did not listen on {port}");
     }
-    panic!("nats-server did not listen on {port}");
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -364,7 +377,7 @@ async fn nodes_recover_when_nats_comes_back() {
         .local_addr()
         .unwrap()
         .port();
-    let mut nats = start_nats(port);
+    let nats = Nats::start(port);
     let url = format!("nats://127.0.0.1:{port}");
     let nodes = spawn_cluster(2, |_, config| config.cluster.nats = url.clone()).await;
     let (a, b) = (&nodes[0], &nodes[1]);
@@ -376,8 +389,7 @@ async fn nodes_recover_when_nats_comes_back() {
     presence_reaches(&mut watch, 1).await;
 
     // NATS goes away: past the node timeout, A no longer counts B's devices.
-    nats.kill().unwrap();
-    nats.wait().unwrap();
+    drop(nats);
     let gone = presence_reaches(&mut watch, 0).await;
     assert_eq!(gone["status"], "offline");
     // Storage does not depend on NATS: a message sent meanwhile is stored and acked.
@@ -386,7 +398,7 @@ async fn nodes_recover_when_nats_comes_back() {
 
     // NATS is back: both nodes reconnect, B's new epoch makes A ask for its snapshot, and
     // the subscriptions are made again, so bob is online on A and live delivery works.
-    let mut nats = start_nats(port);
+    let nats = Nats::start(port);
     presence_reaches(&mut watch, 1).await;
     let mut delivered = false;
     for i in 0..20 {
@@ -413,6 +425,5 @@ async fn nodes_recover_when_nats_comes_back() {
             .any(|m| m["id"] == stored["id"]),
         "{synced}"
     );
-    nats.kill().unwrap();
-    let _ = nats.wait();
+    drop(nats);
 }
