@@ -129,6 +129,8 @@ pub struct MqttConfig {
     pub max_connections: usize,
     pub connect_timeout_secs: u64,
     pub handshake_timeout_secs: u64,
+    /// A device that reads nothing of what is written to it for this long is closed.
+    pub write_timeout_secs: u64,
     pub max_packet_bytes: usize,
     /// Connections not yet past CONNECT at once, in all and from one address.
     pub max_pending: usize,
@@ -238,6 +240,7 @@ tls_key = ""
 max_connections = 50000
 connect_timeout_secs = 10
 handshake_timeout_secs = 10
+write_timeout_secs = 60
 max_packet_bytes = 262144
 max_pending = 2048
 max_pending_per_ip = 256

@@ -156,6 +156,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Server> {
             max_connections: config.mqtt.max_connections,
             connect_timeout: Duration::from_secs(config.mqtt.connect_timeout_secs),
             handshake_timeout: Duration::from_secs(config.mqtt.handshake_timeout_secs),
+            write_timeout: Duration::from_secs(config.mqtt.write_timeout_secs.max(1)),
             max_packet_size: config.mqtt.max_packet_bytes,
             max_pending: config.mqtt.max_pending.max(1),
             max_pending_per_ip: config.mqtt.max_pending_per_ip.max(1),

@@ -344,6 +344,50 @@ async fn silent_connections_are_bounded(backend: Backend) {
     );
 }
 
+/// A device that stops reading holds neither its session nor the server's stop: once what is
+/// written to it has not moved for `mqtt.write_timeout_secs`, it is closed (and shown offline).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_stops_reading_is_closed() {
+    let db = common::fresh_database(Backend::Sqlite).await;
+    let mut config = common::test_config(&db.url);
+    config.mqtt.write_timeout_secs = 1;
+    let t = common::spawn_app_with(config, db).await;
+    let app = t.server.store.find_app(&t.org, &t.app).await.unwrap();
+    let big = json!({"max_message_bytes": 60_000, "send_rate_per_sec": 1e9, "send_burst": 1e9});
+    t.server.store.update_app_settings(&app.id, &big).await.unwrap();
+    let alice = t.user("alice").await;
+    let bob = t.user("bob").await;
+    let carol = t.user("carol").await;
+    let mut watcher = t.device("carol", &carol, "carol-phone").await;
+    assert!(
+        watcher
+            .subscribe(&format!("chat/{}/{}/presence/bob", t.org, t.app))
+            .await
+    );
+    // bob subscribes, then never reads again.
+    let _stalled = raw_device(&t, "bob", &bob, "bob-phone").await;
+    let mut sender = t.device("alice", &alice, "alice-phone").await;
+    // ~16 MB for bob: more than the socket buffers on both ends of loopback hold.
+    let text = "x".repeat(50_000);
+    for i in 0..320 {
+        sender.send_text(&format!("big{i}"), "bob", &text).await;
+        sender.next_op("ack").await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let packet = tokio::time::timeout_at(deadline, watcher.next_packet(Duration::from_secs(15)))
+            .await
+            .expect("bob, who stopped reading, is still connected 15 s later")
+            .unwrap();
+        if let Some(rumqttc::Packet::Publish(p)) = packet {
+            let presence: Value = serde_json::from_slice(&p.payload).unwrap();
+            if presence["status"] == "offline" {
+                break;
+            }
+        }
+    }
+}
+
 on_both_backends!(
     sync_flood_is_refused_on_arrival,
     a_sustained_flood_is_disconnected,

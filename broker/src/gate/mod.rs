@@ -40,6 +40,8 @@ pub struct GateSettings {
     pub connect_timeout: Duration,
     /// Time a TLS or WebSocket handshake may take.
     pub handshake_timeout: Duration,
+    /// A device that reads nothing of what is written to it for this long is closed.
+    pub write_timeout: Duration,
     /// Largest MQTT packet a device may send.
     pub max_packet_size: usize,
     /// MQTT 5 topic aliases a device may set.
@@ -61,6 +63,7 @@ impl Default for GateSettings {
             max_connections: 50_000,
             connect_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(60),
             max_packet_size: 256 * 1024,
             topic_alias_max: 16,
             budgets: budget::OpBudgets::default(),

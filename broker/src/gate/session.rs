@@ -45,6 +45,8 @@ enum Close {
     Kicked,
     /// The token the device connected with expired.
     Expired,
+    /// The device read nothing of what was written to it for `write_timeout`.
+    WriteStalled,
 }
 
 /// Serves one device connection until it ends.
@@ -162,15 +164,21 @@ pub(crate) async fn serve(mut io: ClientIo, shared: Arc<Shared>, pending: super:
         Close::Expired => Some(v5::DisconnectReasonCode::NotAuthorized),
         Close::TakenOver => Some(v5::DisconnectReasonCode::SessionTakenOver),
         Close::Upstream => Some(v5::DisconnectReasonCode::UnspecifiedError),
+        Close::WriteStalled => {
+            tracing::info!(user = %session.identity.user, device = %session.identity.device, "closing a device connection: it read nothing of what was written to it in mqtt.write_timeout_secs");
+            None
+        }
         Close::Device => None,
     };
     if let (Some(reason), Version::V5) = (reason, version) {
         // Written by hand: rumqttc's encoder puts a stray byte after a DISCONNECT without
         // properties. Reason code, no properties: `E0 01 <reason>`.
-        let _ = io.write_all(&[0xE0, 0x01, reason as u8]).await;
+        let _ = timeout(FINAL_WRITE, io.write_all(&[0xE0, 0x01, reason as u8])).await;
     }
     Box::pin(session.finish(&close)).await;
-    io.close().await;
+    if !matches!(close, Close::WriteStalled) {
+        let _ = timeout(FINAL_WRITE, io.close()).await;
+    }
 }
 
 /// Reads bytes until a whole first packet is there and parses it as CONNECT.
@@ -213,6 +221,10 @@ const MAX_CONNECT_BYTES: usize = 64 * 1024 + 1024;
 
 /// Most QoS 1 publishes a device may leave unacknowledged, whatever its Receive Maximum.
 const MAX_UNACKED: usize = 1024;
+/// The longest the last writes to a device that is being closed may take (what is queued
+/// at shutdown, the DISCONNECT, the TLS close): a device on a cut link never reads them, and
+/// must not hold the server's stop (or a task) until TCP gives up.
+const FINAL_WRITE: Duration = Duration::from_secs(2);
 /// The longest a SUBSCRIBE waits for its topics to be routed to this node by the cluster.
 const ROUTING_WAIT: Duration = Duration::from_secs(2);
 
@@ -413,13 +425,14 @@ impl Session {
             .max(0);
         let token_deadline = Instant::now() + Duration::from_secs(token_left as u64).min(far_future - Instant::now());
         let mut out = BytesMut::new();
+        let write_limit = self.shared.settings.write_timeout;
         // Bytes may have arrived with the CONNECT.
         let mut pending_device_bytes = !device_buf.is_empty();
         loop {
             if pending_device_bytes {
                 pending_device_bytes = false;
                 let handled = Box::pin(self.handle_device_bytes(&mut device_buf, &mut out)).await;
-                if let Err(close) = flush(io, &mut out).await {
+                if let Err(close) = flush(io, &mut out, write_limit).await {
                     return close;
                 }
                 if let Err(close) = handled {
@@ -449,7 +462,7 @@ impl Session {
                         let Ok(delivery) = deliveries.try_recv() else { break };
                         self.deliver(delivery, &mut out);
                     }
-                    if let Err(close) = flush(io, &mut out).await {
+                    if let Err(close) = flush(io, &mut out, write_limit).await {
                         return close;
                     }
                 }
@@ -462,7 +475,7 @@ impl Session {
                     while let Ok(delivery) = deliveries.try_recv() {
                         self.deliver(delivery, &mut out);
                     }
-                    let _ = flush(io, &mut out).await;
+                    let _ = flush(io, &mut out, FINAL_WRITE).await;
                     return Close::Shutdown;
                 }
                 control = presence.next_control() => match control {
@@ -995,10 +1008,16 @@ fn to_device_v5(out: &mut BytesMut, packet: v5::Packet) {
     let _ = packet.write(out, None);
 }
 
-async fn flush(io: &mut ClientIo, out: &mut BytesMut) -> Result<(), Close> {
+/// Writes what is buffered for the device. A device that reads nothing of it for `limit`
+/// (a dead link, a client that stopped reading) is closed: a blocked write would otherwise
+/// hold the session, its memory and its task until TCP gives up, many minutes later.
+async fn flush(io: &mut ClientIo, out: &mut BytesMut, limit: Duration) -> Result<(), Close> {
     if !out.is_empty() {
-        io.write_all(out).await.map_err(|_| Close::Device)?;
-        out.clear();
+        match timeout(limit, io.write_all(out)).await {
+            Ok(Ok(())) => out.clear(),
+            Ok(Err(_)) => return Err(Close::Device),
+            Err(_) => return Err(Close::WriteStalled),
+        }
     }
     Ok(())
 }
