@@ -292,11 +292,24 @@ impl Presence {
         if stale {
             return;
         }
-        let before = state.total(&change.user);
-        state.set_remote(node, &change.user, change.devices, change.version, keep_zero);
-        let after = state.total(&change.user);
+        self.set_remote(
+            &mut state,
+            node,
+            &change.user,
+            change.devices,
+            change.version,
+            keep_zero,
+        );
+    }
+
+    /// Sets one node's count for a user and publishes the user's presence if the total
+    /// changed. Called under the lock, like [`Presence::changed`].
+    fn set_remote(&self, state: &mut State, node: &str, user: &UserKey, devices: u32, version: u64, keep_zero: bool) {
+        let before = state.total(user);
+        state.set_remote(node, user, devices, version, keep_zero);
+        let after = state.total(user);
         if after != before {
-            self.publish(&change.user, after);
+            self.publish(user, after);
         }
     }
 
@@ -312,48 +325,25 @@ impl Presence {
         }
         remote.awaiting_snapshot = false;
         remote.floor = version;
-        let mut touched: Vec<UserKey> = remote
+        // What the node holds now: the snapshot's counts, and 0 for users it no longer lists,
+        // except where a change newer than the snapshot has already been applied.
+        let mut next: HashMap<UserKey, u32> = remote
             .users
             .iter()
             .filter(|(_, (_, v))| *v <= version)
-            .map(|(user, _)| user.clone())
+            .map(|(user, _)| (user.clone(), 0))
             .collect();
-        let newer: std::collections::HashSet<UserKey> = remote
-            .users
-            .iter()
-            .filter(|(_, (_, v))| *v > version)
-            .map(|(user, _)| user.clone())
-            .collect();
-        let mut next: HashMap<UserKey, u32> = touched.iter().map(|user| (user.clone(), 0)).collect();
         for (user, devices) in users {
-            if !newer.contains(&user) {
-                if !next.contains_key(&user) {
-                    touched.push(user.clone());
-                }
+            if remote.users.get(&user).is_none_or(|(_, v)| *v <= version) {
                 next.insert(user, devices);
             }
         }
-        for user in touched {
-            let devices = next.get(&user).copied().unwrap_or(0);
-            let before = state.total(&user);
-            state.set_remote(node, &user, devices, version, false);
-            let after = state.total(&user);
-            if after != before {
-                self.publish(&user, after);
-            }
+        for (user, devices) in next {
+            self.set_remote(&mut state, node, &user, devices, version, false);
         }
         // Zero counts were kept only for the snapshot's sake.
-        if let Some(remote) = state.remote.get(node) {
-            let zeros: Vec<UserKey> = remote
-                .users
-                .iter()
-                .filter(|(_, (count, _))| *count == 0)
-                .map(|(user, _)| user.clone())
-                .collect();
-            let remote = state.remote.get_mut(node).unwrap();
-            for user in zeros {
-                remote.users.remove(&user);
-            }
+        if let Some(remote) = state.remote.get_mut(node) {
+            remote.users.retain(|_, (count, _)| *count > 0);
         }
     }
 
@@ -361,30 +351,14 @@ impl Presence {
     /// longer count.
     pub fn remote_node_gone(&self, node: &str) {
         let mut state = self.state.lock().unwrap();
-        let Some(remote) = state.remote.remove(node) else {
+        let Some(remote) = state.remote.get(node) else {
             return;
         };
-        for (user, (devices, _)) in remote.users {
-            if devices == 0 {
-                continue;
-            }
-            let before = state.total(&user);
-            if let Some(sum) = state.remote_devices.get_mut(&user) {
-                *sum -= devices;
-                if *sum == 0 {
-                    state.remote_devices.remove(&user);
-                }
-            }
-            let after = state.total(&user);
-            if after != before {
-                self.publish(&user, after);
-            }
+        let users: Vec<UserKey> = remote.users.keys().cloned().collect();
+        for user in users {
+            self.set_remote(&mut state, node, &user, 0, u64::MAX, false);
         }
-    }
-
-    /// The other nodes this node knows.
-    pub fn remote_nodes(&self) -> Vec<Arc<str>> {
-        self.state.lock().unwrap().remote.keys().cloned().collect()
+        state.remote.remove(node);
     }
 }
 

@@ -136,6 +136,10 @@ impl Switchboard {
                 }
             }
         });
+        Self::with_uplink(uplink)
+    }
+
+    fn with_uplink(uplink: AsyncClient) -> Arc<Switchboard> {
         Arc::new(Switchboard {
             topics: Mutex::default(),
             retained: Mutex::default(),
@@ -160,14 +164,7 @@ impl Switchboard {
     #[cfg(test)]
     pub(crate) fn unconnected() -> Arc<Switchboard> {
         let (uplink, _never_polled) = AsyncClient::new(rumqttc::MqttOptions::new("test", "127.0.0.1", 9), 10);
-        Arc::new(Switchboard {
-            topics: Mutex::default(),
-            retained: Mutex::default(),
-            uplink,
-            outbox_published: Arc::default(),
-            interest: std::sync::OnceLock::new(),
-            drops: DropLog::new("test drops"),
-        })
+        Self::with_uplink(uplink)
     }
 
     /// Adds a session to a topic.

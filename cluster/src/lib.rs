@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use broker::presence::{key, Control, LocalChange, Presence, UserKey};
+use broker::presence::{key, LocalChange, Presence, UserKey};
 use broker::switchboard::{Interest, Switchboard};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -205,11 +205,6 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// This node's id in the cluster (its name and a suffix unique to this start).
-    pub fn node(&self) -> &str {
-        &self.node
-    }
-
     pub fn stats(&self) -> &Stats {
         &self.stats
     }
@@ -339,11 +334,8 @@ impl Cluster {
         }
     }
 
-    /// Queues a delivery for the other nodes.
-    fn share(&self, topic: &str, payload: Bytes) {
-        let Some(subject) = subjects::for_topic(&self.prefix, topic) else {
-            return;
-        };
+    /// Queues a delivery for the other nodes, on `subject`.
+    fn share(&self, subject: String, payload: Bytes) {
         match self.deliveries.try_send((subject, payload)) {
             Ok(()) => {
                 self.stats.deliveries_out.fetch_add(1, Ordering::Relaxed);
@@ -360,68 +352,61 @@ impl Cluster {
         }
     }
 
-    fn control_everywhere(&self, user: &UserKey, control: Control, message: ControlMessage) -> usize {
-        let _ = self.controls.send(message);
-        self.presence.control(user, control)
+    /// Applies a control to this node's connections and sends it to every other node.
+    fn everywhere(&self, control: ControlMessage) {
+        apply_control(&self.presence, &control);
+        let _ = self.controls.send(control);
     }
 }
 
 impl store::live::Live for Cluster {
     fn disconnect_user(&self, org: &str, app: &str, user: &str) {
-        let message = ControlMessage::Disconnect {
+        self.everywhere(ControlMessage::Disconnect {
             org: org.into(),
             app: app.into(),
             user: user.into(),
-        };
-        let closed = self.control_everywhere(&key(org, app, user), Control::Disconnect, message);
-        tracing::info!(%org, %app, %user, closed_here = closed, "closing a user's connections on every node");
+        });
     }
 
     fn leave_room(&self, org: &str, app: &str, user: &str, room: &str) {
-        let message = ControlMessage::LeaveRoom {
+        self.everywhere(ControlMessage::LeaveRoom {
             org: org.into(),
             app: app.into(),
             user: user.into(),
             room: room.into(),
-        };
-        let revoke = Control::Revoke(store::topics::room(org, app, room));
-        self.control_everywhere(&key(org, app, user), revoke, message);
+        });
     }
 
     fn hide_presence(&self, org: &str, app: &str, owner: &str, from: &str) {
-        let message = ControlMessage::HidePresence {
+        self.everywhere(ControlMessage::HidePresence {
             org: org.into(),
             app: app.into(),
             owner: owner.into(),
             from: from.into(),
-        };
-        let revoke = Control::Revoke(store::topics::presence(org, app, owner));
-        self.control_everywhere(&key(org, app, from), revoke, message);
+        });
     }
 
     fn is_online(&self, org: &str, app: &str, user: &str) -> bool {
-        self.presence.devices(&key(org, app, user)) > 0
+        self.presence.is_online(org, app, user)
     }
 
     fn deliver_inbox(&self, org: &str, app: &str, user: &str, framed: Vec<u8>) {
-        let topic = store::topics::inbox(org, app, user);
         // A reply to one device (ack, error, synced, ok) is for the device that sent the op
         // through this node's gate to this node's bridge: it never needs to cross.
         let reply = matches!(unframe_inbox(&framed), Some((Route::Only(_), _)));
         let payload = Bytes::from(framed);
-        if reply {
-            self.switchboard.dispatch(&topic, payload);
-            return;
+        self.switchboard
+            .dispatch(&store::topics::inbox(org, app, user), payload.clone());
+        if !reply {
+            self.share(subjects::inbox(&self.prefix, org, app, user), payload);
         }
-        self.switchboard.dispatch(&topic, payload.clone());
-        self.share(&topic, payload);
     }
 
     fn deliver_room(&self, org: &str, app: &str, room: &str, payload: Vec<u8>) {
-        let topic = store::topics::room(org, app, room);
         let payload = Bytes::from(payload);
-        self.switchboard.dispatch(&topic, payload.clone());
-        self.share(&topic, payload);
+        self.switchboard
+            .dispatch(&store::topics::room(org, app, room), payload.clone());
+        self.share(subjects::room(&self.prefix, org, app, room), payload);
     }
 }
 
@@ -503,7 +488,7 @@ impl Membership {
                 }
                 Some(m) = controls.next() => {
                     if let Some(control) = parse::<ControlMessage>(&m.payload, "control") {
-                        apply_control(&self.cluster.presence, control);
+                        apply_control(&self.cluster.presence, &control);
                     }
                 }
                 Some(m) = snapshot_requests.next() => {
@@ -646,26 +631,13 @@ impl Membership {
     }
 }
 
-fn apply_control(presence: &Presence, control: ControlMessage) {
+/// A control, on this node's connections: what [`Presence`] does on a node of its own.
+fn apply_control(presence: &Presence, control: &ControlMessage) {
+    use store::live::Live;
     match control {
-        ControlMessage::Disconnect { org, app, user } => {
-            let closed = presence.control(&key(&org, &app, &user), Control::Disconnect);
-            if closed > 0 {
-                tracing::info!(%org, %app, %user, closed, "closing a user's connections (asked by another node)");
-            }
-        }
-        ControlMessage::LeaveRoom { org, app, user, room } => {
-            presence.control(
-                &key(&org, &app, &user),
-                Control::Revoke(store::topics::room(&org, &app, &room)),
-            );
-        }
-        ControlMessage::HidePresence { org, app, owner, from } => {
-            presence.control(
-                &key(&org, &app, &from),
-                Control::Revoke(store::topics::presence(&org, &app, &owner)),
-            );
-        }
+        ControlMessage::Disconnect { org, app, user } => presence.disconnect_user(org, app, user),
+        ControlMessage::LeaveRoom { org, app, user, room } => presence.leave_room(org, app, user, room),
+        ControlMessage::HidePresence { org, app, owner, from } => presence.hide_presence(org, app, owner, from),
     }
 }
 

@@ -44,14 +44,20 @@ pub fn valid_prefix(prefix: &str) -> bool {
 pub fn for_topic(prefix: &str, topic: &str) -> Option<String> {
     let parts: Vec<&str> = topic.split('/').collect();
     match parts.as_slice() {
-        ["chat", org, app, "u", user, "in"] => {
-            Some(format!("{prefix}.in.{}.{}.{}", token(org), token(app), token(user)))
-        }
-        ["chat", org, app, "room", room] => {
-            Some(format!("{prefix}.room.{}.{}.{}", token(org), token(app), token(room)))
-        }
+        ["chat", org, app, "u", user, "in"] => Some(inbox(prefix, org, app, user)),
+        ["chat", org, app, "room", name] => Some(room(prefix, org, app, name)),
         _ => None,
     }
+}
+
+/// The subject of `chat/{org}/{app}/u/{user}/in`.
+pub fn inbox(prefix: &str, org: &str, app: &str, user: &str) -> String {
+    format!("{prefix}.in.{}.{}.{}", token(org), token(app), token(user))
+}
+
+/// The subject of `chat/{org}/{app}/room/{room}`.
+pub fn room(prefix: &str, org: &str, app: &str, room: &str) -> String {
+    format!("{prefix}.room.{}.{}.{}", token(org), token(app), token(room))
 }
 
 pub fn presence(prefix: &str) -> String {
