@@ -8,78 +8,29 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::binary::Chatd;
 use common::{try_device_on, Device};
 use rumqttc::Packet;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
 /// Heartbeat and node timeout the nodes run with here (ms).
 const HEARTBEAT_MS: u64 = 250;
 const NODE_TIMEOUT_MS: u64 = 1000;
 
-struct Node {
-    child: Child,
-    mqtt_port: u16,
-    api: String,
-    lines: Vec<String>,
-}
-
 /// Starts one node on free ports, in cluster mode, and reads its banner.
-async fn start_node(database_url: &str, prefix: &str, name: &str, data_dir: &std::path::Path) -> Node {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_chatd"))
-        .env("DATABASE_URL", database_url)
-        .env("CHATD_DATA_DIR", data_dir)
-        .env("CHATD_MQTT__TCP", "127.0.0.1:0")
-        .env("CHATD_MQTT__WS", "")
-        .env("CHATD_API__LISTEN", "127.0.0.1:0")
-        .env("CHATD_CLUSTER__NATS", common::nats_url())
-        .env("CHATD_CLUSTER__NODE", name)
-        .env("CHATD_CLUSTER__PREFIX", prefix)
-        .env("CHATD_CLUSTER__HEARTBEAT_MS", HEARTBEAT_MS.to_string())
-        .env("CHATD_CLUSTER__NODE_TIMEOUT_MS", NODE_TIMEOUT_MS.to_string())
-        .env(
-            "RUST_LOG",
-            std::env::var("CHILD_LOG").unwrap_or("warn,rumqttd=off".into()),
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("chatd starts");
-    let mut reader = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut lines = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = reader.next_line().await.unwrap() {
-            let done = line.starts_with("REST API:");
-            lines.push(line);
-            if done {
-                break;
-            }
-        }
-    })
-    .await
-    .expect("chatd printed its addresses");
-    let value = |prefix: &str| {
-        lines
-            .iter()
-            .find_map(|l| l.trim().strip_prefix(prefix).map(|v| v.trim().to_string()))
-            .unwrap_or_else(|| panic!("no '{prefix}' in {lines:?}"))
-    };
-    let mqtt_port = value("MQTT (TCP):").rsplit(':').next().unwrap().parse().unwrap();
-    let api = value("REST API:");
-    tokio::spawn(async move { while let Ok(Some(_)) = reader.next_line().await {} });
-    Node {
-        child,
-        mqtt_port,
-        api,
-        lines,
-    }
+async fn start_node(database_url: &str, prefix: &str, name: &str, data_dir: &std::path::Path) -> Chatd {
+    let cluster = [
+        ("CHATD_CLUSTER__NATS", common::nats_url()),
+        ("CHATD_CLUSTER__NODE", name.to_string()),
+        ("CHATD_CLUSTER__PREFIX", prefix.to_string()),
+        ("CHATD_CLUSTER__HEARTBEAT_MS", HEARTBEAT_MS.to_string()),
+        ("CHATD_CLUSTER__NODE_TIMEOUT_MS", NODE_TIMEOUT_MS.to_string()),
+    ];
+    common::binary::start_chatd(database_url, data_dir, &cluster).await
 }
 
 async fn call(http: &reqwest::Client, method: reqwest::Method, url: String, token: Option<&str>, body: Value) -> Value {
@@ -218,16 +169,8 @@ async fn a_node_killed_under_load_loses_nothing_and_leaves_no_one_online() {
         nodes.push(start_node(&db.url, &prefix, &format!("node{i}"), dir.path()).await);
     }
     let http = reqwest::Client::new();
-    let banner = nodes[0].lines.join("\n");
-    let field = |name: &str| {
-        nodes[0]
-            .lines
-            .iter()
-            .find_map(|l| l.trim().strip_prefix(name).map(|v| v.trim().to_string()))
-            .unwrap_or_else(|| panic!("no {name} in {banner}"))
-    };
-    let base = |node: &Node| format!("{}/demo/chat", node.api);
-    let grant = json!({"grant_type": "client_credentials", "client_id": field("client_id:"), "client_secret": field("client_secret:")});
+    let base = |node: &Chatd| format!("{}/demo/chat", node.api);
+    let grant = json!({"grant_type": "client_credentials", "client_id": nodes[0].banner("client_id:"), "client_secret": nodes[0].banner("client_secret:")});
     let app_token = call(
         &http,
         reqwest::Method::POST,

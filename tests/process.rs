@@ -5,71 +5,22 @@
 mod common;
 
 use std::collections::HashSet;
-use std::process::Stdio;
 use std::time::Duration;
 
+use common::binary::Chatd;
 use common::Backend;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
-struct Chatd {
-    child: Child,
-    mqtt_port: u16,
-    api: String,
-    lines: Vec<String>,
-}
-
-/// Starts the binary on free ports and reads its banner.
+/// Starts the binary on free ports and reads its banner. These tests stream thousands of
+/// messages from one device as fast as acks come: far past a person's send budget, as they
+/// are past the app's send rate.
 async fn start_chatd(database_url: &str, data_dir: &std::path::Path) -> Chatd {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_chatd"))
-        .env("DATABASE_URL", database_url)
-        .env("CHATD_DATA_DIR", data_dir)
-        .env("CHATD_MQTT__TCP", "127.0.0.1:0")
-        .env("CHATD_MQTT__WS", "")
-        .env("CHATD_API__LISTEN", "127.0.0.1:0")
-        // These tests stream thousands of messages from one device as fast as acks come:
-        // far past a person's send budget, as they are past the app's send rate.
-        .env("CHATD_MQTT__BUDGETS__SEND__PER_SEC", "1000000")
-        .env("CHATD_MQTT__BUDGETS__SEND__BURST", "1000000")
-        .env(
-            "RUST_LOG",
-            std::env::var("CHILD_LOG").unwrap_or("warn,rumqttd=off".into()),
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("chatd starts");
-    let mut reader = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut lines = Vec::new();
-    let banner = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = reader.next_line().await.unwrap() {
-            let done = line.starts_with("REST API:");
-            lines.push(line);
-            if done {
-                break;
-            }
-        }
-    });
-    banner.await.expect("chatd printed its addresses");
-    let value = |prefix: &str| {
-        lines
-            .iter()
-            .find_map(|l| l.trim().strip_prefix(prefix).map(|v| v.trim().to_string()))
-            .unwrap_or_else(|| panic!("no '{prefix}' in {lines:?}"))
-    };
-    let mqtt_port = value("MQTT (TCP):").rsplit(':').next().unwrap().parse().unwrap();
-    let api = value("REST API:");
-    // Keep draining stdout so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = reader.next_line().await {} });
-    Chatd {
-        child,
-        mqtt_port,
-        api,
-        lines,
-    }
+    let lifted = [
+        ("CHATD_MQTT__BUDGETS__SEND__PER_SEC", "1000000".to_string()),
+        ("CHATD_MQTT__BUDGETS__SEND__BURST", "1000000".to_string()),
+    ];
+    common::binary::start_chatd(database_url, data_dir, &lifted).await
 }
 
 async fn fetch_app_token(http: &reqwest::Client, base: &str, client_id: &str, client_secret: &str) -> String {
@@ -101,13 +52,7 @@ struct Chatters {
 async fn alice_and_bob(chatd: &Chatd, http: &reqwest::Client) -> Chatters {
     let banner = chatd.lines.join("\n");
     assert!(banner.contains("Created the dev app demo/chat"), "{banner}");
-    let field = |name: &str| {
-        chatd
-            .lines
-            .iter()
-            .find_map(|l| l.trim().strip_prefix(name).map(|v| v.trim().to_string()))
-            .unwrap_or_else(|| panic!("no {name} in {banner}"))
-    };
+    let field = |name: &str| chatd.banner(name);
     let (client_id, client_secret) = (field("client_id:"), field("client_secret:"));
     let base = format!("{}/demo/chat", chatd.api);
     let app_token = fetch_app_token(http, &base, &client_id, &client_secret).await;

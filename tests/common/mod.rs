@@ -2,6 +2,7 @@
 //! PostgreSQL database), users with tokens, and MQTT clients.
 #![allow(dead_code)]
 
+pub mod binary;
 pub mod raw;
 
 use std::time::Duration;
