@@ -24,6 +24,34 @@ pub struct Config {
     pub bridge: BridgeConfig,
     pub push: PushConfig,
     pub cluster: ClusterConfig,
+    pub files: FilesConfig,
+}
+
+/// Uploaded files: where they are kept and the server's limits (each app has its own
+/// limits in its settings, under these).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilesConfig {
+    /// Empty: the directory `files` in `data_dir`; `file:///path`; or
+    /// `s3://bucket?endpoint=http://host:9000&region=us-east-1&allow_http=true` with the
+    /// credentials in `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`.
+    pub store: String,
+    /// No app accepts a larger file, whatever its settings.
+    pub max_file_bytes: u64,
+    /// An upload that sends nothing for this long is dropped.
+    pub chunk_timeout_secs: u64,
+    /// The longest one upload or download may take.
+    pub transfer_timeout_secs: u64,
+    /// Images up to this size get a thumbnail.
+    pub max_thumbnail_source_bytes: u64,
+    /// A file nobody refers to (no message, no avatar) is removed after this long.
+    pub orphan_after_secs: u64,
+    /// An unfinished resumable upload is removed this long after its last part.
+    pub upload_expiry_secs: u64,
+    /// Unfinished resumable uploads one user may have.
+    pub max_open_uploads: i64,
+    /// How often orphan files and expired uploads are looked for.
+    pub sweep_interval_secs: u64,
 }
 
 /// Cluster mode: several chatd nodes on one database, NATS between them.
@@ -205,6 +233,9 @@ pub struct ApiConfig {
     pub login_throttle_entries: usize,
     pub max_concurrent_hashes: usize,
     pub hash_timeout_ms: u64,
+    /// The API's address as clients reach it (`https://chat.example.com`), used in file URLs;
+    /// empty means `http://` and the listen address.
+    pub public_url: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -274,6 +305,7 @@ login_max_backoff_ms = 900000
 login_throttle_entries = 100000
 max_concurrent_hashes = 4
 hash_timeout_ms = 5000
+public_url = ""
 
 [broker]
 port = 0
@@ -299,6 +331,17 @@ node = ""
 prefix = "chatd"
 heartbeat_ms = 1000
 node_timeout_ms = 3000
+
+[files]
+store = ""
+max_file_bytes = 536870912
+chunk_timeout_secs = 30
+transfer_timeout_secs = 3600
+max_thumbnail_source_bytes = 20971520
+orphan_after_secs = 86400
+upload_expiry_secs = 86400
+max_open_uploads = 20
+sweep_interval_secs = 60
 "#;
 
 impl Config {

@@ -113,9 +113,33 @@ pub async fn start(mut config: Config) -> anyhow::Result<Server> {
         api_listener.local_addr()?,
     );
 
+    let file_store = files::FileStore::open(&config.files.store, &config.data_dir).context("files.store")?;
+    file_store
+        .check()
+        .await
+        .with_context(|| format!("files.store: {file_store:?} does not answer"))?;
+    let public_url = match config.api.public_url.trim() {
+        "" => format!("http://{}", server_addrs.4),
+        url if url.starts_with("https://") || url.starts_with("http://") => url.to_string(),
+        url => anyhow::bail!("api.public_url: '{url}' must start with https:// or http://"),
+    };
+    let file_links = store::files::FileLinks::new(&public_url);
+    tasks.spawn(bridge::timers::run(
+        store.clone(),
+        live.clone(),
+        file_store.clone(),
+        bridge::timers::TimerSettings {
+            sweep_interval: Duration::from_secs(config.files.sweep_interval_secs.max(1)),
+            orphan_after: Duration::from_secs(config.files.orphan_after_secs),
+            upload_expiry: Duration::from_secs(config.files.upload_expiry_secs),
+        },
+        shutdown_rx.clone(),
+    ));
+
     let bridge_options = broker.client_options(&format!("chatd-bridge-{}", store::tokens::random_secret(8)));
     let bridge_settings = bridge::BridgeSettings {
         max_batch: config.bridge.max_batch,
+        file_links: file_links.clone(),
     };
     let (bridge_store, bridge_shutdown) = (store.clone(), shutdown_rx.clone());
     let bridge_live = live.clone();
@@ -190,7 +214,21 @@ pub async fn start(mut config: Config) -> anyhow::Result<Server> {
             login_throttle_entries: config.api.login_throttle_entries,
             max_concurrent_hashes: config.api.max_concurrent_hashes,
             hash_timeout: Duration::from_millis(config.api.hash_timeout_ms),
+            transfer_timeout: Duration::from_secs(config.files.transfer_timeout_secs.max(1)),
         },
+        files: api::files::Files::new(
+            file_store,
+            file_links,
+            api::files::FileSettings {
+                max_file_bytes: config.files.max_file_bytes,
+                chunk_timeout: Duration::from_secs(config.files.chunk_timeout_secs.max(1)),
+                transfer_timeout: Duration::from_secs(config.files.transfer_timeout_secs.max(1)),
+                max_thumbnail_source_bytes: config.files.max_thumbnail_source_bytes,
+                upload_expiry: Duration::from_secs(config.files.upload_expiry_secs),
+                max_open_uploads: config.files.max_open_uploads.max(1),
+                ..api::files::FileSettings::default()
+            },
+        ),
     };
     // The API stops accepting when the server drains, and finishes the requests in flight.
     let api_shutdown = drain_rx.clone();

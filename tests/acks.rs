@@ -34,6 +34,8 @@ fn message(app_id: &str, chat: ChatType, from: &str, to: &str, cid: &str) -> New
         require_contacts: false,
         room_history: 100,
         as_app: false,
+        files: Vec::new(),
+        destroy: None,
     }
 }
 

@@ -27,6 +27,8 @@ fn text(app_id: &str, from: &str, to: &str, cid: &str) -> NewMessage {
         require_contacts: false,
         room_history: 100,
         as_app: false,
+        files: Vec::new(),
+        destroy: None,
     }
 }
 

@@ -10,6 +10,7 @@
 mod auth;
 mod channels;
 mod error;
+pub mod files;
 mod lifecycle;
 mod messages;
 mod push;
@@ -17,6 +18,7 @@ mod server;
 mod social;
 mod throttle;
 mod tokens;
+mod uploads;
 mod users;
 
 use std::sync::Arc;
@@ -62,6 +64,9 @@ pub struct ApiSettings {
     /// How long one credential check may take, its turn at the argon2 semaphore included
     /// (else 503).
     pub hash_timeout: Duration,
+    /// How long a file transfer (`/{org}/{app}/chatfiles…`) may take, instead of
+    /// `request_timeout`; its body is streamed, under the files' own chunk timeout.
+    pub transfer_timeout: Duration,
 }
 
 impl Default for ApiSettings {
@@ -81,6 +86,7 @@ impl Default for ApiSettings {
             login_throttle_entries: 100_000,
             max_concurrent_hashes: store::tokens::DEFAULT_MAX_CONCURRENT_HASHES,
             hash_timeout: Duration::from_secs(5),
+            transfer_timeout: Duration::from_secs(3600),
         }
     }
 }
@@ -93,6 +99,8 @@ pub struct AppState {
     pub settings: ApiSettings,
     /// The live device connections: to close them, drop room subscriptions, send events.
     pub live: std::sync::Arc<dyn store::live::Live>,
+    /// Where files are kept, their URLs and limits.
+    pub files: files::Files,
 }
 
 /// All routes. Each router has its own login throttle.
@@ -166,12 +174,34 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/:org/:app/push/config", get(push::get_config).put(push::put_config))
         .route("/:org/:app/push/stats", get(push::stats))
+        .merge(file_routes())
         .merge(channels::routes(store::channels::ChannelKind::Group))
         .merge(channels::routes(store::channels::ChannelKind::Room))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(Extension(throttle))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
+}
+
+/// The file routes stream their bodies under their own limits (the app's largest file, the
+/// quota, the chunk timeout), so the router's body limit does not apply to them.
+fn file_routes() -> Router<AppState> {
+    use axum::routing::head;
+    Router::new()
+        .route("/:org/:app/chatfiles", post(files::upload))
+        .route("/:org/:app/chatfiles/:id", get(files::download))
+        .route(
+            "/:org/:app/chatfiles/uploads",
+            post(uploads::create).options(uploads::options),
+        )
+        .route(
+            "/:org/:app/chatfiles/uploads/:id",
+            head(uploads::head)
+                .get(uploads::status)
+                .patch(uploads::patch)
+                .delete(uploads::terminate),
+        )
+        .layer(DefaultBodyLimit::disable())
 }
 
 /// Serves the API on `listener` within the limits of `state.settings` until `shutdown`

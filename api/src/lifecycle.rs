@@ -10,6 +10,7 @@ use crate::auth::{Caller, Owner};
 use crate::error::{parse_json, JsonBody, Query};
 use crate::{ApiError, AppState};
 use store::envelope::{ChatType, MsgType};
+use store::files::Attacher;
 use store::messages::{NewMessage, Outcome, StoredMessage};
 
 type UserPath = Path<(String, String, String)>;
@@ -192,6 +193,19 @@ pub async fn send(
     }
     req.kind.validate_body(&req.body).map_err(ApiError::BadRequest)?;
     let settings = state.store.app_settings(&caller.app.id).await?;
+    let mut body = req.body.clone();
+    let files = state
+        .store
+        .attach_files(
+            &state.files.links,
+            (&caller.app.org, &caller.app.name, &caller.app.id),
+            Attacher::App,
+            req.kind,
+            &mut body,
+            settings.allow_external_urls,
+        )
+        .await
+        .map_err(ApiError::BadRequest)?;
     let batch: Vec<NewMessage> = req
         .to
         .iter()
@@ -203,11 +217,13 @@ pub async fn send(
             to: to.trim().to_ascii_lowercase(),
             cid: format!("api-{}", store::tokens::random_secret(16)),
             kind: req.kind,
-            body: req.body.to_string(),
+            body: body.to_string(),
             ext: req.ext.as_ref().map(Value::to_string),
             require_contacts: settings.require_contacts,
             room_history: settings.room_history,
             as_app: true,
+            files: files.clone(),
+            destroy: None,
         })
         .collect();
     let outcomes = state.store.store_batch(&batch).await?;

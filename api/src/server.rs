@@ -12,7 +12,9 @@
 //!   from the connection's opening for its first request and from the first byte for later
 //!   ones; else the connection is closed (there is nothing to answer yet);
 //! - **request**: reading the body and handling the request must end within
-//!   `request_timeout`; else `408` and the connection is closed;
+//!   `request_timeout`; else `408` and the connection is closed. A file transfer
+//!   (`/{org}/{app}/chatfiles…`) has `transfer_timeout` instead, counted until the last byte
+//!   of its answer is written (a download is its answer's body);
 //! - **idle**: a keep-alive connection with no request under way is closed after
 //!   `idle_timeout`;
 //! - **body**: at most `max_body_bytes` (`413`), enforced by the router;
@@ -34,6 +36,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
+use futures_util::StreamExt;
 use axum::http::{header, HeaderValue, Request, Response};
 use axum::response::IntoResponse;
 use axum::Router;
@@ -123,6 +126,8 @@ struct Activity {
     epoch: Instant,
     state: AtomicU8,
     since_ms: AtomicU64,
+    /// How long the request under way may take (the request or the transfer timeout).
+    busy_limit_ms: AtomicU64,
     /// Wakes the watchdog when the state changes, so it sleeps to the right deadline.
     changed: Notify,
 }
@@ -134,6 +139,7 @@ impl Activity {
             // The first request's header is due from the moment the connection opens.
             state: AtomicU8::new(HEAD),
             since_ms: AtomicU64::new(0),
+            busy_limit_ms: AtomicU64::new(0),
             changed: Notify::new(),
         }
     }
@@ -164,9 +170,9 @@ impl Activity {
         let limit = match state {
             HEAD => limits.header_timeout,
             IDLE => limits.idle_timeout,
-            // The handler is cut at request_timeout (408); this only catches a connection
-            // stuck after that.
-            _ => limits.request_timeout + CLOSE_GRACE,
+            // The handler is cut at its timeout (408); this only catches a connection stuck
+            // after that.
+            _ => Duration::from_millis(self.busy_limit_ms.load(Ordering::SeqCst)) + CLOSE_GRACE,
         };
         (state, since + limit)
     }
@@ -177,7 +183,10 @@ impl Activity {
 struct Busy(Arc<Activity>);
 
 impl Busy {
-    fn start(activity: &Arc<Activity>) -> Busy {
+    fn start(activity: &Arc<Activity>, limit: Duration) -> Busy {
+        activity
+            .busy_limit_ms
+            .store(limit.as_millis() as u64, Ordering::SeqCst);
         activity.set(BUSY);
         Busy(activity.clone())
     }
@@ -204,16 +213,29 @@ async fn serve_connection(
     let service = {
         let (activity, limits) = (activity.clone(), limits.clone());
         hyper::service::service_fn(move |request: Request<Incoming>| {
-            let busy = Busy::start(&activity);
+            let transfer = crate::files::is_transfer(request.uri().path());
+            let request_timeout = if transfer {
+                limits.transfer_timeout
+            } else {
+                limits.request_timeout
+            };
+            let busy = Busy::start(&activity, request_timeout);
             let mut router = router.clone();
-            let request_timeout = limits.request_timeout;
             async move {
                 let mut request = request.map(axum::body::Body::new);
                 request.extensions_mut().insert(ConnectInfo(peer));
                 let answer =
                     tokio::time::timeout(request_timeout, tower_service::Service::call(&mut router, request)).await;
-                drop(busy);
                 let response = match answer {
+                    // A download's body is the transfer: the request stays under way (and
+                    // under the transfer timeout) until its last byte is written.
+                    Ok(Ok(response)) if transfer => response.map(|body| {
+                        let stream = body.into_data_stream().map(move |chunk| {
+                            let _ = &busy;
+                            chunk
+                        });
+                        axum::body::Body::from_stream(stream)
+                    }),
                     Ok(Ok(response)) => response,
                     Ok(Err(never)) => match never {},
                     Err(_) => {

@@ -10,7 +10,9 @@ use serde_json::{json, Map, Value};
 use crate::auth::{Caller, Owner};
 use crate::error::{parse_json, JsonBody, Query};
 use crate::{ApiError, AppState};
-use store::users::{NewUser, UserUpdate};
+use store::files::Chatfile;
+use store::tenants::App;
+use store::users::{NewUser, User, UserUpdate};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -119,8 +121,9 @@ pub async fn list(
     let cursor = (users.len() as i64 == limit)
         .then(|| users.last().map(|u| u.username.clone()))
         .flatten();
+    let entities: Vec<Value> = users.iter().map(|u| user_entity(&state, &caller.app, u)).collect();
     Ok(Json(
-        json!({"action": "get", "entities": users, "count": users.len(), "cursor": cursor}),
+        json!({"action": "get", "entities": entities, "count": users.len(), "cursor": cursor}),
     ))
 }
 
@@ -129,7 +132,55 @@ pub async fn get(
     Owner { caller, user: username }: Owner,
 ) -> Result<Json<Value>, ApiError> {
     let user = state.store.get_user(&caller.app.id, &username).await?;
-    Ok(Json(json!({"action": "get", "entities": [user], "count": 1})))
+    Ok(Json(
+        json!({"action": "get", "entities": [user_entity(&state, &caller.app, &user)], "count": 1}),
+    ))
+}
+
+/// A user as answered: with their avatar's URL and its thumbnail's, if they have one.
+fn user_entity(state: &AppState, app: &App, user: &User) -> Value {
+    let mut entity = serde_json::to_value(user).unwrap_or_default();
+    if !user.avatar_file.is_empty() {
+        let links = &state.files.links;
+        entity["avatar"] = json!(links.url(&app.org, &app.name, &user.avatar_file));
+        entity["avatar_thumbnail"] = json!(links.thumbnail_url(&app.org, &app.name, &user.avatar_file));
+    }
+    entity
+}
+
+/// Checks a new avatar: `""` clears it, else the URL of an image uploaded to this app that
+/// the caller may read (a user may not take another user's private file as theirs).
+async fn avatar_file(state: &AppState, caller: &Caller, url: &str) -> Result<Option<Chatfile>, ApiError> {
+    if url.is_empty() {
+        return Ok(None);
+    }
+    let app = &caller.app;
+    let id = state.files.links.file_id(&app.org, &app.name, url).ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "body.avatar must be the URL of an image uploaded to this app ({}/{}/{}/chatfiles/…), or \"\" to remove it",
+            state.files.links.base(),
+            app.org,
+            app.name
+        ))
+    })?;
+    let missing = || ApiError::BadRequest(format!("body.avatar: no chatfile {id} in this app"));
+    let file = match state.store.chatfile(&app.id, &id).await {
+        Ok(file) => file,
+        Err(store::Error::NotFound(_)) => return Err(missing()),
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(user) = &caller.user {
+        if !state.store.may_read_file(&file, user).await? {
+            return Err(missing());
+        }
+    }
+    if !file.has_thumbnail() {
+        return Err(ApiError::BadRequest(format!(
+            "body.avatar must be a PNG, JPEG, GIF or WebP image; this file is {}",
+            file.content_type
+        )));
+    }
+    Ok(Some(file))
 }
 
 #[derive(Deserialize)]
@@ -139,6 +190,9 @@ struct UpdateBody {
     nickname: Option<String>,
     #[serde(default)]
     metadata: Option<Map<String, Value>>,
+    /// The URL of an uploaded image, or `""` to remove the avatar.
+    #[serde(default)]
+    avatar: Option<String>,
 }
 
 pub async fn update(
@@ -147,6 +201,10 @@ pub async fn update(
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     let body: UpdateBody = parse_json(&body)?;
+    if let Some(url) = &body.avatar {
+        let file = avatar_file(&state, &caller, url.trim()).await?;
+        state.store.set_avatar(&caller.app.id, &username, file.as_ref()).await?;
+    }
     let user = state
         .store
         .update_user(
@@ -158,7 +216,9 @@ pub async fn update(
             },
         )
         .await?;
-    Ok(Json(json!({"action": "put", "entities": [user], "count": 1})))
+    Ok(Json(
+        json!({"action": "put", "entities": [user_entity(&state, &caller.app, &user)], "count": 1}),
+    ))
 }
 
 pub async fn delete(

@@ -25,6 +25,7 @@
 mod lifecycle;
 mod process;
 mod rules;
+pub mod timers;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,16 +39,21 @@ use process::Bridge;
 use store::live::Live;
 use store::Store;
 
-/// How the bridge batches.
+/// How the bridge batches, and what it needs to check message bodies.
 #[derive(Debug, Clone)]
 pub struct BridgeSettings {
     /// Most messages stored in one transaction.
     pub max_batch: usize,
+    /// The URLs of this server's files, which file message bodies must point at.
+    pub file_links: store::files::FileLinks,
 }
 
 impl Default for BridgeSettings {
     fn default() -> Self {
-        BridgeSettings { max_batch: 512 }
+        BridgeSettings {
+            max_batch: 512,
+            file_links: store::files::FileLinks::new("http://localhost"),
+        }
     }
 }
 
@@ -90,7 +96,7 @@ pub async fn run(
     let (incoming_tx, mut incoming) = mpsc::channel(settings.max_batch * 4);
     let received = Arc::new(AtomicU64::new(0));
     let consumer_task = tokio::spawn(consume(consumer_loop, consumer, incoming_tx, received.clone()));
-    let mut bridge = Bridge::new(store, live, push_wake);
+    let mut bridge = Bridge::new(store, live, push_wake, settings.file_links.clone());
     let mut waiting = FairQueue::default();
     let most_waiting = settings.max_batch * 8;
     let mut arrived = Vec::with_capacity(settings.max_batch);

@@ -117,13 +117,22 @@ impl Bridge {
             kind,
             body,
             ext: None,
+            destroy: None,
         };
         crate::rules::check_content(&settings, &mut send)?;
+        let files = self.attach_files(from, &mut send, &settings).await?;
         let edited = self
             .store
             .edit(&from.app_id, id, &from.user, &send.body.to_string())
             .await
             .map_err(|e| store_refusal(None, e))?;
+        if !files.is_empty() || current.kind != "txt" {
+            let room = if current.chat == "room" { current.recipient.as_str() } else { "" };
+            self.store
+                .replace_file_refs(&edited.id, room, &files)
+                .await
+                .map_err(|e| store_refusal(None, e))?;
+        }
         let event = json!({"op": "edited", "id": edited.id, "conv": edited.conv, "seq": edited.seq,
             "body": send.body, "edited": edited.edited_at, "by": from.user});
         Ok((edited, event))
@@ -200,6 +209,8 @@ impl Bridge {
             ext: op.ext.map(|e| e.to_string()),
             recalled: false,
             edited_at: 0,
+            destroy: None,
+            destroyed: false,
         };
         let ack = Ack {
             op: "ack".into(),

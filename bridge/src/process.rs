@@ -8,6 +8,7 @@ use serde_json::json;
 
 use crate::rules::{check_content, SendRates, TypingLimits};
 use store::channels::ChannelKind;
+use store::files::{Attacher, FileLinks};
 use store::envelope::{
     frame_inbox, parse_client_op, unframe_outbox, Ack, ChatType, ClientOp, MsgType, OpError, RoomOp, Route, SendOp,
     SyncOp, Synced, TypingOp,
@@ -51,10 +52,12 @@ pub struct Bridge {
     apps: HashMap<(String, String), String>,
     rates: SendRates,
     typing: TypingLimits,
+    /// The URLs of this server's files.
+    pub(crate) links: FileLinks,
 }
 
 impl Bridge {
-    pub fn new(store: Store, live: Arc<dyn Live>, push_wake: Arc<tokio::sync::Notify>) -> Bridge {
+    pub fn new(store: Store, live: Arc<dyn Live>, push_wake: Arc<tokio::sync::Notify>, links: FileLinks) -> Bridge {
         Bridge {
             store,
             live,
@@ -62,6 +65,7 @@ impl Bridge {
             apps: HashMap::new(),
             rates: SendRates::default(),
             typing: TypingLimits::default(),
+            links,
         }
     }
 
@@ -106,7 +110,16 @@ impl Bridge {
                             }
                         };
                     }
-                    match self.admit(&from, op, &settings[&from.app_id]) {
+                    let mut op = op;
+                    let app_settings = &settings[&from.app_id];
+                    let files = match self.attach_files(&from, &mut op, app_settings).await {
+                        Ok(files) => files,
+                        Err(e) => {
+                            self.reply(&from, &e);
+                            continue;
+                        }
+                    };
+                    match self.admit(&from, op, files, app_settings) {
                         Ok(Admitted::Store(pending)) => sends.push(*pending),
                         // Commands are delivered, never stored; they wait for the batch like
                         // the rest, so they do not overtake messages sent before them.
@@ -138,7 +151,13 @@ impl Bridge {
 
     /// Applies the app's rules to a send and turns it into a message to store, or a command
     /// to relay.
-    fn admit(&mut self, from: &Sender, mut op: SendOp, settings: &AppSettings) -> Result<Admitted, OpError> {
+    fn admit(
+        &mut self,
+        from: &Sender,
+        mut op: SendOp,
+        files: Vec<String>,
+        settings: &AppSettings,
+    ) -> Result<Admitted, OpError> {
         check_content(settings, &mut op)?;
         if let Err(wait) = self.rates.take(&from.app_id, &from.user, settings) {
             return Err(OpError::new(
@@ -163,6 +182,8 @@ impl Bridge {
             require_contacts: settings.require_contacts,
             room_history: settings.room_history,
             as_app: false,
+            files,
+            destroy: op.destroy,
         };
         Ok(Admitted::Store(Box::new((
             PendingSend {
@@ -201,6 +222,27 @@ impl Bridge {
         if may_push {
             self.push_wake.notify_one();
         }
+    }
+
+    /// Checks the files a file message points at, and completes its body from their records
+    /// (see `Store::attach_files`); answers the chatfiles it refers to.
+    pub(crate) async fn attach_files(
+        &self,
+        from: &Sender,
+        op: &mut SendOp,
+        settings: &AppSettings,
+    ) -> Result<Vec<String>, OpError> {
+        self.store
+            .attach_files(
+                &self.links,
+                (&from.org, &from.app, &from.app_id),
+                Attacher::User(&from.user),
+                op.kind,
+                &mut op.body,
+                settings.allow_external_urls,
+            )
+            .await
+            .map_err(|why| OpError::new(Some(op.cid.clone()), "invalid", why))
     }
 
     /// Works out who published (topic and gate frame) and what.

@@ -243,6 +243,60 @@ const MIGRATIONS: &[&[&str]] = &[
     // creation (so a deleted and re-created user does not inherit old tokens) and on
     // revocation. Existing users keep 0, which is what their existing tokens carry.
     &["ALTER TABLE users ADD COLUMN token_generation BIGINT NOT NULL DEFAULT 0"],
+    // 6: files (chatfiles, what references them, resumable uploads), self-destructing
+    // messages, avatars.
+    &[
+        "CREATE TABLE chatfiles (
+        id TEXT PRIMARY KEY,
+        app_id TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        secret TEXT NOT NULL,
+        filename TEXT NOT NULL,
+        content_type TEXT NOT NULL,
+        size BIGINT NOT NULL,
+        width BIGINT NOT NULL,
+        height BIGINT NOT NULL,
+        thumb_type TEXT NOT NULL,
+        thumb_size BIGINT NOT NULL,
+        created_at BIGINT NOT NULL,
+        released_at BIGINT NOT NULL
+    )",
+        "CREATE INDEX chatfiles_owner ON chatfiles (app_id, owner)",
+        "CREATE INDEX chatfiles_released ON chatfiles (released_at)",
+        "CREATE TABLE chatfile_refs (
+        file_id TEXT NOT NULL,
+        holder TEXT NOT NULL,
+        room TEXT NOT NULL,
+        PRIMARY KEY (file_id, holder)
+    )",
+        "CREATE INDEX chatfile_refs_holder ON chatfile_refs (holder)",
+        "CREATE TABLE uploads (
+        id TEXT PRIMARY KEY,
+        app_id TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        filename TEXT NOT NULL,
+        length BIGINT NOT NULL,
+        received BIGINT NOT NULL,
+        file_id TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL
+    )",
+        "CREATE INDEX uploads_owner ON uploads (app_id, owner)",
+        "CREATE INDEX uploads_updated ON uploads (updated_at)",
+        "CREATE TABLE upload_parts (
+        upload_id TEXT NOT NULL,
+        start BIGINT NOT NULL,
+        size BIGINT NOT NULL,
+        object TEXT NOT NULL,
+        PRIMARY KEY (upload_id, start)
+    )",
+        "ALTER TABLE messages ADD COLUMN destroy_after BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE messages ADD COLUMN destroy_from TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE messages ADD COLUMN destroy_at BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE messages ADD COLUMN destroyed BIGINT NOT NULL DEFAULT 0",
+        "CREATE INDEX messages_destroy_at ON messages (destroy_at) WHERE destroy_at > 0",
+        "ALTER TABLE users ADD COLUMN avatar TEXT NOT NULL DEFAULT ''",
+    ],
 ];
 
 impl Store {

@@ -107,6 +107,54 @@ pub struct SendOp {
     pub kind: MsgType,
     pub body: Value,
     pub ext: Option<Value>,
+    /// A self-destructing message: erased this long after it is read, or sent.
+    pub destroy: Option<Destroy>,
+}
+
+/// The longest a self-destructing message may live: 7 days.
+pub const MAX_DESTROY_SECS: i64 = 7 * 24 * 3600;
+
+/// `"destroy": {"after": 30, "from": "read"}`: the message's body (and its files) are
+/// erased `after` seconds after the recipient reads it (one-to-one chats only), or after it
+/// is sent (one-to-one and group chats).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Destroy {
+    pub after: i64,
+    pub from: DestroyFrom,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DestroyFrom {
+    Read,
+    Sent,
+}
+
+impl DestroyFrom {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DestroyFrom::Read => "read",
+            DestroyFrom::Sent => "sent",
+        }
+    }
+}
+
+impl Destroy {
+    /// Checks the timer and that `chat` can have it.
+    pub fn validate(&self, chat: ChatType) -> Result<(), String> {
+        if !(1..=MAX_DESTROY_SECS).contains(&self.after) {
+            return Err(format!("'destroy.after' must be from 1 to {MAX_DESTROY_SECS} seconds"));
+        }
+        match (chat, self.from) {
+            (ChatType::Room, _) => Err("chatroom messages cannot self-destruct".into()),
+            (ChatType::Group, DestroyFrom::Read) => Err(
+                "'destroy.from': \"read\" is for one-to-one chats; a group message can be destroyed after it is \"sent\""
+                    .into(),
+            ),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// `{"op":"sync","after":N,"limit":L}`: fetch inbox entries after `useq` N.
@@ -226,6 +274,8 @@ struct RawSend {
     body: Value,
     #[serde(default)]
     ext: Option<Value>,
+    #[serde(default)]
+    destroy: Option<Destroy>,
 }
 
 /// Parses what a device published on its outbox.
@@ -261,6 +311,9 @@ pub fn parse_client_op(payload: &[u8]) -> Result<ClientOp, OpError> {
                 .ok_or_else(|| invalid("'send' needs a 'cid' (the client's message id)".into()))?;
             let raw: RawSend = serde_json::from_value(value.clone()).map_err(|e| invalid(e.to_string()))?;
             raw.kind.validate_body(&raw.body).map_err(invalid)?;
+            if let Some(destroy) = &raw.destroy {
+                destroy.validate(raw.chat).map_err(invalid)?;
+            }
             let to = match raw.chat {
                 ChatType::User => crate::names::username(&raw.to),
                 ChatType::Group | ChatType::Room => crate::names::id("to", &raw.to),
@@ -273,6 +326,7 @@ pub fn parse_client_op(payload: &[u8]) -> Result<ClientOp, OpError> {
                 kind: raw.kind,
                 body: raw.body,
                 ext: raw.ext.filter(|e| !e.is_null()),
+                destroy: raw.destroy,
             }))
         }
         Some("sync") => {
@@ -443,6 +497,12 @@ pub struct Delivered {
     /// Emoji reactions, in history.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reactions: Vec<Reaction>,
+    /// A self-destructing message's timer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destroy: Option<Destroy>,
+    /// Self-destructed: the body (and its files) are gone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub destroyed: bool,
 }
 
 /// One emoji's reactions to a message.

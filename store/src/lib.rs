@@ -12,6 +12,7 @@ pub mod contacts;
 pub mod db;
 pub mod envelope;
 pub mod error;
+pub mod files;
 pub mod lifecycle;
 pub mod live;
 pub mod messages;

@@ -73,7 +73,66 @@ impl Store {
         .bind(conv)
         .execute(&self.pool)
         .await?;
+        if receipt == Receipt::Read && seq > before && conv.starts_with("u:") {
+            // Self-destructing messages the reader has now read start their timers.
+            sqlx::query(
+                "UPDATE messages SET destroy_at = $1 + destroy_after * 1000
+                 WHERE app_id = $2 AND conv = $3 AND seq > $4 AND seq <= $5
+                 AND destroy_from = 'read' AND destroy_at = 0 AND sender <> $6",
+            )
+            .bind(crate::now_ms())
+            .bind(app_id)
+            .bind(conv)
+            .bind(before)
+            .bind(seq)
+            .bind(user)
+            .execute(&self.pool)
+            .await?;
+        }
         Ok((before, before.max(seq)))
+    }
+
+    /// Self-destructing messages whose time has come (at most `limit`), oldest due first.
+    /// Each with its app's id.
+    pub async fn due_destructions(&self, now: i64, limit: i64) -> Result<Vec<(String, StoredMessage)>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {MSG_COLUMNS}, m.app_id FROM messages m
+             WHERE m.destroy_at > 0 AND m.destroy_at <= $1 AND m.destroyed = 0 ORDER BY m.destroy_at LIMIT $2"
+        ))
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("app_id")?, message_from_row(row)?)))
+            .collect()
+    }
+
+    /// Erases a self-destructing message: body, ext and reactions go, its file references
+    /// are dropped. Answers the files it referred to, or `None` if another node (or an
+    /// earlier run) destroyed it first, so exactly one announces it.
+    pub async fn destroy_message(&self, id: &str) -> Result<Option<Vec<String>>> {
+        let mut tx = self.write_tx().await?;
+        let done = sqlx::query(
+            "UPDATE messages SET destroyed = 1, body = '{}', ext = NULL, destroy_at = 0 WHERE id = $1 AND destroyed = 0",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Ok(None);
+        }
+        let files: Vec<String> = sqlx::query_scalar("SELECT file_id FROM chatfile_refs WHERE holder = $1")
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM reactions WHERE message_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        crate::files::release_refs(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(Some(files))
     }
 
     /// A user's conversations, most recent first, with unread counts and last messages.
@@ -183,14 +242,18 @@ impl Store {
                 )));
             }
         }
+        let mut tx = self.write_tx().await?;
         sqlx::query("UPDATE messages SET recalled = 1, body = '{}', ext = NULL WHERE id = $1")
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
         sqlx::query("DELETE FROM reactions WHERE message_id = $1")
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        // Its files lose this reference; other messages sharing them keep theirs.
+        crate::files::release_refs(&mut tx, id).await?;
+        tx.commit().await?;
         self.message(app_id, id).await
     }
 
@@ -200,8 +263,8 @@ impl Store {
         if msg.sender != by {
             return Err(Error::Forbidden("only the sender may edit a message".into()));
         }
-        if msg.recalled {
-            return Err(Error::invalid("id", "a recalled message cannot be edited"));
+        if msg.recalled || msg.destroyed {
+            return Err(Error::invalid("id", "a recalled or destroyed message cannot be edited"));
         }
         sqlx::query("UPDATE messages SET body = $1, edited_at = $2 WHERE id = $3")
             .bind(body)
@@ -239,8 +302,8 @@ impl Store {
             return Err(Error::invalid("emoji", format!("1-{EMOJI_MAX_BYTES} bytes, no spaces")));
         }
         let msg = self.require_holder(app_id, id, user).await?;
-        if msg.recalled {
-            return Err(Error::invalid("id", "a recalled message takes no reactions"));
+        if msg.recalled || msg.destroyed {
+            return Err(Error::invalid("id", "a recalled or destroyed message takes no reactions"));
         }
         if add {
             sqlx::query("INSERT INTO reactions (message_id, emoji, username, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")

@@ -16,7 +16,7 @@ use sqlx::{Any, Row, Transaction};
 
 use crate::channels::ChannelKind;
 use crate::db::Backend;
-use crate::envelope::{ChatType, Delivered, MsgType};
+use crate::envelope::{ChatType, Delivered, Destroy, DestroyFrom, MsgType};
 use crate::error::Result;
 use crate::Store;
 
@@ -40,6 +40,11 @@ pub struct NewMessage {
     pub room_history: i64,
     /// Sent by the app's backend: blocks, contacts and membership do not apply.
     pub as_app: bool,
+    /// The chatfiles the body refers to (checked by the caller: they exist in this app and
+    /// the sender may use them); stored as references that keep the files alive.
+    pub files: Vec<String>,
+    /// A self-destructing message's timer.
+    pub destroy: Option<Destroy>,
 }
 
 /// A message as stored.
@@ -61,6 +66,10 @@ pub struct StoredMessage {
     pub recalled: bool,
     /// When it was last edited (ms), 0 if never.
     pub edited_at: i64,
+    /// A self-destructing message's timer.
+    pub destroy: Option<Destroy>,
+    /// Self-destructed: the content is gone.
+    pub destroyed: bool,
 }
 
 /// What happened to one message of a batch.
@@ -93,7 +102,7 @@ pub fn user_conv(a: &str, b: &str) -> String {
 
 pub(crate) const MSG_COLUMNS: &str =
     "m.id, m.conv, m.seq, m.ts, m.chat, m.sender, m.sender_device, m.recipient, m.cid, \
-     m.msg_type, m.body, m.ext, m.recalled, m.edited_at";
+     m.msg_type, m.body, m.ext, m.recalled, m.edited_at, m.destroy_after, m.destroy_from, m.destroyed";
 
 pub(crate) fn message_from_row(row: &AnyRow) -> Result<StoredMessage> {
     Ok(StoredMessage {
@@ -111,6 +120,24 @@ pub(crate) fn message_from_row(row: &AnyRow) -> Result<StoredMessage> {
         ext: row.try_get("ext")?,
         recalled: row.try_get::<i64, _>("recalled")? != 0,
         edited_at: row.try_get("edited_at")?,
+        destroy: destroy_from_row(row)?,
+        destroyed: row.try_get::<i64, _>("destroyed")? != 0,
+    })
+}
+
+fn destroy_from_row(row: &AnyRow) -> Result<Option<Destroy>> {
+    let after: i64 = row.try_get("destroy_after")?;
+    let from: String = row.try_get("destroy_from")?;
+    Ok(match from.as_str() {
+        _ if after <= 0 => None,
+        "read" => Some(Destroy {
+            after,
+            from: DestroyFrom::Read,
+        }),
+        _ => Some(Destroy {
+            after,
+            from: DestroyFrom::Sent,
+        }),
     })
 }
 
@@ -132,7 +159,7 @@ impl StoredMessage {
             to: self.recipient.clone(),
             cid: own.then(|| self.cid.clone()),
             kind: self.kind.clone(),
-            body: if self.recalled {
+            body: if self.recalled || self.destroyed {
                 Value::Null
             } else {
                 serde_json::from_str(&self.body).unwrap_or(Value::Null)
@@ -142,6 +169,8 @@ impl StoredMessage {
             edited: (self.edited_at > 0).then_some(self.edited_at),
             hidden: false,
             reactions: Vec::new(),
+            destroy: self.destroy,
+            destroyed: self.destroyed,
         }
     }
 }
@@ -206,6 +235,7 @@ impl Store {
             .map(|o| o.ok_or_else(|| crate::Error::Internal("a message of the batch has no outcome".into())))
             .collect::<Result<Vec<Outcome>>>()?;
         record_for_push(&mut tx, &outcomes).await?;
+        settle_files_and_timers(&mut tx, batch, &outcomes).await?;
         tx.commit().await?;
         Ok(outcomes)
     }
@@ -361,6 +391,8 @@ impl Store {
                     ext: m.ext.clone(),
                     recalled: false,
                     edited_at: 0,
+                    destroy: m.destroy,
+                    destroyed: false,
                 }),
             });
         }
@@ -663,6 +695,8 @@ impl Store {
             ext: m.ext.clone(),
             recalled: false,
             edited_at: 0,
+            destroy: m.destroy,
+            destroyed: false,
         };
         let useqs = match kind {
             ChannelKind::Room => {
@@ -721,7 +755,37 @@ fn room_message_from_row(room: &str, row: &AnyRow) -> Result<StoredMessage> {
         ext: row.try_get("ext")?,
         recalled: false,
         edited_at: 0,
+        destroy: None,
+        destroyed: false,
     })
+}
+
+/// For the newly stored messages of a batch that refer to files or self-destruct (few: the
+/// common text message costs nothing here): their file references, and their timers.
+async fn settle_files_and_timers(
+    tx: &mut Transaction<'static, Any>,
+    batch: &[NewMessage],
+    outcomes: &[Outcome],
+) -> Result<()> {
+    for (m, outcome) in batch.iter().zip(outcomes) {
+        let Outcome::Stored { msg, .. } = outcome else { continue };
+        let room = if m.chat == ChatType::Room { m.to.as_str() } else { "" };
+        crate::files::add_refs(tx, &msg.id, room, &m.files).await?;
+        if let Some(destroy) = m.destroy {
+            let at = match destroy.from {
+                DestroyFrom::Sent => msg.ts + destroy.after * 1000,
+                DestroyFrom::Read => 0,
+            };
+            sqlx::query("UPDATE messages SET destroy_after = $1, destroy_from = $2, destroy_at = $3 WHERE id = $4")
+                .bind(destroy.after)
+                .bind(destroy.from.as_str())
+                .bind(at)
+                .bind(&msg.id)
+                .execute(&mut **tx)
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 /// The message this sender already sent with this `cid`, if any.

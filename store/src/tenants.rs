@@ -166,6 +166,15 @@ pub struct AppSettings {
     pub group_read_receipts: bool,
     /// The largest `customExts` of a `custom` message, in bytes.
     pub max_custom_bytes: usize,
+    /// The largest file a user may upload, in bytes (the server's `files.max_file_bytes`
+    /// caps it).
+    pub max_file_bytes: i64,
+    /// The bytes of files one user may hold (uploads in progress count at their full size).
+    pub file_quota_bytes: i64,
+    /// Content types users may upload (`image/png`, or `image/*`); empty allows any.
+    pub allowed_file_types: Vec<String>,
+    /// Whether file message bodies may point at URLs outside chatd (unchecked, not kept).
+    pub allow_external_urls: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -190,6 +199,10 @@ impl Default for AppSettings {
             recall_limit_secs: 120,
             group_read_receipts: true,
             max_custom_bytes: 4096,
+            max_file_bytes: 100 * 1024 * 1024,
+            file_quota_bytes: 1024 * 1024 * 1024,
+            allowed_file_types: Vec::new(),
+            allow_external_urls: false,
         }
     }
 }
@@ -211,6 +224,19 @@ impl AppSettings {
         positive("max_room_members", self.max_room_members > 1)?;
         positive("recall_limit_secs", self.recall_limit_secs >= 0)?;
         positive("max_custom_bytes", self.max_custom_bytes > 0)?;
+        positive("max_file_bytes", self.max_file_bytes > 0)?;
+        positive("file_quota_bytes", self.file_quota_bytes > 0)?;
+        let well_formed = |t: &String| {
+            let (kind, sub) = t.split_once('/').unwrap_or(("", ""));
+            let token = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
+            token(kind) && (sub == "*" || token(sub))
+        };
+        if self.allowed_file_types.len() > 100 || !self.allowed_file_types.iter().all(well_formed) {
+            return Err(Error::invalid(
+                "allowed_file_types",
+                "at most 100 content types like \"image/png\" or \"image/*\"",
+            ));
+        }
         if !(0..=10_000).contains(&self.room_history) {
             return Err(Error::invalid("room_history", "must be from 0 to 10000"));
         }
@@ -226,6 +252,17 @@ impl AppSettings {
             ));
         }
         Ok(())
+    }
+}
+
+impl AppSettings {
+    /// Whether this app accepts files of `content_type`.
+    pub fn allows_file_type(&self, content_type: &str) -> bool {
+        self.allowed_file_types.is_empty()
+            || self.allowed_file_types.iter().any(|t| match t.strip_suffix("/*") {
+                Some(kind) => content_type.split('/').next() == Some(kind),
+                None => t == content_type,
+            })
     }
 }
 

@@ -26,6 +26,9 @@ pub struct User {
     pub metadata: Map<String, Value>,
     pub created: i64,
     pub modified: i64,
+    /// The chatfile id of the user's avatar, empty for none (the API answers its URLs).
+    #[serde(skip)]
+    pub avatar_file: String,
 }
 
 /// What is needed to create a user.
@@ -81,10 +84,11 @@ fn user_from_row(row: &sqlx::any::AnyRow) -> Result<User> {
         metadata: serde_json::from_str(&metadata).unwrap_or_default(),
         created: row.try_get("created_at")?,
         modified: row.try_get("updated_at")?,
+        avatar_file: row.try_get("avatar")?,
     })
 }
 
-const USER_COLUMNS: &str = "username, nickname, metadata, created_at, updated_at";
+const USER_COLUMNS: &str = "username, nickname, metadata, created_at, updated_at, avatar";
 
 impl Store {
     /// Creates users, all or none. Usernames must be valid and new; the error names the
@@ -135,6 +139,7 @@ impl Store {
                 metadata: Map::new(),
                 created: now,
                 modified: now,
+                avatar_file: String::new(),
             })
             .collect())
     }
@@ -240,6 +245,7 @@ impl Store {
         if deleted == 0 {
             return Err(Error::NotFound(format!("user {username}")));
         }
+        crate::files::release_refs(&mut tx, &crate::files::avatar_holder(app_id, username)).await?;
         for table in [
             "inbox",
             "user_conversations",
