@@ -115,7 +115,11 @@ pub(crate) fn uploader(caller: &Caller) -> String {
 
 /// The largest file this caller may send now: the app's and the server's limits, and what
 /// is left of the uploader's quota.
-pub(crate) async fn room_for(state: &AppState, app: &App, owner: &str) -> Result<(u64, store::tenants::AppSettings), ApiError> {
+pub(crate) async fn room_for(
+    state: &AppState,
+    app: &App,
+    owner: &str,
+) -> Result<(u64, store::tenants::AppSettings), ApiError> {
     let settings = state.store.app_settings(&app.id).await?;
     let mut limit = (settings.max_file_bytes.max(0) as u64).min(state.files.settings.max_file_bytes);
     if !owner.is_empty() {
@@ -190,7 +194,12 @@ pub(crate) async fn record(
     if thumbnailable && written.size <= state.files.settings.max_thumbnail_source_bytes {
         match make_thumbnail(state, &key).await {
             Ok(thumb) => {
-                if let Err(e) = state.files.store.put(&file.thumb_key(), thumb.bytes.clone().into()).await {
+                if let Err(e) = state
+                    .files
+                    .store
+                    .put(&file.thumb_key(), thumb.bytes.clone().into())
+                    .await
+                {
                     return refuse(ApiError::Internal(format!("storing a thumbnail: {e}"))).await;
                 }
                 file.width = thumb.width as i64;
@@ -273,13 +282,21 @@ pub async fn upload(State(state): State<AppState>, caller: Caller, request: Requ
     let owner = uploader(&caller);
     let (limit, settings) = room_for(&state, &caller.app, &owner).await?;
     let server_max = state.files.settings.max_file_bytes;
-    let mut multipart = Multipart::from_request(request, &state)
-        .await
-        .map_err(|e| ApiError::UnsupportedMediaType(format!("send the file as multipart/form-data, in a part named 'file': {}", e.body_text())))?;
+    let mut multipart = Multipart::from_request(request, &state).await.map_err(|e| {
+        ApiError::UnsupportedMediaType(format!(
+            "send the file as multipart/form-data, in a part named 'file': {}",
+            e.body_text()
+        ))
+    })?;
     loop {
         let field = match tokio::time::timeout(state.files.settings.chunk_timeout, multipart.next_field()).await {
             Err(_) => return Err(ApiError::RequestTimeout("the upload stopped sending".into())),
-            Ok(Err(e)) => return Err(ApiError::BadRequest(format!("reading the multipart body: {}", e.body_text()))),
+            Ok(Err(e)) => {
+                return Err(ApiError::BadRequest(format!(
+                    "reading the multipart body: {}",
+                    e.body_text()
+                )))
+            }
             Ok(Ok(None)) => return Err(ApiError::BadRequest("the body has no part named 'file'".into())),
             Ok(Ok(Some(field))) => field,
         };
@@ -302,10 +319,16 @@ pub async fn upload(State(state): State<AppState>, caller: Caller, request: Requ
     }
 }
 
-pub(crate) fn transfer_error(e: files::Error, limit: u64, settings: &store::tenants::AppSettings, server_max: u64) -> ApiError {
+pub(crate) fn transfer_error(
+    e: files::Error,
+    limit: u64,
+    settings: &store::tenants::AppSettings,
+    server_max: u64,
+) -> ApiError {
     match e {
         files::Error::TooLarge { .. } => too_large(limit, settings, server_max),
         files::Error::Cut(why) => ApiError::BadRequest(format!("the upload was cut: {why}")),
+        e @ files::Error::Stalled(_) => ApiError::RequestTimeout(format!("the upload stopped: {e}")),
         e => ApiError::Internal(e.to_string()),
     }
 }
@@ -326,7 +349,11 @@ pub async fn download(
     let thumbnail = match param("thumbnail").as_deref() {
         None | Some("false") => false,
         Some("true") => true,
-        Some(other) => return Err(ApiError::BadRequest(format!("query.thumbnail: 'true' or 'false', not '{other}'"))),
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "query.thumbnail: 'true' or 'false', not '{other}'"
+            )))
+        }
     };
     let secret = parts
         .headers
@@ -360,9 +387,19 @@ pub async fn download(
         if !file.has_thumbnail() {
             return Err(ApiError::NotFound(format!("chatfile {id} has no thumbnail")));
         }
-        (file.thumb_key(), file.thumb_size, file.thumb_type.clone(), format!("\"{}-thumb\"", file.id))
+        (
+            file.thumb_key(),
+            file.thumb_size,
+            file.thumb_type.clone(),
+            format!("\"{}-thumb\"", file.id),
+        )
     } else {
-        (file.object_key(), file.size, file.content_type.clone(), format!("\"{}\"", file.id))
+        (
+            file.object_key(),
+            file.size,
+            file.content_type.clone(),
+            format!("\"{}\"", file.id),
+        )
     };
     let modified = UNIX_EPOCH + Duration::from_millis(file.created_at.max(0) as u64);
     let modified_text = httpdate::fmt_http_date(modified);
@@ -495,9 +532,8 @@ fn if_range_holds(headers: &HeaderMap, tag: &str, modified: SystemTime) -> bool 
     match headers.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) {
         None => true,
         Some(v) if v.starts_with('"') => v == tag,
-        Some(v) => httpdate::parse_http_date(v).is_ok_and(|date| {
-            modified.duration_since(date).map_or(true, |d| d.as_secs() == 0)
-        }),
+        Some(v) => httpdate::parse_http_date(v)
+            .is_ok_and(|date| modified.duration_since(date).map_or(true, |d| d.as_secs() == 0)),
     }
 }
 

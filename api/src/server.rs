@@ -36,10 +36,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
-use futures_util::StreamExt;
 use axum::http::{header, HeaderValue, Request, Response};
 use axum::response::IntoResponse;
 use axum::Router;
+use futures_util::StreamExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -184,9 +184,7 @@ struct Busy(Arc<Activity>);
 
 impl Busy {
     fn start(activity: &Arc<Activity>, limit: Duration) -> Busy {
-        activity
-            .busy_limit_ms
-            .store(limit.as_millis() as u64, Ordering::SeqCst);
+        activity.busy_limit_ms.store(limit.as_millis() as u64, Ordering::SeqCst);
         activity.set(BUSY);
         Busy(activity.clone())
     }

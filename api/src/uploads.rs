@@ -55,8 +55,10 @@ fn check_version(headers: &HeaderMap) -> Result<(), Response> {
     match headers.get("Tus-Resumable").and_then(|v| v.to_str().ok()) {
         Some(TUS_VERSION) => Ok(()),
         _ => {
-            let mut response = ApiError::BadRequest(format!("this server speaks tus {TUS_VERSION}: send 'Tus-Resumable: {TUS_VERSION}'"))
-                .into_response();
+            let mut response = ApiError::BadRequest(format!(
+                "this server speaks tus {TUS_VERSION}: send 'Tus-Resumable: {TUS_VERSION}'"
+            ))
+            .into_response();
             *response.status_mut() = StatusCode::PRECONDITION_FAILED;
             response
                 .headers_mut()
@@ -159,7 +161,9 @@ pub async fn create(State(state): State<AppState>, caller: Caller, headers: Head
     if length == 0 {
         return Err(ApiError::BadRequest("Upload-Length must be at least 1".into()));
     }
-    if !owner.is_empty() && state.store.open_uploads(&caller.app.id, &owner).await? >= state.files.settings.max_open_uploads {
+    if !owner.is_empty()
+        && state.store.open_uploads(&caller.app.id, &owner).await? >= state.files.settings.max_open_uploads
+    {
         return Err(ApiError::Conflict(format!(
             "you have {} unfinished uploads; finish or delete one first",
             state.files.settings.max_open_uploads
@@ -181,7 +185,10 @@ pub async fn create(State(state): State<AppState>, caller: Caller, headers: Head
     Ok(with_tus(
         StatusCode::CREATED,
         &[
-            ("Location", location(&state, &caller.app.org, &caller.app.name, &upload.id)),
+            (
+                "Location",
+                location(&state, &caller.app.org, &caller.app.name, &upload.id),
+            ),
             ("Upload-Expires", expires(&state, &upload)),
         ],
     ))
@@ -276,11 +283,19 @@ pub async fn patch(
     if !upload.file_id.is_empty() {
         return Ok(with_tus(
             StatusCode::NO_CONTENT,
-            &[("Upload-Offset", upload.received.to_string()), ("Chatfile-Uuid", upload.file_id)],
+            &[
+                ("Upload-Offset", upload.received.to_string()),
+                ("Chatfile-Uuid", upload.file_id),
+            ],
         ));
     }
     let left = (upload.length - upload.received) as u64;
-    let object = format!("uploads/{}/{:020}-{}", upload.id, offset, store::tokens::random_secret(8));
+    let object = format!(
+        "uploads/{}/{:020}-{}",
+        upload.id,
+        offset,
+        store::tokens::random_secret(8)
+    );
     let written = state
         .files
         .store
@@ -342,7 +357,16 @@ async fn finish(state: &AppState, caller: &Caller, upload: &Upload) -> Result<St
             upload.id, written.size, upload.length
         )));
     }
-    let outcome = record(state, &caller.app, &upload.owner, &id, upload.filename.clone(), &written, &settings).await;
+    let outcome = record(
+        state,
+        &caller.app,
+        &upload.owner,
+        &id,
+        upload.filename.clone(),
+        &written,
+        &settings,
+    )
+    .await;
     // Refused or not, the parts are done with: a refused file (its type, a bomb) cannot
     // become acceptable by resending the same bytes.
     match &outcome {
@@ -381,7 +405,10 @@ mod tests {
 
     #[test]
     fn base64_as_tus_sends_it() {
-        assert_eq!(base64_decode("d29ybGRfZG9taW5hdGlvbl9wbGFuLnBkZg==").unwrap(), b"world_domination_plan.pdf");
+        assert_eq!(
+            base64_decode("d29ybGRfZG9taW5hdGlvbl9wbGFuLnBkZg==").unwrap(),
+            b"world_domination_plan.pdf"
+        );
         assert_eq!(base64_decode("YQ").unwrap(), b"a");
         assert_eq!(base64_decode("").unwrap(), b"");
         assert!(base64_decode("a").is_none());

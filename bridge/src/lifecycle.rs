@@ -127,7 +127,11 @@ impl Bridge {
             .await
             .map_err(|e| store_refusal(None, e))?;
         if !files.is_empty() || current.kind != "txt" {
-            let room = if current.chat == "room" { current.recipient.as_str() } else { "" };
+            let room = if current.chat == "room" {
+                current.recipient.as_str()
+            } else {
+                ""
+            };
             self.store
                 .replace_file_refs(&edited.id, room, &files)
                 .await

@@ -8,11 +8,11 @@ use serde_json::json;
 
 use crate::rules::{check_content, SendRates, TypingLimits};
 use store::channels::ChannelKind;
-use store::files::{Attacher, FileLinks};
 use store::envelope::{
     frame_inbox, parse_client_op, unframe_outbox, Ack, ChatType, ClientOp, MsgType, OpError, RoomOp, Route, SendOp,
     SyncOp, Synced, TypingOp,
 };
+use store::files::{Attacher, FileLinks};
 use store::lifecycle::Receipt;
 use store::live::Live;
 use store::messages::{NewMessage, Outcome, StoredMessage};

@@ -72,14 +72,15 @@ pub async fn destroy_due(store: &Store, live: &dyn Live, files: &FileStore) -> R
                 continue;
             };
             destroyed += 1;
+            // The files first: a device told "destroyed" must not still find them.
+            for id in file_ids {
+                remove_if_orphan(store, files, &app_id, &id).await;
+            }
             let app = store.app_by_id(&app_id).await?;
             let event = json!({"op": "destroyed", "id": msg.id, "conv": msg.conv, "seq": msg.seq});
             let framed = frame_inbox(Route::All, event.to_string().as_bytes());
             for user in store.holders(&app_id, &msg.id).await? {
                 live.deliver_inbox(&app.org, &app.name, &user, framed.clone());
-            }
-            for id in file_ids {
-                remove_if_orphan(store, files, &app_id, &id).await;
             }
         }
         if !more {

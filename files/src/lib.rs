@@ -49,6 +49,9 @@ pub enum Error {
     /// The body stopped: the client went away, or sent nothing for the chunk timeout.
     #[error("the upload was cut: {0}")]
     Cut(String),
+    /// Nothing arrived for the chunk timeout.
+    #[error("nothing arrived for {0} s")]
+    Stalled(u64),
     #[error("no such object")]
     NotFound,
     #[error("object storage: {0}")]
@@ -171,6 +174,7 @@ impl FileStore {
         let mut size = 0u64;
         let mut head = Vec::new();
         let mut cut = None;
+        let mut stalled = false;
         futures_util::pin_mut!(body);
         loop {
             let chunk = match tokio::time::timeout(chunk_timeout, body.next()).await {
@@ -182,6 +186,7 @@ impl FileStore {
                 }
                 Err(_) => {
                     cut = Some(format!("nothing arrived for {} s", chunk_timeout.as_secs()));
+                    stalled = true;
                     break;
                 }
             };
@@ -201,7 +206,11 @@ impl FileStore {
         }
         if let (Some(why), OnCut::Discard) = (&cut, on_cut) {
             let _ = writer.abort().await;
-            return Err(Error::Cut(why.clone()));
+            return Err(if stalled {
+                Error::Stalled(chunk_timeout.as_secs())
+            } else {
+                Error::Cut(why.clone())
+            });
         }
         writer.finish().await?;
         Ok(Written { size, head, cut })
@@ -223,7 +232,11 @@ impl FileStore {
             range: range.map(GetRange::Bounded),
             ..GetOptions::default()
         };
-        let found = self.inner.get_opts(&ObjectPath::from(key), options).await.map_err(not_found)?;
+        let found = self
+            .inner
+            .get_opts(&ObjectPath::from(key), options)
+            .await
+            .map_err(not_found)?;
         Ok(found.into_stream().map_err(std::io::Error::other).boxed())
     }
 
@@ -291,13 +304,24 @@ mod tests {
             .await
             .unwrap();
         assert_eq!((w.size, w.head.as_slice()), (11, b"hello world".as_slice()));
-        let part: Vec<Bytes> = store.read("a/1", Some(6..11)).await.unwrap().try_collect().await.unwrap();
+        let part: Vec<Bytes> = store
+            .read("a/1", Some(6..11))
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
         assert_eq!(part.concat(), b"world");
-        let too_big = store.write("a/2", chunks(&[b"hello ", b"world"]), 8, t, OnCut::Discard).await;
+        let too_big = store
+            .write("a/2", chunks(&[b"hello ", b"world"]), 8, t, OnCut::Discard)
+            .await;
         assert!(matches!(too_big, Err(Error::TooLarge { limit: 8 })));
         assert!(!store.exists("a/2").await.unwrap(), "a refused write leaves nothing");
         store.concat(&["a/1".into(), "a/1".into()], "a/3", t).await.unwrap();
-        assert_eq!(store.read_all("a/3", 100).await.unwrap().as_ref(), b"hello worldhello world");
+        assert_eq!(
+            store.read_all("a/3", 100).await.unwrap().as_ref(),
+            b"hello worldhello world"
+        );
         store.delete("a/3").await.unwrap();
         store.delete("a/3").await.unwrap();
         assert!(matches!(store.read("a/3", None).await, Err(Error::NotFound)));

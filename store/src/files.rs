@@ -349,7 +349,10 @@ impl Store {
                 }
                 complete_body(links, (org, app), &file, kind, body);
             } else if !file.content_type.starts_with("image/") {
-                return Err(format!("body.thumb must be an image; this file is {}", file.content_type));
+                return Err(format!(
+                    "body.thumb must be an image; this file is {}",
+                    file.content_type
+                ));
             }
             if !files.contains(&file.id) {
                 files.push(file.id);
@@ -569,7 +572,10 @@ mod tests {
         let url = links.url("o", "a", id);
         assert_eq!(url, format!("https://chat.example.com/o/a/chatfiles/{id}"));
         assert_eq!(links.file_id("o", "a", &url).as_deref(), Some(id));
-        assert_eq!(links.file_id("o", "a", &links.thumbnail_url("o", "a", id)).as_deref(), Some(id));
+        assert_eq!(
+            links.file_id("o", "a", &links.thumbnail_url("o", "a", id)).as_deref(),
+            Some(id)
+        );
         assert_eq!(links.file_id("o", "other", &url), None, "another app's file");
         assert_eq!(links.file_id("o", "a", &format!("{url}/../x")), None);
         assert_eq!(links.file_id("o", "a", &format!("{url}?x=1")), None);

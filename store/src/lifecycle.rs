@@ -303,7 +303,10 @@ impl Store {
         }
         let msg = self.require_holder(app_id, id, user).await?;
         if msg.recalled || msg.destroyed {
-            return Err(Error::invalid("id", "a recalled or destroyed message takes no reactions"));
+            return Err(Error::invalid(
+                "id",
+                "a recalled or destroyed message takes no reactions",
+            ));
         }
         if add {
             sqlx::query("INSERT INTO reactions (message_id, emoji, username, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")

@@ -130,6 +130,8 @@ pub struct TestApp {
     pub client_secret: String,
     pub app_token: String,
     pub database_url: String,
+    /// The directory files are kept in, unless the test chose another store.
+    pub _files: Option<tempfile::TempDir>,
     // Last, so the database outlives the server using it.
     pub _db: TestDb,
 }
@@ -139,6 +141,9 @@ pub fn test_config(database_url: &str) -> chatd::Config {
     let mut config = chatd::Config::defaults();
     config.database_url = database_url.to_string();
     config.dev_app = false;
+    // Never the working directory (the default is ./chatd-data); spawn_app_with gives each
+    // server a files directory of its own.
+    config.data_dir = std::env::temp_dir().join("chatd-tests");
     config.mqtt.tcp = "127.0.0.1:0".into();
     config.mqtt.ws = "127.0.0.1:0".into();
     config.api.listen = "127.0.0.1:0".into();
@@ -150,7 +155,12 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
     spawn_app_with(test_config(&db.url), db).await
 }
 
-pub async fn spawn_app_with(config: chatd::Config, db: TestDb) -> TestApp {
+pub async fn spawn_app_with(mut config: chatd::Config, db: TestDb) -> TestApp {
+    // Files go to a directory of the test's own (the default is under the working directory).
+    let files_dir = config.files.store.is_empty().then(|| tempfile::tempdir().unwrap());
+    if let Some(dir) = &files_dir {
+        config.files.store = format!("file://{}", dir.path().display());
+    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,rumqttd=off".into()),
@@ -175,6 +185,7 @@ pub async fn spawn_app_with(config: chatd::Config, db: TestDb) -> TestApp {
         client_secret: creds.client_secret,
         app_token: String::new(),
         database_url,
+        _files: files_dir,
         _db: db,
     };
     t.app_token = t
@@ -492,9 +503,18 @@ pub async fn spawn_cluster(n: usize, tweak: impl Fn(usize, &mut chatd::Config)) 
         tweak(i, &mut config);
         config
     };
-    let configs: Vec<chatd::Config> = (0..n).map(config).collect();
+    // The nodes share one file store, as a cluster on object storage does.
+    let files_dir = tempfile::tempdir().unwrap();
+    let configs: Vec<chatd::Config> = (0..n)
+        .map(config)
+        .map(|mut c| {
+            c.files.store = format!("file://{}", files_dir.path().display());
+            c
+        })
+        .collect();
     let url = db.url.clone();
-    let first = spawn_app_with(configs[0].clone(), db).await;
+    let mut first = spawn_app_with(configs[0].clone(), db).await;
+    first._files = Some(files_dir);
     let mut nodes = vec![first];
     for config in configs.into_iter().skip(1) {
         let server = chatd::start(config).await.expect("node starts");
@@ -509,6 +529,7 @@ pub async fn spawn_cluster(n: usize, tweak: impl Fn(usize, &mut chatd::Config)) 
             client_secret: first.client_secret.clone(),
             app_token: String::new(),
             database_url: url.clone(),
+            _files: None,
             _db: TestDb::shared(&url),
         };
         node.app_token = node
