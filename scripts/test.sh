@@ -6,6 +6,10 @@
 #   - a NATS server (cluster tests): the one at $NATS_URL (default nats://127.0.0.1:4222) if
 #     it answers; otherwise Debian's nats-server package is installed if missing and a
 #     throwaway server is started on a free port for this run;
+#   - an S3-compatible server (file storage tests): the one at $TEST_S3_ENDPOINT if it answers;
+#     otherwise moto's standalone server (PyPI: moto[server]) is installed if missing (into a
+#     virtualenv under target/ where pip may not install system-wide) and started on a free
+#     port for this run;
 #   - the nats-server binary (a cluster test restarts a NATS of its own), mosquitto_pub/
 #     mosquitto_sub and openssl (interoperability and TLS tests).
 # Tests never skip for want of a service: if one cannot be had, they fail.
@@ -30,6 +34,8 @@ trap 'for c in "${cleanup[@]}"; do eval "$c"; done' EXIT
 missing=()
 command -v mosquitto_sub >/dev/null || missing+=(mosquitto-clients)
 command -v openssl >/dev/null || missing+=(openssl)
+command -v curl >/dev/null || missing+=(curl)
+command -v python3 >/dev/null || missing+=(python3)
 command -v psql >/dev/null || missing+=(postgresql-client)
 # The cluster tests also start throwaway NATS servers of their own (a NATS restart).
 command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
@@ -73,6 +79,32 @@ else
     cleanup+=('kill "$nats_pid" 2>/dev/null; rm -f "$nats_log"')
     for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null && break; sleep 0.1; done
     export NATS_URL="nats://127.0.0.1:$nats_port"
+fi
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+if [ -n "${TEST_S3_ENDPOINT:-}" ] && curl -s -o /dev/null "$TEST_S3_ENDPOINT"; then
+    echo "using the S3 server at $TEST_S3_ENDPOINT"
+else
+    echo "starting a throwaway S3 server (moto)"
+    moto=(python3 -m moto.server)
+    if ! python3 -c 'import moto.server' 2>/dev/null; then
+        if ! python3 -m pip install --quiet 'moto[server]' >/dev/null 2>&1; then
+            # pip may not install system-wide (PEP 668): a virtualenv of our own instead.
+            venv="${CARGO_TARGET_DIR:-target}/moto-venv"
+            [ -x "$venv/bin/python" ] || python3 -m venv "$venv" >/dev/null 2>&1 \
+                || { apt_install python3-venv python3-pip; python3 -m venv "$venv"; }
+            "$venv/bin/python" -c 'import moto.server' 2>/dev/null || "$venv/bin/pip" install --quiet 'moto[server]'
+            moto=("$venv/bin/python" -m moto.server)
+        fi
+    fi
+    s3_port="$(free_port)"
+    s3_log="$(mktemp /tmp/chatd-s3.XXXXXX)"
+    "${moto[@]}" -H 127.0.0.1 -p "$s3_port" >"$s3_log" 2>&1 &
+    s3_pid=$!
+    cleanup+=('kill "$s3_pid" 2>/dev/null; rm -f "$s3_log"')
+    for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$s3_port" && break; sleep 0.1; done
+    curl -s -o /dev/null "http://127.0.0.1:$s3_port" || { echo "the S3 server did not start:"; cat "$s3_log"; exit 1; }
+    export TEST_S3_ENDPOINT="http://127.0.0.1:$s3_port"
 fi
 
 cargo test --workspace --all-targets "$@"

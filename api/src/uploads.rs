@@ -50,10 +50,10 @@ fn with_tus(status: StatusCode, extra: &[(&'static str, String)]) -> Response {
     (status, headers).into_response()
 }
 
-/// Every tus request but OPTIONS must say which version it speaks.
-fn check_version(headers: &HeaderMap) -> Result<(), Response> {
+/// Every tus request but OPTIONS must say which version it speaks: the refusal if not.
+fn version_refused(headers: &HeaderMap) -> Option<Response> {
     match headers.get("Tus-Resumable").and_then(|v| v.to_str().ok()) {
-        Some(TUS_VERSION) => Ok(()),
+        Some(TUS_VERSION) => None,
         _ => {
             let mut response = ApiError::BadRequest(format!(
                 "this server speaks tus {TUS_VERSION}: send 'Tus-Resumable: {TUS_VERSION}'"
@@ -63,7 +63,7 @@ fn check_version(headers: &HeaderMap) -> Result<(), Response> {
             response
                 .headers_mut()
                 .insert("Tus-Version", HeaderValue::from_static(TUS_VERSION));
-            Err(response)
+            Some(response)
         }
     }
 }
@@ -139,7 +139,7 @@ fn base64_decode(text: &str) -> Option<Vec<u8>> {
 
 /// `POST /{org}/{app}/chatfiles/uploads`: opens an upload of `Upload-Length` bytes.
 pub async fn create(State(state): State<AppState>, caller: Caller, headers: HeaderMap) -> Result<Response, ApiError> {
-    if let Err(response) = check_version(&headers) {
+    if let Some(response) = version_refused(&headers) {
         return Ok(response);
     }
     if headers.contains_key("Upload-Defer-Length") {
@@ -213,7 +213,7 @@ pub async fn head(
     Path((_, _, id)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    if let Err(response) = check_version(&headers) {
+    if let Some(response) = version_refused(&headers) {
         return Ok(response);
     }
     let upload = own_upload(&state, &caller, &id).await?;
@@ -258,7 +258,7 @@ pub async fn patch(
     request: Request,
 ) -> Result<Response, ApiError> {
     let (parts, body) = request.into_parts();
-    if let Err(response) = check_version(&parts.headers) {
+    if let Some(response) = version_refused(&parts.headers) {
         return Ok(response);
     }
     let kind = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
@@ -388,7 +388,7 @@ pub async fn terminate(
     Path((_, _, id)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    if let Err(response) = check_version(&headers) {
+    if let Some(response) = version_refused(&headers) {
         return Ok(response);
     }
     let upload = own_upload(&state, &caller, &id).await?;
