@@ -7,7 +7,10 @@
 //!
 //! `--register` creates the user first (with the app's credentials, which `chatd` prints on
 //! first start); leave it out once the user exists. Then type `@bob hello` to send to bob,
-//! or `/to bob` once and plain lines after it. `/quit` leaves.
+//! or `/to bob` once and plain lines after it. `/file photo.jpg` sends a file to the current
+//! peer (`/file @bob photo.jpg` to another): it is uploaded to `POST …/chatfiles` (streamed)
+//! and sent as an `img` message if the server found it to be an image, else as a `file`.
+//! Received files show as their URLs. `/quit` leaves.
 //!
 //! On connect the client catches up with everything it missed (the `sync` op), from the
 //! inbox position it keeps in `.chat-<user>.useq`, so nothing is shown twice or skipped.
@@ -136,6 +139,27 @@ async fn main() -> anyhow::Result<()> {
                     peer = Some(p.trim().to_string());
                     continue;
                 }
+                if let Some(rest) = line.strip_prefix("/file ") {
+                    let (to, path) = match rest.trim().strip_prefix('@').and_then(|r| r.split_once(' ')) {
+                        Some((to, path)) => (Some(to.to_string()), path.trim()),
+                        None => (peer.clone(), rest.trim()),
+                    };
+                    let Some(to) = to else {
+                        println!("  '/to peer' first, or '/file @peer path'");
+                        continue;
+                    };
+                    match upload(&http, &base, &user_token, path).await {
+                        Ok((kind, body)) => {
+                            counter += 1;
+                            let cid = format!("{device}-{counter}");
+                            println!("  uploaded {path}: {}", body["url"].as_str().unwrap_or("?"));
+                            let envelope = json!({"op": "send", "cid": cid, "chat": "user", "to": to, "type": kind, "body": body});
+                            client.publish(&outbox, QoS::AtLeastOnce, false, envelope.to_string()).await?;
+                        }
+                        Err(e) => println!("  ✗ {path}: {e}"),
+                    }
+                    continue;
+                }
                 let (to, text) = match line.strip_prefix('@').and_then(|rest| rest.split_once(' ')) {
                     Some((to, text)) => (to.to_string(), text.to_string()),
                     None => match &peer {
@@ -184,16 +208,61 @@ async fn show(
     }
     *last = useq;
     let _ = std::fs::write(file, useq.to_string());
-    let text = m["body"]["msg"]
-        .as_str()
-        .map(str::to_string)
-        .unwrap_or_else(|| m["body"].to_string());
+    let text = match (m["type"].as_str(), m["body"]["url"].as_str()) {
+        _ if m["destroyed"] == true => "(destroyed)".to_string(),
+        (Some(kind @ ("img" | "audio" | "video" | "file")), Some(url)) => format!(
+            "[{kind}] {} ({} bytes) {url}",
+            m["body"]["filename"].as_str().unwrap_or("file"),
+            m["body"]["file_length"]
+        ),
+        _ => m["body"]["msg"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| m["body"].to_string()),
+    };
     if m["from"] == me {
         println!("  (you → {}) {text}", m["to"].as_str().unwrap_or("?"));
     } else {
         println!("{}: {text}", m["from"].as_str().unwrap_or("?"));
     }
     Ok(())
+}
+
+/// Uploads a file, streamed from disk; answers the message type to send it as and its body
+/// (the server completes the body's size, thumbnail and secret when the message is sent).
+async fn upload(http: &reqwest::Client, base: &str, token: &str, path: &str) -> anyhow::Result<(&'static str, Value)> {
+    let file = tokio::fs::File::open(path).await?;
+    let length = file.metadata().await?.len();
+    let name = std::path::Path::new(path)
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "file".into());
+    let stream = tokio_util::io::ReaderStream::new(file);
+    let part = reqwest::multipart::Part::stream_with_length(reqwest::Body::wrap_stream(stream), length)
+        .file_name(name.clone());
+    let form = reqwest::multipart::Form::new().part("file", part);
+    let resp = http
+        .post(format!("{base}/chatfiles"))
+        .bearer_auth(token)
+        .multipart(form)
+        .send()
+        .await?;
+    let status = resp.status();
+    let answer: Value = resp.json().await?;
+    let file = &answer["entities"][0];
+    let Some(url) = file["url"].as_str() else {
+        anyhow::bail!(
+            "upload refused ({status}): {}",
+            answer["error_description"].as_str().unwrap_or("?")
+        );
+    };
+    let kind = match file["content_type"].as_str().unwrap_or("") {
+        t if file["thumbnail"].is_string() && t.starts_with("image/") => "img",
+        t if t.starts_with("audio/") => "audio",
+        t if t.starts_with("video/") => "video",
+        _ => "file",
+    };
+    Ok((kind, json!({"url": url, "filename": name})))
 }
 
 async fn token(http: &reqwest::Client, base: &str, body: Value) -> anyhow::Result<String> {
