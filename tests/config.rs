@@ -37,3 +37,26 @@ async fn tls_needs_readable_pem_files() {
     let err = chatd::start(config).await.err().expect("start fails");
     assert!(format!("{err:#}").contains("/nonexistent/cert.pem"), "{err:#}");
 }
+
+#[tokio::test]
+async fn an_unusable_file_store_is_a_clear_error() {
+    let db = common::fresh_database(Backend::Sqlite).await;
+    for (store, says) in [
+        ("ftp://files.example.com", "files.store"),
+        ("s3://bucket?colour=red", "unknown option 'colour'"),
+        // Nothing listens on port 1: the store does not answer.
+        (
+            "s3://bucket?endpoint=http://127.0.0.1:1&region=us-east-1&allow_http=true",
+            "does not answer",
+        ),
+    ] {
+        let mut config = common::test_config(&db.url);
+        config.files.store = store.into();
+        let err = chatd::start(config).await.err().expect("start fails");
+        assert!(format!("{err:#}").contains(says), "{store}: {err:#}");
+    }
+    let mut config = common::test_config(&db.url);
+    config.api.public_url = "chat.example.com".into();
+    let err = chatd::start(config).await.err().expect("start fails");
+    assert!(format!("{err:#}").contains("api.public_url"), "{err:#}");
+}

@@ -286,6 +286,21 @@ async fn limits_types_quota_and_bombs(backend: Backend) {
     let alice = t.user("alice").await;
     let app_id = t.server.store.find_app(&t.org, &t.app).await.unwrap().id;
 
+    // Larger than the API's body limit for JSON (1 MiB): files have their own.
+    let big = random_bytes(3 * 1024 * 1024);
+    let file = t.uploaded(&alice, "big.bin", big.clone()).await;
+    assert_eq!(file["content_type"], "application/octet-stream");
+    let (status, _, got) = t.fetch(file["url"].as_str().unwrap(), Some(&alice), &[]).await;
+    assert_eq!((status, got == big), (200, true));
+    let (status, body) = t.delete("/users/alice", &t.app_token).await;
+    assert_eq!(status, 200, "{body}");
+    let alice = t.user("alice").await;
+    assert_eq!(
+        t.fetch(file["url"].as_str().unwrap(), Some(&alice), &[]).await.0,
+        403,
+        "a new user of a deleted user's name does not inherit their files"
+    );
+
     t.settings(json!({"max_file_bytes": 1000})).await;
     let (status, body) = t.upload(&alice, "big.bin", random_bytes(2000)).await;
     assert_eq!(status, 413, "{body}");

@@ -291,6 +291,24 @@ async fn fcm_end_to_end(backend: Backend) {
         stats["data"]["counters"]["fcm"]["sent"].as_u64().unwrap() >= 3,
         "{stats}"
     );
+
+    // A self-destructing message's text never goes into a notification (which would outlive
+    // the message on the device).
+    alice_dev
+        .publish(
+            json!({"op": "send", "cid": "burn", "chat": "user", "to": "bob", "type": "txt",
+            "body": {"msg": "burn this"}, "destroy": {"after": 60, "from": "read"}}),
+        )
+        .await;
+    alice_dev.next_op("ack").await;
+    wait_until("the self-destructing message's push", || {
+        fake.sends_to("tok-a").len() == 3
+    })
+    .await;
+    assert_eq!(
+        fake.sends_to("tok-a")[2]["message"]["notification"]["body"],
+        "[self-destructing message]"
+    );
 }
 
 async fn push_decision(backend: Backend) {

@@ -27,7 +27,7 @@ use futures_util::{Stream, StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
-use object_store::{GetOptions, GetRange, ObjectStore, WriteMultipart};
+use object_store::{BackoffConfig, GetOptions, GetRange, ObjectStore, RetryConfig, WriteMultipart};
 
 pub use sniff::{sniff, SNIFF_BYTES};
 pub use thumbnail::{thumbnail, Thumbnail, ThumbnailLimits};
@@ -123,7 +123,14 @@ impl FileStore {
         if bucket.is_empty() || bucket.contains('/') {
             return Err(Error::Config(format!("'{url}': name one bucket, s3://bucket")));
         }
-        let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+        // Retries are bounded so a store that went away fails a request in seconds, not
+        // minutes (object_store's default retries for up to three).
+        let retry = RetryConfig {
+            backoff: BackoffConfig::default(),
+            max_retries: 3,
+            retry_timeout: Duration::from_secs(15),
+        };
+        let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket).with_retry(retry);
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
             builder = match key {
@@ -148,9 +155,10 @@ impl FileStore {
     /// Checks the store answers (at start, so a wrong endpoint or key stops the start).
     pub async fn check(&self) -> Result<()> {
         let mut list = self.inner.list(Some(&ObjectPath::from("chatd-check")));
-        match list.next().await {
-            None | Some(Ok(_)) => Ok(()),
-            Some(Err(e)) => Err(e.into()),
+        match tokio::time::timeout(Duration::from_secs(20), list.next()).await {
+            Ok(None | Some(Ok(_))) => Ok(()),
+            Ok(Some(Err(e))) => Err(e.into()),
+            Err(_) => Err(Error::Config("no answer within 20 s".into())),
         }
     }
 

@@ -117,8 +117,12 @@ pub fn render(template: &Template, msg: &StoredMessage, from: &str, group: &str,
     })
 }
 
-/// A short preview: the text of a text message, a word for the others.
+/// A short preview: the text of a text message, a word for the others. A self-destructing
+/// message's text never goes into a notification, which would outlive it on the device.
 fn preview(msg: &StoredMessage) -> String {
+    if msg.destroy.is_some() {
+        return "[self-destructing message]".into();
+    }
     let body: Value = serde_json::from_str(&msg.body).unwrap_or(Value::Null);
     match msg.kind.as_str() {
         "txt" => {

@@ -246,6 +246,20 @@ impl Store {
             return Err(Error::NotFound(format!("user {username}")));
         }
         crate::files::release_refs(&mut tx, &crate::files::avatar_holder(app_id, username)).await?;
+        // Their files stay for the messages that carry them, but are nobody's now: a user
+        // created later under the same name must not read or count them. Unfinished uploads
+        // are left to the sweeper (it deletes their parts) by marking them long untouched.
+        sqlx::query("UPDATE chatfiles SET owner = '', released_at = $1 WHERE app_id = $2 AND owner = $3")
+            .bind(crate::now_ms())
+            .bind(app_id)
+            .bind(username)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE uploads SET owner = '', updated_at = 0 WHERE app_id = $1 AND owner = $2")
+            .bind(app_id)
+            .bind(username)
+            .execute(&mut *tx)
+            .await?;
         for table in [
             "inbox",
             "user_conversations",
