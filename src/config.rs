@@ -50,6 +50,10 @@ pub struct FilesConfig {
     pub upload_expiry_secs: u64,
     /// Unfinished resumable uploads one user may have.
     pub max_open_uploads: i64,
+    /// Uploads and downloads under way at once per user.
+    pub max_transfers_per_user: usize,
+    /// Downloads under way at once per address, with a share-secret and no token.
+    pub max_transfers_per_address: usize,
     /// How often orphan files and expired uploads are looked for.
     pub sweep_interval_secs: u64,
 }
@@ -341,6 +345,8 @@ max_thumbnail_source_bytes = 20971520
 orphan_after_secs = 86400
 upload_expiry_secs = 86400
 max_open_uploads = 20
+max_transfers_per_user = 8
+max_transfers_per_address = 32
 sweep_interval_secs = 60
 "#;
 

@@ -226,6 +226,8 @@ pub async fn start(mut config: Config) -> anyhow::Result<Server> {
                 max_thumbnail_source_bytes: config.files.max_thumbnail_source_bytes,
                 upload_expiry: Duration::from_secs(config.files.upload_expiry_secs),
                 max_open_uploads: config.files.max_open_uploads.max(1),
+                max_transfers_per_user: config.files.max_transfers_per_user.max(1),
+                max_transfers_per_address: config.files.max_transfers_per_address.max(1),
                 ..api::files::FileSettings::default()
             },
         ),

@@ -627,11 +627,16 @@ async fn resumable_upload_and_download_survive_cuts(backend: Backend) {
     }
 }
 
-/// An upload that stops sending is dropped at the chunk timeout, and the server serves
-/// others meanwhile.
+/// An upload that stops sending is dropped at the chunk timeout; meanwhile it holds one of
+/// its user's transfer slots, and the server serves others.
 async fn a_stalled_upload_is_dropped(backend: Backend) {
-    let t = app(backend, |c| c.files.chunk_timeout_secs = 1).await;
+    let t = app(backend, |c| {
+        c.files.chunk_timeout_secs = 1;
+        c.files.max_transfers_per_user = 1;
+    })
+    .await;
     let alice = t.user("alice").await;
+    let bob = t.user("bob").await;
     let addr = t.api.trim_start_matches("http://");
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let boundary = "XyZ";
@@ -643,14 +648,26 @@ async fn a_stalled_upload_is_dropped(backend: Backend) {
     );
     stream.write_all(head.as_bytes()).await.unwrap();
     let started = std::time::Instant::now();
-    // Others are served meanwhile.
-    t.uploaded(&alice, "other.txt", b"hello".to_vec()).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Alice has no transfer slot left; others are served meanwhile.
+    let (status, body) = t.upload(&alice, "second.txt", b"hello".to_vec()).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("transfers at once"),
+        "{body}"
+    );
+    t.uploaded(&bob, "other.txt", b"hello".to_vec()).await;
     let mut answer = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
     assert!(read.is_ok(), "the stalled upload was not dropped");
     let text = String::from_utf8_lossy(&answer);
     assert!(text.starts_with("HTTP/1.1 408") || text.is_empty(), "{text}");
     assert!(started.elapsed() < Duration::from_secs(8));
+    // The slot came back with the dropped upload.
+    t.uploaded(&alice, "second.txt", b"hello".to_vec()).await;
 }
 
 async fn recall_keeps_shared_files_and_orphans_are_swept(backend: Backend) {

@@ -12,14 +12,17 @@
 //! are shown inline; everything else is an attachment, and every answer carries
 //! `X-Content-Type-Options: nosniff` and a sandboxing `Content-Security-Policy`.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
-use axum::extract::{FromRequest, FromRequestParts, Multipart, Path, Request, State};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Multipart, Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
@@ -38,6 +41,56 @@ pub struct Files {
     pub settings: FileSettings,
     /// Thumbnails being made at once (each decodes a whole image).
     pub(crate) thumbnailing: Arc<Semaphore>,
+    /// Transfers under way per caller, so that one user (or one address with a secret)
+    /// cannot take the API's connections with slow transfers.
+    pub(crate) transfers: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// One transfer's place in its caller's count, given back when dropped (a download's is
+/// dropped with its body, after the last byte).
+pub(crate) struct TransferSlot {
+    key: String,
+    transfers: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Drop for TransferSlot {
+    fn drop(&mut self) {
+        let mut transfers = self.transfers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = transfers.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                transfers.remove(&self.key);
+            }
+        }
+    }
+}
+
+impl Files {
+    /// A transfer slot for `key` (`user:…` or `address:…`), or 429 when it has `max` already.
+    pub(crate) fn transfer_slot(&self, key: String, max: usize) -> Result<TransferSlot, ApiError> {
+        let mut transfers = self.transfers.lock().unwrap_or_else(|p| p.into_inner());
+        let n = transfers.entry(key.clone()).or_insert(0);
+        if *n >= max {
+            return Err(ApiError::TooManyAttempts {
+                message: format!("{max} file transfers at once is the most; wait for one to finish"),
+                retry_after: Duration::from_secs(1),
+            });
+        }
+        *n += 1;
+        Ok(TransferSlot {
+            key,
+            transfers: self.transfers.clone(),
+        })
+    }
+
+    /// The slot of a caller with a token: per user, or per app for the app's backend.
+    pub(crate) fn caller_slot(&self, caller: &Caller) -> Result<TransferSlot, ApiError> {
+        let who = caller.user.as_deref().unwrap_or("");
+        self.transfer_slot(
+            format!("user:{}:{who}", caller.app.id),
+            self.settings.max_transfers_per_user,
+        )
+    }
 }
 
 impl Files {
@@ -46,6 +99,7 @@ impl Files {
             store,
             links,
             thumbnailing: Arc::new(Semaphore::new(settings.max_concurrent_thumbnails.max(1))),
+            transfers: Arc::new(Mutex::new(HashMap::new())),
             settings,
         }
     }
@@ -68,6 +122,10 @@ pub struct FileSettings {
     pub upload_expiry: Duration,
     /// Unfinished resumable uploads one user may have at once.
     pub max_open_uploads: i64,
+    /// Uploads and downloads under way at once per user (with a token).
+    pub max_transfers_per_user: usize,
+    /// Downloads under way at once per address, with a share-secret and no token.
+    pub max_transfers_per_address: usize,
 }
 
 impl Default for FileSettings {
@@ -81,6 +139,8 @@ impl Default for FileSettings {
             max_concurrent_thumbnails: 2,
             upload_expiry: Duration::from_secs(24 * 3600),
             max_open_uploads: 20,
+            max_transfers_per_user: 8,
+            max_transfers_per_address: 32,
         }
     }
 }
@@ -279,6 +339,7 @@ pub(crate) fn answer(app: &App, path: &str, entities: Vec<Value>, started: std::
 /// part is ignored). User or app token.
 pub async fn upload(State(state): State<AppState>, caller: Caller, request: Request) -> Result<Json<Value>, ApiError> {
     let started = std::time::Instant::now();
+    let _slot = state.files.caller_slot(&caller)?;
     let owner = uploader(&caller);
     let (limit, settings) = room_for(&state, &caller.app, &owner).await?;
     let server_max = state.files.settings.max_file_bytes;
@@ -366,11 +427,19 @@ pub async fn download(
         Ok(_) => state.store.chatfile(&app.id, &id).await?,
         Err(_) => return Err(ApiError::NotFound(format!("chatfile {id} not found"))),
     };
-    match secret {
+    let slot = match secret {
         Some(secret) => {
             if !constant_time_eq(secret.as_bytes(), file.secret.as_bytes()) {
                 return Err(ApiError::Forbidden("wrong share-secret".into()));
             }
+            let address = parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map_or_else(|| "unknown".to_string(), |ConnectInfo(peer)| peer.ip().to_string());
+            state.files.transfer_slot(
+                format!("address:{address}"),
+                state.files.settings.max_transfers_per_address,
+            )?
         }
         None => {
             let caller = Caller::from_request_parts(&mut parts, &state).await?;
@@ -381,8 +450,9 @@ pub async fn download(
                     ));
                 }
             }
+            state.files.caller_slot(&caller)?
         }
-    }
+    };
     let (key, size, content_type, tag) = if thumbnail {
         if !file.has_thumbnail() {
             return Err(ApiError::NotFound(format!("chatfile {id} has no thumbnail")));
@@ -463,6 +533,11 @@ pub async fn download(
         files::Error::NotFound => ApiError::NotFound(format!("chatfile {id}'s bytes are missing")),
         e => ApiError::Internal(e.to_string()),
     })?;
+    // The slot is held until the body's last byte is written (or the client goes).
+    let stream = stream.map(move |chunk| {
+        let _ = &slot;
+        chunk
+    });
     Ok((status, headers, Body::from_stream(stream)).into_response())
 }
 

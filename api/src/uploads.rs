@@ -274,6 +274,7 @@ pub async fn patch(
         .and_then(|v| v.trim().parse().ok())
         .ok_or_else(|| ApiError::BadRequest("Upload-Offset: the byte this part starts at is required".into()))?;
     let upload = own_upload(&state, &caller, &id).await?;
+    let _slot = state.files.caller_slot(&caller)?;
     if offset != upload.received {
         return Err(ApiError::Conflict(format!(
             "Upload-Offset is {offset} but the upload stands at {}; resume from there (HEAD tells)",
