@@ -826,7 +826,73 @@ async fn avatars(backend: Backend) {
     assert!(body["entities"][0].get("avatar").is_none(), "{body}");
 }
 
+/// Files sent to a chatroom are readable by its members, and to a group by its members.
+async fn files_in_rooms_and_groups(backend: Backend) {
+    let t = app(backend, |_| {}).await;
+    let alice = t.user("alice").await;
+    let bob = t.user("bob").await;
+    let carol = t.user("carol").await;
+    let (status, body) = t
+        .post(
+            "/chatrooms",
+            Some(&t.app_token),
+            json!({"name": "lobby", "owner": "alice", "maxusers": 10}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let room = body["data"]["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        t.post(&format!("/chatrooms/{room}/users/bob"), Some(&bob), json!({}))
+            .await
+            .0,
+        200
+    );
+    let (status, body) = t
+        .post(
+            "/chatgroups",
+            Some(&t.app_token),
+            json!({"groupname": "team", "owner": "alice", "members": ["carol"], "maxusers": 10}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let group = body["data"]["id"].as_str().unwrap().to_string();
+
+    let mut alice_dev = t.device("alice", &alice, "alice-phone").await;
+    let in_room = t.uploaded(&alice, "room.pdf", b"%PDF-1.7 room".to_vec()).await;
+    let in_group = t.uploaded(&alice, "group.pdf", b"%PDF-1.7 group".to_vec()).await;
+    for (cid, chat, to, file) in [("r1", "room", &room, &in_room), ("g1", "group", &group, &in_group)] {
+        alice_dev
+            .publish(
+                json!({"op": "send", "cid": cid, "chat": chat, "to": to, "type": "file", "body": {"url": file["url"]}}),
+            )
+            .await;
+        assert_eq!(alice_dev.next_op("ack").await["cid"], cid);
+    }
+    let read = |file: &Value| file["url"].as_str().unwrap().to_string();
+    assert_eq!(
+        t.fetch(&read(&in_room), Some(&bob), &[]).await.0,
+        200,
+        "a member of the room"
+    );
+    assert_eq!(
+        t.fetch(&read(&in_room), Some(&carol), &[]).await.0,
+        403,
+        "not in the room"
+    );
+    assert_eq!(
+        t.fetch(&read(&in_group), Some(&carol), &[]).await.0,
+        200,
+        "a member of the group"
+    );
+    assert_eq!(
+        t.fetch(&read(&in_group), Some(&bob), &[]).await.0,
+        403,
+        "not in the group"
+    );
+}
+
 on_both_backends!(
+    files_in_rooms_and_groups,
     upload_download_and_who_may_read,
     limits_types_quota_and_bombs,
     resumable_upload_and_download_survive_cuts,
