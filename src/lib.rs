@@ -26,6 +26,8 @@ pub struct Server {
     pub tls_addr: Option<SocketAddr>,
     pub wss_addr: Option<SocketAddr>,
     pub api_addr: SocketAddr,
+    /// Where uploaded files are kept (a directory, or an S3 bucket), for the banner.
+    pub file_store: String,
     pub store: Store,
     pub tokens: Tokens,
     pub presence: Presence,
@@ -124,6 +126,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Server> {
         url => anyhow::bail!("api.public_url: '{url}' must start with https:// or http://"),
     };
     let file_links = store::files::FileLinks::new(&public_url);
+    let file_store_name = format!("{file_store:?}");
     tasks.spawn(bridge::timers::run(
         store.clone(),
         live.clone(),
@@ -247,6 +250,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Server> {
         tls_addr,
         wss_addr,
         api_addr,
+        file_store: file_store_name,
         store,
         tokens,
         presence,

@@ -107,6 +107,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         server.wss_addr.map_or("off".into(), |a| format!("wss://{a}/mqtt"))
     );
     println!("REST API:         http://{}", server.api_addr);
+    println!("Files:            {}", server.file_store);
     // SIGTERM is what `docker stop`, systemd and Kubernetes send; SIGINT is Ctrl-C. Both
     // stop the same way: nothing acked is lost, nothing in flight is left unanswered, and
     // the exit status is 0. Handlers are installed explicitly, so the signals also work
