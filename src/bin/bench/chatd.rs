@@ -54,6 +54,22 @@ impl Chatd {
         lift_budgets: bool,
         cluster: Option<Cluster<'_>>,
     ) -> anyhow::Result<Chatd> {
+        Self::launch(database_url, lift_budgets, cluster, &[]).await
+    }
+
+    /// A chatd as [`Chatd::start`] with `env` added to its environment: settings a run needs
+    /// and the others do not (`files` picks the file store with `CHATD_FILES__STORE`).
+    pub async fn start_with_env(database_url: Option<&str>, env: &[(&str, &str)]) -> anyhow::Result<Chatd> {
+        Self::launch(database_url, true, None, env).await
+    }
+
+    /// [`Chatd::start_with`], with `env` added to every node's environment.
+    async fn launch(
+        database_url: Option<&str>,
+        lift_budgets: bool,
+        cluster: Option<Cluster<'_>>,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Chatd> {
         let data_dirs = (0..cluster.as_ref().map_or(1, |c| c.nodes))
             .map(|_| tempfile::tempdir())
             .collect::<Result<Vec<_>, _>>()?;
@@ -111,7 +127,7 @@ impl Chatd {
                     .env("CHATD_CLUSTER__NODE", &name)
                     .env("CHATD_CLUSTER__PREFIX", "bench");
             }
-            command.env("DATABASE_URL", &url);
+            command.env("DATABASE_URL", &url).envs(env.iter().copied());
             let (node, banner) = Node::spawn(command, name, data_dir).await?;
             nodes.push(node);
             if n == 0 {

@@ -1,5 +1,6 @@
 //! `bench`: chat traffic through chatd, and the same traffic as plain MQTT through any
-//! broker, so the two can be compared in one run; and fan-out to large groups and rooms.
+//! broker, so the two can be compared in one run; fan-out to large groups and rooms; and
+//! large files up and down through the files API.
 //!
 //! ```text
 //! bench chatd   [--pairs 100 --messages 200 --size 100 --rate 0] [--database-url postgres://…]
@@ -11,6 +12,8 @@
 //! bench sync    [--conversations 100 --messages 100 --page 200] [--database-url …]
 //! bench wire    (bytes per message: 3.1.1/5, JSON/compact, topic aliases)
 //! bench idle    [--connections 15000 --users 500 --workers 4 --hold-secs 600]
+//! bench files   [--size-mb 50 --runs 3] [--s3-endpoint URL [--s3-bucket B] | (starts a throwaway moto)]
+//!               [--database-url …]
 //! ```
 //!
 //! `--rss-every-secs N` on `chatd` prints chatd's resident memory every N seconds (a soak).
@@ -31,6 +34,7 @@
 
 mod chatd;
 mod fanout;
+mod files;
 mod idle;
 mod nats;
 mod pairs;
@@ -112,6 +116,13 @@ enum Mode {
         #[arg(long)]
         database_url: Option<String>,
     },
+    /// One large file uploaded and downloaded, on a directory and on S3: MB/s and chatd's memory.
+    Files {
+        #[command(flatten)]
+        files: files::Files,
+        #[arg(long)]
+        database_url: Option<String>,
+    },
     /// (Internal) one process's share of `idle`'s connections.
     #[command(hide = true)]
     IdleWorker(idle::Worker),
@@ -159,6 +170,7 @@ async fn main() -> anyhow::Result<()> {
         Mode::Sync { sync, database_url } => sync::run(&sync, database_url.as_deref()).await?,
         Mode::Wire => wire::run().await?,
         Mode::Idle { idle, database_url } => idle::run(&idle, database_url.as_deref()).await?,
+        Mode::Files { files, database_url } => files::run(&files, database_url.as_deref()).await?,
         Mode::IdleWorker(worker) => idle::worker(&worker).await?,
     }
     Ok(())
