@@ -765,6 +765,32 @@ async fn self_destructing_messages(backend: Backend) {
         404
     );
 
+    // The app's backend may send one too.
+    let (status, body) = t
+        .post(
+            "/messages/users",
+            Some(&t.app_token),
+            json!({"from": "alice", "to": ["bob"], "type": "txt", "body": {"msg": "from the backend"},
+                "destroy": {"after": 1, "from": "sent"}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(bob_dev.next_op("msg").await["destroy"]["from"], "sent");
+    bob_dev.next_op("destroyed").await;
+    let (status, body) = t
+        .post(
+            "/messages/chatgroups",
+            Some(&t.app_token),
+            json!({"from": "alice", "to": ["g1"], "type": "txt", "body": {"msg": "x"},
+                "destroy": {"after": 1, "from": "read"}}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error_description"].as_str().unwrap().contains("destroy.from"),
+        "{body}"
+    );
+
     // What cannot self-destruct is refused, naming why.
     for (cid, chat, destroy) in [
         ("b1", "group", json!({"after": 5, "from": "read"})),

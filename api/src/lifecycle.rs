@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use crate::auth::{Caller, Owner};
 use crate::error::{parse_json, JsonBody, Query};
 use crate::{ApiError, AppState};
-use store::envelope::{ChatType, MsgType};
+use store::envelope::{ChatType, Destroy, MsgType};
 use store::files::Attacher;
 use store::messages::{NewMessage, Outcome, StoredMessage};
 
@@ -146,6 +146,9 @@ struct ServerMessage {
     body: Value,
     #[serde(default)]
     ext: Option<Value>,
+    /// A self-destructing message, as on `send` (topics.md).
+    #[serde(default)]
+    destroy: Option<Destroy>,
 }
 
 /// The name server messages carry when sent as the system user.
@@ -192,6 +195,9 @@ pub async fn send(
         ));
     }
     req.kind.validate_body(&req.body).map_err(ApiError::BadRequest)?;
+    if let Some(destroy) = &req.destroy {
+        destroy.validate(chat).map_err(ApiError::BadRequest)?;
+    }
     let settings = state.store.app_settings(&caller.app.id).await?;
     let mut body = req.body.clone();
     let files = state
@@ -223,7 +229,7 @@ pub async fn send(
             room_history: settings.room_history,
             as_app: true,
             files: files.clone(),
-            destroy: None,
+            destroy: req.destroy,
         })
         .collect();
     let outcomes = state.store.store_batch(&batch).await?;
