@@ -225,7 +225,6 @@ pub async fn start(mut config: Config) -> anyhow::Result<Server> {
             api::files::FileSettings {
                 max_file_bytes: config.files.max_file_bytes,
                 chunk_timeout: Duration::from_secs(config.files.chunk_timeout_secs.max(1)),
-                transfer_timeout: Duration::from_secs(config.files.transfer_timeout_secs.max(1)),
                 max_thumbnail_source_bytes: config.files.max_thumbnail_source_bytes,
                 upload_expiry: Duration::from_secs(config.files.upload_expiry_secs),
                 max_open_uploads: config.files.max_open_uploads.max(1),

@@ -670,6 +670,43 @@ async fn a_stalled_upload_is_dropped(backend: Backend) {
     t.uploaded(&alice, "second.txt", b"hello".to_vec()).await;
 }
 
+/// A transfer is timed by the transfer timeout, not the API's (short) request timeout: a
+/// slow upload that keeps sending completes.
+async fn a_slow_upload_outlives_the_request_timeout(backend: Backend) {
+    let t = app(backend, |c| c.api.request_timeout_ms = 1000).await;
+    let alice = t.user("alice").await;
+    let addr = t.api.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let boundary = "XyZ";
+    let opening =
+        format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"slow.txt\"\r\n\r\n");
+    let closing = format!("\r\n--{boundary}--\r\n");
+    let chunk = "slow but steady\n";
+    let chunks = 8;
+    let length = opening.len() + chunk.len() * chunks + closing.len();
+    let head = format!(
+        "POST /{}/{}/chatfiles HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {alice}\r\n\
+         Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {length}\r\n\r\n{opening}",
+        t.org, t.app
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    for _ in 0..chunks {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stream.write_all(chunk.as_bytes()).await.unwrap();
+    }
+    stream.write_all(closing.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer[..n]);
+    assert!(started.elapsed() > Duration::from_secs(2));
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("\"file_length\":128"), "{text}");
+}
+
 async fn recall_keeps_shared_files_and_orphans_are_swept(backend: Backend) {
     let t = app(backend, |c| {
         c.files.orphan_after_secs = 2;
@@ -923,6 +960,7 @@ on_both_backends!(
     limits_types_quota_and_bombs,
     resumable_upload_and_download_survive_cuts,
     a_stalled_upload_is_dropped,
+    a_slow_upload_outlives_the_request_timeout,
     recall_keeps_shared_files_and_orphans_are_swept,
     self_destructing_messages,
     avatars,

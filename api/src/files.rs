@@ -112,8 +112,6 @@ pub struct FileSettings {
     pub max_file_bytes: u64,
     /// An upload that sends nothing for this long is dropped.
     pub chunk_timeout: Duration,
-    /// How long one transfer (upload or download) may take in all.
-    pub transfer_timeout: Duration,
     /// Images up to this size get a thumbnail; larger ones are stored without.
     pub max_thumbnail_source_bytes: u64,
     pub thumbnail: ThumbnailLimits,
@@ -133,7 +131,6 @@ impl Default for FileSettings {
         FileSettings {
             max_file_bytes: 512 * 1024 * 1024,
             chunk_timeout: Duration::from_secs(30),
-            transfer_timeout: Duration::from_secs(3600),
             max_thumbnail_source_bytes: 20 * 1024 * 1024,
             thumbnail: ThumbnailLimits::default(),
             max_concurrent_thumbnails: 2,

@@ -243,7 +243,7 @@ impl Store {
             }
         }
         let mut tx = self.write_tx().await?;
-        sqlx::query("UPDATE messages SET recalled = 1, body = '{}', ext = NULL WHERE id = $1")
+        sqlx::query("UPDATE messages SET recalled = 1, body = '{}', ext = NULL, destroy_at = 0 WHERE id = $1")
             .bind(id)
             .execute(&mut *tx)
             .await?;
