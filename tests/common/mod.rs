@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod binary;
+pub mod files;
 pub mod raw;
 
 use std::time::Duration;
