@@ -193,9 +193,14 @@ async fn avatars(backend: Backend) {
     assert!(body["entities"][0].get("avatar").is_none(), "{body}");
 }
 
-/// Files sent to a chatroom are readable by its members, and to a group by its members.
+/// Files sent to a chatroom are readable by its members, and to a group by its members; a
+/// chatroom's file goes once its message has left the room's history.
 async fn files_in_rooms_and_groups(backend: Backend) {
-    let t = app(backend, |_| {}).await;
+    let t = app(backend, |c| {
+        c.files.orphan_after_secs = 1;
+        c.files.sweep_interval_secs = 1;
+    })
+    .await;
     let alice = t.user("alice").await;
     let bob = t.user("bob").await;
     let carol = t.user("carol").await;
@@ -255,6 +260,28 @@ async fn files_in_rooms_and_groups(backend: Backend) {
         t.fetch(&read(&in_group), Some(&bob), &[]).await.0,
         403,
         "not in the group"
+    );
+
+    // Past a sweep, both are still referred to and kept.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(t.fetch(&read(&in_room), Some(&alice), &[]).await.0, 200);
+    // The room keeps one message: the next pushes the file's message out of its history.
+    t.settings(json!({"room_history": 1})).await;
+    alice_dev.send_to("room", "r2", &room, "scrolling on").await;
+    assert_eq!(alice_dev.next_op("ack").await["cid"], "r2");
+    let mut gone = false;
+    for _ in 0..50 {
+        if t.fetch(&read(&in_room), Some(&alice), &[]).await.0 == 404 {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(gone, "a room's file goes when its message leaves the history");
+    assert_eq!(
+        t.fetch(&read(&in_group), Some(&alice), &[]).await.0,
+        200,
+        "the group's stays"
     );
 }
 

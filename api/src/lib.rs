@@ -202,6 +202,20 @@ fn file_routes() -> Router<AppState> {
                 .delete(uploads::terminate),
         )
         .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::map_response(close_after_refusal))
+}
+
+/// A file route may refuse an upload before reading its body (a wrong offset, a full quota):
+/// the connection then cannot carry another request, and the answer says so, so a client
+/// does not send its next request on a connection the server is about to close.
+async fn close_after_refusal(mut response: axum::response::Response) -> axum::response::Response {
+    if response.status().is_client_error() || response.status().is_server_error() {
+        response.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    response
 }
 
 /// Serves the API on `listener` within the limits of `state.settings` until `shutdown`

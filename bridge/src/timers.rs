@@ -5,7 +5,8 @@
 //!   ext and reactions are erased, every device of everyone who holds the message is told
 //!   `{"op":"destroyed",…}`, and the files it carried are removed at once unless another
 //!   message (or an avatar) still refers to them.
-//! - **Orphan files** (nobody has referred to them for `orphan_after`) and **abandoned
+//! - **Orphan files** (nobody has referred to them for `orphan_after`; a chatroom message
+//!   stops referring to its files when it leaves the room's history) and **abandoned
 //!   uploads** (untouched for `upload_expiry`) are removed with their bytes, every
 //!   `sweep_interval`.
 
@@ -92,6 +93,7 @@ pub async fn destroy_due(store: &Store, live: &dyn Live, files: &FileStore) -> R
 /// Removes orphan files and abandoned uploads.
 async fn sweep(store: &Store, files: &FileStore, settings: &TimerSettings) -> Result<(), store::Error> {
     let now = store::now_ms();
+    store.release_dropped_room_refs().await?;
     let orphan_before = now - settings.orphan_after.as_millis() as i64;
     loop {
         let orphans = store.orphan_chatfiles(orphan_before, STEP).await?;

@@ -3,7 +3,7 @@
 //!
 //! A file lives while something refers to it: a message whose body carries its URL (one
 //! reference per message, so recalling or destroying one message leaves the others' files
-//! alone) or a user's avatar. A file with no reference for `orphan_after` (counted from its
+//! alone; a chatroom message's until it leaves the room's history) or a user's avatar. A file with no reference for `orphan_after` (counted from its
 //! upload, or from when its last reference went) is removed by the sweeper.
 //!
 //! Who may read a file: an app token; its uploader; a user who holds a message referring to
@@ -368,6 +368,30 @@ impl Store {
         add_refs(&mut tx, holder, room, files).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Drops the references of chatroom messages that have left their room's history (the
+    /// room keeps only its last `room_history` messages): those files are no longer shown
+    /// to anyone. Done by the sweeper rather than with each room message, which keeps the
+    /// room's write path as it was; each room's refs are checked against its own few rows.
+    pub async fn release_dropped_room_refs(&self) -> Result<u64> {
+        let gone = "r.room <> '' AND NOT EXISTS
+             (SELECT 1 FROM room_messages m WHERE m.room_id = r.room AND m.id = r.holder)";
+        let mut tx = self.write_tx().await?;
+        sqlx::query(&format!(
+            "UPDATE chatfiles SET released_at = $1 WHERE id IN (SELECT r.file_id FROM chatfile_refs r WHERE {gone})"
+        ))
+        .bind(crate::now_ms())
+        .execute(&mut *tx)
+        .await?;
+        let dropped = sqlx::query(&format!(
+            "DELETE FROM chatfile_refs WHERE (file_id, holder) IN (SELECT r.file_id, r.holder FROM chatfile_refs r WHERE {gone})"
+        ))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(dropped)
     }
 
     /// Files nobody has referred to since before `before` (ms), at most `limit`.
