@@ -121,6 +121,12 @@ pub async fn start(mut config: Config) -> anyhow::Result<Server> {
         .await
         .with_context(|| format!("files.store: {file_store:?} does not answer"))?;
     let public_url = match config.api.public_url.trim() {
+        "" if server_addrs.4.ip().is_unspecified() => {
+            // 0.0.0.0 is no address a client can use.
+            let url = format!("http://localhost:{}", server_addrs.4.port());
+            tracing::warn!(%url, "api.public_url is not set: file URLs will name {url}; set it to the address clients use");
+            url
+        }
         "" => format!("http://{}", server_addrs.4),
         url if url.starts_with("https://") || url.starts_with("http://") => url.to_string(),
         url => anyhow::bail!("api.public_url: '{url}' must start with https:// or http://"),
