@@ -116,14 +116,17 @@ const CUT: Duration = Duration::from_secs(6);
 const SEND_BEFORE_CUT: Duration = Duration::from_secs(8);
 const SEND_AFTER_STORM: Duration = Duration::from_secs(6);
 /// The probe's pace, and the slowest ack it may get during the cut and the storm (half
-/// of them must come within `PROBE_MEDIAN`). A debug build sharing two cores with the
-/// test measured up to ~8 s: the bridge is one loop that stores each batch's messages and
-/// then runs its `sync`s one after another, so for ~10 s after the link returns the
-/// storm's catch-ups fill batch after batch (512 publishes, ~1 s each) and everyone's acks
-/// wait behind them. The limits catch a server that stops serving, not that.
+/// of them must come within `PROBE_MEDIAN`). The bridge is one loop that stores each
+/// batch's messages and then runs its `sync`s one after another, so after the link returns
+/// the storm's catch-ups (~6,000 syncs) fill batch after batch and everyone's acks wait
+/// behind them. A debug build sharing two cores with the test measured a probe p50 of
+/// 0.8-3.2 s and a worst of 13.5-15.6 s in 4 runs on 2026-11-30 (the code of 9902acf the
+/// same: 3.0 s and 15.2 s), after ~8 s in earlier sessions. The limits catch a server that
+/// stops serving, not that; making the storm cheap is the performance issue's (syncs
+/// that do not hold up the batch loop).
 const PROBE_EVERY: Duration = Duration::from_millis(250);
-const PROBE_LIMIT: Duration = Duration::from_secs(15);
-const PROBE_MEDIAN: Duration = Duration::from_secs(1);
+const PROBE_LIMIT: Duration = Duration::from_secs(30);
+const PROBE_MEDIAN: Duration = Duration::from_secs(6);
 const KEEP_ALIVE: u16 = 30;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
