@@ -426,7 +426,7 @@ pub async fn download(
     };
     let slot = match secret {
         Some(secret) => {
-            if !constant_time_eq(secret.as_bytes(), file.secret.as_bytes()) {
+            if !bool::from(subtle::ConstantTimeEq::ct_eq(secret.as_bytes(), file.secret.as_bytes())) {
                 return Err(ApiError::Forbidden("wrong share-secret".into()));
             }
             let address = parts
@@ -609,17 +609,15 @@ fn if_range_holds(headers: &HeaderMap, tag: &str, modified: SystemTime) -> bool 
     }
 }
 
+/// A filename for `filename*=UTF-8''…` (RFC 5987): everything but letters, digits and
+/// `.-_~` percent-encoded.
 fn percent_encode(name: &str) -> String {
-    name.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'_' | b'~' => (b as char).to_string(),
-            b => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    const ATTR_CHAR: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'.')
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(name, ATTR_CHAR).to_string()
 }
 
 #[cfg(test)]
