@@ -75,7 +75,11 @@ pub async fn destroy_due(store: &Store, live: &dyn Live, files: &FileStore) -> R
             destroyed += 1;
             // The files first: a device told "destroyed" must not still find them.
             for id in file_ids {
-                remove_if_orphan(store, files, &app_id, &id).await;
+                match store.chatfile(&app_id, &id).await {
+                    Ok(file) => remove_if_orphan(store, files, &file).await,
+                    Err(store::Error::NotFound(_)) => {}
+                    Err(e) => tracing::warn!(error = %e, file = %id, "reading a destroyed message's file"),
+                }
             }
             let app = store.app_by_id(&app_id).await?;
             let event = json!({"op": "destroyed", "id": msg.id, "conv": msg.conv, "seq": msg.seq});
@@ -98,7 +102,7 @@ async fn sweep(store: &Store, files: &FileStore, settings: &TimerSettings) -> Re
     loop {
         let orphans = store.orphan_chatfiles(orphan_before, STEP).await?;
         for file in &orphans {
-            remove_if_orphan(store, files, &file.app_id, &file.id).await;
+            remove_if_orphan(store, files, file).await;
         }
         if (orphans.len() as i64) < STEP {
             break;
@@ -122,20 +126,12 @@ async fn sweep(store: &Store, files: &FileStore, settings: &TimerSettings) -> Re
 }
 
 /// Deletes a file's record and bytes if nothing refers to it any more.
-async fn remove_if_orphan(store: &Store, files: &FileStore, app_id: &str, id: &str) {
-    let file = match store.chatfile(app_id, id).await {
-        Ok(file) => file,
-        Err(store::Error::NotFound(_)) => return,
-        Err(e) => {
-            tracing::warn!(error = %e, file = id, "reading a file to remove");
-            return;
-        }
-    };
-    match store.delete_orphan_chatfile(id).await {
+async fn remove_if_orphan(store: &Store, files: &FileStore, file: &store::files::Chatfile) {
+    match store.delete_orphan_chatfile(&file.id).await {
         Ok(true) => {}
         Ok(false) => return,
         Err(e) => {
-            tracing::warn!(error = %e, file = id, "removing an orphan file");
+            tracing::warn!(error = %e, file = %file.id, "removing an orphan file");
             return;
         }
     }
@@ -144,5 +140,5 @@ async fn remove_if_orphan(store: &Store, files: &FileStore, app_id: &str, id: &s
             tracing::warn!(error = %e, object = %key, "deleting a removed file's bytes; they stay in the store");
         }
     }
-    tracing::debug!(file = id, app = app_id, "removed a file nothing refers to");
+    tracing::debug!(file = %file.id, app = %file.app_id, "removed a file nothing refers to");
 }
