@@ -210,6 +210,22 @@ pub(crate) async fn release_refs(tx: &mut Transaction<'static, Any>, holder: &st
     Ok(())
 }
 
+/// `holder` now refers to `files` and nothing else.
+async fn replace_refs(tx: &mut Transaction<'static, Any>, holder: &str, room: &str, files: &[String]) -> Result<()> {
+    release_refs(tx, holder).await?;
+    add_refs(tx, holder, room, files).await
+}
+
+/// Erases what a message carried besides its body (done by recall and self-destruction):
+/// its reactions, and its file references (other messages sharing the files keep theirs).
+pub(crate) async fn erase_attachments(tx: &mut Transaction<'static, Any>, message_id: &str) -> Result<()> {
+    sqlx::query("DELETE FROM reactions WHERE message_id = $1")
+        .bind(message_id)
+        .execute(&mut **tx)
+        .await?;
+    release_refs(tx, message_id).await
+}
+
 impl Store {
     pub async fn create_chatfile(&self, file: &Chatfile) -> Result<()> {
         sqlx::query(&format!(
@@ -364,8 +380,7 @@ impl Store {
     /// Replaces `holder`'s references (an avatar that changed, an edited message).
     pub async fn replace_file_refs(&self, holder: &str, room: &str, files: &[String]) -> Result<()> {
         let mut tx = self.write_tx().await?;
-        release_refs(&mut tx, holder).await?;
-        add_refs(&mut tx, holder, room, files).await?;
+        replace_refs(&mut tx, holder, room, files).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -549,11 +564,9 @@ impl Store {
     /// Sets (or, with `None`, clears) a user's avatar (the caller has checked the file).
     pub async fn set_avatar(&self, app_id: &str, username: &str, file: Option<&Chatfile>) -> Result<()> {
         let holder = avatar_holder(app_id, username);
+        let files: Vec<String> = file.iter().map(|f| f.id.clone()).collect();
         let mut tx = self.write_tx().await?;
-        release_refs(&mut tx, &holder).await?;
-        if let Some(file) = file {
-            add_refs(&mut tx, &holder, "", std::slice::from_ref(&file.id)).await?;
-        }
+        replace_refs(&mut tx, &holder, "", &files).await?;
         let done = sqlx::query("UPDATE users SET avatar = $1, updated_at = $2 WHERE app_id = $3 AND username = $4")
             .bind(file.map(|f| f.id.as_str()).unwrap_or(""))
             .bind(crate::now_ms())

@@ -126,11 +126,7 @@ impl Store {
             .bind(id)
             .fetch_all(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM reactions WHERE message_id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        crate::files::release_refs(&mut tx, id).await?;
+        crate::files::erase_attachments(&mut tx, id).await?;
         tx.commit().await?;
         Ok(Some(files))
     }
@@ -247,12 +243,7 @@ impl Store {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM reactions WHERE message_id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        // Its files lose this reference; other messages sharing them keep theirs.
-        crate::files::release_refs(&mut tx, id).await?;
+        crate::files::erase_attachments(&mut tx, id).await?;
         tx.commit().await?;
         self.message(app_id, id).await
     }
