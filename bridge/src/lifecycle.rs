@@ -126,7 +126,7 @@ impl Bridge {
             .edit(&from.app_id, id, &from.user, &send.body.to_string())
             .await
             .map_err(|e| store_refusal(None, e))?;
-        if !files.is_empty() || current.kind != "txt" {
+        if kind.carries_files() {
             let room = if current.chat == "room" {
                 current.recipient.as_str()
             } else {

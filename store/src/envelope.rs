@@ -66,6 +66,11 @@ impl MsgType {
         }
     }
 
+    /// Whether a body of this type points at a file (`url`, and a video's `thumb`).
+    pub fn carries_files(self) -> bool {
+        matches!(self, MsgType::Img | MsgType::Audio | MsgType::Video | MsgType::File)
+    }
+
     pub fn parse(s: &str) -> Option<MsgType> {
         serde_json::from_value(Value::String(s.to_string())).ok()
     }

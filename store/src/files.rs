@@ -317,7 +317,7 @@ impl Store {
         body: &mut Value,
         allow_external: bool,
     ) -> Result<Vec<String>, String> {
-        if !matches!(kind, MsgType::Img | MsgType::Audio | MsgType::Video | MsgType::File) {
+        if !kind.carries_files() {
             return Ok(Vec::new());
         }
         let mut files = Vec::new();
