@@ -22,7 +22,6 @@ use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Multipart, Path,
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
@@ -531,11 +530,8 @@ pub async fn download(
         e => ApiError::Internal(e.to_string()),
     })?;
     // The slot is held until the body's last byte is written (or the client goes).
-    let stream = stream.map(move |chunk| {
-        let _ = &slot;
-        chunk
-    });
-    Ok((status, headers, Body::from_stream(stream)).into_response())
+    let body = crate::server::holding(Body::from_stream(stream), slot);
+    Ok((status, headers, body).into_response())
 }
 
 /// What a `Range` header asks for.

@@ -227,13 +227,7 @@ async fn serve_connection(
                 let response = match answer {
                     // A download's body is the transfer: the request stays under way (and
                     // under the transfer timeout) until its last byte is written.
-                    Ok(Ok(response)) if transfer => response.map(|body| {
-                        let stream = body.into_data_stream().map(move |chunk| {
-                            let _ = &busy;
-                            chunk
-                        });
-                        axum::body::Body::from_stream(stream)
-                    }),
+                    Ok(Ok(response)) if transfer => response.map(|body| holding(body, busy)),
                     Ok(Ok(response)) => response,
                     Ok(Err(never)) => match never {},
                     Err(_) => {
@@ -295,6 +289,15 @@ async fn serve_connection(
         CLOSE_GRACE
     };
     let _ = tokio::time::timeout(grace, connection).await;
+}
+
+/// `body`, keeping `guard` alive until its last byte is taken (or the body is dropped with
+/// its connection): for what a transfer holds while it lasts.
+pub(crate) fn holding<G: Send + Sync + 'static>(body: axum::body::Body, guard: G) -> axum::body::Body {
+    axum::body::Body::from_stream(body.into_data_stream().map(move |chunk| {
+        let _ = &guard;
+        chunk
+    }))
 }
 
 /// The connection's socket, telling its [`Activity`] when bytes arrive.
