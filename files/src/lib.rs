@@ -284,15 +284,6 @@ impl FileStore {
             Err(e) => Err(e.into()),
         }
     }
-
-    /// Whether `key` exists.
-    pub async fn exists(&self, key: &str) -> Result<bool> {
-        match self.inner.head(&ObjectPath::from(key)).await {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
-            Err(e) => Err(e.into()),
-        }
-    }
 }
 
 /// The bytes `range` of a local file, read [`FILE_READ_BYTES`] at a time.
@@ -364,7 +355,10 @@ mod tests {
             .write("a/2", chunks(&[b"hello ", b"world"]), 8, t, OnCut::Discard)
             .await;
         assert!(matches!(too_big, Err(Error::TooLarge { limit: 8 })));
-        assert!(!store.exists("a/2").await.unwrap(), "a refused write leaves nothing");
+        assert!(
+            matches!(store.read("a/2", None).await, Err(Error::NotFound)),
+            "a refused write leaves nothing"
+        );
         store.concat(&["a/1".into(), "a/1".into()], "a/3", t).await.unwrap();
         assert_eq!(
             store.read_all("a/3", 100).await.unwrap().as_ref(),
@@ -417,7 +411,7 @@ mod tests {
             store.write("p/1", cut(), 100, t, OnCut::Discard).await,
             Err(Error::Cut(_))
         ));
-        assert!(!store.exists("p/1").await.unwrap());
+        assert!(matches!(store.read("p/1", None).await, Err(Error::NotFound)));
     }
 
     #[test]
