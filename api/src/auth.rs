@@ -11,6 +11,7 @@ use store::tenants::App;
 use store::tokens::Role;
 
 /// A verified caller of `/{org}/{app}/…`, with the app it is allowed to act in.
+#[derive(Clone)]
 pub struct Caller {
     pub app: App,
     pub role: Role,
@@ -59,6 +60,9 @@ impl FromRequestParts<AppState> for Caller {
             return Err(ApiError::Unauthorized("token belongs to another app".into()));
         }
         let app = state.store.find_app(org, app).await?;
+        if let Some(slot) = parts.extensions.get::<crate::envelope::AppSlot>() {
+            slot.set(&app.id);
+        }
         let user = match claims.role {
             Role::App if claims.ver != app.secret_version => {
                 return Err(ApiError::Unauthorized(

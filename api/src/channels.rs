@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
-use axum::routing::{delete, get, post, put};
+use axum::routing::{delete, get, post};
 use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -36,20 +36,23 @@ pub fn routes(kind: ChannelKind) -> Router<AppState> {
         .route(base, post(create).get(list))
         .route(joined, get(joined_by))
         .route(&format!("{base}/:id"), get(show).put(update).delete(dissolve))
-        .route(&format!("{base}/:id/users"), get(members))
+        .route(&format!("{base}/:id/users"), get(members).post(add_members))
+        .route(&format!("{base}/:id/user/:username/is_joined"), get(is_joined))
         .route(
             &format!("{base}/:id/users/:username"),
-            post(add_member).delete(remove_member),
+            post(add_member).delete(remove_members),
         )
-        .route(&format!("{base}/:id/admin"), post(add_admin))
+        .route(&format!("{base}/:id/admin"), post(add_admin).get(admins))
         .route(&format!("{base}/:id/admin/:username"), delete(remove_admin))
-        .route(&format!("{base}/:id/owner"), put(transfer))
         .route(&format!("{base}/:id/mute"), post(mute).get(muted))
         .route(&format!("{base}/:id/mute/:username"), delete(unmute))
-        .route(&format!("{base}/:id/mute_all"), put(mute_all))
-        .route(&format!("{base}/:id/announcement"), put(announce))
+        .route(&format!("{base}/:id/ban"), post(mute_all).delete(unmute_all))
+        .route(&format!("{base}/:id/announcement"), post(announce).get(announcement))
         .route(&format!("{base}/:id/blocks/users"), post(ban).get(bans))
-        .route(&format!("{base}/:id/blocks/users/:username"), delete(unban));
+        .route(
+            &format!("{base}/:id/blocks/users/:username"),
+            post(ban_one).delete(unban),
+        );
     router = match kind {
         ChannelKind::Group => router
             .route(&format!("{base}/:id/join_requests"), get(join_requests))
@@ -191,6 +194,89 @@ fn stop_room_delivery(state: &AppState, acting: &Acting, users: &[String]) {
     }
 }
 
+/// The platform names a group `groupid` and a chatroom `id` in its answers.
+fn id_key(kind: ChannelKind) -> &'static str {
+    match kind {
+        ChannelKind::Group => "groupid",
+        ChannelKind::Room => "id",
+    }
+}
+
+/// The platform's chatroom block lists name the room `chatroomid` (member lists: `id`).
+fn block_key(kind: ChannelKind) -> &'static str {
+    match kind {
+        ChannelKind::Group => "groupid",
+        ChannelKind::Room => "chatroomid",
+    }
+}
+
+/// `u1,u2,u3` in a path: the platform's way of naming several users at once.
+fn listed(names: &str) -> Result<Vec<String>, ApiError> {
+    let list: Vec<String> = names
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(str::to_string)
+        .collect();
+    usernames(&list)
+}
+
+/// A channel as the platform shows it (`GET /chatgroups/{id}`): its settings with
+/// `affiliations`, one `{"owner": name}` or `{"member": name}` per member (admins are
+/// members there; `GET …/admin` lists them).
+fn detail(channel: &Channel, members: &[store::channels::Member]) -> Value {
+    let affiliations: Vec<Value> = members
+        .iter()
+        .map(|m| match m.role {
+            Role::Owner => json!({"owner": m.username}),
+            _ => json!({"member": m.username}),
+        })
+        .collect();
+    json!({
+        "id": channel.id,
+        "name": channel.name,
+        "description": channel.description,
+        "membersonly": channel.members_only,
+        "allowinvites": channel.allow_invites,
+        "maxusers": channel.max_members,
+        "owner": channel.owner,
+        "created": channel.created,
+        "custom": channel.custom,
+        "avatar": channel.avatar,
+        "mute": channel.muted_all,
+        "announcement": channel.announcement,
+        "affiliations_count": members.len(),
+        "affiliations": affiliations,
+        "public": channel.public,
+    })
+}
+
+/// A channel in a list (`GET /chatgroups`, `GET /chatrooms`). The platform's group list
+/// names the owner `{org}#{app}_{owner}` and gives `lastModified` as a string.
+fn summary(app: &store::tenants::App, channel: &Channel) -> Value {
+    match channel.kind {
+        ChannelKind::Group => json!({
+            "groupid": channel.id,
+            "groupname": channel.name,
+            "owner": format!("{}#{}_{}", app.org, app.name, channel.owner),
+            "affiliations": channel.member_count,
+            "type": "group",
+            "public": channel.public,
+            "description": channel.description,
+            "created": channel.created,
+            "lastModified": channel.modified.to_string(),
+        }),
+        ChannelKind::Room => json!({
+            "id": channel.id,
+            "name": channel.name,
+            "owner": channel.owner,
+            "affiliations_count": channel.member_count,
+            "description": channel.description,
+            "created": channel.created,
+        }),
+    }
+}
+
 fn usernames(list: &[String]) -> Result<Vec<String>, ApiError> {
     if list.is_empty() || list.len() > 100 {
         return Err(ApiError::BadRequest("name 1 to 100 users".into()));
@@ -217,6 +303,14 @@ struct CreateBody {
     owner: Option<String>,
     #[serde(default)]
     members: Vec<String>,
+    #[serde(default)]
+    custom: String,
+    #[serde(default)]
+    avatar: String,
+    /// The platform's switch for invitations needing the invitee's consent; chatd's
+    /// invitations always do (the invitee accepts), so it is accepted and has no effect.
+    #[serde(default, rename = "invite_need_confirm")]
+    _invite_need_confirm: Option<bool>,
 }
 
 fn yes() -> bool {
@@ -258,6 +352,8 @@ async fn create(
                 max_members: body.maxusers.unwrap_or(limit.min(200)),
                 owner,
                 members,
+                custom: body.custom,
+                avatar: body.avatar,
             },
             limit,
         )
@@ -276,7 +372,7 @@ async fn create(
         .map(|m| m.username)
         .collect();
     notify(&state, &acting, &added, "joined", json!({}));
-    Ok((StatusCode::CREATED, Json(json!({"data": channel}))))
+    Ok((StatusCode::OK, Json(json!({"data": {id_key(kind): channel.id}}))))
 }
 
 #[derive(Deserialize)]
@@ -306,9 +402,12 @@ async fn list(
     if caller.user.is_some() && kind == ChannelKind::Group {
         channels.retain(|c| c.public);
     }
-    Ok(Json(
-        json!({"entities": channels, "count": channels.len(), "cursor": cursor}),
-    ))
+    let data: Vec<Value> = channels.iter().map(|c| summary(&caller.app, c)).collect();
+    let mut answer = json!({"data": data, "count": data.len()});
+    if let Some(cursor) = cursor {
+        answer["cursor"] = json!(cursor);
+    }
+    Ok(Json(answer))
 }
 
 async fn joined_by(
@@ -319,14 +418,58 @@ async fn joined_by(
 ) -> Result<Json<Value>, ApiError> {
     caller.may_act_as(&username)?;
     let channels = state.store.user_channels(&caller.app.id, kind, &username).await?;
-    Ok(Json(json!({"entities": channels, "count": channels.len()})))
+    let data: Vec<Value> = channels
+        .iter()
+        .map(|c| match kind {
+            ChannelKind::Group => json!({"groupid": c.id, "groupname": c.name}),
+            ChannelKind::Room => json!({"id": c.id, "name": c.name, "disabled": "false"}),
+        })
+        .collect();
+    Ok(Json(json!({"data": data, "count": data.len(), "properties": {}})))
 }
 
-async fn show(acting: Acting) -> Result<Json<Value>, ApiError> {
+/// `GET /chatgroups/{id}/user/{username}/is_joined`: `{"data": true}` if a member.
+async fn is_joined(
+    State(state): State<AppState>,
+    acting: Acting,
+    Target(username): Target,
+) -> Result<Json<Value>, ApiError> {
     if acting.channel.kind == ChannelKind::Group && !acting.channel.public {
-        acting.require(Standing::Member, "see a private group")?;
+        acting.require(Standing::Member, "see a private group's members")?;
     }
-    Ok(Json(json!({"data": acting.channel})))
+    let member = state
+        .store
+        .member(&acting.caller.app.id, &acting.channel.id, &username)
+        .await?
+        .is_some();
+    Ok(Json(json!({"data": member})))
+}
+
+/// `GET /chatgroups/{id}` or, as the platform allows, several: `/chatgroups/{id1},{id2}`
+/// (at most 100). Always a list.
+async fn show(
+    State(state): State<AppState>,
+    Extension(kind): Extension<ChannelKind>,
+    caller: Caller,
+    Path(params): Path<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let ids: Vec<&str> = params
+        .get("id")
+        .map(|ids| ids.split(',').map(str::trim).filter(|i| !i.is_empty()).collect())
+        .unwrap_or_default();
+    if ids.is_empty() || ids.len() > 100 {
+        return Err(ApiError::BadRequest("name 1 to 100 ids, separated by commas".into()));
+    }
+    let mut data = Vec::with_capacity(ids.len());
+    for id in ids {
+        let acting = Acting::load(&state, caller.clone(), kind, id).await?;
+        if kind == ChannelKind::Group && !acting.channel.public {
+            acting.require(Standing::Member, "see a private group")?;
+        }
+        let members = state.store.members(&caller.app.id, kind, id).await?;
+        data.push(detail(&acting.channel, &members));
+    }
+    Ok(Json(json!({"data": data, "count": data.len()})))
 }
 
 #[derive(Deserialize)]
@@ -344,6 +487,17 @@ struct UpdateBody {
     allowinvites: Option<bool>,
     #[serde(default)]
     maxusers: Option<i64>,
+    #[serde(default)]
+    custom: Option<String>,
+    #[serde(default)]
+    avatar: Option<String>,
+    /// Accepted, as on create; chatd's invitations always wait for the invitee.
+    #[serde(default)]
+    invite_need_confirm: Option<bool>,
+    /// The platform transfers a group's ownership with `PUT /chatgroups/{id}`
+    /// `{"newowner": …}` (the owner only).
+    #[serde(default)]
+    newowner: Option<String>,
 }
 
 async fn update(
@@ -351,9 +505,30 @@ async fn update(
     acting: Acting,
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
-    acting.require(Standing::Admin, "change it")?;
     let body: UpdateBody = parse_json(&body)?;
-    let channel = update_channel(
+    if let Some(new_owner) = body.newowner {
+        return transfer(&state, &acting, new_owner).await;
+    }
+    acting.require(Standing::Admin, "change it")?;
+    // The platform answers which fields it changed, each `true`.
+    let mut changed = serde_json::Map::new();
+    // (A chatroom's new name too is reported as `groupname`, as the platform does.)
+    for (key, present) in [
+        ("groupname", body.name.is_some()),
+        ("description", body.description.is_some()),
+        ("avatar", body.avatar.is_some()),
+        ("invite_need_confirm", body.invite_need_confirm.is_some()),
+        ("public", body.public.is_some()),
+        ("membersonly", body.membersonly.is_some()),
+        ("allowinvites", body.allowinvites.is_some()),
+        ("maxusers", body.maxusers.is_some()),
+        ("custom", body.custom.is_some()),
+    ] {
+        if present {
+            changed.insert(key.into(), json!(true));
+        }
+    }
+    update_channel(
         &state,
         &acting,
         ChannelUpdate {
@@ -363,11 +538,13 @@ async fn update(
             members_only: body.membersonly,
             allow_invites: body.allowinvites,
             max_members: body.maxusers,
+            custom: body.custom,
+            avatar: body.avatar,
             ..ChannelUpdate::default()
         },
     )
     .await?;
-    Ok(Json(json!({"data": channel})))
+    Ok(Json(json!({"data": changed})))
 }
 
 async fn update_channel(state: &AppState, acting: &Acting, update: ChannelUpdate) -> Result<Channel, ApiError> {
@@ -394,16 +571,101 @@ async fn dissolve(State(state): State<AppState>, acting: Acting) -> Result<Json<
     let members = state.store.delete_channel(&acting.caller.app.id, kind, &id).await?;
     notify(&state, &acting, &members, "dissolved", json!({}));
     stop_room_delivery(&state, &acting, &members);
-    Ok(Json(json!({"data": {"id": id, "success": true}})))
+    Ok(Json(json!({"data": {id_key(kind): id, "success": true}})))
 }
 
-async fn members(State(state): State<AppState>, acting: Acting) -> Result<Json<Value>, ApiError> {
+#[derive(Deserialize)]
+struct PageQuery {
+    pagenum: Option<i64>,
+    pagesize: Option<i64>,
+}
+
+/// `GET …/{id}/users[?pagenum=&pagesize=]`: `{"owner": name}` or `{"member": name}` each
+/// (the owner first, then by joining); pages of up to 1,000, all of them without paging.
+async fn members(
+    State(state): State<AppState>,
+    acting: Acting,
+    Query(q): Query<PageQuery>,
+) -> Result<Json<Value>, ApiError> {
     let (kind, id) = (acting.channel.kind, acting.channel.id.clone());
     if kind == ChannelKind::Group {
         acting.require(Standing::Member, "list the members")?;
     }
-    let members = state.store.members(&acting.caller.app.id, kind, &id).await?;
-    Ok(Json(json!({"entities": members, "count": members.len()})))
+    let mut members = state.store.members(&acting.caller.app.id, kind, &id).await?;
+    members.sort_by_key(|m| (m.role != Role::Owner, m.joined));
+    let all: Vec<Value> = members
+        .iter()
+        .map(|m| match m.role {
+            Role::Owner => json!({"owner": m.username}),
+            _ => json!({"member": m.username}),
+        })
+        .collect();
+    let page = match (q.pagenum, q.pagesize) {
+        (None, None) => all,
+        (num, size) => {
+            let (num, size) = (num.unwrap_or(1), size.unwrap_or(1000));
+            if num < 1 || !(1..=1000).contains(&size) {
+                return Err(ApiError::BadRequest("need pagenum >= 1 and pagesize from 1 to 1000".into()));
+            }
+            all.into_iter().skip(((num - 1) * size) as usize).take(size as usize).collect()
+        }
+    };
+    Ok(Json(json!({"data": page, "count": page.len()})))
+}
+
+/// `GET …/{id}/admin`: the admins' names.
+async fn admins(State(state): State<AppState>, acting: Acting) -> Result<Json<Value>, ApiError> {
+    let (kind, id) = (acting.channel.kind, acting.channel.id.clone());
+    acting.require(Standing::Member, "list the admins")?;
+    let admins: Vec<String> = state
+        .store
+        .members(&acting.caller.app.id, kind, &id)
+        .await?
+        .into_iter()
+        .filter(|m| m.role == Role::Admin)
+        .map(|m| m.username)
+        .collect();
+    Ok(Json(json!({"data": admins, "count": admins.len()})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsersBody {
+    usernames: Vec<String>,
+}
+
+/// `POST …/{id}/users` `{"usernames": [...]}` (the owner, an admin or the app): adds up to
+/// 60 users at once, each on its own, as the platform does: `newmembers` names those that
+/// became members, `failed` the others with the reason (not a user, on the blocklist, the
+/// channel full).
+async fn add_members(
+    State(state): State<AppState>,
+    acting: Acting,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    let (kind, id) = (acting.channel.kind, acting.channel.id.clone());
+    acting.require(Standing::Admin, "add members")?;
+    let body: UsersBody = parse_json(&body)?;
+    let users = usernames(&body.usernames)?;
+    if users.len() > 60 {
+        return Err(ApiError::BadRequest("body.usernames names at most 60 users".into()));
+    }
+    let (mut added, mut failed) = (Vec::new(), Vec::new());
+    for user in &users {
+        match state
+            .store
+            .add_members(&acting.caller.app.id, kind, &id, std::slice::from_ref(user))
+            .await
+        {
+            Ok(new) => added.extend(new),
+            Err(e @ store::Error::Database(_)) | Err(e @ store::Error::Internal(_)) => return Err(e.into()),
+            Err(e) => failed.push(json!({"user": user, "reason": ApiError::from(e).to_string()})),
+        }
+    }
+    notify(&state, &acting, &added, "joined", json!({}));
+    Ok(Json(json!({"data": {
+        "newmembers": added, id_key(kind): id, "action": "add_member", "failed": failed,
+    }})))
 }
 
 /// Adds a member. Admins add anyone; a user adding themselves joins a chatroom or an open
@@ -441,7 +703,10 @@ async fn add_member(
             );
             return Ok((
                 StatusCode::ACCEPTED,
-                Json(json!({"data": {"id": id, "user": username, "status": "requested"}})),
+                Json(json!({"data": {
+                    "result": false, id_key(kind): id, "action": "apply_join", "user": username,
+                    "status": "requested",
+                }})),
             ));
         }
     }
@@ -452,31 +717,63 @@ async fn add_member(
     notify(&state, &acting, &added, "joined", json!({}));
     Ok((
         StatusCode::OK,
-        Json(json!({"data": {"id": id, "user": username, "status": "member"}})),
+        Json(json!({"data": {
+            "result": true, id_key(kind): id, "action": "add_member", "user": username,
+            "groupname": acting.channel.name,
+        }})),
     ))
 }
 
-/// Removes a member: leaving (themselves) or removed by an admin (admins remove only
-/// ordinary members unless they are the owner).
-async fn remove_member(
+/// `DELETE …/{id}/users/{username}` (or `{u1},{u2}`, up to 100): leaving (themselves)
+/// or removed by an admin (admins remove only ordinary members unless they are the owner).
+/// One name answers an object (or an error), several a list with a `result` for each
+/// (`false` with the `reason` for those that could not be removed), as on the platform.
+async fn remove_members(
     State(state): State<AppState>,
     acting: Acting,
-    Target(username): Target,
+    Target(names): Target,
 ) -> Result<Json<Value>, ApiError> {
     let (kind, id) = (acting.channel.kind, acting.channel.id.clone());
-    let leaving = acting.is_self(&username);
-    if !leaving {
-        acting.require(Standing::Admin, "remove members")?;
-        require_outranks(&state, &acting, &username).await?;
+    let users = listed(&names)?;
+    let mut results = Vec::with_capacity(users.len());
+    for username in &users {
+        let removed = remove_one(&state, &acting, username).await;
+        match removed {
+            Ok(()) => {}
+            Err(e) if users.len() == 1 => return Err(e),
+            Err(ApiError::Internal(e)) => return Err(ApiError::Internal(e)),
+            Err(e) => {
+                results.push(json!({
+                    "result": false, "action": "remove_member", "reason": e.to_string(),
+                    "user": username, id_key(kind): id,
+                }));
+                continue;
+            }
+        }
+        let leaving = acting.is_self(username);
+        let event = if leaving { "left" } else { "removed" };
+        notify(&state, &acting, std::slice::from_ref(username), event, json!({}));
+        stop_room_delivery(&state, &acting, std::slice::from_ref(username));
+        results.push(json!({"result": true, "action": "remove_member", "user": username, id_key(kind): id}));
     }
-    state
+    let data = if results.len() == 1 {
+        results.remove(0)
+    } else {
+        Value::Array(results)
+    };
+    Ok(Json(json!({"data": data})))
+}
+
+async fn remove_one(state: &AppState, acting: &Acting, username: &str) -> Result<(), ApiError> {
+    if !acting.is_self(username) {
+        acting.require(Standing::Admin, "remove members")?;
+        require_outranks(state, acting, username).await?;
+    }
+    let (kind, id) = (acting.channel.kind, &acting.channel.id);
+    Ok(state
         .store
-        .remove_member(&acting.caller.app.id, kind, &id, &username)
-        .await?;
-    let event = if leaving { "left" } else { "removed" };
-    notify(&state, &acting, std::slice::from_ref(&username), event, json!({}));
-    stop_room_delivery(&state, &acting, std::slice::from_ref(&username));
-    Ok(Json(json!({"data": {"id": id, "user": username, "result": event}})))
+        .remove_member(&acting.caller.app.id, kind, id, username)
+        .await?)
 }
 
 /// Admins act on ordinary members only; the owner and the app on anyone but the owner.
@@ -552,34 +849,25 @@ async fn remove_admin(
     Ok(Json(json!({"data": {"id": id, "oldadmin": user, "result": "success"}})))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct OwnerBody {
-    newowner: String,
-}
-
-async fn transfer(
-    State(state): State<AppState>,
-    acting: Acting,
-    JsonBody(body): JsonBody,
-) -> Result<Json<Value>, ApiError> {
+/// `PUT /chatgroups/{id}` `{"newowner": name}`: the owner (or the app) hands the group
+/// over; the old owner stays as an admin.
+async fn transfer(state: &AppState, acting: &Acting, new_owner: String) -> Result<Json<Value>, ApiError> {
     let (kind, id) = (acting.channel.kind, acting.channel.id.clone());
     acting.require(Standing::Owner, "transfer ownership")?;
-    let body: OwnerBody = parse_json(&body)?;
-    let new_owner = body.newowner.to_ascii_lowercase();
+    let new_owner = new_owner.trim().to_ascii_lowercase();
     let old = state
         .store
         .transfer_owner(&acting.caller.app.id, kind, &id, &new_owner)
         .await?;
     notify(
-        &state,
-        &acting,
+        state,
+        acting,
         std::slice::from_ref(&new_owner),
         "role",
         json!({"role": "owner"}),
     );
-    notify(&state, &acting, &[old], "role", json!({"role": "admin"}));
-    Ok(Json(json!({"data": {"id": id, "newowner": new_owner}})))
+    notify(state, acting, &[old], "role", json!({"role": "admin"}));
+    Ok(Json(json!({"data": {"newowner": true}})))
 }
 
 #[derive(Deserialize)]
@@ -616,7 +904,11 @@ async fn mute(
         .set_muted(&acting.caller.app.id, kind, &id, &users, until)
         .await?;
     notify(&state, &acting, &users, "muted", json!({"until": until}));
-    Ok(Json(json!({"data": {"id": id, "muted": users, "until": until}})))
+    let data: Vec<Value> = users
+        .iter()
+        .map(|u| json!({"result": true, "expire": until, "user": u}))
+        .collect();
+    Ok(Json(json!({"data": data})))
 }
 
 async fn muted(State(state): State<AppState>, acting: Acting) -> Result<Json<Value>, ApiError> {
@@ -629,9 +921,9 @@ async fn muted(State(state): State<AppState>, acting: Acting) -> Result<Json<Val
         .await?
         .into_iter()
         .filter(|m| m.is_muted(now))
-        .map(|m| json!({"user": m.username, "until": m.muted_until}))
+        .map(|m| json!({"user": m.username, "expire": m.muted_until}))
         .collect();
-    Ok(Json(json!({"entities": muted, "count": muted.len()})))
+    Ok(Json(json!({"data": muted, "count": muted.len()})))
 }
 
 async fn unmute(
@@ -641,38 +933,37 @@ async fn unmute(
 ) -> Result<Json<Value>, ApiError> {
     let (kind, id) = (acting.channel.kind, acting.channel.id.clone());
     acting.require(Standing::Admin, "unmute members")?;
-    let user = username.to_ascii_lowercase();
+    let users = listed(&username)?;
     state
         .store
-        .set_muted(&acting.caller.app.id, kind, &id, std::slice::from_ref(&user), 0)
+        .set_muted(&acting.caller.app.id, kind, &id, &users, 0)
         .await?;
-    notify(&state, &acting, std::slice::from_ref(&user), "unmuted", json!({}));
-    Ok(Json(json!({"data": {"id": id, "unmuted": user}})))
+    notify(&state, &acting, &users, "unmuted", json!({}));
+    let data: Vec<Value> = users.iter().map(|u| json!({"result": true, "user": u})).collect();
+    Ok(Json(json!({"data": data})))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MuteAllBody {
-    muted: bool,
+/// `POST …/{id}/ban`: everyone but the owner and admins is muted; `DELETE` lifts it.
+async fn mute_all(State(state): State<AppState>, acting: Acting) -> Result<Json<Value>, ApiError> {
+    set_mute_all(&state, &acting, true).await
 }
 
-async fn mute_all(
-    State(state): State<AppState>,
-    acting: Acting,
-    JsonBody(body): JsonBody,
-) -> Result<Json<Value>, ApiError> {
+async fn unmute_all(State(state): State<AppState>, acting: Acting) -> Result<Json<Value>, ApiError> {
+    set_mute_all(&state, &acting, false).await
+}
+
+async fn set_mute_all(state: &AppState, acting: &Acting, muted: bool) -> Result<Json<Value>, ApiError> {
     acting.require(Standing::Admin, "mute everyone")?;
-    let body: MuteAllBody = parse_json(&body)?;
-    let channel = update_channel(
-        &state,
-        &acting,
+    update_channel(
+        state,
+        acting,
         ChannelUpdate {
-            muted_all: Some(body.muted),
+            muted_all: Some(muted),
             ..ChannelUpdate::default()
         },
     )
     .await?;
-    Ok(Json(json!({"data": channel})))
+    Ok(Json(json!({"data": {"mute": muted}})))
 }
 
 #[derive(Deserialize)]
@@ -689,7 +980,7 @@ async fn announce(
     let (kind, id) = (acting.channel.kind, acting.channel.id.clone());
     acting.require(Standing::Admin, "set the announcement")?;
     let body: AnnouncementBody = parse_json(&body)?;
-    let channel = update_channel(
+    update_channel(
         &state,
         &acting,
         ChannelUpdate {
@@ -712,35 +1003,57 @@ async fn announce(
         "announcement",
         json!({"announcement": body.announcement}),
     );
-    Ok(Json(json!({"data": channel})))
+    Ok(Json(json!({"data": {"id": id, "result": true}})))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct UsersBody {
-    usernames: Vec<String>,
+/// `GET …/{id}/announcement` (members).
+async fn announcement(acting: Acting) -> Result<Json<Value>, ApiError> {
+    if acting.channel.kind == ChannelKind::Group {
+        acting.require(Standing::Member, "read the announcement")?;
+    }
+    Ok(Json(json!({"data": {"announcement": acting.channel.announcement}})))
 }
 
 /// Adds users to the blocklist: members among them are removed and cannot come back.
 async fn ban(State(state): State<AppState>, acting: Acting, JsonBody(body): JsonBody) -> Result<Json<Value>, ApiError> {
-    let (kind, id) = (acting.channel.kind, acting.channel.id.clone());
     acting.require(Standing::Admin, "ban users")?;
     let body: UsersBody = parse_json(&body)?;
     let users = usernames(&body.usernames)?;
-    for user in &users {
-        require_outranks(&state, &acting, user).await?;
+    let data = ban_users(&state, &acting, &users).await?;
+    Ok(Json(json!({"data": data})))
+}
+
+/// `POST …/{id}/blocks/users/{username}`: one user onto the blocklist.
+async fn ban_one(
+    State(state): State<AppState>,
+    acting: Acting,
+    Target(username): Target,
+) -> Result<Json<Value>, ApiError> {
+    acting.require(Standing::Admin, "ban users")?;
+    let users = usernames(&[username])?;
+    let mut data = ban_users(&state, &acting, &users).await?;
+    Ok(Json(json!({"data": data.remove(0)})))
+}
+
+async fn ban_users(state: &AppState, acting: &Acting, users: &[String]) -> Result<Vec<Value>, ApiError> {
+    let (kind, id) = (acting.channel.kind, acting.channel.id.clone());
+    for user in users {
+        require_outranks(state, acting, user).await?;
     }
-    state.store.ban(&acting.caller.app.id, kind, &id, &users).await?;
-    notify(&state, &acting, &users, "banned", json!({}));
-    stop_room_delivery(&state, &acting, &users);
-    Ok(Json(json!({"data": {"id": id, "banned": users}})))
+    state.store.ban(&acting.caller.app.id, kind, &id, users).await?;
+    notify(state, acting, users, "banned", json!({}));
+    stop_room_delivery(state, acting, users);
+    Ok(users
+        .iter()
+        .map(|u| json!({"result": true, "action": "add_blocks", "user": u, block_key(kind): id}))
+        .collect())
 }
 
 async fn bans(State(state): State<AppState>, acting: Acting) -> Result<Json<Value>, ApiError> {
     let (kind, id) = (acting.channel.kind, acting.channel.id.clone());
     acting.require(Standing::Admin, "see the blocklist")?;
     let banned = state.store.bans(&acting.caller.app.id, kind, &id).await?;
-    Ok(Json(json!({"entities": banned, "count": banned.len()})))
+    Ok(Json(json!({"data": banned, "count": banned.len()})))
 }
 
 async fn unban(
@@ -750,16 +1063,21 @@ async fn unban(
 ) -> Result<Json<Value>, ApiError> {
     let (kind, id) = (acting.channel.kind, acting.channel.id.clone());
     acting.require(Standing::Admin, "change the blocklist")?;
-    let user = username.to_ascii_lowercase();
-    state.store.unban(&acting.caller.app.id, kind, &id, &user).await?;
-    Ok(Json(json!({"data": {"id": id, "unbanned": user}})))
+    let users = listed(&username)?;
+    let mut data = Vec::with_capacity(users.len());
+    for user in &users {
+        state.store.unban(&acting.caller.app.id, kind, &id, user).await?;
+        data.push(json!({"result": true, "action": "remove_blocks", "user": user, block_key(kind): id}));
+    }
+    let data = if data.len() == 1 { data.remove(0) } else { Value::Array(data) };
+    Ok(Json(json!({"data": data})))
 }
 
 async fn join_requests(State(state): State<AppState>, acting: Acting) -> Result<Json<Value>, ApiError> {
     let id = acting.channel.id.clone();
     acting.require(Standing::Admin, "see join requests")?;
     let pending = state.store.requests(&id, RequestKind::Join).await?;
-    Ok(Json(json!({"entities": pending, "count": pending.len()})))
+    Ok(Json(json!({"data": pending, "count": pending.len()})))
 }
 
 async fn decide_request(
@@ -881,5 +1199,5 @@ async fn room_messages(
         .iter()
         .map(|m| m.delivered("", None))
         .collect();
-    Ok(Json(json!({"entities": msgs, "count": msgs.len()})))
+    Ok(Json(json!({"data": msgs, "count": msgs.len()})))
 }

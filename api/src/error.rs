@@ -1,6 +1,9 @@
-//! The API's one error type and its mapping to HTTP: a status and a JSON body
-//! `{"error": code, "error_description": text}`. Internal failures are logged in full and
-//! answered with a generic 500.
+//! The API's one error type and its mapping to HTTP: a status and, in the platform's error
+//! envelope, `{"error": code, "exception": …, "timestamp": …, "duration": …,
+//! "error_description": text}` (the codes are the platform's: `illegal_argument`,
+//! `duplicate_unique_property_exists`, `invalid_grant`, `unauthorized`, `forbidden_op`,
+//! `service_resource_not_found`, …; the envelope's clock fields are added by
+//! [`crate::envelope`]). Internal failures are logged in full and answered with a generic 500.
 //!
 //! Also the extractors every handler reads its input with, so that bad input gets an answer
 //! in that shape naming what is wrong: [`JsonBody`] (the body, refused with 415 when sent as
@@ -28,8 +31,15 @@ pub enum ApiError {
     Forbidden(String),
     #[error("{0}")]
     NotFound(String),
+    /// 400 `duplicate_unique_property_exists`, as the platform answers a name taken.
     #[error("{0}")]
     Conflict(String),
+    /// 400 `invalid_grant`: a wrong password or client secret at `POST /token`.
+    #[error("{0}")]
+    InvalidGrant(String),
+    /// 405: the route exists, the method does not.
+    #[error("{0}")]
+    MethodNotAllowed(String),
     /// 408: the request (its body, or the handling of it) took longer than allowed.
     #[error("{0}")]
     RequestTimeout(String),
@@ -57,7 +67,7 @@ impl From<store::Error> for ApiError {
             E::Conflict(what) => ApiError::Conflict(format!("{what} already exists")),
             e @ E::Invalid { .. } => ApiError::BadRequest(e.to_string()),
             E::Forbidden(why) | E::TooLate(why) => ApiError::Forbidden(why),
-            E::BadCredentials => ApiError::Unauthorized("invalid credentials".into()),
+            E::BadCredentials => ApiError::InvalidGrant("invalid username or password".into()),
             E::BadToken(why) => ApiError::Unauthorized(format!("token {why}")),
             E::Database(e) => ApiError::Internal(e.to_string()),
             E::Internal(e) => ApiError::Internal(e),
@@ -69,25 +79,27 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut retry_after = None;
         let (status, code) = match &self {
-            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "illegal_argument"),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
-            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            ApiError::Conflict(_) => (StatusCode::CONFLICT, "duplicate"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden_op"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "service_resource_not_found"),
+            ApiError::Conflict(_) => (StatusCode::BAD_REQUEST, "duplicate_unique_property_exists"),
+            ApiError::InvalidGrant(_) => (StatusCode::BAD_REQUEST, "invalid_grant"),
+            ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
-            ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "request_entity_too_large"),
             ApiError::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
             ApiError::TooManyAttempts { retry_after: after, .. } => {
                 retry_after = Some(*after);
-                (StatusCode::TOO_MANY_REQUESTS, "too_many_attempts")
+                (StatusCode::TOO_MANY_REQUESTS, "reach_limit")
             }
             ApiError::Unavailable(_) => {
                 retry_after = Some(Duration::from_secs(1));
-                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+                (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable")
             }
             ApiError::Internal(detail) => {
                 tracing::error!(%detail, "request failed");
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal_server_error")
             }
         };
         let body = serde_json::json!({"error": code, "error_description": self.to_string()});
@@ -98,6 +110,50 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(whole_seconds(after)));
         }
         response
+    }
+}
+
+impl ApiError {
+    /// The error for an answer that came without a body (axum's 405, the connection
+    /// layer's 413), so that it too gets the error envelope.
+    pub fn from_status(status: StatusCode) -> ApiError {
+        let reason = status.canonical_reason().unwrap_or("error").to_string();
+        match status {
+            StatusCode::METHOD_NOT_ALLOWED => {
+                ApiError::MethodNotAllowed("this route does not take this method (see the Allow header)".into())
+            }
+            StatusCode::NOT_FOUND => ApiError::NotFound("no such route".into()),
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                ApiError::PayloadTooLarge("the body is larger than this server accepts".into())
+            }
+            StatusCode::REQUEST_TIMEOUT => ApiError::RequestTimeout(reason),
+            StatusCode::UNAUTHORIZED => ApiError::Unauthorized(reason),
+            StatusCode::FORBIDDEN => ApiError::Forbidden(reason),
+            s if s.is_server_error() => ApiError::Unavailable(reason),
+            _ => ApiError::BadRequest(reason),
+        }
+    }
+}
+
+/// The `exception` field of an error answer: the class name the platform reports for
+/// each code, so that clients that switch on it keep working.
+pub fn exception(code: &str) -> &'static str {
+    match code {
+        "illegal_argument" => "java.lang.IllegalArgumentException",
+        "duplicate_unique_property_exists" => {
+            "org.apache.usergrid.persistence.exceptions.DuplicateUniquePropertyExistsException"
+        }
+        "invalid_grant" => "EasemobSecurityException",
+        "unauthorized" => "EasemobSecurityException",
+        "forbidden_op" => "com.easemob.group.exception.ForbiddenOpException",
+        "service_resource_not_found" => "org.apache.usergrid.services.exceptions.ServiceResourceNotFoundException",
+        "method_not_allowed" => "javax.ws.rs.NotAllowedException",
+        "request_entity_too_large" => "javax.ws.rs.WebApplicationException",
+        "unsupported_media_type" => "javax.ws.rs.NotSupportedException",
+        "reach_limit" => "com.easemob.ratelimit.RateLimitException",
+        "request_timeout" => "java.util.concurrent.TimeoutException",
+        "service_unavailable" => "com.easemob.common.ServiceUnavailableException",
+        _ => "java.lang.RuntimeException",
     }
 }
 
@@ -167,6 +223,39 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
             }
         })?;
         Ok(JsonBody(body))
+    }
+}
+
+/// A body sent as JSON or, as the platform's metadata routes take it, as a form
+/// (`application/x-www-form-urlencoded`: each field a string). Either way an object.
+pub struct FormOrJson(pub serde_json::Map<String, serde_json::Value>);
+
+#[async_trait]
+impl<S: Send + Sync> FromRequest<S> for FormOrJson {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let form = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().to_ascii_lowercase().starts_with("application/x-www-form-urlencoded"));
+        if !form {
+            let JsonBody(body) = JsonBody::from_request(req, state).await?;
+            return parse_json(&body).map(FormOrJson);
+        }
+        let body = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge("the body is larger than this server accepts".into())
+            } else {
+                ApiError::BadRequest(format!("reading the body: {}", e.body_text()))
+            }
+        })?;
+        Ok(FormOrJson(
+            form_urlencoded::parse(&body)
+                .map(|(k, v)| (k.into_owned(), serde_json::Value::String(v.into_owned())))
+                .collect(),
+        ))
     }
 }
 

@@ -9,7 +9,9 @@
 
 mod auth;
 mod channels;
+mod envelope;
 mod error;
+mod export;
 pub mod files;
 mod lifecycle;
 mod messages;
@@ -25,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{Extension, Router};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -113,7 +115,21 @@ pub fn router(state: AppState) -> Router {
             get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
         )
         .route("/:org/:app/token", post(tokens::issue))
-        .route("/:org/:app/users", post(users::create).get(users::list))
+        .route(
+            "/:org/:app/users",
+            post(users::create).get(users::list).delete(users::delete_oldest),
+        )
+        .route("/:org/:app/users/batch/status", post(users::batch_status))
+        .route("/:org/:app/users/:username/status", get(users::status))
+        .route("/:org/:app/users/:username/offline_msg_count", get(users::offline_msg_count))
+        .route(
+            "/:org/:app/users/:username/offline_msg_status/:msg_id",
+            get(users::offline_msg_status),
+        )
+        .route("/:org/:app/user/:username/contacts", get(social::contacts_page))
+        .route("/:org/:app/users/:username/password", put(users::set_password))
+        .route("/:org/:app/users/:username/deactivate", post(users::deactivate))
+        .route("/:org/:app/users/:username/activate", post(users::activate))
         .route(
             "/:org/:app/users/:username",
             get(users::get).put(users::update).delete(users::delete),
@@ -144,8 +160,12 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/:org/:app/metadata/user/:username",
-            get(social::get_metadata).put(social::put_metadata),
+            get(social::get_metadata)
+                .put(social::put_metadata)
+                .delete(social::delete_metadata),
         )
+        .route("/:org/:app/metadata/user/get", post(social::get_many_metadata))
+        .route("/:org/:app/metadata/user/capacity", get(social::metadata_capacity))
         .route(
             "/:org/:app/users/:username/conversations",
             get(lifecycle::conversations),
@@ -157,6 +177,8 @@ pub fn router(state: AppState) -> Router {
             delete(lifecycle::delete_for_me),
         )
         .route("/:org/:app/messages/:id/recall", post(lifecycle::recall))
+        .route("/:org/:app/messages/msg_recall", post(lifecycle::recall_by_body))
+        .route("/:org/:app/chatmessages/:time", get(export::hour))
         .route("/:org/:app/messages/:id/readers", get(lifecycle::readers))
         .route("/:org/:app/messages/:target", post(lifecycle::send))
         .route(
@@ -180,6 +202,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(Extension(throttle))
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), envelope::wrap))
         .with_state(state)
 }
 

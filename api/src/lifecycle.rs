@@ -68,6 +68,68 @@ pub async fn recall(
     Ok(Json(json!({"data": {"id": msg.id, "recalled": true}})))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecallBody {
+    msg_id: String,
+    /// The conversation the message is in, as the platform asks for it; chatd finds the
+    /// message by its id and checks that these agree when given.
+    #[serde(default)]
+    to: Option<String>,
+    #[serde(default)]
+    chat_type: Option<String>,
+    #[serde(default)]
+    from: Option<String>,
+    /// Recall beyond the app's time limit: the app (which this route needs) always may.
+    #[serde(default, rename = "force")]
+    _force: Option<bool>,
+}
+
+/// `POST /{org}/{app}/messages/msg_recall` (app token), the platform's recall:
+/// `{"msg_id", "to", "chat_type", "from", "force"}`.
+pub async fn recall_by_body(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_app()?;
+    let req: RecallBody = parse_json(&body)?;
+    let found = state.store.message(&caller.app.id, &req.msg_id).await?;
+    let chat_type = match found.chat.as_str() {
+        "group" => "groupchat",
+        "room" => "chatroom",
+        _ => "chat",
+    };
+    let mismatch = |field: &str, given: &str| {
+        ApiError::BadRequest(format!("body.{field} is {given:?}, but message {} is not in that conversation", req.msg_id))
+    };
+    if let Some(given) = req.chat_type.as_deref().filter(|c| !c.is_empty()) {
+        if given != chat_type {
+            return Err(mismatch("chat_type", given));
+        }
+    }
+    if let Some(given) = req.from.as_deref().filter(|f| !f.is_empty() && *f != SYSTEM_SENDER) {
+        if given.to_ascii_lowercase() != found.sender {
+            return Err(mismatch("from", given));
+        }
+    }
+    if let Some(given) = req.to.as_deref().filter(|t| !t.is_empty()) {
+        if given.to_ascii_lowercase() != found.recipient {
+            return Err(mismatch("to", given));
+        }
+    }
+    let msg = state.store.recall(&caller.app.id, &req.msg_id, None, i64::MAX).await?;
+    let event = json!({"op": "recalled", "id": msg.id, "conv": msg.conv, "seq": msg.seq, "by": "admin"});
+    tell_holders(&state, &caller, &msg, &event).await?;
+    Ok(Json(json!({"data": {
+        "recalled": "yes",
+        "chattype": chat_type,
+        "from": msg.sender,
+        "to": msg.recipient,
+        "msg_id": msg.id,
+    }})))
+}
+
 async fn tell_holders(state: &AppState, caller: &Caller, msg: &StoredMessage, event: &Value) -> Result<(), ApiError> {
     for user in state.store.holders(&caller.app.id, &msg.id).await? {
         state.live.notify(&caller.app.org, &caller.app.name, &user, event);
@@ -134,10 +196,10 @@ pub async fn search(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ServerMessage {
-    /// The sender; absent with `"system": true`.
+    /// The sender; absent: the app itself, as the platform's `admin`.
     #[serde(default)]
     from: Option<String>,
-    /// Sends as the app's system user (`"from": "system"`, not a real user).
+    /// chatd's older way of saying "from the app" (the same as leaving `from` out).
     #[serde(default)]
     system: bool,
     to: Vec<String>,
@@ -149,13 +211,30 @@ struct ServerMessage {
     /// A self-destructing message, as on `send` (topics.md).
     #[serde(default)]
     destroy: Option<Destroy>,
+    /// `ROUTE_ONLINE`: one-to-one messages go only to recipients online now; for the others
+    /// nothing is kept (they are answered an id all the same, as on the platform). Group
+    /// and chatroom messages are kept for every member whatever the route. `ROUTE_ALL`
+    /// (the default): everyone.
+    #[serde(default)]
+    routetype: Option<String>,
+    /// Accepted for the platform's clients; chatd always keeps the sender's copy, so the
+    /// sender's devices see the message (live or on `sync`) either way.
+    #[serde(default, rename = "sync_device")]
+    _sync_device: Option<bool>,
+    /// The platform's list of recipients whose other devices should not roam the message;
+    /// accepted and ignored: every device of a recipient sees every message it is sent.
+    #[serde(default, rename = "roam_ignore_users")]
+    _roam_ignore_users: Option<Vec<String>>,
 }
 
-/// The name server messages carry when sent as the system user.
-pub const SYSTEM_SENDER: &str = "system";
+/// The name messages sent by the app (no `from`) carry, as on the platform.
+pub const SYSTEM_SENDER: &str = "admin";
 
-/// `POST /{org}/{app}/messages/users` and `/messages/chatgroups` (app token): stored and
-/// delivered exactly like messages from devices; answers each recipient's message id.
+/// `POST /{org}/{app}/messages/users`, `/messages/chatgroups` and `/messages/chatrooms` (app
+/// token): stored and delivered exactly like messages from devices; answers each
+/// recipient's message id (`{"data": {"<to>": "<id>"}}`), or for a recipient refused, an
+/// object with its `error`. `cmd` messages are relayed to the devices online now and not
+/// stored, as from devices.
 pub async fn send(
     State(state): State<AppState>,
     caller: Caller,
@@ -166,40 +245,60 @@ pub async fn send(
     let chat = match target.as_str() {
         "users" => ChatType::User,
         "chatgroups" => ChatType::Group,
+        "chatrooms" => ChatType::Room,
         _ => {
             return Err(ApiError::NotFound(
-                "send to /messages/users or /messages/chatgroups".into(),
+                "send to /messages/users, /messages/chatgroups or /messages/chatrooms".into(),
             ))
         }
     };
     let req: ServerMessage = parse_json(&body)?;
     let from = match (req.from, req.system) {
-        (_, true) => SYSTEM_SENDER.to_string(),
-        (Some(from), false) => {
+        (Some(from), false) if !from.trim().is_empty() => {
             let from = from.trim().to_ascii_lowercase();
             state.store.require_users(&caller.app.id, &[&from]).await?;
             from
         }
-        (None, false) => {
-            return Err(ApiError::BadRequest(
-                "name the sender in 'from', or set \"system\": true".into(),
-            ))
-        }
+        _ => SYSTEM_SENDER.to_string(),
     };
     if req.to.is_empty() || req.to.len() > 100 {
-        return Err(ApiError::BadRequest("'to' names 1 to 100 recipients".into()));
+        return Err(ApiError::BadRequest("body.to names 1 to 100 recipients".into()));
     }
-    if req.kind == MsgType::Cmd {
-        return Err(ApiError::BadRequest(
-            "cmd messages are sent by devices; they are not stored".into(),
-        ));
+    let online_only = match req.routetype.as_deref() {
+        None | Some("ROUTE_ALL") => false,
+        Some("ROUTE_ONLINE") => true,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "body.routetype is ROUTE_ALL or ROUTE_ONLINE, not {other:?}"
+            )))
+        }
+    };
+    let mut req_body = req.body.clone();
+    if req.kind == MsgType::Loc {
+        numbers_from_strings(&mut req_body, &["lat", "lng"]);
     }
-    req.kind.validate_body(&req.body).map_err(ApiError::BadRequest)?;
+    req.kind.validate_body(&req_body).map_err(ApiError::BadRequest)?;
     if let Some(destroy) = &req.destroy {
         destroy.validate(chat).map_err(ApiError::BadRequest)?;
     }
+    let to: Vec<String> = req.to.iter().map(|t| t.trim().to_ascii_lowercase()).collect();
+    if req.kind == MsgType::Cmd {
+        return relay_command(&state, &caller, chat, &from, &to, &req_body, req.ext.as_ref()).await;
+    }
+    let (app_org, app_name) = (&caller.app.org, &caller.app.name);
+    let mut result = serde_json::Map::new();
+    let mut recipients = Vec::new();
+    for t in to {
+        if online_only && chat == ChatType::User && !state.live.is_online(app_org, app_name, &t) {
+            // As on the platform, the message gets an id but, the recipient being offline, is
+            // neither stored nor delivered.
+            result.insert(t, json!(uuid::Uuid::now_v7().to_string()));
+        } else {
+            recipients.push(t);
+        }
+    }
     let settings = state.store.app_settings(&caller.app.id).await?;
-    let mut body = req.body.clone();
+    let mut body = req_body;
     let files = state
         .store
         .attach_files(
@@ -212,15 +311,14 @@ pub async fn send(
         )
         .await
         .map_err(ApiError::BadRequest)?;
-    let batch: Vec<NewMessage> = req
-        .to
+    let batch: Vec<NewMessage> = recipients
         .iter()
         .map(|to| NewMessage {
             app_id: caller.app.id.clone(),
             chat,
             sender: from.clone(),
             sender_device: "rest-api".into(),
-            to: to.trim().to_ascii_lowercase(),
+            to: to.clone(),
             cid: format!("api-{}", store::tokens::random_secret(16)),
             kind: req.kind,
             body: body.to_string(),
@@ -233,10 +331,13 @@ pub async fn send(
         })
         .collect();
     let outcomes = state.store.store_batch(&batch).await?;
-    let mut result = serde_json::Map::new();
     for (m, outcome) in batch.iter().zip(outcomes) {
         match outcome {
             Outcome::Stored { msg, useqs } => {
+                if chat == ChatType::Room {
+                    let payload = serde_json::to_vec(&msg.delivered("", None)).unwrap_or_default();
+                    state.live.deliver_room(app_org, app_name, &msg.recipient, payload);
+                }
                 for (user, useq) in useqs {
                     let payload = serde_json::to_value(msg.delivered(&user, Some(useq))).unwrap_or_default();
                     state.live.notify(&caller.app.org, &caller.app.name, &user, &payload);
@@ -250,6 +351,93 @@ pub async fn send(
                 result.insert(m.to.clone(), json!({"error": code, "error_description": message}));
             }
         }
+    }
+    Ok(Json(json!({"data": result})))
+}
+
+/// The platform's clients send a location's `lat` and `lng` as strings (`"39.9"`); chatd
+/// keeps numbers. A string that is not a number is left for the body check to refuse.
+fn numbers_from_strings(body: &mut Value, keys: &[&str]) {
+    for key in keys {
+        let parsed = body.get(*key).and_then(Value::as_str).and_then(|s| s.trim().parse::<f64>().ok());
+        if let Some(n) = parsed.and_then(serde_json::Number::from_f64) {
+            body[*key] = Value::Number(n);
+        }
+    }
+}
+
+/// A `cmd` message from the app: relayed at once to the devices of the recipients online
+/// now (the members of a group, the subscribers of a chatroom), not stored, as from
+/// devices. Answers an id per recipient.
+async fn relay_command(
+    state: &AppState,
+    caller: &Caller,
+    chat: ChatType,
+    from: &str,
+    to: &[String],
+    body: &Value,
+    ext: Option<&Value>,
+) -> Result<Json<Value>, ApiError> {
+    let app = &caller.app;
+    let mut result = serde_json::Map::new();
+    for target in to {
+        let conv = match chat {
+            ChatType::User => store::messages::user_conv(from, target),
+            ChatType::Group => format!("g:{target}"),
+            ChatType::Room => format!("r:{target}"),
+        };
+        let recipients = match chat {
+            ChatType::User => {
+                state.store.require_users(&app.id, &[target]).await?;
+                vec![target.clone()]
+            }
+            ChatType::Group | ChatType::Room => {
+                let kind = if chat == ChatType::Group {
+                    store::channels::ChannelKind::Group
+                } else {
+                    store::channels::ChannelKind::Room
+                };
+                state.store.channel(&app.id, kind, target).await?;
+                if chat == ChatType::Group {
+                    state
+                        .store
+                        .members(&app.id, kind, target)
+                        .await?
+                        .into_iter()
+                        .map(|m| m.username)
+                        .collect()
+                } else {
+                    Vec::new()
+                }
+            }
+        };
+        let msg = StoredMessage {
+            id: format!("cmd-{}-{}", store::now_ms(), store::tokens::random_secret(10)),
+            conv,
+            seq: 0,
+            ts: store::now_ms(),
+            chat: chat.as_str().into(),
+            sender: from.to_string(),
+            sender_device: "rest-api".into(),
+            recipient: target.clone(),
+            cid: String::new(),
+            kind: MsgType::Cmd.as_str().into(),
+            body: body.to_string(),
+            ext: ext.map(Value::to_string),
+            recalled: false,
+            edited_at: 0,
+            destroy: None,
+            destroyed: false,
+        };
+        if chat == ChatType::Room {
+            let payload = serde_json::to_vec(&msg.delivered("", None)).unwrap_or_default();
+            state.live.deliver_room(&app.org, &app.name, target, payload);
+        }
+        for user in recipients {
+            let payload = serde_json::to_value(msg.delivered(&user, None)).unwrap_or_default();
+            state.live.notify(&app.org, &app.name, &user, &payload);
+        }
+        result.insert(target.clone(), json!(msg.id));
     }
     Ok(Json(json!({"data": result})))
 }

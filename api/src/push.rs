@@ -17,7 +17,10 @@ struct Binding {
     device_id: String,
     /// An empty token unbinds the device.
     device_token: String,
-    notifier: String,
+    /// `apns` or `fcm`; or, as on the platform where it names an uploaded certificate, the
+    /// app's APNs topic (bundle id) or FCM project id as set in `push/config`.
+    #[serde(default)]
+    notifier_name: String,
 }
 
 /// `PUT /{org}/{app}/users/{username}/push/binding`
@@ -28,16 +31,43 @@ pub async fn bind(
 ) -> Result<Json<Value>, ApiError> {
     let b: Binding = parse_json(&body)?;
     if b.device_token.is_empty() {
-        state.store.unbind_push(&caller.app.id, &username, &b.device_id).await?;
+        // Unbinding a device that is not bound is done already.
+        match state.store.unbind_push(&caller.app.id, &username, &b.device_id).await {
+            Ok(()) | Err(store::Error::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
     } else {
-        let notifier = Notifier::parse(&b.notifier)
-            .ok_or_else(|| ApiError::BadRequest("'notifier' is \"apns\" or \"fcm\"".into()))?;
+        let notifier = notifier(&state, &caller, &b.notifier_name).await?;
         state
             .store
             .bind_push(&caller.app.id, &username, &b.device_id, notifier, &b.device_token)
             .await?;
     }
     devices(State(state), Owner { caller, user: username }).await
+}
+
+/// The provider a binding's `notifier_name` names.
+async fn notifier(state: &AppState, caller: &Caller, name: &str) -> Result<Notifier, ApiError> {
+    if let Some(notifier) = Notifier::parse(name) {
+        return Ok(notifier);
+    }
+    let stored = state.store.push_config(&caller.app.id).await?;
+    let config: push::PushConfig = serde_json::from_value(stored).unwrap_or_default();
+    if !name.is_empty() {
+        if config.apns.as_ref().is_some_and(|a| a.topic == name || a.notifier_name == name) {
+            return Ok(Notifier::Apns);
+        }
+        if config
+            .fcm
+            .as_ref()
+            .is_some_and(|f| f.service_account.project_id == name || f.notifier_name == name)
+        {
+            return Ok(Notifier::Fcm);
+        }
+    }
+    Err(ApiError::BadRequest(format!(
+        "body.notifier_name must be \"apns\", \"fcm\", or a notifier_name, APNs topic or FCM project id set in the app's push config; not {name:?}"
+    )))
 }
 
 /// `GET /{org}/{app}/users/{username}/push/binding`: devices and the last push result of each.

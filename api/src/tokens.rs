@@ -17,6 +17,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::auth::Caller;
+use crate::envelope::AppSlot;
 use crate::error::{parse_json, JsonBody};
 use crate::throttle::{Key, Throttle};
 use crate::{ApiError, AppState};
@@ -29,21 +30,24 @@ enum Grant {
     ClientCredentials {
         client_id: String,
         client_secret: String,
-        #[serde(default)]
+        #[serde(default, deserialize_with = "seconds")]
         ttl: Option<i64>,
     },
     Password {
         username: String,
         password: String,
-        #[serde(default)]
+        #[serde(default, deserialize_with = "seconds")]
         ttl: Option<i64>,
     },
     /// A user token issued on the app's authority (its backend already authenticated the
     /// user): needs `Authorization: Bearer <app token>`, no password.
     Inherit {
         username: String,
-        #[serde(default)]
+        #[serde(default, deserialize_with = "seconds")]
         ttl: Option<i64>,
+        /// Creates the user (without a password) if there is none by that name.
+        #[serde(default, rename = "autoCreateUser")]
+        auto_create_user: bool,
     },
 }
 
@@ -55,6 +59,9 @@ async fn user_token(
     ttl: Option<i64>,
 ) -> Result<Json<Value>, ApiError> {
     let user = state.store.get_user(&app.id, username).await?;
+    if !user.activated {
+        return Err(ApiError::Forbidden(format!("user {username} is deactivated")));
+    }
     let generation = state
         .store
         .user_token_generation(&app.id, username)
@@ -67,15 +74,38 @@ async fn user_token(
     Ok(Json(json!({"access_token": token, "expires_in": ttl, "user": user})))
 }
 
-/// A requested lifetime, capped by the configured one; 0 or absent means the configured one.
-fn lifetime(requested: Option<i64>, max: std::time::Duration) -> Result<i64, ApiError> {
-    let max = max.as_secs() as i64;
+/// The longest lifetime a token is given: what `"ttl": 0` (no expiry) means.
+const FOREVER_SECS: i64 = 100 * 365 * 24 * 3600;
+
+/// A requested lifetime, as the platform reads `ttl`: absent means the configured default,
+/// 0 means no expiry, a positive number that many seconds.
+fn lifetime(requested: Option<i64>, default: std::time::Duration) -> Result<i64, ApiError> {
     match requested {
-        None | Some(0) => Ok(max),
-        Some(ttl) if ttl > 0 => Ok(ttl.min(max)),
+        None => Ok(default.as_secs() as i64),
+        Some(0) => Ok(FOREVER_SECS),
+        Some(ttl) if ttl > 0 => Ok(ttl.min(FOREVER_SECS)),
         Some(_) => Err(ApiError::BadRequest(
-            "'ttl' must be a positive number of seconds".into(),
+            "body.ttl must be a number of seconds, 0 for a token that does not expire".into(),
         )),
+    }
+}
+
+/// `ttl` as a number or, as the platform also accepts, a string of digits (`"3600"`).
+fn seconds<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<i64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Ttl {
+        Number(i64),
+        Text(String),
+    }
+    match Option::<Ttl>::deserialize(de)? {
+        None => Ok(None),
+        Some(Ttl::Number(n)) => Ok(Some(n)),
+        Some(Ttl::Text(t)) => t
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| serde::de::Error::custom(format!("'ttl' must be whole seconds, not {t:?}"))),
     }
 }
 
@@ -121,10 +151,15 @@ pub async fn issue(
     peer: Option<ConnectInfo<SocketAddr>>,
     Path((org, app)): Path<(String, String)>,
     caller: Option<Caller>,
+    slot: Option<Extension<AppSlot>>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
+    let slot = slot.map(|Extension(slot)| slot);
     let grant: Grant = parse_json(&body)?;
     let app = state.store.find_app(&org, &app).await?;
+    if let Some(slot) = &slot {
+        slot.set(&app.id);
+    }
     let address = peer.map(|ConnectInfo(addr)| Key::Address(addr.ip()));
     match grant {
         Grant::ClientCredentials {
@@ -160,7 +195,11 @@ pub async fn issue(
             checked(&state, &throttle, keys, check).await?;
             user_token(&state, &org, &app, &username, ttl).await
         }
-        Grant::Inherit { username, ttl } => {
+        Grant::Inherit {
+            username,
+            ttl,
+            auto_create_user,
+        } => {
             match caller {
                 Some(caller) if caller.role == Role::App => {}
                 _ => {
@@ -169,7 +208,19 @@ pub async fn issue(
                     ))
                 }
             }
-            user_token(&state, &org, &app, &username.trim().to_ascii_lowercase(), ttl).await
+            let username = username.trim().to_ascii_lowercase();
+            if auto_create_user && !state.store.user_exists(&app.id, &username).await? {
+                let user = store::users::NewUser {
+                    username: store::names::username(&username)?,
+                    password: String::new(),
+                    nickname: None,
+                };
+                match state.store.create_users(&app.id, &[user]).await {
+                    Ok(_) | Err(store::Error::Conflict(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            user_token(&state, &org, &app, &username, ttl).await
         }
     }
 }

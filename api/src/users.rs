@@ -1,5 +1,7 @@
-//! `/{org}/{app}/users`: create (one or many), list with a cursor, get, update, delete;
-//! revoke a user's tokens, disconnect a user's devices.
+//! `/{org}/{app}/users`: create (one or many), list with a cursor, get, update, delete (one,
+//! or the oldest N); the account's administration (password, deactivate/activate, revoke
+//! tokens, disconnect) and what a backend asks about a user (online status, one or a
+//! batch; offline message count).
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -18,6 +20,8 @@ use store::users::{NewUser, User, UserUpdate};
 #[serde(deny_unknown_fields)]
 struct NewUserBody {
     username: String,
+    /// Optional, as on the platform: a user without one gets tokens through the app only.
+    #[serde(default)]
     password: String,
     #[serde(default)]
     nickname: Option<String>,
@@ -41,14 +45,14 @@ pub async fn create(
     caller.require_app()?;
     let value: Value = parse_json(&body)?;
     let parsed: OneOrMany = serde_json::from_value(value.clone()).map_err(|_| explain_user_body(&value))?;
-    let bodies = match parsed {
-        OneOrMany::One(one) => vec![one],
-        OneOrMany::Many(many) => many,
+    let (bodies, batch) = match parsed {
+        OneOrMany::One(one) => (vec![one], false),
+        OneOrMany::Many(many) => (many, true),
     };
     if bodies.is_empty() || bodies.len() > MAX_BATCH {
         return Err(ApiError::BadRequest(format!("send 1 to {MAX_BATCH} users")));
     }
-    let users = bodies
+    let mut users = bodies
         .into_iter()
         .map(|b| {
             Ok(NewUser {
@@ -58,15 +62,40 @@ pub async fn create(
             })
         })
         .collect::<Result<Vec<_>, store::Error>>()?;
+    // A batch creates the users it can, as the platform's does: a name taken (or twice in
+    // the request) is reported in `data` and the others are created.
+    let mut failed = Vec::new();
+    if batch {
+        let mut seen = std::collections::HashSet::new();
+        let mut fresh = Vec::with_capacity(users.len());
+        for user in users {
+            if !seen.insert(user.username.clone()) || state.store.user_exists(&caller.app.id, &user.username).await? {
+                failed.push(json!({
+                    "username": user.username,
+                    "registerUserFailReason": format!("the user {} already exists", user.username),
+                }));
+            } else {
+                fresh.push(user);
+            }
+        }
+        users = fresh;
+    }
+    if users.is_empty() {
+        return Ok((
+            StatusCode::OK,
+            Json(json!({"action": "post", "entities": [], "data": failed, "count": 0})),
+        ));
+    }
     // Hashing the passwords takes turns with every other argon2 use in the process; a
     // request that cannot get its turns in time is refused rather than queued forever.
     let wait = state.settings.hash_timeout.saturating_mul(users.len() as u32);
     let created = tokio::time::timeout(wait, state.store.create_users(&caller.app.id, &users))
         .await
         .map_err(|_| ApiError::Unavailable("too many password hashes in progress; retry shortly".into()))??;
+    let entities: Vec<Value> = created.iter().map(|u| user_entity(&state, &caller.app, u)).collect();
     Ok((
-        StatusCode::CREATED,
-        Json(json!({"action": "post", "entities": created, "count": created.len()})),
+        StatusCode::OK,
+        Json(json!({"action": "post", "entities": entities, "data": failed, "count": created.len()})),
     ))
 }
 
@@ -88,8 +117,8 @@ fn explain_user_body(value: &Value) -> ApiError {
                 format!("unknown field '{key}'")
             } else if !obj.get("username").is_some_and(Value::is_string) {
                 "'username' is required and must be a string".into()
-            } else if !obj.get("password").is_some_and(Value::is_string) {
-                "'password' is required and must be a string".into()
+            } else if obj.get("password").is_some_and(|p| !p.is_string()) {
+                "'password' must be a string".into()
             } else {
                 "'nickname' must be a string".into()
             }
@@ -122,9 +151,11 @@ pub async fn list(
         .then(|| users.last().map(|u| u.username.clone()))
         .flatten();
     let entities: Vec<Value> = users.iter().map(|u| user_entity(&state, &caller.app, u)).collect();
-    Ok(Json(
-        json!({"action": "get", "entities": entities, "count": users.len(), "cursor": cursor}),
-    ))
+    let mut answer = json!({"action": "get", "entities": entities, "count": users.len()});
+    if let Some(cursor) = cursor {
+        answer["cursor"] = json!(cursor);
+    }
+    Ok(Json(answer))
 }
 
 pub async fn get(
@@ -137,9 +168,14 @@ pub async fn get(
     ))
 }
 
-/// A user as answered: with their avatar's URL and its thumbnail's, if they have one.
-fn user_entity(state: &AppState, app: &App, user: &User) -> Value {
+/// A user as answered, in the platform's entity shape (`uuid`, `type`, `created`,
+/// `modified`, `username`, `activated`, `nickname`: "" when none), with chatd's `metadata`
+/// and their avatar's URL and its thumbnail's, if they have one.
+pub(crate) fn user_entity(state: &AppState, app: &App, user: &User) -> Value {
     let mut entity = serde_json::to_value(user).unwrap_or_default();
+    if entity.get("nickname").is_none() {
+        entity["nickname"] = json!("");
+    }
     if !user.avatar_file.is_empty() {
         let links = &state.files.links;
         entity["avatar"] = json!(links.url(&app.org, &app.name, &user.avatar_file));
@@ -228,11 +264,178 @@ pub async fn delete(
 ) -> Result<Json<Value>, ApiError> {
     caller.require_app()?;
     let username = username.to_ascii_lowercase();
+    let user = state.store.get_user(&caller.app.id, &username).await?;
     state.store.delete_user(&caller.app.id, &username).await?;
     state.live.disconnect_user(&caller.app.org, &caller.app.name, &username);
     Ok(Json(
-        json!({"action": "delete", "entities": [{"username": username}], "count": 1}),
+        json!({"action": "delete", "entities": [user_entity(&state, &caller.app, &user)], "count": 1}),
     ))
+}
+
+#[derive(Deserialize)]
+pub struct BatchDeleteQuery {
+    limit: Option<i64>,
+}
+
+/// `DELETE /{org}/{app}/users?limit=N` (app token): deletes the N oldest users (1 to 100,
+/// default 1), as the platform's batch delete does.
+pub async fn delete_oldest(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<BatchDeleteQuery>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_app()?;
+    let limit = q.limit.unwrap_or(1);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::BadRequest("query.limit must be from 1 to 100".into()));
+    }
+    let mut deleted = Vec::new();
+    for username in state.store.oldest_users(&caller.app.id, limit).await? {
+        let user = state.store.get_user(&caller.app.id, &username).await?;
+        state.store.delete_user(&caller.app.id, &username).await?;
+        state.live.disconnect_user(&caller.app.org, &caller.app.name, &username);
+        deleted.push(user_entity(&state, &caller.app, &user));
+    }
+    let cursor = deleted.last().and_then(|u| u["username"].as_str()).map(str::to_string);
+    Ok(Json(
+        json!({"action": "delete", "entities": deleted, "count": deleted.len(), "cursor": cursor}),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PasswordBody {
+    newpassword: String,
+    /// chatd accepts, and ignores, the old password a client may send along.
+    #[serde(default, rename = "oldpassword")]
+    _old: Option<String>,
+}
+
+/// `PUT /{org}/{app}/users/{username}/password` (app token, or the user's own): sets a new
+/// password and revokes every token issued so far; their devices are disconnected.
+pub async fn set_password(
+    State(state): State<AppState>,
+    Owner { caller, user: username }: Owner,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    let body: PasswordBody = parse_json(&body)?;
+    let wait = state.settings.hash_timeout;
+    tokio::time::timeout(wait, state.store.set_password(&caller.app.id, &username, &body.newpassword))
+        .await
+        .map_err(|_| ApiError::Unavailable("too many password hashes in progress; retry shortly".into()))??;
+    state.live.disconnect_user(&caller.app.org, &caller.app.name, &username);
+    Ok(Json(json!({"action": "set user password"})))
+}
+
+/// `POST /{org}/{app}/users/{username}/deactivate` (app token): the user's tokens are
+/// revoked, their devices disconnected, and no new token is issued to them (REST or MQTT)
+/// until `…/activate`.
+pub async fn deactivate(
+    State(state): State<AppState>,
+    Owner { caller, user: username }: Owner,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_app()?;
+    state.store.set_activated(&caller.app.id, &username, false).await?;
+    state.live.disconnect_user(&caller.app.org, &caller.app.name, &username);
+    let user = state.store.get_user(&caller.app.id, &username).await?;
+    Ok(Json(
+        json!({"action": "Deactivate user", "entities": [user_entity(&state, &caller.app, &user)]}),
+    ))
+}
+
+/// `POST /{org}/{app}/users/{username}/activate` (app token).
+pub async fn activate(
+    State(state): State<AppState>,
+    Owner { caller, user: username }: Owner,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_app()?;
+    state.store.set_activated(&caller.app.id, &username, true).await?;
+    Ok(Json(json!({"action": "activate user"})))
+}
+
+/// "online" or "offline" (any of the user's devices connected, on any node).
+fn status_of(state: &AppState, app: &App, user: &str) -> &'static str {
+    if state.live.is_online(&app.org, &app.name, user) {
+        "online"
+    } else {
+        "offline"
+    }
+}
+
+/// `GET /{org}/{app}/users/{username}/status` (app token): `{"data": {"<user>": "online"}}`.
+pub async fn status(
+    State(state): State<AppState>,
+    Owner { caller, user: username }: Owner,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_app()?;
+    if !state.store.user_exists(&caller.app.id, &username).await? {
+        return Err(ApiError::NotFound(format!("user {username} not found")));
+    }
+    let status = status_of(&state, &caller.app, &username);
+    Ok(Json(json!({"data": {username: status}, "count": 1})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchStatusBody {
+    usernames: Vec<String>,
+}
+
+/// `POST /{org}/{app}/users/batch/status` (app token): up to 100 users, in the order asked;
+/// a name that is no user is answered "offline", as the platform does.
+pub async fn batch_status(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_app()?;
+    let body: BatchStatusBody = parse_json(&body)?;
+    if body.usernames.is_empty() || body.usernames.len() > 100 {
+        return Err(ApiError::BadRequest("body.usernames must name 1 to 100 users".into()));
+    }
+    let data: Vec<Value> = body
+        .usernames
+        .iter()
+        .map(|u| {
+            let user = u.trim().to_ascii_lowercase();
+            json!({u: status_of(&state, &caller.app, &user)})
+        })
+        .collect();
+    Ok(Json(json!({"data": data})))
+}
+
+/// `GET /{org}/{app}/users/{username}/offline_msg_count` (app token): the messages waiting
+/// for the user. chatd keeps every message rather than a queue of undelivered ones, so
+/// this is what the user has not read yet (the unread total of their conversations).
+pub async fn offline_msg_count(
+    State(state): State<AppState>,
+    Owner { caller, user: username }: Owner,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_app()?;
+    if !state.store.user_exists(&caller.app.id, &username).await? {
+        return Err(ApiError::NotFound(format!("user {username} not found")));
+    }
+    let count = state.store.total_unread(&caller.app.id, &username).await?;
+    Ok(Json(json!({"data": {username: count}, "count": 1})))
+}
+
+/// `GET /{org}/{app}/users/{username}/offline_msg_status/{msg_id}` (app token):
+/// `"delivered"` once one of the user's devices has acknowledged the message (a delivered
+/// or read receipt up to it), else `"undelivered"`.
+pub async fn offline_msg_status(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((_, _, username, msg_id)): Path<(String, String, String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_app()?;
+    let username = username.trim().to_ascii_lowercase();
+    let msg = state.store.message(&caller.app.id, &msg_id).await?;
+    if msg.sender != username && msg.recipient != username && msg.chat == "user" {
+        return Err(ApiError::NotFound(format!("message {msg_id} of {username} not found")));
+    }
+    let delivered = state.store.delivered_up_to(&caller.app.id, &username, &msg.conv).await? >= msg.seq;
+    let status = if delivered { "delivered" } else { "undelivered" };
+    Ok(Json(json!({"data": {msg_id: status}, "count": 1})))
 }
 
 /// `POST /{org}/{app}/users/{username}/revoke_tokens` (app token): every token issued to
@@ -261,7 +464,5 @@ pub async fn disconnect(
         return Err(ApiError::NotFound(format!("user {username} not found")));
     }
     state.live.disconnect_user(&caller.app.org, &caller.app.name, &username);
-    Ok(Json(
-        json!({"action": "get", "data": {"username": username, "result": true}}),
-    ))
+    Ok(Json(json!({"action": "get", "data": {"result": true}})))
 }

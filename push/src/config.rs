@@ -27,6 +27,10 @@ pub struct PushConfig {
 #[serde(deny_unknown_fields)]
 pub struct FcmConfig {
     pub service_account: ServiceAccount,
+    /// The `notifier_name` devices bind with for FCM (on the platform, the name of the
+    /// uploaded credential, often the sender id); `fcm` and the project id always work.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub notifier_name: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -58,6 +62,9 @@ pub struct ApnsConfig {
     pub topic: String,
     #[serde(default)]
     pub sandbox: bool,
+    /// The `notifier_name` devices bind with for APNs; `apns` and the topic always work.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub notifier_name: String,
 }
 
 /// How a push reads. Placeholders: `{from}` (the sender's nickname, or username), `{group}`

@@ -80,6 +80,10 @@ pub struct Channel {
     pub owner: String,
     pub announcement: String,
     pub muted_all: bool,
+    /// The app's own data about the channel (the platform's `custom`), at most 1 KiB.
+    pub custom: String,
+    /// The URL of the group's picture (an http(s) URL the app chose), or empty.
+    pub avatar: String,
     pub member_count: i64,
     pub created: i64,
     pub modified: i64,
@@ -113,6 +117,8 @@ pub struct NewChannel {
     pub max_members: i64,
     pub owner: String,
     pub members: Vec<String>,
+    pub custom: String,
+    pub avatar: String,
 }
 
 /// A change to a group or chatroom; `None` leaves a field as it is.
@@ -126,6 +132,8 @@ pub struct ChannelUpdate {
     pub max_members: Option<i64>,
     pub announcement: Option<String>,
     pub muted_all: Option<bool>,
+    pub custom: Option<String>,
+    pub avatar: Option<String>,
 }
 
 /// Pending requests to join, and invitations (groups).
@@ -154,9 +162,20 @@ pub struct Refusal {
 const NAME_MAX: usize = 128;
 const DESCRIPTION_MAX: usize = 512;
 const ANNOUNCEMENT_MAX: usize = 2048;
+const CUSTOM_MAX: usize = 1024;
+
+/// A group's picture: empty, or an http(s) URL of at most 1 KiB (shown to members, never
+/// fetched by the server).
+fn check_avatar(url: &str) -> Result<()> {
+    check_len("avatar", url, CUSTOM_MAX, false)?;
+    if !(url.is_empty() || url.starts_with("https://") || url.starts_with("http://")) {
+        return Err(Error::invalid("avatar", "must be an http(s) URL"));
+    }
+    Ok(())
+}
 
 const CHANNEL_COLUMNS: &str = "c.id, c.kind, c.name, c.description, c.public, c.members_only, c.allow_invites,
-    c.max_members, c.owner, c.announcement, c.muted_all, c.created_at, c.updated_at,
+    c.max_members, c.owner, c.announcement, c.muted_all, c.custom, c.avatar, c.created_at, c.updated_at,
     (SELECT COUNT(*) FROM channel_members m WHERE m.channel_id = c.id) AS member_count";
 
 fn channel_from_row(row: &AnyRow) -> Result<Channel> {
@@ -177,6 +196,8 @@ fn channel_from_row(row: &AnyRow) -> Result<Channel> {
         owner: row.try_get("owner")?,
         announcement: row.try_get("announcement")?,
         muted_all: row.try_get::<i64, _>("muted_all")? != 0,
+        custom: row.try_get("custom")?,
+        avatar: row.try_get("avatar")?,
         member_count: row.try_get("member_count")?,
         created: row.try_get("created_at")?,
         modified: row.try_get("updated_at")?,
@@ -207,6 +228,8 @@ impl Store {
     pub async fn create_channel(&self, app_id: &str, new: NewChannel, limit: i64) -> Result<Channel> {
         check_len("name", &new.name, NAME_MAX, true)?;
         check_len("description", &new.description, DESCRIPTION_MAX, false)?;
+        check_len("custom", &new.custom, CUSTOM_MAX, false)?;
+        check_avatar(&new.avatar)?;
         if new.max_members < 2 || new.max_members > limit {
             return Err(Error::invalid("maxusers", format!("must be from 2 to {limit}")));
         }
@@ -232,8 +255,8 @@ impl Store {
         let mut tx = self.write_tx().await?;
         sqlx::query(
             "INSERT INTO channels (id, app_id, kind, name, description, public, members_only, allow_invites,
-             max_members, owner, announcement, muted_all, last_seq, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, '', 0, 0, $11, $11)",
+             max_members, owner, announcement, muted_all, last_seq, created_at, updated_at, custom, avatar)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, '', 0, 0, $11, $11, $12, $13)",
         )
         .bind(&id)
         .bind(app_id)
@@ -246,6 +269,8 @@ impl Store {
         .bind(new.max_members)
         .bind(&new.owner)
         .bind(now)
+        .bind(&new.custom)
+        .bind(&new.avatar)
         .execute(&mut *tx)
         .await?;
         for (user, role) in
@@ -322,6 +347,12 @@ impl Store {
         if let Some(announcement) = &update.announcement {
             check_len("announcement", announcement, ANNOUNCEMENT_MAX, false)?;
         }
+        if let Some(custom) = &update.custom {
+            check_len("custom", custom, CUSTOM_MAX, false)?;
+        }
+        if let Some(avatar) = &update.avatar {
+            check_avatar(avatar)?;
+        }
         if let Some(max) = update.max_members {
             if max < current.member_count.max(2) || max > limit {
                 return Err(Error::invalid(
@@ -335,7 +366,8 @@ impl Store {
             "UPDATE channels SET name = COALESCE($1, name), description = COALESCE($2, description),
              public = COALESCE($3, public), members_only = COALESCE($4, members_only),
              allow_invites = COALESCE($5, allow_invites), max_members = COALESCE($6, max_members),
-             announcement = COALESCE($7, announcement), muted_all = COALESCE($8, muted_all), updated_at = $9
+             announcement = COALESCE($7, announcement), muted_all = COALESCE($8, muted_all), updated_at = $9,
+             custom = COALESCE($11, custom), avatar = COALESCE($12, avatar)
              WHERE id = $10",
         )
         .bind(&update.name)
@@ -348,6 +380,8 @@ impl Store {
         .bind(flag(update.muted_all))
         .bind(crate::now_ms())
         .bind(id)
+        .bind(&update.custom)
+        .bind(&update.avatar)
         .execute(&self.pool)
         .await?;
         self.channel(app_id, kind, id).await

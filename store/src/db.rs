@@ -297,7 +297,31 @@ const MIGRATIONS: &[&[&str]] = &[
         "CREATE INDEX messages_destroy_at ON messages (destroy_at) WHERE destroy_at > 0",
         "ALTER TABLE users ADD COLUMN avatar TEXT NOT NULL DEFAULT ''",
     ],
+    // 7: the platform's user entity: a uuid (given to existing users by
+    // `backfill_user_uuids`) and activation; a channel's `custom` data and avatar URL.
+    &[
+        "ALTER TABLE users ADD COLUMN uuid TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE users ADD COLUMN activated BIGINT NOT NULL DEFAULT 1",
+        "ALTER TABLE channels ADD COLUMN custom TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE channels ADD COLUMN avatar TEXT NOT NULL DEFAULT ''",
+    ],
 ];
+
+/// Gives every user created before migration 7 a uuid, in the migration's transaction.
+async fn backfill_user_uuids(tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> Result<()> {
+    let users: Vec<(String, String)> = sqlx::query_as("SELECT app_id, username FROM users WHERE uuid = ''")
+        .fetch_all(&mut **tx)
+        .await?;
+    for (app_id, username) in users {
+        sqlx::query("UPDATE users SET uuid = $1 WHERE app_id = $2 AND username = $3")
+            .bind(uuid::Uuid::new_v4().to_string())
+            .bind(app_id)
+            .bind(username)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
 
 impl Store {
     /// Connects to `url` (`sqlite://path` or `postgres://…`) and runs pending migrations.
@@ -402,6 +426,9 @@ impl Store {
             }
             for statement in *statements {
                 tx.execute(*statement).await?;
+            }
+            if version == 7 {
+                backfill_user_uuids(&mut tx).await?;
             }
             tx.commit().await?;
             tracing::info!(version, "applied migration");

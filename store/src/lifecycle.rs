@@ -39,6 +39,20 @@ pub struct ConversationEntry {
 const EMOJI_MAX_BYTES: usize = 32;
 
 impl Store {
+    /// How far a user's devices have acknowledged a conversation (delivered or read): the
+    /// highest such `seq`, 0 if nothing or not in it.
+    pub async fn delivered_up_to(&self, app_id: &str, user: &str, conv: &str) -> Result<i64> {
+        let seq: Option<i64> = sqlx::query_scalar(
+            "SELECT delivered_seq FROM user_conversations WHERE app_id = $1 AND username = $2 AND conv = $3",
+        )
+        .bind(app_id)
+        .bind(user)
+        .bind(conv)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(seq.unwrap_or(0))
+    }
+
     /// Moves a user's read or delivered position in a conversation forward (never back) and
     /// returns the positions before and after; `NotFound` if the user is not in that
     /// conversation.

@@ -730,6 +730,46 @@ impl Store {
         Ok(msgs)
     }
 
+    /// The app's messages stored in `[from_ms, to_ms)`, oldest first, at most `limit`
+    /// (for the hourly export). One-to-one and group messages are found through their ids,
+    /// which are UUIDv7 (time first, so the primary key orders them by time); chatroom
+    /// messages through each of the app's chatrooms.
+    pub async fn messages_between(&self, app_id: &str, from_ms: i64, to_ms: i64, limit: i64) -> Result<Vec<StoredMessage>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {MSG_COLUMNS} FROM messages m WHERE m.id >= $1 AND m.id < $2 AND m.app_id = $3
+             ORDER BY m.id LIMIT $4"
+        ))
+        .bind(v7_floor(from_ms))
+        .bind(v7_floor(to_ms))
+        .bind(app_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut msgs = rows.iter().map(message_from_row).collect::<Result<Vec<_>>>()?;
+        let rooms: Vec<String> = sqlx::query_scalar("SELECT id FROM channels WHERE app_id = $1 AND kind = 'room'")
+            .bind(app_id)
+            .fetch_all(&self.pool)
+            .await?;
+        for room in rooms {
+            let rows = sqlx::query(
+                "SELECT id, seq, ts, sender, sender_device, cid, msg_type, body, ext FROM room_messages
+                 WHERE room_id = $1 AND ts >= $2 AND ts < $3 ORDER BY seq LIMIT $4",
+            )
+            .bind(&room)
+            .bind(from_ms)
+            .bind(to_ms)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+            for row in &rows {
+                msgs.push(room_message_from_row(&room, row)?);
+            }
+        }
+        msgs.sort_by(|a, b| (a.ts, &a.id).cmp(&(b.ts, &b.id)));
+        msgs.truncate(limit.max(0) as usize);
+        Ok(msgs)
+    }
+
     /// How many messages an app has stored (used by tests and the bench tool's check).
     pub async fn count_messages(&self, app_id: &str) -> Result<i64> {
         Ok(sqlx::query_scalar("SELECT COUNT(*) FROM messages WHERE app_id = $1")
@@ -737,6 +777,12 @@ impl Store {
             .fetch_one(&self.pool)
             .await?)
     }
+}
+
+/// The smallest UUIDv7, as text, of millisecond `ms`: ids compare as text in time order.
+fn v7_floor(ms: i64) -> String {
+    let ms = ms.clamp(0, (1 << 48) - 1) as u64;
+    format!("{:08x}-{:04x}-0000-0000-000000000000", ms >> 16, ms & 0xffff)
 }
 
 fn room_message_from_row(room: &str, row: &AnyRow) -> Result<StoredMessage> {
@@ -1126,4 +1172,16 @@ async fn record_for_push(tx: &mut Transaction<'static, Any>, outcomes: &[Outcome
         .execute(&mut **tx)
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn v7_floor_orders_like_the_ids() {
+        let ms = 1_764_500_000_123_u64;
+        let at = uuid::Timestamp::from_unix(uuid::NoContext, ms / 1000, ((ms % 1000) * 1_000_000) as u32);
+        let id = uuid::Uuid::new_v7(at).to_string();
+        assert!(super::v7_floor(ms as i64) <= id, "{id}");
+        assert!(super::v7_floor(ms as i64 + 1) > id, "{id}");
+    }
 }

@@ -42,6 +42,8 @@ impl Notifier {
 #[derive(Debug, Clone, Serialize)]
 pub struct PushDevice {
     pub device_id: String,
+    /// The provider, as the platform names the field (`apns` or `fcm`).
+    #[serde(rename = "notifier_name")]
     pub notifier: Notifier,
     pub device_token: String,
     pub created: i64,

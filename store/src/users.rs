@@ -3,6 +3,11 @@
 //! generation: a random number given at creation and replaced on revocation, carried in
 //! every user token (`ver`) and compared by the API and the gate, so a token outlives
 //! neither its user nor a revocation.
+//!
+//! A user also has a `uuid` (the platform's entity id, given at creation) and may be
+//! deactivated: a deactivated user gets no token and their old tokens are revoked, so
+//! neither REST nor MQTT lets them in until they are activated again. A user may be created
+//! without a password: such a user gets tokens only through the app (`inherit`).
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -20,7 +25,14 @@ pub const MAX_NICKNAME_CHARS: usize = 100;
 /// A user as the API shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct User {
+    /// The platform's entity id of the user (a UUID, given at creation).
+    pub uuid: String,
+    /// Always `"user"`: the platform's entity type.
+    #[serde(rename = "type")]
+    pub entity_type: &'static str,
     pub username: String,
+    /// False while the user is deactivated.
+    pub activated: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nickname: Option<String>,
     pub metadata: Map<String, Value>,
@@ -35,6 +47,7 @@ pub struct User {
 #[derive(Debug, Clone)]
 pub struct NewUser {
     pub username: String,
+    /// Empty: no password (tokens only through the app).
     pub password: String,
     pub nickname: Option<String>,
 }
@@ -78,7 +91,11 @@ fn validate_metadata(metadata: &Map<String, Value>) -> Result<String> {
 
 fn user_from_row(row: &sqlx::any::AnyRow) -> Result<User> {
     let metadata: String = row.try_get("metadata")?;
+    let activated: i64 = row.try_get("activated")?;
     Ok(User {
+        uuid: row.try_get("uuid")?,
+        entity_type: "user",
+        activated: activated != 0,
         username: row.try_get("username")?,
         nickname: row.try_get("nickname")?,
         metadata: serde_json::from_str(&metadata).unwrap_or_default(),
@@ -88,7 +105,7 @@ fn user_from_row(row: &sqlx::any::AnyRow) -> Result<User> {
     })
 }
 
-const USER_COLUMNS: &str = "username, nickname, metadata, created_at, updated_at, avatar";
+const USER_COLUMNS: &str = "uuid, username, activated, nickname, metadata, created_at, updated_at, avatar";
 
 impl Store {
     /// Creates users, all or none. Usernames must be valid and new; the error names the
@@ -97,8 +114,8 @@ impl Store {
         let mut seen = std::collections::HashSet::new();
         for u in users {
             crate::names::validate_name("username", &u.username)?;
-            if u.password.is_empty() || u.password.len() > 128 {
-                return Err(Error::invalid("password", "must be 1-128 bytes"));
+            if u.password.len() > 128 {
+                return Err(Error::invalid("password", "must be at most 128 bytes"));
             }
             validate_nickname(&u.nickname)?;
             if !seen.insert(&u.username) {
@@ -108,14 +125,18 @@ impl Store {
         // Hash outside the transaction: argon2 is slow on purpose.
         let mut hashes = Vec::with_capacity(users.len());
         for u in users {
-            hashes.push(hash_secret_async(u.password.clone()).await?);
+            hashes.push(match u.password.is_empty() {
+                true => String::new(),
+                false => hash_secret_async(u.password.clone()).await?,
+            });
         }
         let now = crate::now_ms();
+        let uuids: Vec<String> = users.iter().map(|_| uuid::Uuid::new_v4().to_string()).collect();
         let mut tx = self.write_tx().await?;
-        for (u, hash) in users.iter().zip(&hashes) {
+        for ((u, hash), uuid) in users.iter().zip(&hashes).zip(&uuids) {
             let inserted = sqlx::query(
-                "INSERT INTO users (app_id, username, password_hash, nickname, metadata, inbox_seq, created_at, updated_at, token_generation)
-                 VALUES ($1, $2, $3, $4, '{}', 0, $5, $5, $6) ON CONFLICT DO NOTHING",
+                "INSERT INTO users (app_id, username, password_hash, nickname, metadata, inbox_seq, created_at, updated_at, token_generation, uuid)
+                 VALUES ($1, $2, $3, $4, '{}', 0, $5, $5, $6, $7) ON CONFLICT DO NOTHING",
             )
             .bind(app_id)
             .bind(&u.username)
@@ -123,6 +144,7 @@ impl Store {
             .bind(&u.nickname)
             .bind(now)
             .bind(new_token_generation())
+            .bind(uuid)
             .execute(&mut *tx)
             .await?
             .rows_affected();
@@ -133,7 +155,11 @@ impl Store {
         tx.commit().await?;
         Ok(users
             .iter()
-            .map(|u| User {
+            .zip(uuids)
+            .map(|(u, uuid)| User {
+                uuid,
+                entity_type: "user",
+                activated: true,
                 username: u.username.clone(),
                 nickname: u.nickname.clone(),
                 metadata: Map::new(),
@@ -158,6 +184,7 @@ impl Store {
 
     /// The user's token generation (what their valid tokens carry as `ver`), or `None` if
     /// there is no such user. The API and the gate both check user tokens with it.
+    /// (Deactivation replaces it, so no older token passes this check.)
     pub async fn user_token_generation(&self, app_id: &str, username: &str) -> Result<Option<i64>> {
         Ok(
             sqlx::query_scalar("SELECT token_generation FROM users WHERE app_id = $1 AND username = $2")
@@ -166,6 +193,76 @@ impl Store {
                 .fetch_optional(&self.pool)
                 .await?,
         )
+    }
+
+    /// Deactivates (`false`) or activates a user. Deactivating also revokes every token
+    /// issued to them; the caller closes their connections.
+    pub async fn set_activated(&self, app_id: &str, username: &str, activated: bool) -> Result<()> {
+        let changed = sqlx::query(
+            "UPDATE users SET activated = $1, updated_at = $2,
+             token_generation = CASE WHEN $1 = 0 THEN $3 ELSE token_generation END
+             WHERE app_id = $4 AND username = $5",
+        )
+        .bind(i64::from(activated))
+        .bind(crate::now_ms())
+        .bind(new_token_generation())
+        .bind(app_id)
+        .bind(username)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if changed == 0 {
+            return Err(Error::NotFound(format!("user {username}")));
+        }
+        Ok(())
+    }
+
+    /// Replaces a user's password (empty: none) and revokes every token issued to them.
+    pub async fn set_password(&self, app_id: &str, username: &str, password: &str) -> Result<()> {
+        if password.is_empty() || password.len() > 128 {
+            return Err(Error::invalid("newpassword", "must be 1-128 bytes"));
+        }
+        let hash = hash_secret_async(password.to_string()).await?;
+        let changed = sqlx::query(
+            "UPDATE users SET password_hash = $1, token_generation = $2, updated_at = $3
+             WHERE app_id = $4 AND username = $5",
+        )
+        .bind(hash)
+        .bind(new_token_generation())
+        .bind(crate::now_ms())
+        .bind(app_id)
+        .bind(username)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if changed == 0 {
+            return Err(Error::NotFound(format!("user {username}")));
+        }
+        Ok(())
+    }
+
+    /// Bytes of metadata (attributes) stored for the app's users (empty objects count 0).
+    pub async fn metadata_bytes(&self, app_id: &str) -> Result<i64> {
+        let total: Option<i64> = sqlx::query_scalar(
+            "SELECT CAST(SUM(CASE WHEN metadata = '{}' THEN 0 ELSE LENGTH(metadata) END) AS BIGINT)
+             FROM users WHERE app_id = $1",
+        )
+        .bind(app_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(total.unwrap_or(0))
+    }
+
+    /// The first `limit` users by creation (the platform's batch delete takes them in that
+    /// order).
+    pub async fn oldest_users(&self, app_id: &str, limit: i64) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT username FROM users WHERE app_id = $1 ORDER BY created_at, username LIMIT $2",
+        )
+        .bind(app_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// Gives the user a new token generation, so every token issued to them so far stops
@@ -292,13 +389,21 @@ impl Store {
     /// argon2 verification as a known one (against a dummy hash), so the time taken does not
     /// say whether the username exists.
     pub async fn check_password(&self, app_id: &str, username: &str, password: &str) -> Result<()> {
-        let hash: Option<String> =
-            sqlx::query_scalar("SELECT password_hash FROM users WHERE app_id = $1 AND username = $2")
+        let found: Option<(String, i64)> =
+            sqlx::query_as("SELECT password_hash, activated FROM users WHERE app_id = $1 AND username = $2")
                 .bind(app_id)
                 .bind(username)
                 .fetch_optional(&self.pool)
                 .await?;
+        // A user without a password is checked against the dummy hash like an unknown one.
+        let (hash, activated) = match found {
+            Some((hash, activated)) if !hash.is_empty() => (Some(hash), activated != 0),
+            _ => (None, true),
+        };
         if verify_secret_async(password.to_string(), hash).await? {
+            if !activated {
+                return Err(Error::Forbidden(format!("user {username} is deactivated")));
+            }
             Ok(())
         } else {
             Err(Error::BadCredentials)
