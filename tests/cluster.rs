@@ -148,8 +148,8 @@ async fn groups_and_chatrooms_cross_nodes() {
             json!({"name": "hikers", "owner": "m0", "members": ["m1", "m2"]}),
         )
         .await;
-    assert_eq!(status, 201, "{created}");
-    let gid = created["data"]["id"].as_str().unwrap().to_string();
+    assert_eq!(status, 200, "{created}");
+    let gid = created["data"]["groupid"].as_str().unwrap().to_string();
     devs[0].send_to("group", "g1", &gid, "to all nodes").await;
     let ack = devs[0].next_op("ack").await;
     for dev in &mut devs[1..] {
@@ -173,7 +173,7 @@ async fn groups_and_chatrooms_cross_nodes() {
             json!({"name": "lobby", "owner": "m0", "members": ["m1", "m2"]}),
         )
         .await;
-    assert_eq!(status, 201, "{room}");
+    assert_eq!(status, 200, "{room}");
     let rid = room["data"]["id"].as_str().unwrap().to_string();
     let topic = format!("chat/demo/chat/room/{rid}");
     for dev in &mut devs {
@@ -230,7 +230,7 @@ async fn presence_push_decision_and_controls_cross_nodes() {
     presence_reaches(&mut watch, 1).await;
 
     // Push decision on A's bridge: bob is online on B, so no push; offline everywhere, pushed.
-    let binding = json!({"device_id": "bob-phone", "device_token": "tok-bob", "notifier": "fcm"});
+    let binding = json!({"device_id": "bob-phone", "device_token": "tok-bob", "notifier_name": "fcm"});
     assert_eq!(a.put("/users/bob/push/binding", &bob, binding).await.0, 200);
     let last_result = || async {
         let (_, body) = a.get("/users/bob/push/binding", &bob).await;

@@ -211,7 +211,7 @@ async fn files_in_rooms_and_groups(backend: Backend) {
             json!({"name": "lobby", "owner": "alice", "maxusers": 10}),
         )
         .await;
-    assert_eq!(status, 201, "{body}");
+    assert_eq!(status, 200, "{body}");
     let room = body["data"]["id"].as_str().unwrap().to_string();
     assert_eq!(
         t.post(&format!("/chatrooms/{room}/users/bob"), Some(&bob), json!({}))
@@ -226,8 +226,8 @@ async fn files_in_rooms_and_groups(backend: Backend) {
             json!({"groupname": "team", "owner": "alice", "members": ["carol"], "maxusers": 10}),
         )
         .await;
-    assert_eq!(status, 201, "{body}");
-    let group = body["data"]["id"].as_str().unwrap().to_string();
+    assert_eq!(status, 200, "{body}");
+    let group = body["data"]["groupid"].as_str().unwrap().to_string();
 
     let mut alice_dev = t.device("alice", &alice, "alice-phone").await;
     let in_room = t.uploaded(&alice, "room.pdf", b"%PDF-1.7 room".to_vec()).await;

@@ -203,7 +203,7 @@ async fn other_floods_and_row_caps(backend: Backend) {
         &t,
         "mallory",
         300,
-        |i| json!({"op": "push_bind", "cid": format!("p{i}"), "device_token": format!("tok{i}"), "notifier": "fcm", "device_id": format!("d{i}")}),
+        |i| json!({"op": "push_bind", "cid": format!("p{i}"), "device_token": format!("tok{i}"), "notifier_name": "fcm", "device_id": format!("d{i}")}),
     );
     flooder.write(&binds).await;
     let (bound, limited) = answers(&mut flooder, "ok").await;
@@ -228,7 +228,7 @@ async fn other_floods_and_row_caps(backend: Backend) {
             .put(
                 "/users/mallory/push/binding",
                 &mallory,
-                json!({"device_id": format!("r{i}"), "device_token": format!("rt{i}"), "notifier": "fcm"}),
+                json!({"device_id": format!("r{i}"), "device_token": format!("rt{i}"), "notifier_name": "fcm"}),
             )
             .await;
         assert!(status == 200 || status == 201, "{status} {body}");

@@ -39,11 +39,13 @@ async fn group_management_and_roles(backend: Backend) {
             json!({"groupname": "hikers", "desc": "weekend walks", "public": true, "maxusers": 10, "members": ["bob"]}),
         )
         .await;
-    assert_eq!(status, 201, "{body}");
-    let gid = body["data"]["id"].as_str().unwrap().to_string();
+    assert_eq!(status, 200, "{body}");
+    let gid = body["data"]["groupid"].as_str().unwrap().to_string();
+    let (_, shown) = t.get(&format!("/chatgroups/{gid}"), &alice).await;
     assert_eq!(
-        (body["data"]["owner"].as_str(), body["data"]["member_count"].as_i64()),
-        (Some("alice"), Some(2))
+        (shown["data"][0]["owner"].as_str(), shown["data"][0]["affiliations_count"].as_i64()),
+        (Some("alice"), Some(2)),
+        "{shown}"
     );
     let joined = bob_dev.next_event("joined").await;
     assert_eq!(
@@ -54,25 +56,12 @@ async fn group_management_and_roles(backend: Backend) {
 
     // Anyone may join an open public group; members list shows roles.
     assert_eq!(t.post(&g("/users/carol"), Some(&carol), json!({})).await.0, 200);
+    // As the platform lists them: `{"owner": name}` first, then `{"member": name}`.
     let (_, members) = t.get(&g("/users"), &bob).await;
-    let roles: Vec<(String, String)> = members["entities"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            (
-                m["username"].as_str().unwrap().into(),
-                m["role"].as_str().unwrap().into(),
-            )
-        })
-        .collect();
     assert_eq!(
-        roles,
-        [
-            ("alice".into(), "owner".into()),
-            ("bob".into(), "member".into()),
-            ("carol".into(), "member".into())
-        ]
+        members["data"],
+        json!([{"owner": "alice"}, {"member": "bob"}, {"member": "carol"}]),
+        "{members}"
     );
     assert_eq!(t.get("/users/carol/joined_chatgroups", &carol).await.1["count"], 1);
     assert_eq!(t.get(&g("/users"), &dave).await.0, 403, "outsider listed members");
@@ -88,6 +77,7 @@ async fn group_management_and_roles(backend: Backend) {
         200
     );
     assert_eq!(bob_dev.next_event("role").await["role"], "admin");
+    assert_eq!(t.get(&g("/admin"), &carol).await.1["data"], json!(["bob"]));
     assert_eq!(
         t.delete(&g("/users/alice"), &bob).await.0,
         403,
@@ -96,8 +86,9 @@ async fn group_management_and_roles(backend: Backend) {
     assert_eq!(t.delete(&g("/users/carol"), &bob).await.0, 200);
     assert_eq!(
         t.put(&g(""), &bob, json!({"desc": "weekday walks too"})).await.1["data"]["description"],
-        "weekday walks too"
+        true
     );
+    assert_eq!(t.get(&g(""), &bob).await.1["data"][0]["description"], "weekday walks too");
     assert_eq!(t.delete(&g(""), &bob).await.0, 403, "an admin dissolved the group");
 
     // Approval needed: dave asks, an admin approves.
@@ -109,7 +100,7 @@ async fn group_management_and_roles(backend: Backend) {
         "{body}"
     );
     assert_eq!(bob_dev.next_event("join_request").await["applicant"], "dave");
-    assert_eq!(t.get(&g("/join_requests"), &bob).await.1["entities"], json!(["dave"]));
+    assert_eq!(t.get(&g("/join_requests"), &bob).await.1["data"], json!(["dave"]));
     assert_eq!(
         t.post(&g("/join_requests/dave/approve"), Some(&bob), json!({})).await.0,
         200
@@ -137,7 +128,7 @@ async fn group_management_and_roles(backend: Backend) {
     );
     assert_eq!(t.post(&g("/invites/eve/accept"), Some(&dave), json!({})).await.0, 403);
     assert_eq!(t.post(&g("/invites/eve/accept"), Some(&eve), json!({})).await.0, 200);
-    assert_eq!(t.get(&g(""), &eve).await.1["data"]["member_count"], 4);
+    assert_eq!(t.get(&g(""), &eve).await.1["data"][0]["affiliations_count"], 4);
     assert_eq!(t.get(&g(""), &carol).await.0, 403, "outsider saw a private group");
 
     // Group blocklist: banned users are removed and cannot rejoin, even when invited.
@@ -147,7 +138,7 @@ async fn group_management_and_roles(backend: Backend) {
             .0,
         200
     );
-    assert_eq!(t.get(&g("/blocks/users"), &bob).await.1["entities"], json!(["eve"]));
+    assert_eq!(t.get(&g("/blocks/users"), &bob).await.1["data"], json!(["eve"]));
     assert_eq!(
         t.post(&g("/invites"), Some(&bob), json!({"usernames": ["eve"]}))
             .await
@@ -158,9 +149,12 @@ async fn group_management_and_roles(backend: Backend) {
     assert_eq!(t.delete(&g("/blocks/users/eve"), &bob).await.0, 200);
     assert_eq!(t.post(&g("/users/eve"), Some(&alice), json!({})).await.0, 200);
 
-    // Ownership moves to bob; the old owner cannot dissolve, the new one can.
-    assert_eq!(t.put(&g("/owner"), &alice, json!({"newowner": "nobody"})).await.0, 400);
-    assert_eq!(t.put(&g("/owner"), &alice, json!({"newowner": "bob"})).await.0, 200);
+    // Ownership moves to bob (`PUT /chatgroups/{id}` `{"newowner"}`, the owner only); the
+    // old owner cannot dissolve, the new one can.
+    assert_eq!(t.put(&g(""), &alice, json!({"newowner": "nobody"})).await.0, 400);
+    assert_eq!(t.put(&g(""), &bob, json!({"newowner": "bob"})).await.0, 403, "an admin took the group");
+    let (status, body) = t.put(&g(""), &alice, json!({"newowner": "bob"})).await;
+    assert_eq!((status, &body["data"]), (200, &json!({"newowner": true})), "{body}");
     assert_eq!(bob_dev.next_event("role").await["role"], "owner");
     assert_eq!(t.delete(&g(""), &alice).await.0, 403);
     assert_eq!(
@@ -191,7 +185,7 @@ async fn group_messages_over_mqtt(backend: Backend) {
             json!({"name": "team", "owner": "alice", "members": ["bob", "carol"]}),
         )
         .await;
-    let gid = body["data"]["id"].as_str().unwrap().to_string();
+    let gid = body["data"]["groupid"].as_str().unwrap().to_string();
     let g = |path: &str| format!("/chatgroups/{gid}{path}");
     let mut phone = t.device("alice", &alice, "alice-phone").await;
     let mut laptop = t.device("alice", &alice, "alice-laptop").await;
@@ -266,16 +260,18 @@ async fn group_messages_over_mqtt(backend: Backend) {
     );
 
     // Mute everyone: members are silenced, the owner is not.
-    assert_eq!(t.put(&g("/mute_all"), &alice, json!({"muted": true})).await.0, 200);
+    assert_eq!(t.post(&g("/ban"), Some(&carol), json!({})).await.0, 403, "a member muted everyone");
+    let (status, body) = t.post(&g("/ban"), Some(&alice), json!({})).await;
+    assert_eq!((status, &body["data"]), (200, &json!({"mute": true})), "{body}");
     carol_dev.send_to("group", "c1", &gid, "hm").await;
     assert_eq!(carol_dev.next_op("error").await["code"], "muted");
     phone.send_to("group", "g2", &gid, "owner speaking").await;
     assert_eq!(phone.next_op("ack").await["cid"], "g2");
-    assert_eq!(t.put(&g("/mute_all"), &alice, json!({"muted": false})).await.0, 200);
+    assert_eq!(t.delete(&g("/ban"), &alice).await.1["data"], json!({"mute": false}));
 
     // Announcement reaches members as an event.
     assert_eq!(
-        t.put(&g("/announcement"), &alice, json!({"announcement": "trip on Sunday"}))
+        t.post(&g("/announcement"), Some(&alice), json!({"announcement": "trip on Sunday"}))
             .await
             .0,
         200
@@ -284,6 +280,11 @@ async fn group_messages_over_mqtt(backend: Backend) {
         carol_dev.next_event("announcement").await["announcement"],
         "trip on Sunday"
     );
+    assert_eq!(
+        t.get(&g("/announcement"), &carol).await.1["data"]["announcement"],
+        "trip on Sunday"
+    );
+    assert_eq!(t.get(&g("/announcement"), &dave).await.0, 403, "an outsider read it");
 
     // Banned: removed, told, refused, and cannot rejoin.
     assert_eq!(
@@ -331,7 +332,7 @@ async fn bigger_group_fan_out(backend: Backend) {
     let users: Vec<Value> = (0..60)
         .map(|i| json!({"username": format!("m{i}"), "password": "pw"}))
         .collect();
-    assert_eq!(t.post("/users", Some(&t.app_token), Value::Array(users)).await.0, 201);
+    assert_eq!(t.post("/users", Some(&t.app_token), Value::Array(users)).await.0, 200);
     let members: Vec<String> = (1..60).map(|i| format!("m{i}")).collect();
     let (status, body) = t
         .post(
@@ -340,8 +341,8 @@ async fn bigger_group_fan_out(backend: Backend) {
             json!({"name": "big", "owner": "m0", "maxusers": 100, "members": members}),
         )
         .await;
-    assert_eq!(status, 201, "{body}");
-    let gid = body["data"]["id"].as_str().unwrap().to_string();
+    assert_eq!(status, 200, "{body}");
+    let gid = body["data"]["groupid"].as_str().unwrap().to_string();
     let mut online = Vec::new();
     for i in [1, 30, 59] {
         let token = t.user_token(&format!("m{i}")).await;

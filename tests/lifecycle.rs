@@ -82,7 +82,7 @@ async fn receipts_unread_and_conversation_list(backend: Backend) {
             json!({"name": "g", "owner": "alice", "members": ["bob", "carol"]}),
         )
         .await;
-    let gid = created["data"]["id"].as_str().unwrap().to_string();
+    let gid = created["data"]["groupid"].as_str().unwrap().to_string();
     alice_dev.send_to("group", "g1", &gid, "group news").await;
     let ack = alice_dev.next_op("ack").await;
     let id = ack["id"].as_str().unwrap().to_string();
@@ -341,16 +341,17 @@ async fn server_sent_messages_and_search(backend: Backend) {
     // The sender's devices get their copy too.
     assert_eq!(alice_dev.next_op("msg").await["to"], "bob");
 
-    // As the system user; and to a group the sender is not in (the app may).
+    // Without `from`: from the app itself, named `admin` as on the platform; and to a group
+    // the sender is not in (the app may).
     let (status, _) = t
         .post(
             "/messages/users",
             Some(&t.app_token),
-            json!({"system": true, "to": ["bob"], "type": "txt", "body": {"msg": "maintenance tonight"}}),
+            json!({"to": ["bob"], "type": "txt", "body": {"msg": "maintenance tonight"}}),
         )
         .await;
     assert_eq!(status, 200);
-    assert_eq!(bob_dev.next_op("msg").await["from"], "system");
+    assert_eq!(bob_dev.next_op("msg").await["from"], "admin");
     let (_, created) = t
         .post(
             "/chatgroups",
@@ -358,7 +359,7 @@ async fn server_sent_messages_and_search(backend: Backend) {
             json!({"name": "g", "owner": "bob", "members": ["carol"]}),
         )
         .await;
-    let gid = created["data"]["id"].as_str().unwrap().to_string();
+    let gid = created["data"]["groupid"].as_str().unwrap().to_string();
     let (status, body) = t
         .post(
             "/messages/chatgroups",
@@ -375,14 +376,21 @@ async fn server_sent_messages_and_search(backend: Backend) {
 
     // Validation.
     for (bad, code) in [
-        (json!({"to": ["bob"], "type": "txt", "body": {"msg": "x"}}), 400),
+        (
+            json!({"to": ["bob"], "type": "txt", "body": {"msg": "x"}, "routetype": "ROUTE_SOMETIMES"}),
+            400,
+        ),
+        (
+            json!({"to": ["bob"], "type": "loc", "body": {"lat": "north", "lng": "1", "addr": "x"}}),
+            400,
+        ),
         (
             json!({"from": "alice", "to": [], "type": "txt", "body": {"msg": "x"}}),
             400,
         ),
         (json!({"from": "alice", "to": ["bob"], "type": "txt", "body": {}}), 400),
         (
-            json!({"from": "alice", "to": ["bob"], "type": "cmd", "body": {"action": "x"}}),
+            json!({"from": "alice", "to": ["bob"], "type": "cmd", "body": {}}),
             400,
         ),
         (

@@ -277,7 +277,7 @@ async fn operator_manages_apps_from_the_command_line(backend: Backend) {
         "old app token still works"
     );
     let resp = http.post(&token_url).json(&grant(&secret)).send().await.unwrap();
-    assert_eq!(resp.status(), 401, "old secret still works");
+    assert_eq!(resp.status(), 400, "old secret still works");
     post(&http, token_url, None, grant(&new_secret)).await;
 }
 

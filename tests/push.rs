@@ -180,7 +180,7 @@ async fn app_with_fake(backend: Backend, dir: &std::path::Path) -> (TestApp, Fak
 
 /// Binds an FCM token to a user's device; the HTTP status.
 async fn bind_fcm(t: &TestApp, token: &str, user: &str, device: &str, device_token: &str) -> u16 {
-    let binding = json!({"device_id": device, "device_token": device_token, "notifier": "fcm"});
+    let binding = json!({"device_id": device, "device_token": device_token, "notifier_name": "fcm"});
     t.put(&format!("/users/{user}/push/binding"), token, binding).await.0
 }
 
@@ -205,7 +205,7 @@ async fn fcm_end_to_end(backend: Backend) {
             .put(
                 "/users/bob/push/binding",
                 &bob,
-                json!({"device_id": device, "device_token": token, "notifier": "fcm"}),
+                json!({"device_id": device, "device_token": token, "notifier_name": "fcm"}),
             )
             .await;
         assert_eq!(status, 200, "{body}");
@@ -215,7 +215,7 @@ async fn fcm_end_to_end(backend: Backend) {
         t.put(
             "/users/bob/push/binding",
             &bob,
-            json!({"device_id": "x", "device_token": "t", "notifier": "gcm"})
+            json!({"device_id": "x", "device_token": "t", "notifier_name": "gcm"})
         )
         .await
         .0,
@@ -419,7 +419,7 @@ async fn push_decision(backend: Backend) {
             json!({"name": "Hikers", "owner": "alice", "members": ["bob"]}),
         )
         .await;
-    let gid = created["data"]["id"].as_str().unwrap().to_string();
+    let gid = created["data"]["groupid"].as_str().unwrap().to_string();
     alice_dev.send_to("group", "g1", &gid, "group hello").await;
     alice_dev.next_op("ack").await;
     wait_until("group push", || sent() == 3).await;
@@ -620,14 +620,14 @@ async fn mqtt_ops_and_config_validation(backend: Backend) {
 
     let mut bob_dev = t.device("bob", &bob, "bob-iphone").await;
     bob_dev
-        .publish(json!({"op": "push_bind", "cid": "p1", "device_token": "abcd", "notifier": "apns"}))
+        .publish(json!({"op": "push_bind", "cid": "p1", "device_token": "abcd", "notifier_name": "apns"}))
         .await;
     assert_eq!(bob_dev.next_op("ok").await["of"], "push_bind");
     let (_, devices) = t.get("/users/bob/push/binding", &bob).await;
     assert_eq!(
         (
             devices["entities"][0]["device_id"].as_str(),
-            devices["entities"][0]["notifier"].as_str()
+            devices["entities"][0]["notifier_name"].as_str()
         ),
         (Some("bob-iphone"), Some("apns"))
     );
@@ -645,7 +645,7 @@ async fn mqtt_ops_and_config_validation(backend: Backend) {
         json!(["u:alice:bob"])
     );
     bob_dev
-        .publish(json!({"op": "push_bind", "cid": "p4", "device_token": "x", "notifier": "carrier-pigeon"}))
+        .publish(json!({"op": "push_bind", "cid": "p4", "device_token": "x", "notifier_name": "carrier-pigeon"}))
         .await;
     assert_eq!(bob_dev.next_op("error").await["code"], "invalid");
     bob_dev

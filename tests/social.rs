@@ -17,11 +17,11 @@ async fn contacts_blocks_and_profiles(backend: Backend) {
     let (status, body) = t.post("/users/alice/contacts/users/bob", Some(&alice), json!({})).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
-        t.get("/users/alice/contacts/users", &alice).await.1["entities"],
+        t.get("/users/alice/contacts/users", &alice).await.1["data"],
         json!(["bob"])
     );
     assert_eq!(
-        t.get("/users/bob/contacts/users", &bob).await.1["entities"],
+        t.get("/users/bob/contacts/users", &bob).await.1["data"],
         json!(["alice"])
     );
     assert_eq!(
@@ -82,7 +82,7 @@ async fn contacts_blocks_and_profiles(backend: Backend) {
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
-        t.get("/users/alice/blocks/users", &alice).await.1["entities"],
+        t.get("/users/alice/blocks/users", &alice).await.1["data"],
         json!(["carol"])
     );
     let app = t.server.store.find_app("demo", "chat").await.unwrap();
@@ -140,7 +140,36 @@ async fn contacts_blocks_and_profiles(backend: Backend) {
     assert_eq!(status, 200, "{body}");
     let (status, body) = t.get("/metadata/user/alice", &bob).await;
     assert_eq!(status, 200);
-    assert_eq!(body["data"]["metadata"]["sign"], "on holiday");
+    assert_eq!(
+        body["data"],
+        json!({"avatarurl": "https://cdn.example/a.png", "sign": "on holiday"}),
+        "{body}"
+    );
+    // As the platform sends them: a form.
+    let resp = t
+        .http
+        .put(t.url("/metadata/user/alice"))
+        .bearer_auth(&alice)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("nickname=Ally&ext=a%26b")
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = common::into_json(resp).await;
+    assert_eq!((status, &body["data"]), (200, &json!({"nickname": "Ally", "ext": "a&b"})), "{body}");
+    let (_, body) = t.get("/metadata/user/alice", &bob).await;
+    assert_eq!(body["data"]["ext"], "a&b", "{body}");
+    assert_eq!(body["data"]["sign"], "on holiday", "a form replaced what it did not name");
+    let (_, body) = t
+        .post(
+            "/metadata/user/get",
+            Some(&bob),
+            json!({"targets": ["alice", "ghost"], "properties": ["nickname"]}),
+        )
+        .await;
+    assert_eq!(body["data"], json!({"alice": {"nickname": "Ally"}}), "{body}");
+    assert_eq!(t.get("/metadata/user/capacity", &bob).await.0, 403, "a user read the app's usage");
+    assert!(t.get("/metadata/user/capacity", &t.app_token).await.1["data"].as_i64().unwrap() > 0);
     assert_eq!(
         t.put("/metadata/user/alice", &bob, json!({"sign": "hacked"})).await.0,
         403
@@ -159,7 +188,11 @@ async fn contacts_blocks_and_profiles(backend: Backend) {
         400
     );
     let (_, body) = t.put("/metadata/user/alice", &alice, json!({"sign": null})).await;
-    assert!(body["data"]["metadata"].get("sign").is_none(), "{body}");
+    assert_eq!(body["data"], json!({"sign": null}), "{body}");
+    assert!(t.get("/metadata/user/alice", &bob).await.1["data"].get("sign").is_none());
+    assert_eq!(t.delete("/metadata/user/alice", &bob).await.0, 403);
+    assert_eq!(t.delete("/metadata/user/alice", &alice).await.1["data"], true);
+    assert_eq!(t.get("/metadata/user/alice", &bob).await.1["data"], json!({}));
 }
 
 async fn content_rules_rate_limits_and_typing(backend: Backend) {

@@ -55,8 +55,8 @@ async fn one_to_one_runs_keep_every_rule(backend: Backend) {
             json!({"groupname": "g", "owner": "ann", "members": ["ben"], "public": true}),
         )
         .await;
-    assert_eq!(status, 201, "{body}");
-    let group = body["data"]["id"].as_str().unwrap().to_string();
+    assert_eq!(status, 200, "{body}");
+    let group = body["data"]["groupid"].as_str().unwrap().to_string();
     let mut in_group = text(&app_id, "ann", &group, "g1");
     in_group.chat = ChatType::Group;
 

@@ -244,6 +244,7 @@ fn detail(channel: &Channel, members: &[store::channels::Member]) -> Value {
         "custom": channel.custom,
         "avatar": channel.avatar,
         "mute": channel.muted_all,
+        "disabled": false,
         "announcement": channel.announcement,
         "affiliations_count": members.len(),
         "affiliations": affiliations,
@@ -510,7 +511,7 @@ async fn update(
         return transfer(&state, &acting, new_owner).await;
     }
     acting.require(Standing::Admin, "change it")?;
-    // The platform answers which fields it changed, each `true`.
+    // The platform answers each field it may change: `true` for those changed.
     let mut changed = serde_json::Map::new();
     // (A chatroom's new name too is reported as `groupname`, as the platform does.)
     for (key, present) in [
@@ -524,9 +525,7 @@ async fn update(
         ("maxusers", body.maxusers.is_some()),
         ("custom", body.custom.is_some()),
     ] {
-        if present {
-            changed.insert(key.into(), json!(true));
-        }
+        changed.insert(key.into(), json!(present));
     }
     update_channel(
         &state,
@@ -1049,11 +1048,39 @@ async fn ban_users(state: &AppState, acting: &Acting, users: &[String]) -> Resul
         .collect())
 }
 
-async fn bans(State(state): State<AppState>, acting: Acting) -> Result<Json<Value>, ApiError> {
+#[derive(Deserialize)]
+struct CursorQuery {
+    #[serde(rename = "pageSize")]
+    page_size: Option<i64>,
+    cursor: Option<String>,
+}
+
+/// `GET …/{id}/blocks/users[?pageSize=&cursor=]`: the blocklist by name; with `pageSize`
+/// (1 to 1,000) in pages, `cursor` naming where the next one starts while there is one.
+async fn bans(
+    State(state): State<AppState>,
+    acting: Acting,
+    Query(q): Query<CursorQuery>,
+) -> Result<Json<Value>, ApiError> {
     let (kind, id) = (acting.channel.kind, acting.channel.id.clone());
     acting.require(Standing::Admin, "see the blocklist")?;
-    let banned = state.store.bans(&acting.caller.app.id, kind, &id).await?;
-    Ok(Json(json!({"data": banned, "count": banned.len()})))
+    let mut banned = state.store.bans(&acting.caller.app.id, kind, &id).await?;
+    banned.sort();
+    let Some(size) = q.page_size else {
+        return Ok(Json(json!({"data": banned, "count": banned.len()})));
+    };
+    if !(1..=1000).contains(&size) {
+        return Err(ApiError::BadRequest("query.pageSize must be from 1 to 1000".into()));
+    }
+    let after = q.cursor.unwrap_or_default();
+    let rest: Vec<String> = banned.into_iter().filter(|b| after.is_empty() || *b > after).collect();
+    let more = rest.len() as i64 > size;
+    let page: Vec<String> = rest.into_iter().take(size as usize).collect();
+    let mut answer = json!({"data": page, "count": page.len()});
+    if more {
+        answer["cursor"] = json!(page.last());
+    }
+    Ok(Json(answer))
 }
 
 async fn unban(
@@ -1199,5 +1226,5 @@ async fn room_messages(
         .iter()
         .map(|m| m.delivered("", None))
         .collect();
-    Ok(Json(json!({"data": msgs, "count": msgs.len()})))
+    Ok(Json(json!({"entities": msgs, "count": msgs.len()})))
 }

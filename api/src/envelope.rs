@@ -73,11 +73,14 @@ pub async fn wrap(State(state): State<AppState>, mut req: Request, next: Next) -
     }
     if !is_json {
         // An error answered without our body (axum's 405, hyper's 413): give it the shape.
+        // Its headers (Allow, Content-Range, tus's) stay.
         let status = response.status();
         let mut answer = crate::ApiError::from_status(status).into_response();
         *answer.status_mut() = status;
-        if let Some(allow) = response.headers().get(header::ALLOW) {
-            answer.headers_mut().insert(header::ALLOW, allow.clone());
+        for (name, value) in response.headers() {
+            if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+                answer.headers_mut().insert(name.clone(), value.clone());
+            }
         }
         return finish_error(answer, started).await;
     }
@@ -96,6 +99,7 @@ pub async fn wrap(State(state): State<AppState>, mut req: Request, next: Next) -
         .entry("action")
         .or_insert_with(|| json!(method.as_str().to_ascii_lowercase()));
     answer.entry("entities").or_insert_with(|| json!([]));
+    answer.entry("properties").or_insert_with(|| json!({}));
     if let Some(id) = slot.0.get() {
         answer.insert("application".into(), json!(id));
     }

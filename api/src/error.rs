@@ -34,6 +34,10 @@ pub enum ApiError {
     /// 400 `duplicate_unique_property_exists`, as the platform answers a name taken.
     #[error("{0}")]
     Conflict(String),
+    /// 409 `conflict`: the request does not fit the resource's state (a tus upload's offset,
+    /// the open uploads full); retrying after looking at the state may succeed.
+    #[error("{0}")]
+    OutOfStep(String),
     /// 400 `invalid_grant`: a wrong password or client secret at `POST /token`.
     #[error("{0}")]
     InvalidGrant(String),
@@ -85,6 +89,7 @@ impl IntoResponse for ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "service_resource_not_found"),
             ApiError::Conflict(_) => (StatusCode::BAD_REQUEST, "duplicate_unique_property_exists"),
             ApiError::InvalidGrant(_) => (StatusCode::BAD_REQUEST, "invalid_grant"),
+            ApiError::OutOfStep(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "request_entity_too_large"),
@@ -148,6 +153,7 @@ pub fn exception(code: &str) -> &'static str {
         "forbidden_op" => "com.easemob.group.exception.ForbiddenOpException",
         "service_resource_not_found" => "org.apache.usergrid.services.exceptions.ServiceResourceNotFoundException",
         "method_not_allowed" => "javax.ws.rs.NotAllowedException",
+        "conflict" => "javax.ws.rs.ClientErrorException",
         "request_entity_too_large" => "javax.ws.rs.WebApplicationException",
         "unsupported_media_type" => "javax.ws.rs.NotSupportedException",
         "reach_limit" => "com.easemob.ratelimit.RateLimitException",

@@ -178,6 +178,11 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/:org/:app/messages/:id/recall", post(lifecycle::recall))
         .route("/:org/:app/messages/msg_recall", post(lifecycle::recall_by_body))
+        .route("/:org/:app/messages/rewrite/:id", put(lifecycle::rewrite))
+        .route(
+            "/:org/:app/users/:username/user_channel",
+            delete(lifecycle::delete_conversation),
+        )
         .route("/:org/:app/chatmessages/:time", get(export::hour))
         .route("/:org/:app/messages/:id/readers", get(lifecycle::readers))
         .route("/:org/:app/messages/:target", post(lifecycle::send))

@@ -94,7 +94,17 @@ pub async fn recall_by_body(
 ) -> Result<Json<Value>, ApiError> {
     caller.require_app()?;
     let req: RecallBody = parse_json(&body)?;
-    let found = state.store.message(&caller.app.id, &req.msg_id).await?;
+    let found = match state.store.message(&caller.app.id, &req.msg_id).await {
+        Ok(found) if !found.recalled => found,
+        // The platform answers an unknown (or already recalled) message in a list of its
+        // own, with 200.
+        Ok(_) | Err(store::Error::NotFound(_)) => {
+            return Ok(Json(
+                json!({"msgs": [{"msg_id": req.msg_id, "recalled": "not_found msg"}]}),
+            ))
+        }
+        Err(e) => return Err(e.into()),
+    };
     let chat_type = match found.chat.as_str() {
         "group" => "groupchat",
         "room" => "chatroom",
@@ -128,6 +138,106 @@ pub async fn recall_by_body(
         "to": msg.recipient,
         "msg_id": msg.id,
     }})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RewriteBody {
+    /// Who rewrites it, as the platform names it; the app may rewrite any message.
+    #[serde(default, rename = "user")]
+    _user: Option<String>,
+    new_msg: Value,
+    /// A new `ext` for the message: replaces it, or with `is_combine_ext` is merged into it.
+    #[serde(default)]
+    new_ext: Option<serde_json::Map<String, Value>>,
+    #[serde(default)]
+    is_combine_ext: bool,
+}
+
+/// `PUT /{org}/{app}/messages/rewrite/{msg_id}` (app token): replaces the body of a text
+/// or custom message (`{"new_msg": {"type": "txt", "msg": "…"}}`); everyone who has it
+/// gets an `edited` event, as when its sender edits it.
+pub async fn rewrite(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((_, _, id)): UserPath,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_app()?;
+    let req: RewriteBody = parse_json(&body)?;
+    let Value::Object(mut new_body) = req.new_msg else {
+        return Err(ApiError::BadRequest("body.new_msg must be an object".into()));
+    };
+    let kind = new_body
+        .remove("type")
+        .and_then(|t| t.as_str().and_then(MsgType::parse))
+        .filter(|k| matches!(k, MsgType::Txt | MsgType::Custom))
+        .ok_or_else(|| ApiError::BadRequest("body.new_msg.type must be \"txt\" or \"custom\"".into()))?;
+    let new_body = Value::Object(new_body);
+    let current = state.store.message(&caller.app.id, &id).await?;
+    if current.kind != kind.as_str() {
+        return Err(ApiError::BadRequest(format!(
+            "message {id} is a {} message; it can only be rewritten as one",
+            current.kind
+        )));
+    }
+    kind.validate_body(&new_body).map_err(ApiError::BadRequest)?;
+    let mut edited = state
+        .store
+        .edit(&caller.app.id, &id, &current.sender, &new_body.to_string())
+        .await?;
+    if let Some(new_ext) = req.new_ext {
+        let mut ext = match (req.is_combine_ext, current.ext.as_deref().map(serde_json::from_str::<Value>)) {
+            (true, Some(Ok(Value::Object(old)))) => old,
+            _ => serde_json::Map::new(),
+        };
+        ext.extend(new_ext);
+        edited = state.store.set_ext(&caller.app.id, &id, &Value::Object(ext).to_string()).await?;
+    }
+    let ext: Option<Value> = edited.ext.as_deref().and_then(|e| serde_json::from_str(e).ok());
+    let event = json!({"op": "edited", "id": edited.id, "conv": edited.conv, "seq": edited.seq,
+        "body": new_body, "ext": ext, "edited": edited.edited_at, "by": SYSTEM_SENDER});
+    tell_holders(&state, &caller, &edited, &event).await?;
+    Ok(Json(json!({"data": "success"})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteConversationBody {
+    /// The peer (one-to-one) or the group id.
+    channel: String,
+    /// `chat` or `groupchat`.
+    #[serde(rename = "type")]
+    kind: String,
+    /// Also hide the conversation's messages from the user's history.
+    #[serde(default)]
+    delete_roam: bool,
+}
+
+/// `DELETE /{org}/{app}/users/{username}/user_channel` with `{"channel", "type",
+/// "delete_roam"}`: takes a conversation off the user's list (and with `delete_roam`, its
+/// messages out of their history), for that user only.
+pub async fn delete_conversation(
+    State(state): State<AppState>,
+    Owner { caller, user: username }: Owner,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    let req: DeleteConversationBody = parse_json(&body)?;
+    let peer = req.channel.trim().to_ascii_lowercase();
+    let conv = match req.kind.as_str() {
+        "chat" => store::messages::user_conv(&username, &peer),
+        "groupchat" => format!("g:{}", req.channel.trim()),
+        other => {
+            return Err(ApiError::BadRequest(format!(
+                "body.type is \"chat\" or \"groupchat\", not {other:?}"
+            )))
+        }
+    };
+    state
+        .store
+        .delete_conversation(&caller.app.id, &username, &conv, req.delete_roam)
+        .await?;
+    Ok(Json(json!({"data": {"result": "ok"}})))
 }
 
 async fn tell_holders(state: &AppState, caller: &Caller, msg: &StoredMessage, event: &Value) -> Result<(), ApiError> {
@@ -225,6 +335,10 @@ struct ServerMessage {
     /// accepted and ignored: every device of a recipient sees every message it is sent.
     #[serde(default, rename = "roam_ignore_users")]
     _roam_ignore_users: Option<Vec<String>>,
+    /// The platform's per-message request for group read receipts; accepted and ignored:
+    /// chatd keeps them for every group message when the app's `group_read_receipts` is on.
+    #[serde(default, rename = "need_group_ack")]
+    _need_group_ack: Option<bool>,
 }
 
 /// The name messages sent by the app (no `from`) carry, as on the platform.

@@ -92,20 +92,12 @@ fn lifetime(requested: Option<i64>, default: std::time::Duration) -> Result<i64,
 
 /// `ttl` as a number or, as the platform also accepts, a string of digits (`"3600"`).
 fn seconds<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<i64>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Ttl {
-        Number(i64),
-        Text(String),
-    }
-    match Option::<Ttl>::deserialize(de)? {
-        None => Ok(None),
-        Some(Ttl::Number(n)) => Ok(Some(n)),
-        Some(Ttl::Text(t)) => t
-            .trim()
-            .parse()
-            .map(Some)
-            .map_err(|_| serde::de::Error::custom(format!("'ttl' must be whole seconds, not {t:?}"))),
+    let whole = |v: &Value| serde::de::Error::custom(format!("'ttl' must be whole seconds, not {v}"));
+    match Option::<Value>::deserialize(de)? {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n.as_i64().map(Some).ok_or_else(|| whole(&Value::Number(n.clone()))),
+        Some(Value::String(t)) => t.trim().parse().map(Some).map_err(|_| whole(&Value::String(t.clone()))),
+        Some(other) => Err(whole(&other)),
     }
 }
 

@@ -150,7 +150,7 @@ pub async fn create(State(state): State<AppState>, caller: Caller, headers: Head
     if !owner.is_empty()
         && state.store.open_uploads(&caller.app.id, &owner).await? >= state.files.settings.max_open_uploads
     {
-        return Err(ApiError::Conflict(format!(
+        return Err(ApiError::OutOfStep(format!(
             "you have {} unfinished uploads; finish or delete one first",
             state.files.settings.max_open_uploads
         )));
@@ -262,7 +262,7 @@ pub async fn patch(
     let upload = own_upload(&state, &caller, &id).await?;
     let _slot = state.files.caller_slot(&caller)?;
     if offset != upload.received {
-        return Err(ApiError::Conflict(format!(
+        return Err(ApiError::OutOfStep(format!(
             "Upload-Offset is {offset} but the upload stands at {}; resume from there (HEAD tells)",
             upload.received
         )));
@@ -308,7 +308,7 @@ pub async fn patch(
         .await?
     {
         let _ = state.files.store.delete(&object).await;
-        return Err(ApiError::Conflict(
+        return Err(ApiError::OutOfStep(
             "another request moved this upload on meanwhile; HEAD tells where it stands".into(),
         ));
     }

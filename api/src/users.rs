@@ -429,11 +429,17 @@ pub async fn offline_msg_status(
 ) -> Result<Json<Value>, ApiError> {
     caller.require_app()?;
     let username = username.trim().to_ascii_lowercase();
-    let msg = state.store.message(&caller.app.id, &msg_id).await?;
-    if msg.sender != username && msg.recipient != username && msg.chat == "user" {
-        return Err(ApiError::NotFound(format!("message {msg_id} of {username} not found")));
+    if !state.store.user_exists(&caller.app.id, &username).await? {
+        return Err(ApiError::NotFound(format!("user {username} not found")));
     }
-    let delivered = state.store.delivered_up_to(&caller.app.id, &username, &msg.conv).await? >= msg.seq;
+    // A message that is not the user's (or no message at all) was not delivered to them.
+    let delivered = match state.store.message(&caller.app.id, &msg_id).await {
+        Ok(msg) if msg.chat != "user" || msg.sender == username || msg.recipient == username => {
+            state.store.delivered_up_to(&caller.app.id, &username, &msg.conv).await? >= msg.seq
+        }
+        Ok(_) | Err(store::Error::NotFound(_)) => false,
+        Err(e) => return Err(e.into()),
+    };
     let status = if delivered { "delivered" } else { "undelivered" };
     Ok(Json(json!({"data": {msg_id: status}, "count": 1})))
 }

@@ -214,7 +214,7 @@ pub struct ChangeOp {
 /// Push preferences a device sets over MQTT.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PushChange {
-    /// `{"op":"push_bind","device_token","notifier":"apns"|"fcm","device_id"?}` (the device
+    /// `{"op":"push_bind","device_token","notifier_name":"apns"|"fcm","device_id"?}` (the device
     /// id defaults to the MQTT client id).
     Bind {
         device_id: Option<String>,
@@ -435,9 +435,11 @@ pub fn parse_client_op(payload: &[u8]) -> Result<ClientOp, OpError> {
                 "push_bind" => PushChange::Bind {
                     device_id: text("device_id"),
                     token: text("device_token").ok_or_else(|| invalid("'push_bind' needs 'device_token'".into()))?,
-                    notifier: text("notifier")
+                    // `notifier_name`, as on REST; `notifier` is what it was called before.
+                    notifier: text("notifier_name")
+                        .or_else(|| text("notifier"))
                         .and_then(|n| crate::push::Notifier::parse(&n))
-                        .ok_or_else(|| invalid("'notifier' is \"apns\" or \"fcm\"".into()))?,
+                        .ok_or_else(|| invalid("'notifier_name' is \"apns\" or \"fcm\"".into()))?,
                 },
                 "push_unbind" => PushChange::Unbind {
                     device_id: text("device_id"),

@@ -280,6 +280,49 @@ impl Store {
         self.message(app_id, id).await
     }
 
+    /// Takes a conversation off one user's conversation list (it comes back with its next
+    /// message); with `history`, also hides every message of it so far from the user's
+    /// history (delete for me, for the whole conversation). `NotFound` if it is not on the
+    /// list.
+    pub async fn delete_conversation(&self, app_id: &str, user: &str, conv: &str, history: bool) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        let removed = sqlx::query("DELETE FROM user_conversations WHERE app_id = $1 AND username = $2 AND conv = $3")
+            .bind(app_id)
+            .bind(user)
+            .bind(conv)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if removed == 0 {
+            return Err(Error::NotFound(format!("conversation {conv} of {user}")));
+        }
+        if history {
+            sqlx::query(
+                "INSERT INTO hidden_messages (app_id, username, message_id)
+                 SELECT app_id, $1, id FROM messages WHERE app_id = $2 AND conv = $3
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(user)
+            .bind(app_id)
+            .bind(conv)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Replaces a message's `ext` (the app's rewrite).
+    pub async fn set_ext(&self, app_id: &str, id: &str, ext: &str) -> Result<StoredMessage> {
+        sqlx::query("UPDATE messages SET ext = $1 WHERE app_id = $2 AND id = $3")
+            .bind(ext)
+            .bind(app_id)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        self.message(app_id, id).await
+    }
+
     /// Hides a message from one user's history (delete for me).
     pub async fn hide(&self, app_id: &str, user: &str, id: &str) -> Result<()> {
         self.require_holder(app_id, id, user).await?;

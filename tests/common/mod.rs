@@ -253,7 +253,7 @@ impl TestApp {
                 json!({"username": name, "password": "pw"}),
             )
             .await;
-        assert_eq!(status, 201, "{body}");
+        assert_eq!(status, 200, "{body}");
         self.user_token(name).await
     }
 

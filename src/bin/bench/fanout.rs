@@ -52,7 +52,12 @@ pub async fn run(args: &Fanout, channel: Channel, database_url: Option<&str>) ->
             json!({"name": "bench", "owner": "m0", "maxusers": args.members, "members": members}),
         )
         .await?;
-    let id = created["data"]["id"].as_str().context("no channel id")?.to_string();
+    // The platform names a new group `groupid`, a new chatroom `id`.
+    let id = created["data"]["groupid"]
+        .as_str()
+        .or(created["data"]["id"].as_str())
+        .context("no channel id")?
+        .to_string();
     println!(
         "setup: {} users and the {chat} in {:.1} s",
         args.members + 2,

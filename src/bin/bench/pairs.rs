@@ -449,7 +449,7 @@ impl Flooder {
                     "sync" => json!({"op": "sync", "cid": format!("f{sent}"), "after": 0, "limit": 200}),
                     "read" => json!({"op": "read", "conv": "u:flood0:floodpeer0", "seq": 1}),
                     "push_bind" => {
-                        json!({"op": "push_bind", "cid": format!("f{sent}"), "device_token": format!("t{sent}"), "notifier": "fcm", "device_id": format!("d{sent}")})
+                        json!({"op": "push_bind", "cid": format!("f{sent}"), "device_token": format!("t{sent}"), "notifier_name": "fcm", "device_id": format!("d{sent}")})
                     }
                     _ => {
                         json!({"op": "send", "cid": format!("f{sent}"), "chat": "user", "to": "floodpeer0", "type": "txt", "body": {"msg": "flood"}})
