@@ -70,7 +70,11 @@ async fn channel(t: &common::TestApp, kind: &str) -> String {
         .await;
     assert_eq!(status, 200, "{body}");
     // A group's id is `groupid`, a chatroom's `id`.
-    body["data"]["groupid"].as_str().or(body["data"]["id"].as_str()).unwrap().to_string()
+    body["data"]["groupid"]
+        .as_str()
+        .or(body["data"]["id"].as_str())
+        .unwrap()
+        .to_string()
 }
 
 /// Repeats at every position of a batch, mixed senders and chat types, straight through

@@ -24,13 +24,20 @@ async fn tokens_and_tenants(backend: Backend) {
     assert_eq!(status, 400, "{body}");
     let resp = t.http.post(t.url("/token")).body("{oops").send().await.unwrap();
     let (status, body) = common::into_json(resp).await;
-    assert_eq!((status, body["error"].as_str()), (400, Some("illegal_argument")), "{body}");
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("illegal_argument")),
+        "{body}"
+    );
 
     // `ttl` as the platform takes it: a number or a string of digits; 0 for no expiry.
     let grant = |ttl: Value| json!({"grant_type": "client_credentials", "client_id": t.client_id, "client_secret": t.client_secret, "ttl": ttl});
     let (status, body) = t.post("/token", None, grant(json!("3600"))).await;
     assert_eq!((status, body["expires_in"].as_i64()), (200, Some(3600)), "{body}");
-    assert!(body.get("application").is_some() && body.get("action").is_none(), "not bare: {body}");
+    assert!(
+        body.get("application").is_some() && body.get("action").is_none(),
+        "not bare: {body}"
+    );
     let (status, body) = t.post("/token", None, grant(json!(0))).await;
     assert_eq!(status, 200, "{body}");
     assert!(body["expires_in"].as_i64().unwrap() > 50 * 365 * 24 * 3600, "{body}");
@@ -39,7 +46,10 @@ async fn tokens_and_tenants(backend: Backend) {
     for bad in [json!("soon"), json!(-1), json!(1.5)] {
         let (status, body) = t.post("/token", None, grant(bad.clone())).await;
         assert_eq!(status, 400, "{bad}: {body}");
-        assert!(body["error_description"].as_str().unwrap().contains("ttl"), "{bad}: {body}");
+        assert!(
+            body["error_description"].as_str().unwrap().contains("ttl"),
+            "{bad}: {body}"
+        );
     }
 
     // No token, a forged token, a user token where an app token is needed.
@@ -181,13 +191,20 @@ async fn users_crud_and_validation(backend: Backend) {
         .map(|f| f["username"].as_str().unwrap())
         .collect();
     assert_eq!(refused, ["bob", "dave"], "{body}");
-    assert!(body["data"][0]["registerUserFailReason"].as_str().unwrap().contains("bob"));
+    assert!(body["data"][0]["registerUserFailReason"]
+        .as_str()
+        .unwrap()
+        .contains("bob"));
     assert_eq!(t.get("/users/dave", &tok).await.0, 200);
     // Without a password: created, but no password logs in.
     let (status, body) = t.post("/users", Some(&tok), json!({"username": "nopw"})).await;
     assert_eq!(status, 200, "{body}");
     let (status, body) = t
-        .post("/token", None, json!({"grant_type": "password", "username": "nopw", "password": ""}))
+        .post(
+            "/token",
+            None,
+            json!({"grant_type": "password", "username": "nopw", "password": ""}),
+        )
         .await;
     assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")), "{body}");
 

@@ -224,11 +224,7 @@ async fn password_guessing_is_throttled(backend: Backend) {
     }
     // The right password, too soon: refused without being checked.
     let (status, body, retry_after) = login(&t, "alice", "pw").await;
-    assert_eq!(
-        (status, body["error"].as_str()),
-        (429, Some("reach_limit")),
-        "{body}"
-    );
+    assert_eq!((status, body["error"].as_str()), (429, Some("reach_limit")), "{body}");
     assert!(
         body["error_description"].as_str().unwrap().contains("retry in"),
         "{body}"
@@ -293,11 +289,7 @@ async fn client_secret_guessing_is_throttled(backend: Backend) {
         assert_eq!(t.post("/token", None, grant("nope")).await.0, 400);
     }
     let (status, body) = t.post("/token", None, grant(&t.client_secret)).await;
-    assert_eq!(
-        (status, body["error"].as_str()),
-        (429, Some("reach_limit")),
-        "{body}"
-    );
+    assert_eq!((status, body["error"].as_str()), (429, Some("reach_limit")), "{body}");
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(t.post("/token", None, grant(&t.client_secret)).await.0, 200);
 }

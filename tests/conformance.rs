@@ -169,14 +169,25 @@ async fn send(t: &TestApp, case: &Value, vars: &HashMap<String, String>) -> (u16
 /// config names its FCM credential that way.
 async fn set_up(t: &TestApp, file: &str) {
     let (status, body) = t
-        .put("/settings", &t.app_token, serde_json::json!({"allow_external_urls": true}))
+        .put(
+            "/settings",
+            &t.app_token,
+            serde_json::json!({"allow_external_urls": true}),
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     if file == "push" {
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("sa.pem");
         let made = std::process::Command::new("openssl")
-            .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"])
+            .args([
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+                "-out",
+            ])
             .arg(&key)
             .status()
             .expect("openssl is installed");

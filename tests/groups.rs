@@ -43,7 +43,10 @@ async fn group_management_and_roles(backend: Backend) {
     let gid = body["data"]["groupid"].as_str().unwrap().to_string();
     let (_, shown) = t.get(&format!("/chatgroups/{gid}"), &alice).await;
     assert_eq!(
-        (shown["data"][0]["owner"].as_str(), shown["data"][0]["affiliations_count"].as_i64()),
+        (
+            shown["data"][0]["owner"].as_str(),
+            shown["data"][0]["affiliations_count"].as_i64()
+        ),
         (Some("alice"), Some(2)),
         "{shown}"
     );
@@ -88,7 +91,10 @@ async fn group_management_and_roles(backend: Backend) {
         t.put(&g(""), &bob, json!({"desc": "weekday walks too"})).await.1["data"]["description"],
         true
     );
-    assert_eq!(t.get(&g(""), &bob).await.1["data"][0]["description"], "weekday walks too");
+    assert_eq!(
+        t.get(&g(""), &bob).await.1["data"][0]["description"],
+        "weekday walks too"
+    );
     assert_eq!(t.delete(&g(""), &bob).await.0, 403, "an admin dissolved the group");
 
     // Approval needed: dave asks, an admin approves.
@@ -152,7 +158,11 @@ async fn group_management_and_roles(backend: Backend) {
     // Ownership moves to bob (`PUT /chatgroups/{id}` `{"newowner"}`, the owner only); the
     // old owner cannot dissolve, the new one can.
     assert_eq!(t.put(&g(""), &alice, json!({"newowner": "nobody"})).await.0, 400);
-    assert_eq!(t.put(&g(""), &bob, json!({"newowner": "bob"})).await.0, 403, "an admin took the group");
+    assert_eq!(
+        t.put(&g(""), &bob, json!({"newowner": "bob"})).await.0,
+        403,
+        "an admin took the group"
+    );
     let (status, body) = t.put(&g(""), &alice, json!({"newowner": "bob"})).await;
     assert_eq!((status, &body["data"]), (200, &json!({"newowner": true})), "{body}");
     assert_eq!(bob_dev.next_event("role").await["role"], "owner");
@@ -260,7 +270,11 @@ async fn group_messages_over_mqtt(backend: Backend) {
     );
 
     // Mute everyone: members are silenced, the owner is not.
-    assert_eq!(t.post(&g("/ban"), Some(&carol), json!({})).await.0, 403, "a member muted everyone");
+    assert_eq!(
+        t.post(&g("/ban"), Some(&carol), json!({})).await.0,
+        403,
+        "a member muted everyone"
+    );
     let (status, body) = t.post(&g("/ban"), Some(&alice), json!({})).await;
     assert_eq!((status, &body["data"]), (200, &json!({"mute": true})), "{body}");
     carol_dev.send_to("group", "c1", &gid, "hm").await;
@@ -271,9 +285,13 @@ async fn group_messages_over_mqtt(backend: Backend) {
 
     // Announcement reaches members as an event.
     assert_eq!(
-        t.post(&g("/announcement"), Some(&alice), json!({"announcement": "trip on Sunday"}))
-            .await
-            .0,
+        t.post(
+            &g("/announcement"),
+            Some(&alice),
+            json!({"announcement": "trip on Sunday"})
+        )
+        .await
+        .0,
         200
     );
     assert_eq!(

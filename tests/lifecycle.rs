@@ -389,10 +389,7 @@ async fn server_sent_messages_and_search(backend: Backend) {
             400,
         ),
         (json!({"from": "alice", "to": ["bob"], "type": "txt", "body": {}}), 400),
-        (
-            json!({"from": "alice", "to": ["bob"], "type": "cmd", "body": {}}),
-            400,
-        ),
+        (json!({"from": "alice", "to": ["bob"], "type": "cmd", "body": {}}), 400),
         (
             json!({"from": "ghost", "to": ["bob"], "type": "txt", "body": {"msg": "x"}}),
             404,

@@ -156,10 +156,17 @@ async fn contacts_blocks_and_profiles(backend: Backend) {
         .await
         .unwrap();
     let (status, body) = common::into_json(resp).await;
-    assert_eq!((status, &body["data"]), (200, &json!({"nickname": "Ally", "ext": "a&b"})), "{body}");
+    assert_eq!(
+        (status, &body["data"]),
+        (200, &json!({"nickname": "Ally", "ext": "a&b"})),
+        "{body}"
+    );
     let (_, body) = t.get("/metadata/user/alice", &bob).await;
     assert_eq!(body["data"]["ext"], "a&b", "{body}");
-    assert_eq!(body["data"]["sign"], "on holiday", "a form replaced what it did not name");
+    assert_eq!(
+        body["data"]["sign"], "on holiday",
+        "a form replaced what it did not name"
+    );
     let (_, body) = t
         .post(
             "/metadata/user/get",
@@ -168,8 +175,17 @@ async fn contacts_blocks_and_profiles(backend: Backend) {
         )
         .await;
     assert_eq!(body["data"], json!({"alice": {"nickname": "Ally"}}), "{body}");
-    assert_eq!(t.get("/metadata/user/capacity", &bob).await.0, 403, "a user read the app's usage");
-    assert!(t.get("/metadata/user/capacity", &t.app_token).await.1["data"].as_i64().unwrap() > 0);
+    assert_eq!(
+        t.get("/metadata/user/capacity", &bob).await.0,
+        403,
+        "a user read the app's usage"
+    );
+    assert!(
+        t.get("/metadata/user/capacity", &t.app_token).await.1["data"]
+            .as_i64()
+            .unwrap()
+            > 0
+    );
     assert_eq!(
         t.put("/metadata/user/alice", &bob, json!({"sign": "hacked"})).await.0,
         403
@@ -189,7 +205,9 @@ async fn contacts_blocks_and_profiles(backend: Backend) {
     );
     let (_, body) = t.put("/metadata/user/alice", &alice, json!({"sign": null})).await;
     assert_eq!(body["data"], json!({"sign": null}), "{body}");
-    assert!(t.get("/metadata/user/alice", &bob).await.1["data"].get("sign").is_none());
+    assert!(t.get("/metadata/user/alice", &bob).await.1["data"]
+        .get("sign")
+        .is_none());
     assert_eq!(t.delete("/metadata/user/alice", &bob).await.0, 403);
     assert_eq!(t.delete("/metadata/user/alice", &alice).await.1["data"], true);
     assert_eq!(t.get("/metadata/user/alice", &bob).await.1["data"], json!({}));

@@ -604,9 +604,14 @@ async fn members(
         (num, size) => {
             let (num, size) = (num.unwrap_or(1), size.unwrap_or(1000));
             if num < 1 || !(1..=1000).contains(&size) {
-                return Err(ApiError::BadRequest("need pagenum >= 1 and pagesize from 1 to 1000".into()));
+                return Err(ApiError::BadRequest(
+                    "need pagenum >= 1 and pagesize from 1 to 1000".into(),
+                ));
             }
-            all.into_iter().skip(((num - 1) * size) as usize).take(size as usize).collect()
+            all.into_iter()
+                .skip(((num - 1) * size) as usize)
+                .take(size as usize)
+                .collect()
         }
     };
     Ok(Json(json!({"data": page, "count": page.len()})))
@@ -1096,7 +1101,11 @@ async fn unban(
         state.store.unban(&acting.caller.app.id, kind, &id, user).await?;
         data.push(json!({"result": true, "action": "remove_blocks", "user": user, block_key(kind): id}));
     }
-    let data = if data.len() == 1 { data.remove(0) } else { Value::Array(data) };
+    let data = if data.len() == 1 {
+        data.remove(0)
+    } else {
+        Value::Array(data)
+    };
     Ok(Json(json!({"data": data})))
 }
 

@@ -245,7 +245,11 @@ impl<S: Send + Sync> FromRequest<S> for FormOrJson {
             .headers()
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.trim().to_ascii_lowercase().starts_with("application/x-www-form-urlencoded"));
+            .is_some_and(|v| {
+                v.trim()
+                    .to_ascii_lowercase()
+                    .starts_with("application/x-www-form-urlencoded")
+            });
         if !form {
             let JsonBody(body) = JsonBody::from_request(req, state).await?;
             return parse_json(&body).map(FormOrJson);

@@ -2,6 +2,8 @@
 //! `time` is an hour in UTC, `YYYYMMDDHH`; the answer is the URL of a gzip file of the
 //! app's messages stored in that hour, one JSON object per line in the platform's export
 //! format (`msg_id`, `timestamp`, `from`, `to`, `chat_type`, `payload.bodies`, `payload.ext`).
+//! The hour under way gives what has been stored of it so far; an hour with no messages
+//! gives an empty list; recalled and self-destructed messages are exported without a body.
 //!
 //! The file is kept in the file store as a chatfile of the app, readable with the
 //! `share-secret` in its URL, and removed by the sweeper after `files.orphan_after_secs`
@@ -31,12 +33,11 @@ pub async fn hour(
 ) -> Result<Json<Value>, ApiError> {
     caller.require_app()?;
     let from = hour_start_ms(&time).ok_or_else(|| {
-        ApiError::BadRequest(format!(
-            "the hour is YYYYMMDDHH in UTC (e.g. 2026113014), not {time:?}"
-        ))
+        ApiError::BadRequest(format!("the hour is YYYYMMDDHH in UTC (e.g. 2026113014), not {time:?}"))
     })?;
-    if from + HOUR_MS > store::now_ms() {
-        return Err(ApiError::BadRequest(format!("the hour {time} is not over yet")));
+    // The hour under way may be exported: what has been stored of it so far.
+    if from > store::now_ms() {
+        return Err(ApiError::BadRequest(format!("the hour {time} has not begun")));
     }
     let app = &caller.app;
     let mut msgs = state
@@ -163,7 +164,14 @@ mod tests {
         // 2026-11-30T14:00:00Z
         assert_eq!(hour_start_ms("2026113014"), Some(1_796_047_200_000));
         assert_eq!(hour_start_ms("2024022900"), Some(1_709_164_800_000));
-        for bad in ["2023022900", "2026113024", "2026130100", "202611301", "20261130aa", "1969123123"] {
+        for bad in [
+            "2023022900",
+            "2026113024",
+            "2026130100",
+            "202611301",
+            "20261130aa",
+            "1969123123",
+        ] {
             assert_eq!(hour_start_ms(bad), None, "{bad}");
         }
     }

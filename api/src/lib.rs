@@ -121,7 +121,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/:org/:app/users/batch/status", post(users::batch_status))
         .route("/:org/:app/users/:username/status", get(users::status))
-        .route("/:org/:app/users/:username/offline_msg_count", get(users::offline_msg_count))
+        .route(
+            "/:org/:app/users/:username/offline_msg_count",
+            get(users::offline_msg_count),
+        )
         .route(
             "/:org/:app/users/:username/offline_msg_status/:msg_id",
             get(users::offline_msg_status),

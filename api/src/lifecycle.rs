@@ -111,7 +111,10 @@ pub async fn recall_by_body(
         _ => "chat",
     };
     let mismatch = |field: &str, given: &str| {
-        ApiError::BadRequest(format!("body.{field} is {given:?}, but message {} is not in that conversation", req.msg_id))
+        ApiError::BadRequest(format!(
+            "body.{field} is {given:?}, but message {} is not in that conversation",
+            req.msg_id
+        ))
     };
     if let Some(given) = req.chat_type.as_deref().filter(|c| !c.is_empty()) {
         if given != chat_type {
@@ -187,12 +190,18 @@ pub async fn rewrite(
         .edit(&caller.app.id, &id, &current.sender, &new_body.to_string())
         .await?;
     if let Some(new_ext) = req.new_ext {
-        let mut ext = match (req.is_combine_ext, current.ext.as_deref().map(serde_json::from_str::<Value>)) {
+        let mut ext = match (
+            req.is_combine_ext,
+            current.ext.as_deref().map(serde_json::from_str::<Value>),
+        ) {
             (true, Some(Ok(Value::Object(old)))) => old,
             _ => serde_json::Map::new(),
         };
         ext.extend(new_ext);
-        edited = state.store.set_ext(&caller.app.id, &id, &Value::Object(ext).to_string()).await?;
+        edited = state
+            .store
+            .set_ext(&caller.app.id, &id, &Value::Object(ext).to_string())
+            .await?;
     }
     let ext: Option<Value> = edited.ext.as_deref().and_then(|e| serde_json::from_str(e).ok());
     let event = json!({"op": "edited", "id": edited.id, "conv": edited.conv, "seq": edited.seq,
@@ -473,7 +482,10 @@ pub async fn send(
 /// keeps numbers. A string that is not a number is left for the body check to refuse.
 fn numbers_from_strings(body: &mut Value, keys: &[&str]) {
     for key in keys {
-        let parsed = body.get(*key).and_then(Value::as_str).and_then(|s| s.trim().parse::<f64>().ok());
+        let parsed = body
+            .get(*key)
+            .and_then(Value::as_str)
+            .and_then(|s| s.trim().parse::<f64>().ok());
         if let Some(n) = parsed.and_then(serde_json::Number::from_f64) {
             body[*key] = Value::Number(n);
         }

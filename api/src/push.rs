@@ -54,7 +54,11 @@ async fn notifier(state: &AppState, caller: &Caller, name: &str) -> Result<Notif
     let stored = state.store.push_config(&caller.app.id).await?;
     let config: push::PushConfig = serde_json::from_value(stored).unwrap_or_default();
     if !name.is_empty() {
-        if config.apns.as_ref().is_some_and(|a| a.topic == name || a.notifier_name == name) {
+        if config
+            .apns
+            .as_ref()
+            .is_some_and(|a| a.topic == name || a.notifier_name == name)
+        {
             return Ok(Notifier::Apns);
         }
         if config

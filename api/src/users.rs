@@ -320,9 +320,12 @@ pub async fn set_password(
 ) -> Result<Json<Value>, ApiError> {
     let body: PasswordBody = parse_json(&body)?;
     let wait = state.settings.hash_timeout;
-    tokio::time::timeout(wait, state.store.set_password(&caller.app.id, &username, &body.newpassword))
-        .await
-        .map_err(|_| ApiError::Unavailable("too many password hashes in progress; retry shortly".into()))??;
+    tokio::time::timeout(
+        wait,
+        state.store.set_password(&caller.app.id, &username, &body.newpassword),
+    )
+    .await
+    .map_err(|_| ApiError::Unavailable("too many password hashes in progress; retry shortly".into()))??;
     state.live.disconnect_user(&caller.app.org, &caller.app.name, &username);
     Ok(Json(json!({"action": "set user password"})))
 }
@@ -435,7 +438,11 @@ pub async fn offline_msg_status(
     // A message that is not the user's (or no message at all) was not delivered to them.
     let delivered = match state.store.message(&caller.app.id, &msg_id).await {
         Ok(msg) if msg.chat != "user" || msg.sender == username || msg.recipient == username => {
-            state.store.delivered_up_to(&caller.app.id, &username, &msg.conv).await? >= msg.seq
+            state
+                .store
+                .delivered_up_to(&caller.app.id, &username, &msg.conv)
+                .await?
+                >= msg.seq
         }
         Ok(_) | Err(store::Error::NotFound(_)) => false,
         Err(e) => return Err(e.into()),

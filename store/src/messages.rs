@@ -734,7 +734,13 @@ impl Store {
     /// (for the hourly export). One-to-one and group messages are found through their ids,
     /// which are UUIDv7 (time first, so the primary key orders them by time); chatroom
     /// messages through each of the app's chatrooms.
-    pub async fn messages_between(&self, app_id: &str, from_ms: i64, to_ms: i64, limit: i64) -> Result<Vec<StoredMessage>> {
+    pub async fn messages_between(
+        &self,
+        app_id: &str,
+        from_ms: i64,
+        to_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<StoredMessage>> {
         let rows = sqlx::query(&format!(
             "SELECT {MSG_COLUMNS} FROM messages m WHERE m.id >= $1 AND m.id < $2 AND m.app_id = $3
              ORDER BY m.id LIMIT $4"

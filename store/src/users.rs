@@ -256,13 +256,13 @@ impl Store {
     /// The first `limit` users by creation (the platform's batch delete takes them in that
     /// order).
     pub async fn oldest_users(&self, app_id: &str, limit: i64) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar(
-            "SELECT username FROM users WHERE app_id = $1 ORDER BY created_at, username LIMIT $2",
+        Ok(
+            sqlx::query_scalar("SELECT username FROM users WHERE app_id = $1 ORDER BY created_at, username LIMIT $2")
+                .bind(app_id)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?,
         )
-        .bind(app_id)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?)
     }
 
     /// Gives the user a new token generation, so every token issued to them so far stops

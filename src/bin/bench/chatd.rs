@@ -221,7 +221,11 @@ impl Chatd {
                 .iter()
                 .map(|batch| self.post("/users", Value::Array(batch.clone())));
             for result in futures_util::future::join_all(requests).await {
-                result?;
+                // A batch creates what it can and names the rest in `data`.
+                let answer = result?;
+                if answer["data"].as_array().is_some_and(|refused| !refused.is_empty()) {
+                    bail!("users not created: {}", answer["data"]);
+                }
             }
         }
         Ok(())
