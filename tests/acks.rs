@@ -36,6 +36,7 @@ fn message(app_id: &str, chat: ChatType, from: &str, to: &str, cid: &str) -> New
         as_app: false,
         files: Vec::new(),
         destroy: None,
+        sent_at: None,
     }
 }
 

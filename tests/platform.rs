@@ -67,7 +67,7 @@ async fn account_administration(backend: Backend) {
         async move { t.get(&format!("/users/{user}/offline_msg_status/{id}"), &app).await.1["data"][&id].clone() }
     };
     assert_eq!(state("bob", id.to_string()).await, "undelivered");
-    let mut bob_dev = t.device("bob", &bob, "bob-phone").await;
+    let bob_dev = t.device("bob", &bob, "bob-phone").await;
     bob_dev
         .publish(json!({"op": "delivered", "conv": first["conv"], "seq": first["seq"]}))
         .await;

@@ -29,6 +29,7 @@ fn text(app_id: &str, from: &str, to: &str, cid: &str) -> NewMessage {
         as_app: false,
         files: Vec::new(),
         destroy: None,
+        sent_at: None,
     }
 }
 

@@ -52,7 +52,14 @@ pub fn routes(kind: ChannelKind) -> Router<AppState> {
         .route(
             &format!("{base}/:id/blocks/users/:username"),
             post(ban_one).delete(unban),
-        );
+        )
+        .route(&format!("{base}/:id/white/users"), post(allow).get(allowlist))
+        .route(
+            &format!("{base}/:id/white/users/:username"),
+            post(allow_one).delete(disallow),
+        )
+        .route(&format!("{base}/:id/disable"), post(disable))
+        .route(&format!("{base}/:id/enable"), post(enable));
     router = match kind {
         ChannelKind::Group => router
             .route(&format!("{base}/:id/join_requests"), get(join_requests))
@@ -325,6 +332,13 @@ async fn create(
     JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let body: CreateBody = parse_json(&body)?;
+    if let (ChannelKind::Room, Some(user)) = (kind, &caller.user) {
+        if !state.store.may_create_rooms(&caller.app.id, user).await? {
+            return Err(ApiError::Forbidden(
+                "only the app's chatroom super admins may create chatrooms".into(),
+            ));
+        }
+    }
     let settings = state.store.app_settings(&caller.app.id).await?;
     let limit = match kind {
         ChannelKind::Group => settings.max_group_members,
@@ -1107,6 +1121,109 @@ async fn unban(
         Value::Array(data)
     };
     Ok(Json(json!({"data": data})))
+}
+
+/// `POST …/{id}/disable` and `…/enable` (app token): a disabled channel takes no messages
+/// and no new members until enabled again.
+async fn disable(State(state): State<AppState>, acting: Acting) -> Result<Json<Value>, ApiError> {
+    set_disabled(&state, &acting, true).await
+}
+
+async fn enable(State(state): State<AppState>, acting: Acting) -> Result<Json<Value>, ApiError> {
+    set_disabled(&state, &acting, false).await
+}
+
+async fn set_disabled(state: &AppState, acting: &Acting, disabled: bool) -> Result<Json<Value>, ApiError> {
+    acting.caller.require_app()?;
+    update_channel(
+        state,
+        acting,
+        ChannelUpdate {
+            disabled: Some(disabled),
+            ..ChannelUpdate::default()
+        },
+    )
+    .await?;
+    Ok(Json(json!({"data": {"disabled": disabled}})))
+}
+
+/// `GET …/{id}/white/users`: the allow list, members who may speak while everyone is muted.
+async fn allowlist(State(state): State<AppState>, acting: Acting) -> Result<Json<Value>, ApiError> {
+    let (kind, id) = (acting.channel.kind, acting.channel.id.clone());
+    acting.require(Standing::Admin, "see the allow list")?;
+    let allowed: Vec<String> = state
+        .store
+        .members(&acting.caller.app.id, kind, &id)
+        .await?
+        .into_iter()
+        .filter(|m| m.allowlisted)
+        .map(|m| m.username)
+        .collect();
+    Ok(Json(json!({"data": allowed, "count": allowed.len()})))
+}
+
+/// `POST …/{id}/white/users` `{"usernames": [...]}`: members onto the allow list; each
+/// answered, `false` with a reason for one who is not a member.
+async fn allow(
+    State(state): State<AppState>,
+    acting: Acting,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    let body: UsersBody = parse_json(&body)?;
+    let users = usernames(&body.usernames)?;
+    let data = set_allowlisted(&state, &acting, &users, true).await?;
+    Ok(Json(json!({"data": data})))
+}
+
+/// `POST …/{id}/white/users/{username}`: one member onto the allow list.
+async fn allow_one(
+    State(state): State<AppState>,
+    acting: Acting,
+    Target(username): Target,
+) -> Result<Json<Value>, ApiError> {
+    let mut data = set_allowlisted(&state, &acting, &[username], true).await?;
+    Ok(Json(json!({"data": data.remove(0)})))
+}
+
+/// `DELETE …/{id}/white/users/{u1},{u2}`: off the allow list.
+async fn disallow(
+    State(state): State<AppState>,
+    acting: Acting,
+    Target(names): Target,
+) -> Result<Json<Value>, ApiError> {
+    let users = listed(&names)?;
+    let data = set_allowlisted(&state, &acting, &users, false).await?;
+    Ok(Json(json!({"data": data})))
+}
+
+async fn set_allowlisted(
+    state: &AppState,
+    acting: &Acting,
+    users: &[String],
+    on: bool,
+) -> Result<Vec<Value>, ApiError> {
+    let (kind, id) = (acting.channel.kind, acting.channel.id.clone());
+    acting.require(Standing::Admin, "change the allow list")?;
+    let done = state
+        .store
+        .set_allowlisted(&acting.caller.app.id, kind, &id, users, on)
+        .await?;
+    let action = if on {
+        "add_user_whitelist"
+    } else {
+        "remove_user_whitelist"
+    };
+    Ok(users
+        .iter()
+        .zip(done)
+        .map(|(user, member)| {
+            let mut item = json!({"result": member, "action": action, "user": user, block_key(kind): id});
+            if !member {
+                item["reason"] = json!(format!("{user} is not a member"));
+            }
+            item
+        })
+        .collect())
 }
 
 async fn join_requests(State(state): State<AppState>, acting: Acting) -> Result<Json<Value>, ApiError> {

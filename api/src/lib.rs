@@ -15,6 +15,7 @@ mod export;
 pub mod files;
 mod lifecycle;
 mod messages;
+mod moderation;
 mod push;
 mod server;
 mod social;
@@ -181,6 +182,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/:org/:app/messages/:id/recall", post(lifecycle::recall))
         .route("/:org/:app/messages/msg_recall", post(lifecycle::recall_by_body))
+        .route("/:org/:app/messages/chatrooms/broadcast", post(lifecycle::broadcast))
+        .route("/:org/:app/messages/:target/import", post(lifecycle::import))
         .route("/:org/:app/messages/rewrite/:id", put(lifecycle::rewrite))
         .route(
             "/:org/:app/users/:username/user_channel",
@@ -203,6 +206,16 @@ pub fn router(state: AppState) -> Router {
             get(push::get_mute).put(push::put_mute),
         )
         .route("/:org/:app/push/config", get(push::get_config).put(push::put_config))
+        .route("/:org/:app/mutes", post(moderation::mute).get(moderation::all_muted))
+        .route("/:org/:app/mutes/:username", get(moderation::muted))
+        .route(
+            "/:org/:app/chatrooms/super_admin",
+            post(moderation::add_room_creator).get(moderation::room_creators),
+        )
+        .route(
+            "/:org/:app/chatrooms/super_admin/:username",
+            delete(moderation::remove_room_creator),
+        )
         .route("/:org/:app/push/stats", get(push::stats))
         .merge(file_routes())
         .merge(channels::routes(store::channels::ChannelKind::Group))

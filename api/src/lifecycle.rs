@@ -451,6 +451,7 @@ pub async fn send(
             as_app: true,
             files: files.clone(),
             destroy: req.destroy,
+            sent_at: None,
         })
         .collect();
     let outcomes = state.store.store_batch(&batch).await?;
@@ -476,6 +477,213 @@ pub async fn send(
         }
     }
     Ok(Json(json!({"data": result})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BroadcastBody {
+    /// The message: `{"type": "txt", "msg": "…"}`, its body's fields beside its type.
+    msg: Value,
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    ext: Option<Value>,
+    /// The platform's delivery priority (`high`, `normal`, `low`); chatd delivers every
+    /// chatroom message alike, so it is accepted and has no effect.
+    #[serde(default, rename = "chatroom_msg_level")]
+    _level: Option<String>,
+}
+
+/// `POST /{org}/{app}/messages/chatrooms/broadcast` (app token): one message to every
+/// chatroom of the app, kept in each room's history as if sent there by the app (a `cmd`
+/// is relayed and not kept); answers a broadcast id (a number, as on the platform).
+pub async fn broadcast(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_app()?;
+    let req: BroadcastBody = parse_json(&body)?;
+    let (kind, body) = typed_body(req.msg, "body.msg")?;
+    let from = match req.from.as_deref().map(str::trim) {
+        None | Some("") | Some(SYSTEM_SENDER) => SYSTEM_SENDER.to_string(),
+        Some(from) => {
+            let from = from.to_ascii_lowercase();
+            state.store.require_users(&caller.app.id, &[&from]).await?;
+            from
+        }
+    };
+    let settings = state.store.app_settings(&caller.app.id).await?;
+    let broadcast_id = (uuid::Uuid::now_v7().as_u128() >> 66) as i64;
+    let app = &caller.app;
+    let mut cursor: Option<String> = None;
+    loop {
+        let rooms = state
+            .store
+            .list_channels(&app.id, store::channels::ChannelKind::Room, 500, cursor.as_deref())
+            .await?;
+        let batch: Vec<NewMessage> = rooms
+            .iter()
+            .map(|room| NewMessage {
+                app_id: app.id.clone(),
+                chat: ChatType::Room,
+                sender: from.clone(),
+                sender_device: "rest-api".into(),
+                to: room.id.clone(),
+                cid: format!("broadcast-{broadcast_id}"),
+                kind,
+                body: body.to_string(),
+                ext: req.ext.as_ref().map(Value::to_string),
+                require_contacts: false,
+                room_history: settings.room_history,
+                as_app: true,
+                files: Vec::new(),
+                destroy: None,
+                sent_at: None,
+            })
+            .collect();
+        if kind == MsgType::Cmd {
+            // Commands are relayed, never kept (as from devices).
+            for room in &rooms {
+                relay_command(
+                    &state,
+                    &caller,
+                    ChatType::Room,
+                    &from,
+                    std::slice::from_ref(&room.id),
+                    &body,
+                    req.ext.as_ref(),
+                )
+                .await?;
+            }
+        } else {
+            for outcome in state.store.store_batch(&batch).await? {
+                if let Outcome::Stored { msg, .. } = outcome {
+                    let payload = serde_json::to_vec(&msg.delivered("", None)).unwrap_or_default();
+                    state.live.deliver_room(&app.org, &app.name, &msg.recipient, payload);
+                }
+            }
+        }
+        if rooms.len() < 500 {
+            break;
+        }
+        cursor = rooms.last().map(|r| r.id.clone());
+    }
+    Ok(Json(json!({"data": {"id": broadcast_id}})))
+}
+
+/// A message given as the platform's `{"type": …, <body fields>}`: its type and body,
+/// checked (string coordinates of a location become numbers).
+fn typed_body(msg: Value, field: &str) -> Result<(MsgType, Value), ApiError> {
+    let Value::Object(mut fields) = msg else {
+        return Err(ApiError::BadRequest(format!("{field} must be an object with a 'type'")));
+    };
+    let kind = fields
+        .remove("type")
+        .and_then(|t| t.as_str().and_then(MsgType::parse))
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "{field}.type must be a message type (txt, img, loc, custom, …)"
+            ))
+        })?;
+    let mut body = Value::Object(fields);
+    if kind == MsgType::Loc {
+        numbers_from_strings(&mut body, &["lat", "lng"]);
+    }
+    kind.validate_body(&body)
+        .map_err(|why| ApiError::BadRequest(format!("{field}: {why}")))?;
+    Ok((kind, body))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImportBody {
+    target: String,
+    from: String,
+    #[serde(rename = "type")]
+    kind: MsgType,
+    body: Value,
+    #[serde(default)]
+    ext: Option<Value>,
+    /// When it was sent (ms); the message keeps this time.
+    msg_timestamp: i64,
+    /// Whether the recipient had read it; chatd keeps read positions per conversation, not
+    /// per imported message, so it is accepted and has no effect.
+    #[serde(default, rename = "is_ack_read")]
+    _is_ack_read: Option<bool>,
+    /// Whether the recipient should see it as new; accepted, no effect (see above).
+    #[serde(default, rename = "need_download")]
+    _need_download: Option<bool>,
+}
+
+/// `POST /{org}/{app}/messages/users/import` and `/messages/chatgroups/import` (app token):
+/// keeps a message sent elsewhere (moving history from another service), with its own time,
+/// in the conversation's history and the participants' inboxes; nobody is notified live
+/// and nothing is pushed. Answers its id.
+pub async fn import(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((_, _, target)): UserPath,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_app()?;
+    let chat = match target.as_str() {
+        "users" => ChatType::User,
+        "chatgroups" => ChatType::Group,
+        _ => {
+            return Err(ApiError::NotFound(
+                "import to /messages/users/import or /messages/chatgroups/import".into(),
+            ))
+        }
+    };
+    let req: ImportBody = parse_json(&body)?;
+    let mut body = req.body;
+    if req.kind == MsgType::Loc {
+        numbers_from_strings(&mut body, &["lat", "lng"]);
+    }
+    if req.kind == MsgType::Cmd {
+        return Err(ApiError::BadRequest(
+            "body.type: cmd messages are not kept, so not imported".into(),
+        ));
+    }
+    req.kind.validate_body(&body).map_err(ApiError::BadRequest)?;
+    let now = store::now_ms();
+    if req.msg_timestamp <= 0 || req.msg_timestamp > now {
+        return Err(ApiError::BadRequest(
+            "body.msg_timestamp must be a past time in ms".into(),
+        ));
+    }
+    let from = req.from.trim().to_ascii_lowercase();
+    state.store.require_users(&caller.app.id, &[&from]).await?;
+    let settings = state.store.app_settings(&caller.app.id).await?;
+    let target = match chat {
+        ChatType::User => req.target.trim().to_ascii_lowercase(),
+        _ => req.target.trim().to_string(),
+    };
+    let message = NewMessage {
+        app_id: caller.app.id.clone(),
+        chat,
+        sender: from,
+        sender_device: "import".into(),
+        to: target,
+        cid: format!("import-{}", store::tokens::random_secret(16)),
+        kind: req.kind,
+        body: body.to_string(),
+        ext: req.ext.as_ref().map(Value::to_string),
+        require_contacts: false,
+        room_history: settings.room_history,
+        as_app: true,
+        files: Vec::new(),
+        destroy: None,
+        sent_at: Some(req.msg_timestamp),
+    };
+    match state.store.store_batch(std::slice::from_ref(&message)).await?.remove(0) {
+        Outcome::Stored { msg, .. } | Outcome::Duplicate { msg, .. } => Ok(Json(json!({"data": {"msg_id": msg.id}}))),
+        Outcome::Refused { code, message } => Err(match code {
+            "unknown_recipient" | "not_found" => ApiError::NotFound(message),
+            _ => ApiError::BadRequest(message),
+        }),
+    }
 }
 
 /// The platform's clients send a location's `lat` and `lng` as strings (`"39.9"`); chatd

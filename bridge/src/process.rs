@@ -184,6 +184,7 @@ impl Bridge {
             as_app: false,
             files,
             destroy: op.destroy,
+            sent_at: None,
         };
         Ok(Admitted::Store(Box::new((
             PendingSend {

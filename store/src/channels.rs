@@ -84,6 +84,8 @@ pub struct Channel {
     pub custom: String,
     /// The URL of the group's picture (an http(s) URL the app chose), or empty.
     pub avatar: String,
+    /// Disabled by the app: nobody sends or joins until it is enabled again.
+    pub disabled: bool,
     pub member_count: i64,
     pub created: i64,
     pub modified: i64,
@@ -97,6 +99,8 @@ pub struct Member {
     /// Muted until this time (ms); 0 when not muted, `i64::MAX` for ever.
     pub muted_until: i64,
     pub joined: i64,
+    /// On the allow list: may speak while everyone is muted.
+    pub allowlisted: bool,
 }
 
 impl Member {
@@ -134,6 +138,7 @@ pub struct ChannelUpdate {
     pub muted_all: Option<bool>,
     pub custom: Option<String>,
     pub avatar: Option<String>,
+    pub disabled: Option<bool>,
 }
 
 /// Pending requests to join, and invitations (groups).
@@ -175,7 +180,7 @@ fn check_avatar(url: &str) -> Result<()> {
 }
 
 const CHANNEL_COLUMNS: &str = "c.id, c.kind, c.name, c.description, c.public, c.members_only, c.allow_invites,
-    c.max_members, c.owner, c.announcement, c.muted_all, c.custom, c.avatar, c.created_at, c.updated_at,
+    c.max_members, c.owner, c.announcement, c.muted_all, c.custom, c.avatar, c.disabled, c.created_at, c.updated_at,
     (SELECT COUNT(*) FROM channel_members m WHERE m.channel_id = c.id) AS member_count";
 
 fn channel_from_row(row: &AnyRow) -> Result<Channel> {
@@ -198,6 +203,7 @@ fn channel_from_row(row: &AnyRow) -> Result<Channel> {
         muted_all: row.try_get::<i64, _>("muted_all")? != 0,
         custom: row.try_get("custom")?,
         avatar: row.try_get("avatar")?,
+        disabled: row.try_get::<i64, _>("disabled")? != 0,
         member_count: row.try_get("member_count")?,
         created: row.try_get("created_at")?,
         modified: row.try_get("updated_at")?,
@@ -210,6 +216,7 @@ fn member_from_row(row: &AnyRow) -> Result<Member> {
         role: Role::parse(&row.try_get::<String, _>("role")?),
         muted_until: row.try_get("muted_until")?,
         joined: row.try_get("joined_at")?,
+        allowlisted: row.try_get::<i64, _>("allowlisted")? != 0,
     })
 }
 
@@ -367,7 +374,8 @@ impl Store {
              public = COALESCE($3, public), members_only = COALESCE($4, members_only),
              allow_invites = COALESCE($5, allow_invites), max_members = COALESCE($6, max_members),
              announcement = COALESCE($7, announcement), muted_all = COALESCE($8, muted_all), updated_at = $9,
-             custom = COALESCE($11, custom), avatar = COALESCE($12, avatar)
+             custom = COALESCE($11, custom), avatar = COALESCE($12, avatar),
+             disabled = COALESCE($13, disabled)
              WHERE id = $10",
         )
         .bind(&update.name)
@@ -382,6 +390,7 @@ impl Store {
         .bind(id)
         .bind(&update.custom)
         .bind(&update.avatar)
+        .bind(flag(update.disabled))
         .execute(&self.pool)
         .await?;
         self.channel(app_id, kind, id).await
@@ -422,7 +431,7 @@ impl Store {
     pub async fn members(&self, app_id: &str, kind: ChannelKind, id: &str) -> Result<Vec<Member>> {
         self.channel(app_id, kind, id).await?;
         let rows = sqlx::query(
-            "SELECT username, role, muted_until, joined_at FROM channel_members WHERE channel_id = $1
+            "SELECT username, role, muted_until, joined_at, allowlisted FROM channel_members WHERE channel_id = $1
              ORDER BY CASE role WHEN 'owner' THEN 0 WHEN 'admin' THEN 1 ELSE 2 END, username",
         )
         .bind(id)
@@ -434,7 +443,7 @@ impl Store {
     /// One member of a channel of this app, if they are one.
     pub async fn member(&self, app_id: &str, id: &str, user: &str) -> Result<Option<Member>> {
         let row = sqlx::query(
-            "SELECT username, role, muted_until, joined_at FROM channel_members WHERE channel_id = $1 AND app_id = $2 AND username = $3",
+            "SELECT username, role, muted_until, joined_at, allowlisted FROM channel_members WHERE channel_id = $1 AND app_id = $2 AND username = $3",
         )
         .bind(id)
         .bind(app_id)
@@ -453,6 +462,9 @@ impl Store {
         users: &[String],
     ) -> Result<Vec<String>> {
         let channel = self.channel(app_id, kind, id).await?;
+        if channel.disabled {
+            return Err(Error::Forbidden(format!("this {} is disabled", kind.noun())));
+        }
         let refs: Vec<&str> = users.iter().map(String::as_str).collect();
         self.require_users(app_id, &refs).await?;
         let mut tx = self.write_tx().await?;
@@ -715,6 +727,12 @@ impl Store {
             }
             Err(e) => return Err(e),
         };
+        if channel.disabled {
+            return Ok(Err(Refusal {
+                code: "disabled",
+                message: format!("this {} is disabled", kind.noun()),
+            }));
+        }
         if self.is_banned(id, user).await? {
             return Ok(Err(Refusal {
                 code: "banned",
@@ -733,7 +751,7 @@ impl Store {
                 message: format!("you are muted in this {}", kind.noun()),
             }));
         }
-        if channel.muted_all && member.role == Role::Member {
+        if channel.muted_all && member.role == Role::Member && !member.allowlisted {
             return Ok(Err(Refusal {
                 code: "muted",
                 message: format!("everyone but admins is muted in this {}", kind.noun()),

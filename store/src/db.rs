@@ -297,13 +297,25 @@ const MIGRATIONS: &[&[&str]] = &[
         "CREATE INDEX messages_destroy_at ON messages (destroy_at) WHERE destroy_at > 0",
         "ALTER TABLE users ADD COLUMN avatar TEXT NOT NULL DEFAULT ''",
     ],
-    // 7: the platform's user entity: a uuid (given to existing users by
-    // `backfill_user_uuids`) and activation; a channel's `custom` data and avatar URL.
+    // 7: what the platform's API needs: a user's uuid (given to existing users by
+    // `backfill_user_uuids`), activation and global mutes; a channel's `custom` data, avatar
+    // URL and disabled flag; allow-listed members; who may create chatrooms.
     &[
         "ALTER TABLE users ADD COLUMN uuid TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE users ADD COLUMN activated BIGINT NOT NULL DEFAULT 1",
         "ALTER TABLE channels ADD COLUMN custom TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE channels ADD COLUMN avatar TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE channels ADD COLUMN disabled BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE channel_members ADD COLUMN allowlisted BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE users ADD COLUMN mute_chat_until BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE users ADD COLUMN mute_groupchat_until BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE users ADD COLUMN mute_chatroom_until BIGINT NOT NULL DEFAULT 0",
+        "CREATE TABLE room_creators (
+        app_id TEXT NOT NULL,
+        username TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        PRIMARY KEY (app_id, username)
+    )",
     ],
 ];
 

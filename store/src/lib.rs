@@ -16,6 +16,7 @@ pub mod files;
 pub mod lifecycle;
 pub mod live;
 pub mod messages;
+pub mod moderation;
 pub mod names;
 pub mod push;
 pub mod tenants;

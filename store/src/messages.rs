@@ -17,7 +17,7 @@ use sqlx::{Any, Row, Transaction};
 use crate::channels::ChannelKind;
 use crate::db::Backend;
 use crate::envelope::{ChatType, Delivered, Destroy, DestroyFrom, MsgType};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::Store;
 
 /// A message a bridge has validated and wants stored.
@@ -45,6 +45,8 @@ pub struct NewMessage {
     pub files: Vec<String>,
     /// A self-destructing message's timer.
     pub destroy: Option<Destroy>,
+    /// When it was sent, for a message imported from elsewhere (ms); `None`: now.
+    pub sent_at: Option<i64>,
 }
 
 /// A message as stored.
@@ -234,7 +236,7 @@ impl Store {
             .into_iter()
             .map(|o| o.ok_or_else(|| crate::Error::Internal("a message of the batch has no outcome".into())))
             .collect::<Result<Vec<Outcome>>>()?;
-        record_for_push(&mut tx, &outcomes).await?;
+        record_for_push(&mut tx, batch, &outcomes).await?;
         settle_files_and_timers(&mut tx, batch, &outcomes).await?;
         tx.commit().await?;
         Ok(outcomes)
@@ -315,6 +317,8 @@ impl Store {
             .collect();
         let mut existing: HashSet<String> = HashSet::new();
         let mut blocked: HashSet<(String, String)> = HashSet::new();
+        // Senders muted app-wide for one-to-one messages (`moderation`), until when.
+        let mut muted: HashMap<String, i64> = HashMap::new();
         if !fresh.is_empty() {
             let mut names: Vec<&str> = fresh.iter().flat_map(|m| [m.to.as_str(), m.sender.as_str()]).collect();
             names.sort_unstable();
@@ -323,18 +327,21 @@ impl Store {
             // user; a sender's own blocks come along and are not needed).
             let names_rows = JsonRows::new(backend, &[("name", Text)]);
             let sql = format!(
-                "{names_rows} SELECT u.username, b.blocked FROM users u
+                "{names_rows} SELECT u.username, b.blocked, u.mute_chat_until FROM users u
                  LEFT JOIN blocks b ON b.app_id = u.app_id AND b.owner = u.username AND {}
                  WHERE u.app_id = $1 AND {}",
                 names_rows.has("b.owner", "name"),
                 names_rows.has("u.username", "name")
             );
-            let query = sqlx::query_as::<_, (String, Option<String>)>(&sql)
+            let query = sqlx::query_as::<_, (String, Option<String>, i64)>(&sql)
                 .bind(app_id)
                 .bind(json_rows(names.iter().map(|name| serde_json::json!({"name": name}))));
-            for (user, blocks) in query.fetch_all(&mut **tx).await? {
+            for (user, blocks, muted_until) in query.fetch_all(&mut **tx).await? {
                 if let Some(blocks) = blocks {
                     blocked.insert((user.clone(), blocks));
+                }
+                if muted_until > 0 {
+                    muted.insert(user.clone(), muted_until);
                 }
                 existing.insert(user);
             }
@@ -355,8 +362,11 @@ impl Store {
                 }));
                 continue;
             }
+            let now = crate::now_ms();
             let refusal = if !existing.contains(&m.to) {
                 Some(("unknown_recipient", format!("no user '{}' in this app", m.to)))
+            } else if !m.as_app && muted.get(&m.sender).is_some_and(|until| *until > now) {
+                Some(("muted", "you are muted in this app for one-to-one messages".to_string()))
             } else if !m.as_app && blocked.contains(&(m.to.clone(), m.sender.clone())) {
                 Some(("blocked", format!("{} does not accept your messages", m.to)))
             } else if !m.as_app
@@ -380,7 +390,7 @@ impl Store {
                     id: uuid::Uuid::now_v7().to_string(),
                     conv: user_conv(&m.sender, &m.to),
                     seq: 0,
-                    ts: crate::now_ms(),
+                    ts: m.sent_at.unwrap_or_else(crate::now_ms),
                     chat: ChatType::User.as_str().into(),
                     sender: m.sender.clone(),
                     sender_device: m.sender_device.clone(),
@@ -647,6 +657,21 @@ impl Store {
         if let Some(duplicate) = find_duplicate(tx, m).await? {
             return Ok(duplicate);
         }
+        if !m.as_app {
+            let chat = if kind == ChannelKind::Room { "room" } else { "group" };
+            let mute = match self.global_mute(&m.app_id, &m.sender).await {
+                Ok(mute) => mute,
+                // A sender deleted meanwhile: the membership check refuses them below.
+                Err(Error::NotFound(_)) => Default::default(),
+                Err(e) => return Err(e),
+            };
+            if mute.mutes(chat, crate::now_ms()) {
+                return Ok(Outcome::Refused {
+                    code: "muted",
+                    message: format!("you are muted in this app for {} messages", kind.noun()),
+                });
+            }
+        }
         match self.check_sender(&m.app_id, kind, &m.to, &m.sender).await? {
             Err(refusal) if !(m.as_app && refusal.code != "not_found") => {
                 return Ok(Outcome::Refused {
@@ -657,7 +682,10 @@ impl Store {
             _ => {}
         }
         let conv = format!("{}:{}", &kind.as_str()[..1], m.to);
-        let (id, ts) = (uuid::Uuid::now_v7().to_string(), crate::now_ms());
+        let (id, ts) = (
+            uuid::Uuid::now_v7().to_string(),
+            m.sent_at.unwrap_or_else(crate::now_ms),
+        );
         let seq: i64 = match kind {
             ChannelKind::Room => {
                 sqlx::query_scalar("UPDATE channels SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq")
@@ -1158,12 +1186,14 @@ fn json_rows(rows: impl IntoIterator<Item = Value>) -> String {
 
 /// Notes the batch's newly stored one-to-one and group messages for the push planner, in the
 /// batch's own transaction: if the process dies right after the commit, the planner still
-/// finds them (a transactional outbox). One row per batch.
-async fn record_for_push(tx: &mut Transaction<'static, Any>, outcomes: &[Outcome]) -> Result<()> {
-    let stored: Vec<&StoredMessage> = outcomes
+/// finds them (a transactional outbox). One row per batch. Imported messages (sent
+/// elsewhere, long ago) are not pushed.
+async fn record_for_push(tx: &mut Transaction<'static, Any>, batch: &[NewMessage], outcomes: &[Outcome]) -> Result<()> {
+    let stored: Vec<&StoredMessage> = batch
         .iter()
-        .filter_map(|o| match o {
-            Outcome::Stored { msg, .. } if msg.chat != "room" => Some(msg),
+        .zip(outcomes)
+        .filter_map(|(m, o)| match o {
+            Outcome::Stored { msg, .. } if msg.chat != "room" && m.sent_at.is_none() => Some(msg),
             _ => None,
         })
         .collect();
