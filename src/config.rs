@@ -225,6 +225,9 @@ pub struct ApiConfig {
     pub listen: String,
     pub app_token_ttl_secs: u64,
     pub user_token_ttl_secs: u64,
+    /// The longest lifetime a token may be asked for (`ttl`); 0: no limit (the platform's
+    /// `"ttl": 0`, a token that does not expire, is allowed).
+    pub max_token_ttl_secs: u64,
     pub max_connections: usize,
     pub header_timeout_ms: u64,
     pub request_timeout_ms: u64,
@@ -297,6 +300,7 @@ connect = { per_sec = 2, burst = 20 }
 listen = "127.0.0.1:18080"
 app_token_ttl_secs = 86400
 user_token_ttl_secs = 604800
+max_token_ttl_secs = 0
 max_connections = 1024
 header_timeout_ms = 10000
 request_timeout_ms = 30000

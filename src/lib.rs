@@ -211,6 +211,8 @@ pub async fn start(mut config: Config) -> anyhow::Result<Server> {
         settings: api::ApiSettings {
             app_token_ttl: Duration::from_secs(config.api.app_token_ttl_secs),
             user_token_ttl: Duration::from_secs(config.api.user_token_ttl_secs),
+            max_token_ttl: (config.api.max_token_ttl_secs > 0)
+                .then(|| Duration::from_secs(config.api.max_token_ttl_secs)),
             max_connections: config.api.max_connections,
             header_timeout: Duration::from_millis(config.api.header_timeout_ms),
             request_timeout: Duration::from_millis(config.api.request_timeout_ms),

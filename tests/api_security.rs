@@ -47,6 +47,31 @@ async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (String, 
 
 // --- A: the HTTP server's limits -----------------------------------------------------
 
+/// A deployment may cap token lifetimes: `"ttl": 0` (no expiry on the platform) and any
+/// longer `ttl` then get the cap, by password, secret or `inherit`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_lifetimes_are_capped_when_configured() {
+    let t = app_with(Backend::Sqlite, |c| c.api.max_token_ttl_secs = 600).await;
+    t.user("alice").await;
+    let secret = |ttl: serde_json::Value| json!({"grant_type": "client_credentials", "client_id": t.client_id, "client_secret": t.client_secret, "ttl": ttl});
+    for (ttl, expected) in [(json!(0), 600), (json!("86400"), 600), (json!(60), 60)] {
+        let (status, body) = t.post("/token", None, secret(ttl.clone())).await;
+        assert_eq!(
+            (status, body["expires_in"].as_i64()),
+            (200, Some(expected)),
+            "{ttl}: {body}"
+        );
+    }
+    let password = json!({"grant_type": "password", "username": "alice", "password": "pw", "ttl": 0});
+    assert_eq!(t.post("/token", None, password).await.1["expires_in"], 600);
+    let inherit = json!({"grant_type": "inherit", "username": "alice"});
+    assert_eq!(
+        t.post("/token", Some(&t.app_token), inherit).await.1["expires_in"],
+        600,
+        "the 7-day default was not capped"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_sent_header_is_cut_at_the_header_timeout() {
     let t = app_with(Backend::Sqlite, |c| c.api.header_timeout_ms = 400).await;

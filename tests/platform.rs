@@ -350,6 +350,15 @@ async fn messages_from_the_backend(backend: Backend) {
             .json(body)
             .send()
     };
+    let (_, list) = t.get("/users/bob/conversations", &bob).await;
+    assert!(
+        list["entities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["with"] == "alice"),
+        "{list}"
+    );
     let (status, _) = common::into_json(req(&alice, &delete).await.unwrap()).await;
     assert_eq!(status, 403, "alice deleted bob's conversation");
     let (status, body) = common::into_json(req(&bob, &delete).await.unwrap()).await;
@@ -360,7 +369,7 @@ async fn messages_from_the_backend(backend: Backend) {
             .as_array()
             .unwrap()
             .iter()
-            .all(|c| c["peer"] != "alice"),
+            .all(|c| c["with"] != "alice"),
         "{list}"
     );
     let (_, history) = t.get("/users/bob/conversations/user/alice/messages", &bob).await;
@@ -525,4 +534,216 @@ async fn groups_and_errors(backend: Backend) {
     );
 }
 
-on_both_backends!(account_administration, messages_from_the_backend, groups_and_errors);
+/// The app's moderation: global mutes bind devices, a disabled group takes nothing, the
+/// allow list speaks while everyone is muted, only named users create chatrooms; broadcast
+/// and import.
+async fn moderation(backend: Backend) {
+    let t = spawn_app(backend).await;
+    let [alice, bob, carol] = [t.user("alice").await, t.user("bob").await, t.user("carol").await];
+    let app = t.app_token.clone();
+    let mut alice_dev = t.device("alice", &alice, "a").await;
+    let mut bob_dev = t.device("bob", &bob, "b").await;
+    let mut carol_dev = t.device("carol", &carol, "c").await;
+    let (_, group) = t
+        .post(
+            "/chatgroups",
+            Some(&alice),
+            json!({"groupname": "g", "members": ["bob", "carol"]}),
+        )
+        .await;
+    let gid = group["data"]["groupid"].as_str().unwrap().to_string();
+    let g = |path: &str| format!("/chatgroups/{gid}{path}");
+
+    // Global mute: one-to-one only, for a while; the app still sends in her name.
+    let mute = json!({"username": "alice", "chat": 100});
+    assert_eq!(t.post("/mutes", Some(&alice), mute.clone()).await.0, 403);
+    assert_eq!(
+        t.post("/mutes", Some(&app), json!({"username": "alice", "chat": -5}))
+            .await
+            .0,
+        400
+    );
+    assert_eq!(
+        t.post("/mutes", Some(&app), json!({"username": "ghost", "chat": 5}))
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        t.post("/mutes", Some(&app), mute).await.1["data"],
+        json!({"result": "ok"})
+    );
+    alice_dev.send_text("m1", "bob", "hello?").await;
+    assert_eq!(alice_dev.next_op("error").await["code"], "muted");
+    alice_dev.send_to("group", "m2", &gid, "group is fine").await;
+    assert_eq!(alice_dev.next_op("ack").await["cid"], "m2");
+    let (_, shown) = t.get("/mutes/alice", &app).await;
+    let left = shown["data"]["chat"].as_i64().unwrap();
+    assert!((95..=100).contains(&left), "{shown}");
+    assert_eq!(shown["data"]["groupchat"], 0);
+    let (_, all) = t.get("/mutes?pageNum=1&pageSize=10", &app).await;
+    assert_eq!(all["data"]["data"][0]["username"], "alice", "{all}");
+    let sent = json!({"from": "alice", "to": ["bob"], "type": "txt", "body": {"msg": "from the app"}});
+    assert!(t.post("/messages/users", Some(&app), sent).await.1["data"]["bob"].is_string());
+    t.post("/mutes", Some(&app), json!({"username": "alice", "chat": 0}))
+        .await;
+    alice_dev.send_text("m3", "bob", "back").await;
+    assert_eq!(alice_dev.next_op("ack").await["cid"], "m3");
+
+    // Everyone muted but the allow list (members only).
+    assert_eq!(t.post(&g("/white/users/bob"), Some(&bob), json!({})).await.0, 403);
+    let (status, body) = t
+        .post(&g("/white/users"), Some(&alice), json!({"usernames": ["bob", "erin"]}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["data"][0]["result"].as_bool(), body["data"][1]["result"].as_bool()),
+        (Some(true), Some(false))
+    );
+    assert_eq!(t.get(&g("/white/users"), &alice).await.1["data"], json!(["bob"]));
+    t.post(&g("/ban"), Some(&alice), json!({})).await;
+    bob_dev.send_to("group", "b1", &gid, "allowed").await;
+    assert_eq!(bob_dev.next_op("ack").await["cid"], "b1");
+    carol_dev.send_to("group", "c1", &gid, "muted?").await;
+    assert_eq!(carol_dev.next_op("error").await["code"], "muted");
+    assert_eq!(
+        t.delete(&g("/white/users/bob"), &alice).await.1["data"][0]["result"],
+        true
+    );
+    bob_dev.send_to("group", "b2", &gid, "now muted").await;
+    assert_eq!(bob_dev.next_op("error").await["code"], "muted");
+    t.delete(&g("/ban"), &alice).await;
+
+    // Disabled by the app: no messages, no members, until enabled.
+    assert_eq!(
+        t.post(&g("/disable"), Some(&alice), json!({})).await.0,
+        403,
+        "the owner disabled it"
+    );
+    assert_eq!(
+        t.post(&g("/disable"), Some(&app), json!({})).await.1["data"],
+        json!({"disabled": true})
+    );
+    bob_dev.send_to("group", "b3", &gid, "anyone?").await;
+    assert_eq!(bob_dev.next_op("error").await["code"], "disabled");
+    t.user("dave").await;
+    assert_eq!(t.post(&g("/users/dave"), Some(&app), json!({})).await.0, 403);
+    assert_eq!(t.get(&g(""), &app).await.1["data"][0]["disabled"], true);
+    assert_eq!(
+        t.post(&g("/enable"), Some(&app), json!({})).await.1["data"],
+        json!({"disabled": false})
+    );
+    bob_dev.send_to("group", "b4", &gid, "back").await;
+    assert_eq!(bob_dev.next_op("ack").await["cid"], "b4");
+
+    // Chatroom super admins: once named, only they create chatrooms with their own token.
+    let room = json!({"name": "r", "members": []});
+    assert_eq!(
+        t.post("/chatrooms/super_admin", Some(&bob), json!({"superadmin": "bob"}))
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        t.post("/chatrooms/super_admin", Some(&app), json!({"superadmin": "ghost"}))
+            .await
+            .0,
+        404
+    );
+    let (status, body) = t
+        .post("/chatrooms/super_admin", Some(&app), json!({"superadmin": "alice"}))
+        .await;
+    assert_eq!(
+        (status, body["data"]["result"].as_str()),
+        (200, Some("success")),
+        "{body}"
+    );
+    assert_eq!(
+        t.get("/chatrooms/super_admin?pagenum=1&pagesize=10", &app).await.1["data"],
+        json!(["alice"])
+    );
+    assert_eq!(t.post("/chatrooms", Some(&bob), room.clone()).await.0, 403);
+    let (status, first) = t.post("/chatrooms", Some(&alice), room.clone()).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(
+        t.delete("/chatrooms/super_admin/alice", &app).await.1["data"]["newSuperAdmin"],
+        "alice"
+    );
+    let (status, second) = t.post("/chatrooms", Some(&bob), room).await;
+    assert_eq!(status, 200, "{second}");
+
+    // Broadcast to every chatroom: kept in each room's history (this app keeps ten).
+    assert_eq!(t.put("/settings", &app, json!({"room_history": 10})).await.0, 200);
+    let rooms = [
+        first["data"]["id"].as_str().unwrap(),
+        second["data"]["id"].as_str().unwrap(),
+    ];
+    for id in rooms {
+        t.post(&format!("/chatrooms/{id}/users/carol"), Some(&app), json!({}))
+            .await;
+    }
+    assert!(
+        carol_dev
+            .subscribe(&format!("chat/{}/{}/room/{}", t.org, t.app, rooms[0]))
+            .await
+    );
+    let cast =
+        json!({"msg": {"type": "txt", "msg": "maintenance at noon"}, "ext": {"k": "v"}, "chatroom_msg_level": "low"});
+    assert_eq!(
+        t.post("/messages/chatrooms/broadcast", Some(&alice), cast.clone())
+            .await
+            .0,
+        403
+    );
+    let (status, body) = t.post("/messages/chatrooms/broadcast", Some(&app), cast).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["data"]["id"].is_i64(), "{body}");
+    assert_eq!(carol_dev.next_op("msg").await["body"]["msg"], "maintenance at noon");
+    for id in rooms {
+        let (_, history) = t.get(&format!("/chatrooms/{id}/messages"), &carol).await;
+        assert_eq!(
+            history["entities"][0]["body"]["msg"], "maintenance at noon",
+            "{history}"
+        );
+    }
+
+    // Import: kept with its own time, in history and inbox, delivered to nobody live.
+    let _ = bob_dev.collect(Duration::from_millis(300)).await;
+    let long_ago = 1_656_906_628_428_i64;
+    let import = json!({"target": "bob", "from": "alice", "type": "txt", "body": {"msg": "from the old service"},
+                        "ext": {"k": "v"}, "is_ack_read": true, "msg_timestamp": long_ago});
+    assert_eq!(
+        t.post("/messages/users/import", Some(&alice), import.clone()).await.0,
+        403
+    );
+    let (status, body) = t.post("/messages/users/import", Some(&app), import.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    let imported = body["data"]["msg_id"].as_str().unwrap().to_string();
+    let live = bob_dev.collect(Duration::from_millis(500)).await;
+    assert!(
+        live.iter().all(|m| m["op"] != "msg"),
+        "an import was delivered live: {live:?}"
+    );
+    let (_, history) = t
+        .get("/users/bob/conversations/user/alice/messages?limit=100", &bob)
+        .await;
+    let found = history["entities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == imported.as_str())
+        .cloned();
+    assert_eq!(found.map(|m| m["ts"].as_i64()), Some(Some(long_ago)), "{history}");
+    let mut future = import;
+    future["msg_timestamp"] = json!(store::now_ms() + 60_000);
+    assert_eq!(t.post("/messages/users/import", Some(&app), future).await.0, 400);
+    let to_group = json!({"target": gid, "from": "carol", "type": "txt", "body": {"msg": "old group talk"}, "msg_timestamp": long_ago});
+    assert_eq!(t.post("/messages/chatgroups/import", Some(&app), to_group).await.0, 200);
+}
+
+on_both_backends!(
+    account_administration,
+    messages_from_the_backend,
+    groups_and_errors,
+    moderation
+);

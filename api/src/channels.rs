@@ -209,6 +209,15 @@ fn id_key(kind: ChannelKind) -> &'static str {
     }
 }
 
+/// A mute's end as the platform answers it: a time in ms, or -1 for ever.
+fn expire(until: i64) -> i64 {
+    if until == i64::MAX {
+        -1
+    } else {
+        until
+    }
+}
+
 /// The platform's chatroom block lists name the room `chatroomid` (member lists: `id`).
 fn block_key(kind: ChannelKind) -> &'static str {
     match kind {
@@ -251,7 +260,7 @@ fn detail(channel: &Channel, members: &[store::channels::Member]) -> Value {
         "custom": channel.custom,
         "avatar": channel.avatar,
         "mute": channel.muted_all,
-        "disabled": false,
+        "disabled": channel.disabled,
         "announcement": channel.announcement,
         "affiliations_count": members.len(),
         "affiliations": affiliations,
@@ -408,11 +417,12 @@ async fn list(
     }
     let mut channels = state
         .store
-        .list_channels(&caller.app.id, kind, limit, q.cursor.as_deref())
+        .list_channels(&caller.app.id, kind, limit + 1, q.cursor.as_deref())
         .await?;
-    let cursor = (channels.len() as i64 == limit)
-        .then(|| channels.last().map(|c| c.id.clone()))
-        .flatten();
+    // A cursor only while more follow, as on the platform.
+    let more = channels.len() as i64 > limit;
+    channels.truncate(limit as usize);
+    let cursor = more.then(|| channels.last().map(|c| c.id.clone())).flatten();
     // Users see chatrooms and public groups; private groups only to the app.
     if caller.user.is_some() && kind == ChannelKind::Group {
         channels.retain(|c| c.public);
@@ -437,7 +447,8 @@ async fn joined_by(
         .iter()
         .map(|c| match kind {
             ChannelKind::Group => json!({"groupid": c.id, "groupname": c.name}),
-            ChannelKind::Room => json!({"id": c.id, "name": c.name, "disabled": "false"}),
+            // A string here, as on the platform.
+            ChannelKind::Room => json!({"id": c.id, "name": c.name, "disabled": c.disabled.to_string()}),
         })
         .collect();
     Ok(Json(json!({"data": data, "count": data.len(), "properties": {}})))
@@ -522,6 +533,19 @@ async fn update(
 ) -> Result<Json<Value>, ApiError> {
     let body: UpdateBody = parse_json(&body)?;
     if let Some(new_owner) = body.newowner {
+        let alone = body.name.is_none()
+            && body.description.is_none()
+            && body.public.is_none()
+            && body.membersonly.is_none()
+            && body.allowinvites.is_none()
+            && body.maxusers.is_none()
+            && body.custom.is_none()
+            && body.avatar.is_none();
+        if !alone {
+            return Err(ApiError::BadRequest(
+                "body.newowner transfers the group on its own; change other fields in another request".into(),
+            ));
+        }
         return transfer(&state, &acting, new_owner).await;
     }
     acting.require(Standing::Admin, "change it")?;
@@ -924,7 +948,7 @@ async fn mute(
     notify(&state, &acting, &users, "muted", json!({"until": until}));
     let data: Vec<Value> = users
         .iter()
-        .map(|u| json!({"result": true, "expire": until, "user": u}))
+        .map(|u| json!({"result": true, "expire": expire(until), "user": u}))
         .collect();
     Ok(Json(json!({"data": data})))
 }
@@ -939,7 +963,7 @@ async fn muted(State(state): State<AppState>, acting: Acting) -> Result<Json<Val
         .await?
         .into_iter()
         .filter(|m| m.is_muted(now))
-        .map(|m| json!({"user": m.username, "expire": m.muted_until}))
+        .map(|m| json!({"user": m.username, "expire": expire(m.muted_until)}))
         .collect();
     Ok(Json(json!({"data": muted, "count": muted.len()})))
 }
@@ -1112,8 +1136,15 @@ async fn unban(
     let users = listed(&username)?;
     let mut data = Vec::with_capacity(users.len());
     for user in &users {
-        state.store.unban(&acting.caller.app.id, kind, &id, user).await?;
-        data.push(json!({"result": true, "action": "remove_blocks", "user": user, block_key(kind): id}));
+        // Several names: each answered, the ones not on the list with the reason.
+        match state.store.unban(&acting.caller.app.id, kind, &id, user).await {
+            Ok(()) => data.push(json!({"result": true, "action": "remove_blocks", "user": user, block_key(kind): id})),
+            Err(e @ store::Error::NotFound(_)) if users.len() > 1 => data.push(json!({
+                "result": false, "action": "remove_blocks", "reason": ApiError::from(e).to_string(),
+                "user": user, block_key(kind): id,
+            })),
+            Err(e) => return Err(e.into()),
+        }
     }
     let data = if data.len() == 1 {
         data.remove(0)

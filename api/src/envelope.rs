@@ -129,9 +129,7 @@ async fn finish_error(response: Response, started: Instant) -> Response {
         return Response::from_parts(parts, Body::from(bytes));
     };
     let code = answer.get("error").and_then(Value::as_str).unwrap_or("").to_string();
-    answer
-        .entry("exception")
-        .or_insert_with(|| json!(crate::error::exception(&code)));
+    answer.insert("exception".into(), json!(crate::error::exception(&code)));
     answer.entry("error_description").or_insert_with(|| json!(""));
     stamp(&mut answer, started);
     let body = serde_json::to_vec(&answer).unwrap_or_default();

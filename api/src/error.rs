@@ -107,7 +107,7 @@ impl IntoResponse for ApiError {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal_server_error")
             }
         };
-        let body = serde_json::json!({"error": code, "error_description": self.to_string()});
+        let body = error_body(code, &self.to_string());
         let mut response = (status, Json(body)).into_response();
         if let Some(after) = retry_after {
             response
@@ -138,6 +138,18 @@ impl ApiError {
             _ => ApiError::BadRequest(reason),
         }
     }
+}
+
+/// An error answer's body in the platform's error envelope; `duration` is 0 here and set by
+/// [`crate::envelope`] for answers that pass through the router.
+pub fn error_body(code: &str, description: &str) -> serde_json::Value {
+    serde_json::json!({
+        "error": code,
+        "exception": exception(code),
+        "timestamp": store::now_ms(),
+        "duration": 0,
+        "error_description": description,
+    })
 }
 
 /// The `exception` field of an error answer: the class name the platform reports for

@@ -316,25 +316,14 @@ pub(crate) fn entity(links: &FileLinks, app: &App, file: &Chatfile) -> Value {
     entity
 }
 
-/// The platform's answer around entities.
-pub(crate) fn answer(app: &App, path: &str, entities: Vec<Value>, started: std::time::Instant) -> Json<Value> {
-    Json(json!({
-        "action": "post",
-        "application": app.id,
-        "path": path,
-        "uri": path,
-        "entities": entities,
-        "timestamp": store::now_ms(),
-        "duration": started.elapsed().as_millis() as u64,
-        "organization": app.org,
-        "applicationName": app.name,
-    }))
+/// The platform's answer around entities (the envelope adds the rest).
+pub(crate) fn answer(entities: Vec<Value>) -> Json<Value> {
+    Json(json!({"action": "post", "entities": entities}))
 }
 
 /// `POST /{org}/{app}/chatfiles`: a multipart body whose part `file` is the file (any other
 /// part is ignored). User or app token.
 pub async fn upload(State(state): State<AppState>, caller: Caller, request: Request) -> Result<Json<Value>, ApiError> {
-    let started = std::time::Instant::now();
     let _slot = state.files.caller_slot(&caller)?;
     let owner = uploader(&caller);
     let (limit, settings) = room_for(&state, &caller.app, &owner).await?;
@@ -372,7 +361,7 @@ pub async fn upload(State(state): State<AppState>, caller: Caller, request: Requ
         let file = record(&state, &caller.app, &owner, &id, filename, &written, &settings).await?;
         tracing::debug!(file = %file.id, size = file.size, kind = %file.content_type, "file uploaded");
         let entity = entity(&state.files.links, &caller.app, &file);
-        return Ok(answer(&caller.app, "/chatfiles", vec![entity], started));
+        return Ok(answer(vec![entity]));
     }
 }
 

@@ -39,8 +39,12 @@ pub use error::ApiError;
 /// that suits a production server.
 #[derive(Debug, Clone)]
 pub struct ApiSettings {
+    /// A token's lifetime when the request names no `ttl`.
     pub app_token_ttl: Duration,
     pub user_token_ttl: Duration,
+    /// The longest `ttl` a request may ask for (`None`: no limit, so `"ttl": 0` gives a
+    /// token that does not expire, as on the platform).
+    pub max_token_ttl: Option<Duration>,
     /// HTTP connections open at once; over it a new connection is answered 503 and closed.
     pub max_connections: usize,
     /// How long a request header may take to arrive complete (from the connection's
@@ -77,6 +81,7 @@ impl Default for ApiSettings {
         ApiSettings {
             app_token_ttl: Duration::from_secs(24 * 3600),
             user_token_ttl: Duration::from_secs(7 * 24 * 3600),
+            max_token_ttl: None,
             max_connections: 1024,
             header_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),

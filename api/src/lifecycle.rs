@@ -377,7 +377,8 @@ pub async fn send(
     };
     let req: ServerMessage = parse_json(&body)?;
     let from = match (req.from, req.system) {
-        (Some(from), false) if !from.trim().is_empty() => {
+        // `admin` is the app itself, as on the platform.
+        (Some(from), false) if !from.trim().is_empty() && from.trim() != SYSTEM_SENDER => {
             let from = from.trim().to_ascii_lowercase();
             state.store.require_users(&caller.app.id, &[&from]).await?;
             from
@@ -504,7 +505,7 @@ pub async fn broadcast(
 ) -> Result<Json<Value>, ApiError> {
     caller.require_app()?;
     let req: BroadcastBody = parse_json(&body)?;
-    let (kind, body) = typed_body(req.msg, "body.msg")?;
+    let (kind, mut body) = typed_body(req.msg, "body.msg")?;
     let from = match req.from.as_deref().map(str::trim) {
         None | Some("") | Some(SYSTEM_SENDER) => SYSTEM_SENDER.to_string(),
         Some(from) => {
@@ -514,8 +515,20 @@ pub async fn broadcast(
         }
     };
     let settings = state.store.app_settings(&caller.app.id).await?;
-    let broadcast_id = (uuid::Uuid::now_v7().as_u128() >> 66) as i64;
     let app = &caller.app;
+    let files = state
+        .store
+        .attach_files(
+            &state.files.links,
+            (&app.org, &app.name, &app.id),
+            Attacher::App,
+            kind,
+            &mut body,
+            settings.allow_external_urls,
+        )
+        .await
+        .map_err(ApiError::BadRequest)?;
+    let broadcast_id = (uuid::Uuid::now_v7().as_u128() >> 66) as i64;
     let mut cursor: Option<String> = None;
     loop {
         let rooms = state
@@ -530,14 +543,14 @@ pub async fn broadcast(
                 sender: from.clone(),
                 sender_device: "rest-api".into(),
                 to: room.id.clone(),
-                cid: format!("broadcast-{broadcast_id}"),
+                cid: format!("broadcast-{broadcast_id}-{}", room.id),
                 kind,
                 body: body.to_string(),
                 ext: req.ext.as_ref().map(Value::to_string),
                 require_contacts: false,
                 room_history: settings.room_history,
                 as_app: true,
-                files: Vec::new(),
+                files: files.clone(),
                 destroy: None,
                 sent_at: None,
             })
@@ -545,7 +558,7 @@ pub async fn broadcast(
         if kind == MsgType::Cmd {
             // Commands are relayed, never kept (as from devices).
             for room in &rooms {
-                relay_command(
+                let _ids = relay_command(
                     &state,
                     &caller,
                     ChatType::Room,
@@ -656,6 +669,19 @@ pub async fn import(
     let from = req.from.trim().to_ascii_lowercase();
     state.store.require_users(&caller.app.id, &[&from]).await?;
     let settings = state.store.app_settings(&caller.app.id).await?;
+    let app = &caller.app;
+    let files = state
+        .store
+        .attach_files(
+            &state.files.links,
+            (&app.org, &app.name, &app.id),
+            Attacher::App,
+            req.kind,
+            &mut body,
+            settings.allow_external_urls,
+        )
+        .await
+        .map_err(ApiError::BadRequest)?;
     let target = match chat {
         ChatType::User => req.target.trim().to_ascii_lowercase(),
         _ => req.target.trim().to_string(),
@@ -673,7 +699,7 @@ pub async fn import(
         require_contacts: false,
         room_history: settings.room_history,
         as_app: true,
-        files: Vec::new(),
+        files,
         destroy: None,
         sent_at: Some(req.msg_timestamp),
     };
@@ -720,30 +746,45 @@ async fn relay_command(
             ChatType::Group => format!("g:{target}"),
             ChatType::Room => format!("r:{target}"),
         };
-        let recipients = match chat {
-            ChatType::User => {
-                state.store.require_users(&app.id, &[target]).await?;
-                vec![target.clone()]
-            }
+        let found = match chat {
+            ChatType::User => state
+                .store
+                .require_users(&app.id, &[target])
+                .await
+                .map(|_| vec![target.clone()]),
             ChatType::Group | ChatType::Room => {
                 let kind = if chat == ChatType::Group {
                     store::channels::ChannelKind::Group
                 } else {
                     store::channels::ChannelKind::Room
                 };
-                state.store.channel(&app.id, kind, target).await?;
-                if chat == ChatType::Group {
-                    state
+                match state.store.channel(&app.id, kind, target).await {
+                    Ok(_) if chat == ChatType::Group => state
                         .store
                         .members(&app.id, kind, target)
-                        .await?
-                        .into_iter()
-                        .map(|m| m.username)
-                        .collect()
-                } else {
-                    Vec::new()
+                        .await
+                        .map(|members| members.into_iter().map(|m| m.username).collect()),
+                    Ok(_) => Ok(Vec::new()),
+                    Err(e) => Err(e),
                 }
             }
+        };
+        // As for stored messages, an unknown recipient is answered on its own.
+        let recipients = match found {
+            Ok(recipients) => recipients,
+            Err(store::Error::NotFound(what)) => {
+                let code = if chat == ChatType::User {
+                    "unknown_recipient"
+                } else {
+                    "not_found"
+                };
+                result.insert(
+                    target.clone(),
+                    json!({"error": code, "error_description": format!("{what} not found")}),
+                );
+                continue;
+            }
+            Err(e) => return Err(e.into()),
         };
         let msg = StoredMessage {
             id: format!("cmd-{}-{}", store::now_ms(), store::tokens::random_secret(10)),

@@ -103,10 +103,10 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 
 /// Over the connection cap: a 503 written without waiting, then close.
 fn refuse_busy(stream: TcpStream) {
-    let body = serde_json::json!({
-        "error": "unavailable",
-        "error_description": "the server has too many connections open; retry later",
-    })
+    let body = crate::error::error_body(
+        "service_unavailable",
+        "the server has too many connections open; retry later",
+    )
     .to_string();
     let answer = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",

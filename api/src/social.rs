@@ -44,15 +44,15 @@ pub async fn contacts_page(
     }
     let friends = state.store.contacts(&caller.app.id, &owner).await?;
     let after = q.cursor.unwrap_or_default();
-    let page: Vec<&String> = friends
+    let rest: Vec<&String> = friends
         .iter()
         .filter(|f| after.is_empty() || f.as_str() > after.as_str())
-        .take(limit as usize)
         .collect();
+    let page: Vec<&String> = rest.iter().take(limit as usize).copied().collect();
     let mut data = json!({
         "contacts": page.iter().map(|f| json!({"remark": null, "username": f})).collect::<Vec<_>>(),
     });
-    if page.len() as i64 == limit {
+    if rest.len() > page.len() {
         data["cursor"] = json!(page.last());
     }
     Ok(Json(json!({"data": data, "count": page.len()})))

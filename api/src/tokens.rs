@@ -10,6 +10,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Path, State};
 use axum::{Extension, Json};
@@ -67,7 +68,7 @@ async fn user_token(
         .user_token_generation(&app.id, username)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("user {username} not found")))?;
-    let ttl = lifetime(ttl, state.settings.user_token_ttl)?;
+    let ttl = lifetime(ttl, state.settings.user_token_ttl, state.settings.max_token_ttl)?;
     let token = state
         .tokens
         .issue(username, org, &app.name, Role::User, generation, ttl)?;
@@ -78,12 +79,14 @@ async fn user_token(
 const FOREVER_SECS: i64 = 100 * 365 * 24 * 3600;
 
 /// A requested lifetime, as the platform reads `ttl`: absent means the configured default,
-/// 0 means no expiry, a positive number that many seconds.
-fn lifetime(requested: Option<i64>, default: std::time::Duration) -> Result<i64, ApiError> {
+/// 0 means no expiry, a positive number that many seconds; all of it at most the
+/// deployment's `max` (if it sets one).
+fn lifetime(requested: Option<i64>, default: Duration, max: Option<Duration>) -> Result<i64, ApiError> {
+    let max = max.map_or(FOREVER_SECS, |m| (m.as_secs() as i64).clamp(1, FOREVER_SECS));
     match requested {
-        None => Ok(default.as_secs() as i64),
-        Some(0) => Ok(FOREVER_SECS),
-        Some(ttl) if ttl > 0 => Ok(ttl.min(FOREVER_SECS)),
+        None => Ok((default.as_secs() as i64).min(max)),
+        Some(0) => Ok(max),
+        Some(ttl) if ttl > 0 => Ok(ttl.min(max)),
         Some(_) => Err(ApiError::BadRequest(
             "body.ttl must be a number of seconds, 0 for a token that does not expire".into(),
         )),
@@ -165,7 +168,7 @@ pub async fn issue(
                 .collect();
             let check = state.store.check_client_secret(&app, &client_id, &client_secret);
             checked(&state, &throttle, keys, check).await?;
-            let ttl = lifetime(ttl, state.settings.app_token_ttl)?;
+            let ttl = lifetime(ttl, state.settings.app_token_ttl, state.settings.max_token_ttl)?;
             let token = state
                 .tokens
                 .issue(&client_id, &org, &app.name, Role::App, app.secret_version, ttl)?;

@@ -220,7 +220,6 @@ pub async fn status(
     caller: Caller,
     Path((_, _, id)): Path<(String, String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let started = std::time::Instant::now();
     let upload = own_upload(&state, &caller, &id).await?;
     if upload.file_id.is_empty() {
         return Ok(Json(json!({
@@ -228,12 +227,7 @@ pub async fn status(
         })));
     }
     let file = state.store.chatfile(&caller.app.id, &upload.file_id).await?;
-    Ok(answer(
-        &caller.app,
-        "/chatfiles",
-        vec![entity(&state.files.links, &caller.app, &file)],
-        started,
-    ))
+    Ok(answer(vec![entity(&state.files.links, &caller.app, &file)]))
 }
 
 /// `PATCH …/uploads/{id}`: the bytes from `Upload-Offset`.

@@ -145,11 +145,13 @@ pub async fn list(
     }
     let users = state
         .store
-        .list_users(&caller.app.id, limit, q.cursor.as_deref())
+        .list_users(&caller.app.id, limit + 1, q.cursor.as_deref())
         .await?;
-    let cursor = (users.len() as i64 == limit)
-        .then(|| users.last().map(|u| u.username.clone()))
-        .flatten();
+    // A cursor only while more follow, as on the platform.
+    let more = users.len() as i64 > limit;
+    let mut users = users;
+    users.truncate(limit as usize);
+    let cursor = more.then(|| users.last().map(|u| u.username.clone())).flatten();
     let entities: Vec<Value> = users.iter().map(|u| user_entity(&state, &caller.app, u)).collect();
     let mut answer = json!({"action": "get", "entities": entities, "count": users.len()});
     if let Some(cursor) = cursor {
@@ -467,7 +469,7 @@ pub async fn revoke_tokens(
 }
 
 /// `GET /{org}/{app}/users/{username}/disconnect` (app token): closes the user's MQTT
-/// connections to this process; their tokens stay valid, so devices may reconnect.
+/// connections (on every node); their tokens stay valid, so devices may reconnect.
 pub async fn disconnect(
     State(state): State<AppState>,
     Owner { caller, user: username }: Owner,

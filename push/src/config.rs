@@ -137,9 +137,11 @@ impl PushConfig {
                 "project_id": f.service_account.project_id,
                 "client_email": f.service_account.client_email,
                 "token_uri": f.service_account.token_uri,
+                "notifier_name": f.notifier_name,
             })),
             "apns": self.apns.as_ref().map(|a| serde_json::json!({
                 "key_id": a.key_id, "team_id": a.team_id, "topic": a.topic, "sandbox": a.sandbox,
+                "notifier_name": a.notifier_name,
             })),
         })
     }
