@@ -69,7 +69,12 @@ pub fn routes(kind: ChannelKind) -> Router<AppState> {
             )
             .route(&format!("{base}/:id/invites"), post(invite))
             .route(&format!("{base}/:id/invites/:username/accept"), post(accept_invite))
-            .route(&format!("{base}/:id/invites/:username"), delete(decline_invite)),
+            .route(&format!("{base}/:id/invites/:username"), delete(decline_invite))
+            .route(
+                "/:org/:app/metadata/chatgroup/:id/user/:username",
+                get(member_attributes).put(set_member_attributes),
+            )
+            .route("/:org/:app/metadata/chatgroup/:id/get", post(many_member_attributes)),
         ChannelKind::Room => router.route(&format!("{base}/:id/messages"), get(room_messages)),
     };
     router.layer(Extension(kind))
@@ -115,7 +120,7 @@ impl FromRequestParts<AppState> for Acting {
 
 /// How much say the caller has in a channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Standing {
+pub(crate) enum Standing {
     Outsider,
     Member,
     Admin,
@@ -123,9 +128,9 @@ enum Standing {
     App,
 }
 
-struct Acting {
-    caller: Caller,
-    channel: Channel,
+pub(crate) struct Acting {
+    pub(crate) caller: Caller,
+    pub(crate) channel: Channel,
     standing: Standing,
 }
 
@@ -148,7 +153,7 @@ impl Acting {
         })
     }
 
-    fn require(&self, at_least: Standing, what: &str) -> Result<(), ApiError> {
+    pub(crate) fn require(&self, at_least: Standing, what: &str) -> Result<(), ApiError> {
         if self.standing >= at_least {
             Ok(())
         } else {
@@ -1255,6 +1260,87 @@ async fn set_allowlisted(
             item
         })
         .collect())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AttributesBody {
+    #[serde(rename = "metaData")]
+    meta_data: serde_json::Map<String, Value>,
+}
+
+/// `PUT /{org}/{app}/metadata/chatgroup/{id}/user/{username}` `{"metaData": {...}}`: a
+/// member's attributes in the group (their own, or any member's for the owner, admins and
+/// the app); an empty value removes a key. Answers the member's attributes.
+async fn set_member_attributes(
+    State(state): State<AppState>,
+    acting: Acting,
+    Target(username): Target,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    if !acting.is_self(&username) {
+        acting.require(Standing::Admin, "set another member's attributes")?;
+    }
+    let body: AttributesBody = parse_json(&body)?;
+    let attributes = state
+        .store
+        .set_member_attributes(&acting.caller.app.id, &acting.channel.id, &username, &body.meta_data)
+        .await?;
+    Ok(Json(json!({"data": attributes})))
+}
+
+/// `GET /{org}/{app}/metadata/chatgroup/{id}/user/{username}` (members and the app).
+async fn member_attributes(
+    State(state): State<AppState>,
+    acting: Acting,
+    Target(username): Target,
+) -> Result<Json<Value>, ApiError> {
+    acting.require(Standing::Member, "read members' attributes")?;
+    let attributes = state
+        .store
+        .member_attributes(&acting.caller.app.id, &acting.channel.id, &username)
+        .await?;
+    Ok(Json(json!({"data": attributes})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AttributesQuery {
+    targets: Vec<String>,
+    #[serde(default)]
+    properties: Vec<String>,
+}
+
+/// `POST /{org}/{app}/metadata/chatgroup/{id}/get` `{"targets": [...], "properties":
+/// [...]}`: several members' attributes (up to 100; no properties: all); names that are not
+/// members are left out.
+async fn many_member_attributes(
+    State(state): State<AppState>,
+    acting: Acting,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    acting.require(Standing::Member, "read members' attributes")?;
+    let q: AttributesQuery = parse_json(&body)?;
+    let users = usernames(&q.targets)?;
+    let mut data = serde_json::Map::new();
+    for (asked, user) in q.targets.iter().zip(&users) {
+        match state
+            .store
+            .member_attributes(&acting.caller.app.id, &acting.channel.id, user)
+            .await
+        {
+            Ok(attributes) => {
+                let chosen: serde_json::Map<String, Value> = attributes
+                    .into_iter()
+                    .filter(|(k, _)| q.properties.is_empty() || q.properties.contains(k))
+                    .collect();
+                data.insert(asked.clone(), Value::Object(chosen));
+            }
+            Err(store::Error::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Json(json!({"data": data})))
 }
 
 async fn join_requests(State(state): State<AppState>, acting: Acting) -> Result<Json<Value>, ApiError> {

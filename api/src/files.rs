@@ -142,9 +142,15 @@ impl Default for FileSettings {
 }
 
 /// Whether a request path is a file transfer (timed by `transfer_timeout`, not the
-/// request timeout): `/{org}/{app}/chatfiles…`.
+/// request timeout): `/{org}/{app}/chatfiles…` and a group's
+/// `/{org}/{app}/chatgroups/{id}/share_files…`.
 pub fn is_transfer(path: &str) -> bool {
-    path.split('/').nth(3) == Some("chatfiles")
+    let mut segments = path.split('/').skip(3);
+    match segments.next() {
+        Some("chatfiles") => true,
+        Some("chatgroups") => segments.nth(1) == Some("share_files"),
+        _ => false,
+    }
 }
 
 /// The most a filename keeps: what follows the last `/` or `\`, without control characters,
@@ -324,11 +330,19 @@ pub(crate) fn answer(entities: Vec<Value>) -> Json<Value> {
 /// `POST /{org}/{app}/chatfiles`: a multipart body whose part `file` is the file (any other
 /// part is ignored). User or app token.
 pub async fn upload(State(state): State<AppState>, caller: Caller, request: Request) -> Result<Json<Value>, ApiError> {
-    let _slot = state.files.caller_slot(&caller)?;
-    let owner = uploader(&caller);
-    let (limit, settings) = room_for(&state, &caller.app, &owner).await?;
+    let file = receive(&state, &caller, request).await?;
+    let entity = entity(&state.files.links, &caller.app, &file);
+    Ok(answer(vec![entity]))
+}
+
+/// Reads a multipart upload's part named `file` into the file store and records it, under
+/// the caller's transfer slot, limits and quota.
+pub(crate) async fn receive(state: &AppState, caller: &Caller, request: Request) -> Result<Chatfile, ApiError> {
+    let _slot = state.files.caller_slot(caller)?;
+    let owner = uploader(caller);
+    let (limit, settings) = room_for(state, &caller.app, &owner).await?;
     let server_max = state.files.settings.max_file_bytes;
-    let mut multipart = Multipart::from_request(request, &state).await.map_err(|e| {
+    let mut multipart = Multipart::from_request(request, state).await.map_err(|e| {
         ApiError::UnsupportedMediaType(format!(
             "send the file as multipart/form-data, in a part named 'file': {}",
             e.body_text()
@@ -358,10 +372,9 @@ pub async fn upload(State(state): State<AppState>, caller: Caller, request: Requ
             .write(&key, field, limit, state.files.settings.chunk_timeout, OnCut::Discard)
             .await
             .map_err(|e| transfer_error(e, limit, &settings, server_max))?;
-        let file = record(&state, &caller.app, &owner, &id, filename, &written, &settings).await?;
+        let file = record(state, &caller.app, &owner, &id, filename, &written, &settings).await?;
         tracing::debug!(file = %file.id, size = file.size, kind = %file.content_type, "file uploaded");
-        let entity = entity(&state.files.links, &caller.app, &file);
-        return Ok(answer(vec![entity]));
+        return Ok(file);
     }
 }
 

@@ -8,7 +8,7 @@
 //! (`store::tokens`).
 
 mod auth;
-mod channels;
+pub(crate) mod channels;
 mod envelope;
 mod error;
 mod export;
@@ -18,6 +18,7 @@ mod messages;
 mod moderation;
 mod push;
 mod server;
+mod shared_files;
 mod social;
 mod throttle;
 mod tokens;
@@ -250,6 +251,7 @@ fn file_routes() -> Router<AppState> {
                 .patch(uploads::patch)
                 .delete(uploads::terminate),
         )
+        .merge(shared_files::routes())
         .layer(DefaultBodyLimit::disable())
         .layer(axum::middleware::map_response(close_after_refusal))
 }

@@ -420,6 +420,19 @@ impl Store {
             .bind(id)
             .execute(&mut *tx)
             .await?;
+        // A group's shared files go with it (the sweeper removes those nothing else uses).
+        sqlx::query(
+            "UPDATE chatfiles SET released_at = $1 WHERE id IN
+             (SELECT file_id FROM chatfile_refs WHERE room = $2 AND holder LIKE 'share:%')",
+        )
+        .bind(crate::now_ms())
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM chatfile_refs WHERE room = $1 AND holder LIKE 'share:%'")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("DELETE FROM channels WHERE id = $1")
             .bind(id)
             .execute(&mut *tx)

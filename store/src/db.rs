@@ -299,7 +299,8 @@ const MIGRATIONS: &[&[&str]] = &[
     ],
     // 7: what the platform's API needs: a user's uuid (given to existing users by
     // `backfill_user_uuids`), activation and global mutes; a channel's `custom` data, avatar
-    // URL and disabled flag; allow-listed members; who may create chatrooms.
+    // URL and disabled flag; allow-listed members and members' attributes; who may create
+    // chatrooms.
     &[
         "ALTER TABLE users ADD COLUMN uuid TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE users ADD COLUMN activated BIGINT NOT NULL DEFAULT 1",
@@ -307,6 +308,7 @@ const MIGRATIONS: &[&[&str]] = &[
         "ALTER TABLE channels ADD COLUMN avatar TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE channels ADD COLUMN disabled BIGINT NOT NULL DEFAULT 0",
         "ALTER TABLE channel_members ADD COLUMN allowlisted BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE channel_members ADD COLUMN attributes TEXT NOT NULL DEFAULT '{}'",
         "ALTER TABLE users ADD COLUMN mute_chat_until BIGINT NOT NULL DEFAULT 0",
         "ALTER TABLE users ADD COLUMN mute_groupchat_until BIGINT NOT NULL DEFAULT 0",
         "ALTER TABLE users ADD COLUMN mute_chatroom_until BIGINT NOT NULL DEFAULT 0",

@@ -175,6 +175,11 @@ pub fn avatar_holder(app_id: &str, username: &str) -> String {
     format!("avatar:{app_id}:{username}")
 }
 
+/// The holder of a file shared in a group (its `room` is the group, so members read it).
+pub fn share_holder(group: &str, file_id: &str) -> String {
+    format!("share:{group}:{file_id}")
+}
+
 /// Records that `holder` (a message id, or an avatar) refers to `files`. `room` is the
 /// chatroom a room message belongs to (its members may read the files), else empty.
 pub(crate) async fn add_refs(
@@ -378,6 +383,56 @@ impl Store {
     }
 
     /// Replaces `holder`'s references (an avatar that changed, an edited message).
+    /// Shares a file in a group: its members may read it while it is shared.
+    pub async fn share_file(&self, group: &str, file_id: &str) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        add_refs(&mut tx, &share_holder(group, file_id), group, &[file_id.to_string()]).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A page of the files shared in a group, newest first.
+    pub async fn shared_files(&self, app_id: &str, group: &str, offset: i64, limit: i64) -> Result<Vec<Chatfile>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {} FROM chatfile_refs r JOIN chatfiles c ON c.id = r.file_id
+             WHERE r.room = $1 AND r.holder LIKE 'share:%' AND c.app_id = $2
+             ORDER BY c.created_at DESC, c.id LIMIT $3 OFFSET $4",
+            FILE_COLUMNS
+                .split(", ")
+                .map(|column| format!("c.{column}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+        .bind(group)
+        .bind(app_id)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(file_from_row).collect()
+    }
+
+    /// Whether a file is shared in a group.
+    pub async fn is_shared(&self, group: &str, file_id: &str) -> Result<bool> {
+        let found: Option<String> = sqlx::query_scalar("SELECT file_id FROM chatfile_refs WHERE holder = $1")
+            .bind(share_holder(group, file_id))
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(found.is_some())
+    }
+
+    /// Stops sharing a file in a group (nothing else referring to it, the sweeper removes
+    /// it later); `NotFound` if it was not shared there.
+    pub async fn unshare_file(&self, group: &str, file_id: &str) -> Result<()> {
+        if !self.is_shared(group, file_id).await? {
+            return Err(Error::NotFound(format!("shared file {file_id}")));
+        }
+        let mut tx = self.write_tx().await?;
+        release_refs(&mut tx, &share_holder(group, file_id)).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     pub async fn replace_file_refs(&self, holder: &str, room: &str, files: &[String]) -> Result<()> {
         let mut tx = self.write_tx().await?;
         replace_refs(&mut tx, holder, room, files).await?;
@@ -390,7 +445,8 @@ impl Store {
     /// to anyone. Done by the sweeper rather than with each room message, which keeps the
     /// room's write path as it was; each room's refs are checked against its own few rows.
     pub async fn release_dropped_room_refs(&self) -> Result<u64> {
-        let gone = "r.room <> '' AND NOT EXISTS
+        // (A group's shared files have a room too, but no room message: they stay.)
+        let gone = "r.room <> '' AND r.holder NOT LIKE 'share:%' AND NOT EXISTS
              (SELECT 1 FROM room_messages m WHERE m.room_id = r.room AND m.id = r.holder)";
         let mut tx = self.write_tx().await?;
         sqlx::query(&format!(
