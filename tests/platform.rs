@@ -741,9 +741,127 @@ async fn moderation(backend: Backend) {
     assert_eq!(t.post("/messages/chatgroups/import", Some(&app), to_group).await.0, 200);
 }
 
+/// What a group keeps for its members: attributes per member, and shared files only they
+/// read.
+async fn member_attributes_and_shared_files(backend: Backend) {
+    let t = spawn_app(backend).await;
+    let [alice, bob, carol, dave] = [
+        t.user("alice").await,
+        t.user("bob").await,
+        t.user("carol").await,
+        t.user("dave").await,
+    ];
+    let (_, group) = t
+        .post(
+            "/chatgroups",
+            Some(&alice),
+            json!({"groupname": "g", "members": ["bob", "carol"]}),
+        )
+        .await;
+    let gid = group["data"]["groupid"].as_str().unwrap().to_string();
+    let attrs = |user: &str| format!("/metadata/chatgroup/{gid}/user/{user}");
+
+    // Attributes: a member sets their own, the owner anyone's; members read them.
+    let (status, body) = t
+        .put(
+            &attrs("bob"),
+            &bob,
+            json!({"metaData": {"role": "driver", "seat": "1"}}),
+        )
+        .await;
+    assert_eq!(
+        (status, &body["data"]),
+        (200, &json!({"role": "driver", "seat": "1"})),
+        "{body}"
+    );
+    assert_eq!(
+        t.put(&attrs("bob"), &carol, json!({"metaData": {"role": "x"}})).await.0,
+        403
+    );
+    assert_eq!(
+        t.put(&attrs("bob"), &alice, json!({"metaData": {"seat": ""}})).await.1["data"],
+        json!({"role": "driver"})
+    );
+    assert_eq!(t.put(&attrs("bob"), &bob, json!({"metaData": {"n": 1}})).await.0, 400);
+    let big = json!({"metaData": {"x": "y".repeat(5000)}});
+    assert_eq!(t.put(&attrs("bob"), &bob, big).await.0, 400);
+    assert_eq!(
+        t.put(&attrs("dave"), &alice, json!({"metaData": {"a": "b"}})).await.0,
+        404,
+        "not a member"
+    );
+    assert_eq!(t.get(&attrs("bob"), &carol).await.1["data"], json!({"role": "driver"}));
+    assert_eq!(t.get(&attrs("bob"), &dave).await.0, 403, "an outsider read them");
+    let many = json!({"targets": ["bob", "carol", "dave"], "properties": ["role"]});
+    let (_, body) = t
+        .post(&format!("/metadata/chatgroup/{gid}/get"), Some(&carol), many)
+        .await;
+    assert_eq!(body["data"], json!({"bob": {"role": "driver"}, "carol": {}}), "{body}");
+
+    // Shared files: members upload and read; outsiders do neither.
+    let files = format!("/chatgroups/{gid}/share_files");
+    let upload = |token: &str| {
+        let part = reqwest::multipart::Part::bytes(b"minutes of the meeting".to_vec())
+            .file_name("minutes.txt")
+            .mime_str("text/plain")
+            .unwrap();
+        t.http
+            .post(t.url(&files))
+            .bearer_auth(token.to_string())
+            .multipart(reqwest::multipart::Form::new().part("file", part))
+            .send()
+    };
+    let (status, _) = common::into_json(upload(&dave).await.unwrap()).await;
+    assert_eq!(status, 403, "an outsider shared a file");
+    let (status, body) = common::into_json(upload(&bob).await.unwrap()).await;
+    assert_eq!(status, 200, "{body}");
+    let file_id = body["data"]["file_id"].as_str().unwrap().to_string();
+    let url = body["data"]["file_url"].as_str().unwrap().to_string();
+    let (_, listed) = t.get(&format!("{files}?pagenum=1&pagesize=10"), &carol).await;
+    assert_eq!(listed["data"][0]["file_owner"], "bob", "{listed}");
+    assert_eq!(listed["data"][0]["file_size"], 22);
+    assert_eq!(t.get(&files, &dave).await.0, 403);
+    let got = t.http.get(&url).bearer_auth(&carol).send().await.unwrap();
+    assert_eq!(got.status(), 200);
+    assert_eq!(&got.bytes().await.unwrap()[..], b"minutes of the meeting");
+    let by_dave = t.http.get(&url).bearer_auth(&dave).send().await.unwrap();
+    assert_eq!(by_dave.status(), 403);
+    let direct = t
+        .http
+        .get(t.url(&format!("/chatfiles/{file_id}")))
+        .bearer_auth(&dave)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        direct.status(),
+        403,
+        "an outsider read a shared file through /chatfiles"
+    );
+    let direct = t
+        .http
+        .get(t.url(&format!("/chatfiles/{file_id}")))
+        .bearer_auth(&carol)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        direct.status(),
+        200,
+        "a member could not read a shared file through /chatfiles"
+    );
+    // Only its uploader, the owner or an admin deletes it.
+    assert_eq!(t.delete(&format!("{files}/{file_id}"), &carol).await.0, 403);
+    let (status, body) = t.delete(&format!("{files}/{file_id}"), &bob).await;
+    assert_eq!((status, body["data"]["result"].as_bool()), (200, Some(true)), "{body}");
+    assert_eq!(t.http.get(&url).bearer_auth(&carol).send().await.unwrap().status(), 404);
+    assert_eq!(t.get(&files, &carol).await.1["data"], json!([]));
+}
+
 on_both_backends!(
     account_administration,
     messages_from_the_backend,
     groups_and_errors,
-    moderation
+    moderation,
+    member_attributes_and_shared_files
 );
