@@ -678,9 +678,66 @@ async fn mqtt_ops_and_config_validation(backend: Backend) {
     );
 }
 
+/// `POST /push/single`: a notification from the backend, queued per bound device, each
+/// target answered on its own; a user token may not send one.
+async fn push_from_the_backend(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let (t, fake, _) = app_with_fake(backend, dir.path()).await;
+    let bob = t.user("bob").await;
+    t.user("carol").await;
+    let dora = t.user("dora").await;
+    for (user, token) in [("bob", &bob), ("dora", &dora)] {
+        let binding = json!({"device_id": format!("{user}-phone"), "device_token": format!("tok-{user}"), "notifier_name": "fcm"});
+        assert_eq!(
+            t.put(&format!("/users/{user}/push/binding"), token, binding).await.0,
+            200
+        );
+    }
+    assert_eq!(
+        t.put("/users/dora/push/dnd", &dora, json!({"all_off": true})).await.0,
+        200
+    );
+    let push = json!({"targets": ["bob", "carol", "dora", "ghost"],
+                      "pushMessage": {"title": "Sale", "subTitle": "x", "content": "50% off today", "ext": {"k": "v"}, "vivo": {}}});
+    assert_eq!(t.post("/push/single", Some(&bob), push.clone()).await.0, 403);
+    let (status, body) = t.post("/push/single", Some(&t.app_token), push).await;
+    assert_eq!(status, 200, "{body}");
+    let statuses: Vec<&str> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["pushStatus"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["ASYNC_SUCCESS", "FAIL", "FAIL", "FAIL"], "{body}");
+    assert_eq!(body["data"][1]["desc"], "no push binding");
+    wait_until("the push", || fake.sends_to("tok-bob").len() == 1).await;
+    let sent = &fake.sends_to("tok-bob")[0]["message"];
+    assert_eq!(
+        (
+            sent["notification"]["title"].as_str(),
+            sent["notification"]["body"].as_str()
+        ),
+        (Some("Sale"), Some("50% off today"))
+    );
+    assert_eq!(sent["data"]["k"], "v");
+    assert!(fake.sends_to("tok-dora").is_empty(), "do-not-disturb was ignored");
+    for bad in [
+        json!({"targets": [], "pushMessage": {"title": "x"}}),
+        json!({"targets": ["bob"], "pushMessage": {}}),
+        json!({"targets": ["bob"], "pushMessage": {"title": "x".repeat(2000)}}),
+    ] {
+        assert_eq!(
+            t.post("/push/single", Some(&t.app_token), bad.clone()).await.0,
+            400,
+            "{bad}"
+        );
+    }
+}
+
 on_both_backends!(
     mqtt_ops_and_config_validation,
     fcm_end_to_end,
+    push_from_the_backend,
     push_decision,
     queued_pushes_survive_restart,
     two_workers_never_send_twice,

@@ -223,6 +223,7 @@ pub fn router(state: AppState) -> Router {
             delete(moderation::remove_room_creator),
         )
         .route("/:org/:app/push/stats", get(push::stats))
+        .route("/:org/:app/push/single", post(push::send_single))
         .merge(file_routes())
         .merge(channels::routes(store::channels::ChannelKind::Group))
         .merge(channels::routes(store::channels::ChannelKind::Room))

@@ -182,6 +182,82 @@ pub async fn get_config(State(state): State<AppState>, caller: Caller) -> Result
     Ok(Json(json!({"data": config.redacted()})))
 }
 
+#[derive(Deserialize)]
+struct PushMessage {
+    #[serde(default)]
+    title: String,
+    #[serde(default)]
+    content: String,
+    /// Data for the app on the device (an object of strings, numbers, booleans).
+    #[serde(default)]
+    ext: Option<serde_json::Map<String, Value>>,
+    // Other fields (`subTitle`, the platform's per-vendor sections such as `vivo`) are
+    // accepted and not used: chatd sends through FCM and APNs only.
+}
+
+#[derive(Deserialize)]
+struct SinglePush {
+    targets: Vec<String>,
+    #[serde(rename = "pushMessage")]
+    push_message: PushMessage,
+    /// The platform's provider strategy; chatd always uses the devices' own providers.
+    #[serde(default, rename = "strategy")]
+    _strategy: Option<Value>,
+}
+
+/// `POST /{org}/{app}/push/single` (app token): a notification (not a message) to up to 100
+/// users, queued for each of their bound devices and sent by the push worker; each target
+/// answered `ASYNC_SUCCESS`, or `FAIL` with why (no such user, no device bound, silenced by
+/// the user's do-not-disturb).
+pub async fn send_single(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_app()?;
+    let req: SinglePush = parse_json(&body)?;
+    if req.targets.is_empty() || req.targets.len() > 100 {
+        return Err(ApiError::BadRequest("body.targets names 1 to 100 users".into()));
+    }
+    let message = &req.push_message;
+    if message.title.is_empty() && message.content.is_empty() {
+        return Err(ApiError::BadRequest(
+            "body.pushMessage needs a title or a content".into(),
+        ));
+    }
+    if message.title.len() > 1024 || message.content.len() > 4096 {
+        return Err(ApiError::BadRequest(
+            "body.pushMessage: the title takes at most 1 KiB, the content 4 KiB".into(),
+        ));
+    }
+    let data = Value::Object(message.ext.clone().unwrap_or_default());
+    if data.to_string().len() > 4096 {
+        return Err(ApiError::BadRequest("body.pushMessage.ext takes at most 4 KiB".into()));
+    }
+    let app_id = &caller.app.id;
+    let now = store::now_ms();
+    let mut answers = Vec::with_capacity(req.targets.len());
+    for target in &req.targets {
+        let user = target.trim().to_ascii_lowercase();
+        let fail = |why: &str| json!({"id": target, "pushStatus": "FAIL", "desc": why});
+        if !state.store.user_exists(app_id, &user).await? {
+            answers.push(fail("no such user"));
+            continue;
+        }
+        if state.store.dnd(app_id, &user).await?.silences(now) {
+            answers.push(fail("silenced by the user's do-not-disturb"));
+            continue;
+        }
+        let badge = state.store.total_unread(app_id, &user).await?;
+        let push = json!({"title": message.title, "body": message.content, "badge": badge, "data": data});
+        match state.store.enqueue_pushes(app_id, &user, &push).await? {
+            0 => answers.push(fail("no push binding")),
+            _ => answers.push(json!({"id": target, "pushStatus": "ASYNC_SUCCESS", "desc": "async success"})),
+        }
+    }
+    Ok(Json(json!({"data": answers})))
+}
+
 /// `GET /{org}/{app}/push/stats` (app token): this process's counters per provider, and the
 /// queue's length.
 pub async fn stats(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
