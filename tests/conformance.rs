@@ -6,9 +6,11 @@
 //! URLs — are not compared; keys chatd adds are allowed).
 //!
 //! Cases of routes chatd does not implement are listed, with the reason, in
-//! `tests/conformance/unsupported.json` (and in docs/api.md); the runner skips exactly
-//! those, fails if the list names a case that does not exist, and fails if such a case
-//! would in fact pass (then it belongs in the suite).
+//! `tests/conformance/unsupported.json` (`cases`); the runner skips exactly those, fails if
+//! the list names a case that does not exist, and fails if such a case would in fact pass
+//! (then it belongs in the suite). Every route the documentation names
+//! (`tests/conformance/routes.json`) must be routed by chatd or listed, with the reason, in
+//! `unsupported.json` (`routes`) and in docs/api.md's table of routes not implemented.
 
 mod common;
 
@@ -257,7 +259,7 @@ async fn replay(t: &TestApp, file: &str, unsupported: &Map<String, Value>) -> (V
 
 async fn conformance(backend: Backend) {
     let unsupported = load("unsupported");
-    let unsupported = unsupported.as_object().unwrap();
+    let unsupported = unsupported["cases"].as_object().unwrap();
     // Every entry names a real case.
     let names: Vec<String> = FILES
         .iter()
@@ -290,6 +292,60 @@ async fn conformance(backend: Backend) {
         names.len(),
         failures.join("\n")
     );
+}
+
+/// Every route the platform documents is routed by chatd (whatever it answers to made-up
+/// ids, it is not "no such route" and not 405), or listed as not implemented, in
+/// `unsupported.json` and in docs/api.md; never both.
+#[tokio::test]
+async fn documented_routes_are_routed_or_listed() {
+    let t = common::spawn_app(Backend::Sqlite).await;
+    let listed = load("unsupported");
+    let listed = listed["routes"].as_object().unwrap();
+    let docs = std::fs::read_to_string(format!("{}/docs/api.md", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let table = docs
+        .split("## Routes of the platform chatd does not implement")
+        .nth(1)
+        .expect("docs/api.md has its table of routes not implemented");
+    let mut problems = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for route in load("routes").as_array().unwrap() {
+        let (method, path) = (route["method"].as_str().unwrap(), route["path"].as_str().unwrap());
+        let key = format!("{method} {path}");
+        if !seen.insert(key.clone()) {
+            continue;
+        }
+        // Every `{name}` becomes a made-up id.
+        let concrete: String = path
+            .split('/')
+            .map(|s| if s.starts_with('{') { "x1" } else { s })
+            .collect::<Vec<_>>()
+            .join("/");
+        let resp = t
+            .http
+            .request(method.parse().unwrap(), t.url(&concrete))
+            .bearer_auth(&t.app_token)
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        let routed = status != 405 && !(status == 404 && body["error_description"] == "no such route");
+        match (routed, listed.get(&key)) {
+            (true, Some(_)) => problems.push(format!("{key}: routed, but listed as not implemented")),
+            (false, None) => problems.push(format!("{key}: not routed ({status} {body}) and not listed")),
+            (false, Some(_)) if !table.contains(&format!("`{key}`")) => {
+                problems.push(format!("{key}: not in docs/api.md's table of routes not implemented"))
+            }
+            _ => {}
+        }
+    }
+    for key in listed.keys() {
+        assert!(seen.contains(key), "unsupported.json lists a route the documentation does not name: {key}");
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
 #[tokio::test]

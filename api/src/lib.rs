@@ -188,6 +188,9 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/:org/:app/messages/:id/recall", post(lifecycle::recall))
         .route("/:org/:app/messages/msg_recall", post(lifecycle::recall_by_body))
+        // The name the platform's overview gives the same route.
+        .route("/:org/:app/messages/recall", post(lifecycle::recall_by_body))
+        .route("/:org/:app/messages", post(lifecycle::send_by_target_type))
         .route("/:org/:app/messages/chatrooms/broadcast", post(lifecycle::broadcast))
         .route("/:org/:app/messages/:target/import", post(lifecycle::import))
         .route("/:org/:app/messages/rewrite/:id", put(lifecycle::rewrite))

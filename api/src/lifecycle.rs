@@ -712,6 +712,51 @@ pub async fn import(
     }
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TargetedMessage {
+    target_type: String,
+    target: Vec<String>,
+    msg: Value,
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    ext: Option<Value>,
+}
+
+/// `POST /{org}/{app}/messages` with `{"target_type": "users" | "chatgroups" | "chatrooms",
+/// "target": [...], "msg": {"type": …, <body fields>}, "from", "ext"}`: the platform's older
+/// form of the three send routes, answered the same way.
+pub async fn send_by_target_type(
+    state: State<AppState>,
+    caller: Caller,
+    Path((org, app)): Path<(String, String)>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    let req: TargetedMessage = parse_json(&body)?;
+    if !matches!(req.target_type.as_str(), "users" | "chatgroups" | "chatrooms") {
+        return Err(ApiError::BadRequest(format!(
+            "body.target_type is users, chatgroups or chatrooms, not {:?}",
+            req.target_type
+        )));
+    }
+    let Value::Object(mut msg) = req.msg else {
+        return Err(ApiError::BadRequest("body.msg must be an object with a 'type'".into()));
+    };
+    let kind = msg
+        .remove("type")
+        .ok_or_else(|| ApiError::BadRequest("body.msg.type is missing".into()))?;
+    let mut message = json!({"to": req.target, "type": kind, "body": Value::Object(msg)});
+    if let Some(from) = req.from {
+        message["from"] = json!(from);
+    }
+    if let Some(ext) = req.ext {
+        message["ext"] = ext;
+    }
+    let body = axum::body::Bytes::from(message.to_string());
+    send(state, caller, Path((org, app, req.target_type)), JsonBody(body)).await
+}
+
 /// The platform's clients send a location's `lat` and `lng` as strings (`"39.9"`); chatd
 /// keeps numbers. A string that is not a number is left for the body check to refuse.
 fn numbers_from_strings(body: &mut Value, keys: &[&str]) {
