@@ -191,6 +191,7 @@ async fn set_up(t: &TestApp, file: &str) {
                 "-out",
             ])
             .arg(&key)
+            .stderr(std::process::Stdio::null())
             .status()
             .expect("openssl is installed");
         assert!(made.success());
@@ -343,7 +344,10 @@ async fn documented_routes_are_routed_or_listed() {
         }
     }
     for key in listed.keys() {
-        assert!(seen.contains(key), "unsupported.json lists a route the documentation does not name: {key}");
+        assert!(
+            seen.contains(key),
+            "unsupported.json lists a route the documentation does not name: {key}"
+        );
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }

@@ -17,6 +17,7 @@ mod lifecycle;
 mod messages;
 mod moderation;
 mod push;
+mod sending;
 mod server;
 mod shared_files;
 mod social;
@@ -187,20 +188,20 @@ pub fn router(state: AppState) -> Router {
             delete(lifecycle::delete_for_me),
         )
         .route("/:org/:app/messages/:id/recall", post(lifecycle::recall))
-        .route("/:org/:app/messages/msg_recall", post(lifecycle::recall_by_body))
+        .route("/:org/:app/messages/msg_recall", post(sending::recall_by_body))
         // The name the platform's overview gives the same route.
-        .route("/:org/:app/messages/recall", post(lifecycle::recall_by_body))
-        .route("/:org/:app/messages", post(lifecycle::send_by_target_type))
-        .route("/:org/:app/messages/chatrooms/broadcast", post(lifecycle::broadcast))
-        .route("/:org/:app/messages/:target/import", post(lifecycle::import))
-        .route("/:org/:app/messages/rewrite/:id", put(lifecycle::rewrite))
+        .route("/:org/:app/messages/recall", post(sending::recall_by_body))
+        .route("/:org/:app/messages", post(sending::send_by_target_type))
+        .route("/:org/:app/messages/chatrooms/broadcast", post(sending::broadcast))
+        .route("/:org/:app/messages/:target/import", post(sending::import))
+        .route("/:org/:app/messages/rewrite/:id", put(sending::rewrite))
         .route(
             "/:org/:app/users/:username/user_channel",
             delete(lifecycle::delete_conversation),
         )
         .route("/:org/:app/chatmessages/:time", get(export::hour))
         .route("/:org/:app/messages/:id/readers", get(lifecycle::readers))
-        .route("/:org/:app/messages/:target", post(lifecycle::send))
+        .route("/:org/:app/messages/:target", post(sending::send))
         .route(
             "/:org/:app/users/:username/push/binding",
             get(push::devices).put(push::bind),
