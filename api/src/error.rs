@@ -134,6 +134,7 @@ impl ApiError {
             StatusCode::REQUEST_TIMEOUT => ApiError::RequestTimeout(reason),
             StatusCode::UNAUTHORIZED => ApiError::Unauthorized(reason),
             StatusCode::FORBIDDEN => ApiError::Forbidden(reason),
+            StatusCode::INTERNAL_SERVER_ERROR => ApiError::Internal("an answer without a body".into()),
             s if s.is_server_error() => ApiError::Unavailable(reason),
             _ => ApiError::BadRequest(reason),
         }
