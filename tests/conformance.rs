@@ -31,6 +31,10 @@ const FILES: &[&str] = &[
     "chatrooms",
     "push",
     "mute",
+    "reactions",
+    "presence",
+    "chatroom_attributes",
+    "notifications",
 ];
 
 fn load(name: &str) -> Value {

@@ -858,7 +858,93 @@ async fn member_attributes_and_shared_files(backend: Backend) {
     assert_eq!(t.get(&files, &carol).await.1["data"], json!([]));
 }
 
+/// Reactions over REST are the ones devices make: the holders hear of them; only the
+/// conversation's parties react; a message takes at most 20 different ones.
+async fn reactions_over_rest(backend: Backend) {
+    let t = spawn_app(backend).await;
+    let [alice, bob, carol] = [t.user("alice").await, t.user("bob").await, t.user("carol").await];
+    let mut alice_dev = t.device("alice", &alice, "a").await;
+    let mut bob_dev = t.device("bob", &bob, "b").await;
+    alice_dev.send_text("r1", "bob", "lunch?").await;
+    let id = alice_dev.next_op("ack").await["id"].as_str().unwrap().to_string();
+    bob_dev.next_op("msg").await;
+    let add = |emoji: &str| json!({"msgId": id, "message": emoji});
+
+    let (status, body) = t.post("/reaction/user/bob", Some(&bob), add("yum")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["requestStatusCode"].as_str(), body["data"]["msgType"].as_str()),
+        (Some("ok"), Some("chat"))
+    );
+    let event = alice_dev.next_op("reaction").await;
+    assert_eq!(
+        (event["emoji"].as_str(), event["by"].as_str()),
+        (Some("yum"), Some("bob"))
+    );
+    assert_eq!(
+        t.post("/reaction/user/bob", Some(&bob), add("yum")).await.0,
+        400,
+        "the same reaction twice"
+    );
+    assert_eq!(
+        t.post("/reaction/user/carol", Some(&t.app_token), add("yum")).await.0,
+        400,
+        "an outsider reacted"
+    );
+    assert_eq!(
+        t.post("/reaction/user/alice", Some(&carol), add("yum")).await.0,
+        403,
+        "carol acted as alice"
+    );
+    for i in 0..19 {
+        assert_eq!(
+            t.post("/reaction/user/alice", Some(&alice), add(&format!("e{i}")))
+                .await
+                .0,
+            200
+        );
+    }
+    let (status, body) = t.post("/reaction/user/alice", Some(&alice), add("one-too-many")).await;
+    assert_eq!(status, 400, "{body}");
+    // Read: the first three users, and whether the reader added it.
+    let (_, body) = t
+        .get(&format!("/reaction/user/alice?msgIdList={id}&msgType=chat"), &alice)
+        .await;
+    let yum = body["data"][0]["reactionList"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["reaction"] == "yum")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (yum["count"].as_i64(), yum["state"].as_bool()),
+        (Some(1), Some(false)),
+        "{yum}"
+    );
+    let (_, detail) = t
+        .get(&format!("/reaction/user/bob/detail?msgId={id}&message=yum"), &bob)
+        .await;
+    assert_eq!(
+        (detail["data"]["userList"].clone(), detail["data"]["cursor"].clone()),
+        (json!(["bob"]), json!(""))
+    );
+    // Remove: only one's own.
+    let path = format!("/reaction/user/alice?msgId={id}&message=yum");
+    assert_eq!(t.delete(&path, &alice).await.0, 400, "alice removed bob's reaction");
+    let path = format!("/reaction/user/bob?msgId={id}&message=yum");
+    assert_eq!(t.delete(&path, &bob).await.1["requestStatusCode"], "ok");
+    let events = alice_dev.collect(Duration::from_millis(800)).await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e["op"] == "reaction" && e["action"] == "remove" && e["emoji"] == "yum"),
+        "{events:?}"
+    );
+}
+
 on_both_backends!(
+    reactions_over_rest,
     account_administration,
     messages_from_the_backend,
     groups_and_errors,

@@ -17,6 +17,7 @@ mod lifecycle;
 mod messages;
 mod moderation;
 mod push;
+mod reactions;
 mod sending;
 mod server;
 mod shared_files;
@@ -228,6 +229,11 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/:org/:app/push/stats", get(push::stats))
         .route("/:org/:app/push/single", post(push::send_single))
+        .route(
+            "/:org/:app/reaction/user/:username",
+            post(reactions::add).get(reactions::list).delete(reactions::remove),
+        )
+        .route("/:org/:app/reaction/user/:username/detail", get(reactions::detail))
         .merge(file_routes())
         .merge(channels::routes(store::channels::ChannelKind::Group))
         .merge(channels::routes(store::channels::ChannelKind::Room))

@@ -37,6 +37,8 @@ pub struct ConversationEntry {
 
 /// Longest emoji string accepted for a reaction.
 const EMOJI_MAX_BYTES: usize = 32;
+/// The most different reactions one message takes (as on the platform).
+pub const MAX_REACTIONS: usize = 20;
 
 impl Store {
     /// How far a user's devices have acknowledged a conversation (delivered or read): the
@@ -226,6 +228,11 @@ impl Store {
         )
     }
 
+    /// A message `user` has (sent it, or it is in their inbox); `NotFound` otherwise.
+    pub async fn held_message(&self, app_id: &str, id: &str, user: &str) -> Result<StoredMessage> {
+        self.require_holder(app_id, id, user).await
+    }
+
     async fn require_holder(&self, app_id: &str, id: &str, user: &str) -> Result<StoredMessage> {
         let msg = self.message(app_id, id).await?;
         let held = crate::messages::inbox_place(&self.pool, app_id, user, id).await?;
@@ -357,6 +364,16 @@ impl Store {
             ));
         }
         if add {
+            let emojis: Vec<String> = sqlx::query_scalar("SELECT DISTINCT emoji FROM reactions WHERE message_id = $1")
+                .bind(id)
+                .fetch_all(&self.pool)
+                .await?;
+            if emojis.len() >= MAX_REACTIONS && !emojis.iter().any(|e| e == emoji) {
+                return Err(Error::invalid(
+                    "emoji",
+                    format!("a message takes at most {MAX_REACTIONS} different reactions"),
+                ));
+            }
             sqlx::query("INSERT INTO reactions (message_id, emoji, username, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
                 .bind(id)
                 .bind(emoji)
