@@ -943,7 +943,129 @@ async fn reactions_over_rest(backend: Backend) {
     );
 }
 
+/// A chatroom's attributes: each owned by the member who set it, told to the room's
+/// subscribers, gone with their owner unless kept; only the app forces.
+async fn chatroom_attributes(backend: Backend) {
+    let t = spawn_app(backend).await;
+    let [alice, bob, carol] = [t.user("alice").await, t.user("bob").await, t.user("carol").await];
+    let app = t.app_token.clone();
+    let (_, room) = t
+        .post(
+            "/chatrooms",
+            Some(&app),
+            json!({"name": "r", "owner": "alice", "members": ["bob"]}),
+        )
+        .await;
+    let rid = room["data"]["id"].as_str().unwrap().to_string();
+    let mut alice_dev = t.device("alice", &alice, "a").await;
+    assert!(
+        alice_dev
+            .subscribe(&format!("chat/{}/{}/room/{rid}", t.org, t.app))
+            .await
+    );
+    let user = |u: &str| format!("/metadata/chatroom/{rid}/user/{u}");
+
+    let (status, body) = t
+        .put(
+            &user("bob"),
+            &bob,
+            json!({"metaData": {"topic": "jazz", "bad key": "x"}, "autoDelete": "DELETE"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["successKeys"], json!(["topic"]));
+    assert!(body["data"]["errorKeys"]["bad key"].is_string(), "{body}");
+    let event = alice_dev.next_event("attributes").await;
+    assert_eq!(
+        (event["set"]["topic"].as_str(), event["by"].as_str()),
+        (Some("jazz"), Some("bob"))
+    );
+    // Another member may neither change nor remove it; nor act as someone else.
+    let (_, body) = t
+        .put(&user("alice"), &alice, json!({"metaData": {"topic": "rock"}}))
+        .await;
+    assert!(body["data"]["errorKeys"]["topic"].is_string(), "{body}");
+    assert_eq!(
+        t.put(&user("bob"), &alice, json!({"metaData": {"x": "y"}})).await.0,
+        403
+    );
+    assert_eq!(
+        t.put(&user("carol"), &carol, json!({"metaData": {"x": "y"}})).await.0,
+        401,
+        "an outsider set one"
+    );
+    assert_eq!(
+        t.put(
+            &format!("{}/forced", user("alice")),
+            &alice,
+            json!({"metaData": {"topic": "rock"}})
+        )
+        .await
+        .0,
+        403
+    );
+    let too_many: serde_json::Map<String, Value> = (0..11).map(|i| (format!("k{i}"), json!("v"))).collect();
+    assert_eq!(t.put(&user("bob"), &bob, json!({"metaData": too_many})).await.0, 400);
+    // The app forces; the key becomes alice's.
+    let (_, body) = t
+        .put(
+            &format!("{}/forced", user("alice")),
+            &app,
+            json!({"metaData": {"topic": "rock"}}),
+        )
+        .await;
+    assert_eq!(body["data"]["successKeys"], json!(["topic"]), "{body}");
+    let read = |token: &str, keys: Value| {
+        let token = token.to_string();
+        let path = format!("/metadata/chatroom/{rid}");
+        let t = &t;
+        async move { t.post(&path, Some(&token), json!({"keys": keys})).await }
+    };
+    assert_eq!(read(&bob, json!([])).await.1["data"], json!({"topic": "rock"}));
+    assert_eq!(read(&carol, json!([])).await.0, 403, "an outsider read them");
+    // Bob's own, removed when he leaves (autoDelete); alice's kept (NO_DELETE).
+    t.put(&user("bob"), &bob, json!({"metaData": {"mood": "happy"}})).await;
+    t.put(
+        &user("alice"),
+        &alice,
+        json!({"metaData": {"rules": "be nice"}, "autoDelete": "NO_DELETE"}),
+    )
+    .await;
+    assert_eq!(t.delete(&format!("/chatrooms/{rid}/users/bob"), &bob).await.0, 200);
+    assert_eq!(
+        read(&alice, json!([])).await.1["data"],
+        json!({"rules": "be nice", "topic": "rock"})
+    );
+    // Removing: one's own only, unless forced.
+    let remove = |u: &str, token: &str, keys: Value, forced: bool| {
+        let path = if forced { format!("{}/forced", user(u)) } else { user(u) };
+        t.http
+            .delete(t.url(&path))
+            .bearer_auth(token.to_string())
+            .json(&json!({"keys": keys}))
+            .send()
+    };
+    let (status, body) = common::into_json(
+        remove("alice", &alice, json!(["rules", "nothing"]), false)
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("ok")), "{body}");
+    assert_eq!(
+        (
+            body["data"]["successKeys"].clone(),
+            body["data"]["errorKeys"]["nothing"].is_string()
+        ),
+        (json!(["rules"]), true)
+    );
+    let (_, body) = common::into_json(remove("alice", &app, json!(["topic"]), true).await.unwrap()).await;
+    assert_eq!(body["data"]["successKeys"], json!(["topic"]));
+    assert_eq!(read(&alice, json!([])).await.1["data"], json!({}));
+}
+
 on_both_backends!(
+    chatroom_attributes,
     reactions_over_rest,
     account_administration,
     messages_from_the_backend,

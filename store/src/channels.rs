@@ -416,10 +416,12 @@ impl Store {
             .bind(format!("g:{id}"))
             .execute(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM room_messages WHERE room_id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        for table in ["room_messages", "room_attributes"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE room_id = $1"))
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
         // A group's shared files go with it (the sweeper removes those nothing else uses).
         sqlx::query(
             "UPDATE chatfiles SET released_at = $1 WHERE id IN
@@ -788,6 +790,12 @@ async fn remove_membership(
         .execute(&mut **tx)
         .await?
         .rows_affected();
+    // A chatroom's attributes set to go with their owner (`attributes`).
+    sqlx::query("DELETE FROM room_attributes WHERE room_id = $1 AND owner = $2 AND auto_delete = 1")
+        .bind(id)
+        .bind(user)
+        .execute(&mut **tx)
+        .await?;
     sqlx::query("DELETE FROM user_conversations WHERE app_id = $1 AND username = $2 AND conv = $3")
         .bind(app_id)
         .bind(user)

@@ -299,8 +299,8 @@ const MIGRATIONS: &[&[&str]] = &[
     ],
     // 7: what the platform's API needs: a user's uuid (given to existing users by
     // `backfill_user_uuids`), activation and global mutes; a channel's `custom` data, avatar
-    // URL and disabled flag; allow-listed members and members' attributes; who may create
-    // chatrooms.
+    // URL and disabled flag; allow-listed members and members' attributes; chatroom
+    // attributes; who may create chatrooms.
     &[
         "ALTER TABLE users ADD COLUMN uuid TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE users ADD COLUMN activated BIGINT NOT NULL DEFAULT 1",
@@ -312,6 +312,15 @@ const MIGRATIONS: &[&[&str]] = &[
         "ALTER TABLE users ADD COLUMN mute_chat_until BIGINT NOT NULL DEFAULT 0",
         "ALTER TABLE users ADD COLUMN mute_groupchat_until BIGINT NOT NULL DEFAULT 0",
         "ALTER TABLE users ADD COLUMN mute_chatroom_until BIGINT NOT NULL DEFAULT 0",
+        "CREATE TABLE room_attributes (
+        room_id TEXT NOT NULL,
+        attr_key TEXT NOT NULL,
+        attr_value TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        auto_delete BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL,
+        PRIMARY KEY (room_id, attr_key)
+    )",
         "CREATE TABLE room_creators (
         app_id TEXT NOT NULL,
         username TEXT NOT NULL,

@@ -6,6 +6,7 @@
 //!   `sqlx::Any` pool and one portable schema, cut by domain ([`tenants`], [`users`], [`messages`]);
 //! - [`tokens`]: signed, expiring JWTs for apps and users, and argon2 password hashing.
 
+pub mod attributes;
 pub mod channels;
 pub mod compact;
 pub mod contacts;

@@ -1,7 +1,7 @@
 //! The app's moderation beyond one channel: global mutes (a user may not send one-to-one,
 //! group or chatroom messages until a time), channel allow lists (members who may speak
 //! while everyone is muted) and who may create chatrooms (the platform's chatroom super
-//! admins); and what a group keeps about each member (attributes).
+//! admins).
 //!
 //! Global mutes live on the user's row, so the checks on the send path read them with the
 //! rows they read anyway (one-to-one: the participants query of a batch; groups and
@@ -9,14 +9,10 @@
 //! over REST in a user's name is the app's decision.
 
 use serde::Serialize;
-use serde_json::{Map, Value};
 
 use crate::channels::ChannelKind;
 use crate::error::{Error, Result};
 use crate::Store;
-
-/// The most bytes one member's attributes in a group may take, serialised.
-pub const MAX_MEMBER_ATTRIBUTES_BYTES: usize = 4096;
 
 /// Where a user is muted, each until a time in ms (0: not muted).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -145,60 +141,6 @@ impl Store {
             done.push(changed > 0);
         }
         Ok(done)
-    }
-
-    /// A member's attributes in a group (the platform's group member metadata): string
-    /// values, `NotFound` if not a member.
-    pub async fn member_attributes(&self, app_id: &str, id: &str, user: &str) -> Result<Map<String, Value>> {
-        let text: Option<String> = sqlx::query_scalar(
-            "SELECT attributes FROM channel_members WHERE channel_id = $1 AND app_id = $2 AND username = $3",
-        )
-        .bind(id)
-        .bind(app_id)
-        .bind(user)
-        .fetch_optional(&self.pool)
-        .await?;
-        let text = text.ok_or_else(|| Error::NotFound(format!("member {user}")))?;
-        Ok(serde_json::from_str(&text).unwrap_or_default())
-    }
-
-    /// Sets the keys given (an empty value removes one); answers the member's attributes.
-    /// String values only; all of a member's at most [`MAX_MEMBER_ATTRIBUTES_BYTES`].
-    pub async fn set_member_attributes(
-        &self,
-        app_id: &str,
-        id: &str,
-        user: &str,
-        changes: &Map<String, Value>,
-    ) -> Result<Map<String, Value>> {
-        if let Some((key, _)) = changes.iter().find(|(_, v)| !v.is_string()) {
-            return Err(Error::invalid("metaData", format!("value of '{key}' must be a string")));
-        }
-        let mut attributes = self.member_attributes(app_id, id, user).await?;
-        for (key, value) in changes {
-            if value.as_str() == Some("") {
-                attributes.remove(key);
-            } else {
-                attributes.insert(key.clone(), value.clone());
-            }
-        }
-        let text = Value::Object(attributes.clone()).to_string();
-        if text.len() > MAX_MEMBER_ATTRIBUTES_BYTES {
-            return Err(Error::invalid(
-                "metaData",
-                format!("a member's attributes take at most {MAX_MEMBER_ATTRIBUTES_BYTES} bytes"),
-            ));
-        }
-        sqlx::query(
-            "UPDATE channel_members SET attributes = $1 WHERE channel_id = $2 AND app_id = $3 AND username = $4",
-        )
-        .bind(text)
-        .bind(id)
-        .bind(app_id)
-        .bind(user)
-        .execute(&self.pool)
-        .await?;
-        Ok(attributes)
     }
 
     /// Who may create chatrooms with a user token. Empty: every user may.

@@ -376,6 +376,14 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
+        sqlx::query(
+            "DELETE FROM room_attributes WHERE owner = $2 AND auto_delete = 1
+             AND room_id IN (SELECT id FROM channels WHERE app_id = $1)",
+        )
+        .bind(app_id)
+        .bind(username)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("DELETE FROM contacts WHERE app_id = $1 AND friend = $2")
             .bind(app_id)
             .bind(username)

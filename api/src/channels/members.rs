@@ -1,5 +1,5 @@
 //! Who is in a group or chatroom: the member list and its changes, admins, join requests
-//! and invitations (groups), and what a group keeps about each member (attributes).
+//! and invitations (groups).
 
 use super::*;
 
@@ -275,87 +275,6 @@ pub(super) async fn remove_admin(
         json!({"role": "member"}),
     );
     Ok(Json(json!({"data": {"id": id, "oldadmin": user, "result": "success"}})))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct AttributesBody {
-    #[serde(rename = "metaData")]
-    meta_data: serde_json::Map<String, Value>,
-}
-
-/// `PUT /{org}/{app}/metadata/chatgroup/{id}/user/{username}` `{"metaData": {...}}`: a
-/// member's attributes in the group (their own, or any member's for the owner, admins and
-/// the app); an empty value removes a key. Answers the member's attributes.
-pub(super) async fn set_member_attributes(
-    State(state): State<AppState>,
-    acting: Acting,
-    Target(username): Target,
-    JsonBody(body): JsonBody,
-) -> Result<Json<Value>, ApiError> {
-    if !acting.is_self(&username) {
-        acting.require(Standing::Admin, "set another member's attributes")?;
-    }
-    let body: AttributesBody = parse_json(&body)?;
-    let attributes = state
-        .store
-        .set_member_attributes(&acting.caller.app.id, &acting.channel.id, &username, &body.meta_data)
-        .await?;
-    Ok(Json(json!({"data": attributes})))
-}
-
-/// `GET /{org}/{app}/metadata/chatgroup/{id}/user/{username}` (members and the app).
-pub(super) async fn member_attributes(
-    State(state): State<AppState>,
-    acting: Acting,
-    Target(username): Target,
-) -> Result<Json<Value>, ApiError> {
-    acting.require(Standing::Member, "read members' attributes")?;
-    let attributes = state
-        .store
-        .member_attributes(&acting.caller.app.id, &acting.channel.id, &username)
-        .await?;
-    Ok(Json(json!({"data": attributes})))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct AttributesQuery {
-    targets: Vec<String>,
-    #[serde(default)]
-    properties: Vec<String>,
-}
-
-/// `POST /{org}/{app}/metadata/chatgroup/{id}/get` `{"targets": [...], "properties":
-/// [...]}`: several members' attributes (up to 100; no properties: all); names that are not
-/// members are left out.
-pub(super) async fn many_member_attributes(
-    State(state): State<AppState>,
-    acting: Acting,
-    JsonBody(body): JsonBody,
-) -> Result<Json<Value>, ApiError> {
-    acting.require(Standing::Member, "read members' attributes")?;
-    let q: AttributesQuery = parse_json(&body)?;
-    let users = usernames(&q.targets)?;
-    let mut data = serde_json::Map::new();
-    for (asked, user) in q.targets.iter().zip(&users) {
-        match state
-            .store
-            .member_attributes(&acting.caller.app.id, &acting.channel.id, user)
-            .await
-        {
-            Ok(attributes) => {
-                let chosen: serde_json::Map<String, Value> = attributes
-                    .into_iter()
-                    .filter(|(k, _)| q.properties.is_empty() || q.properties.contains(k))
-                    .collect();
-                data.insert(asked.clone(), Value::Object(chosen));
-            }
-            Err(store::Error::NotFound(_)) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(Json(json!({"data": data})))
 }
 
 pub(super) async fn join_requests(State(state): State<AppState>, acting: Acting) -> Result<Json<Value>, ApiError> {

@@ -9,15 +9,15 @@
 //!
 //! The handlers are split by what they manage: this module has the channel itself (create,
 //! read, list, update, transfer, dissolve, announcement, disable), [`members`] who is in it
-//! (members, admins, join requests, invitations, member attributes) and [`moderation`] who
-//! may speak (mutes, mute-all, blocklist, allow list).
+//! (members, admins, join requests, invitations), [`moderation`] who may speak (mutes,
+//! mute-all, blocklist, allow list) and [`attributes`] the key-value data kept on them.
 
 use std::collections::HashMap;
 
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -27,9 +27,11 @@ use crate::error::{parse_json, JsonBody, Query};
 use crate::{ApiError, AppState};
 use store::channels::{Channel, ChannelKind, ChannelUpdate, NewChannel, RequestKind, Role};
 
+mod attributes;
 mod members;
 mod moderation;
 
+use attributes::*;
 use members::*;
 use moderation::*;
 
@@ -86,7 +88,17 @@ pub fn routes(kind: ChannelKind) -> Router<AppState> {
                 get(member_attributes).put(set_member_attributes),
             )
             .route("/:org/:app/metadata/chatgroup/:id/get", post(many_member_attributes)),
-        ChannelKind::Room => router.route(&format!("{base}/:id/messages"), get(room_messages)),
+        ChannelKind::Room => router
+            .route(&format!("{base}/:id/messages"), get(room_messages))
+            .route("/:org/:app/metadata/chatroom/:id", post(room_attributes))
+            .route(
+                "/:org/:app/metadata/chatroom/:id/user/:username",
+                put(set_room_attributes).delete(remove_room_attributes),
+            )
+            .route(
+                "/:org/:app/metadata/chatroom/:id/user/:username/forced",
+                put(force_room_attributes).delete(force_remove_room_attributes),
+            ),
     };
     router.layer(Extension(kind))
 }
