@@ -734,7 +734,115 @@ async fn push_from_the_backend(backend: Backend) {
     }
 }
 
+/// The platform's notification settings decide pushes too: the app level (`NONE`, a quiet
+/// window), a conversation's mode (`AT`: mentions only) and silences; each step ends with a
+/// message that does push, so a silenced one would have been counted before it.
+async fn notification_settings_decide_pushes(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let (t, fake, _) = app_with_fake(backend, dir.path()).await;
+    let alice = t.user("alice").await;
+    let bob = t.user("bob").await;
+    let carol = t.user("carol").await;
+    assert_eq!(bind_fcm(&t, &t.app_token, "bob", "p", "tok-bob").await, 200);
+    let (_, group) = t
+        .post(
+            "/chatgroups",
+            Some(&alice),
+            json!({"groupname": "g", "members": ["bob"]}),
+        )
+        .await;
+    let gid = group["data"]["groupid"].as_str().unwrap().to_string();
+    let mut alice_dev = t.device("alice", &alice, "a").await;
+    let bodies = || -> Vec<String> {
+        fake.sends_to("tok-bob")
+            .iter()
+            .map(|m| m["message"]["notification"]["body"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    let app_level = "/users/bob/notification/user/bob";
+    assert_eq!(
+        t.put(app_level, &carol, json!({"type": "NONE"})).await.0,
+        403,
+        "carol set bob's"
+    );
+    let (status, body) = t.put(app_level, &bob, json!({"type": "NONE"})).await;
+    assert_eq!((status, &body["data"]), (200, &json!({"type": "NONE"})), "{body}");
+    alice_dev.send_text("n1", "bob", "silenced by NONE").await;
+    alice_dev.next_op("ack").await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // A quiet window covering now, in bob's time zone (UTC by default).
+    let minute = (store::now_ms() / 60_000) % 1440;
+    let window = format!(
+        "{:02}:{:02}-{:02}:{:02}",
+        (minute + 1439) % 1440 / 60,
+        (minute + 1439) % 1440 % 60,
+        (minute + 2) % 1440 / 60,
+        (minute + 2) % 1440 % 60
+    );
+    let (_, body) = t
+        .put(app_level, &bob, json!({"type": "ALL", "ignoreInterval": window}))
+        .await;
+    assert_eq!(body["data"]["ignoreInterval"], window.as_str());
+    alice_dev.send_text("n2", "bob", "silenced by the window").await;
+    alice_dev.next_op("ack").await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    t.put(app_level, &bob, json!({"ignoreInterval": ""})).await;
+    alice_dev.send_text("n3", "bob", "pushed").await;
+    alice_dev.next_op("ack").await;
+    wait_until("a push", || bodies().len() == 1).await;
+    assert!(bodies()[0].contains("pushed"), "{:?}", bodies());
+
+    // The group pushes only mentions of bob; the one-to-one conversation is silenced a while.
+    let group_path = format!("/users/bob/notification/chatgroup/{gid}");
+    assert_eq!(
+        t.put(&group_path, &bob, json!({"type": "AT"})).await.1["data"]["type"],
+        "AT"
+    );
+    alice_dev.send_to("group", "g1", &gid, "no mention").await;
+    alice_dev.next_op("ack").await;
+    alice_dev
+        .publish(
+            json!({"op": "send", "cid": "g2", "chat": "group", "to": gid, "type": "txt",
+                        "body": {"msg": "hey bob"}, "ext": {"em_at_list": ["bob"]}}),
+        )
+        .await;
+    alice_dev.next_op("ack").await;
+    wait_until("the mention's push", || bodies().len() == 2).await;
+    assert!(bodies()[1].contains("hey bob"), "{:?}", bodies());
+    let chat_path = "/users/bob/notification/user/alice";
+    let (_, body) = t.put(chat_path, &bob, json!({"ignoreDuration": 3_600_000})).await;
+    assert!(
+        body["data"]["ignoreDuration"].as_i64().unwrap() > store::now_ms(),
+        "{body}"
+    );
+    alice_dev.send_text("n4", "bob", "silenced for an hour").await;
+    alice_dev.next_op("ack").await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    t.put(chat_path, &bob, json!({"ignoreDuration": 0})).await;
+    alice_dev.send_text("n5", "bob", "back").await;
+    alice_dev.next_op("ack").await;
+    wait_until("the last push", || bodies().len() == 3).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(bodies().len(), 3, "{:?}", bodies());
+    assert!(bodies()[2].contains("back"), "{:?}", bodies());
+
+    // Bad values name themselves.
+    for bad in [
+        json!({"type": "SOMETIMES"}),
+        json!({"type": "DEFAULT"}),
+        json!({"ignoreInterval": "25:00-01:00"}),
+        json!({"ignoreDuration": 604_800_001}),
+    ] {
+        assert_eq!(t.put(app_level, &bob, bad.clone()).await.0, 400, "{bad}");
+    }
+    assert_eq!(
+        t.put(chat_path, &bob, json!({"ignoreInterval": "01:00-02:00"})).await.0,
+        400
+    );
+}
+
 on_both_backends!(
+    notification_settings_decide_pushes,
     mqtt_ops_and_config_validation,
     fcm_end_to_end,
     push_from_the_backend,

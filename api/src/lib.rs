@@ -230,6 +230,10 @@ pub fn router(state: AppState) -> Router {
         .route("/:org/:app/push/stats", get(push::stats))
         .route("/:org/:app/push/single", post(push::send_single))
         .route(
+            "/:org/:app/users/:username/notification/:chattype/:key",
+            get(push::get_notification).put(push::put_notification),
+        )
+        .route(
             "/:org/:app/reaction/user/:username",
             post(reactions::add).get(reactions::list).delete(reactions::remove),
         )

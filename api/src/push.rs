@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use crate::auth::{Caller, Owner};
 use crate::error::{parse_json, JsonBody};
 use crate::{ApiError, AppState};
+use store::notification::{Mode, Setting};
 use store::push::{Dnd, Notifier};
 
 #[derive(Deserialize)]
@@ -256,6 +257,136 @@ pub async fn send_single(
         }
     }
     Ok(Json(json!({"data": answers})))
+}
+
+/// The setting a `/notification/{chattype}/{key}` route names: the app level (`user` and
+/// the user's own name) or a conversation (`user` and a peer, `chatgroup` and a group).
+async fn notification_target(
+    state: &AppState,
+    caller: &Caller,
+    user: &str,
+    chattype: &str,
+    key: &str,
+) -> Result<String, ApiError> {
+    // The platform answers an unknown user with 400 on these routes.
+    if !state.store.user_exists(&caller.app.id, user).await? {
+        return Err(ApiError::BadRequest(format!(
+            "Entity user requires a property named username: no user {user}"
+        )));
+    }
+    let key = key.trim();
+    match chattype {
+        "user" if key.eq_ignore_ascii_case(user) => Ok(String::new()),
+        "user" => {
+            let peer = key.to_ascii_lowercase();
+            state.store.require_users(&caller.app.id, &[&peer]).await?;
+            Ok(store::messages::user_conv(user, &peer))
+        }
+        "chatgroup" => {
+            state
+                .store
+                .channel(&caller.app.id, store::channels::ChannelKind::Group, key)
+                .await?;
+            Ok(format!("g:{key}"))
+        }
+        other => Err(ApiError::BadRequest(format!(
+            "parameters is invalid: the chat type is user or chatgroup, not {other:?}"
+        ))),
+    }
+}
+
+/// A setting as the platform answers it: what is set (`ignoreDuration` as the time the
+/// silence ends, in ms).
+fn notification_answer(setting: &Setting, now: i64) -> Value {
+    let mut data = serde_json::Map::new();
+    if let Some(mode) = setting.mode {
+        data.insert("type".into(), json!(mode.as_str()));
+    }
+    if let Some(quiet) = setting.quiet {
+        data.insert(
+            "ignoreInterval".into(),
+            json!(store::notification::format_interval(quiet)),
+        );
+    }
+    if setting.ignore_until > now {
+        data.insert("ignoreDuration".into(), json!(setting.ignore_until));
+    }
+    json!({"data": data})
+}
+
+/// `GET /{org}/{app}/users/{username}/notification/{chattype}/{key}` (app, self).
+pub async fn get_notification(
+    State(state): State<AppState>,
+    Owner { caller, user }: Owner,
+    Path((_, _, _, chattype, key)): Path<(String, String, String, String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let target = notification_target(&state, &caller, &user, &chattype, &key).await?;
+    let setting = state.store.notification_setting(&caller.app.id, &user, &target).await?;
+    Ok(Json(notification_answer(&setting, store::now_ms())))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NotificationBody {
+    #[serde(default, rename = "type")]
+    mode: Option<String>,
+    #[serde(default, rename = "ignoreInterval")]
+    ignore_interval: Option<String>,
+    #[serde(default, rename = "ignoreDuration")]
+    ignore_duration: Option<i64>,
+}
+
+/// `PUT /{org}/{app}/users/{username}/notification/{chattype}/{key}` (app, self) with any of
+/// `type` (`ALL`, `AT`, `NONE`; `DEFAULT` for a conversation), `ignoreInterval`
+/// (`"HH:MM-HH:MM"` in the user's do-not-disturb time zone, app level only; `""` clears)
+/// and `ignoreDuration` (ms from now, at most 7 days; 0 clears). Fields left out stay.
+pub async fn put_notification(
+    State(state): State<AppState>,
+    Owner { caller, user }: Owner,
+    Path((_, _, _, chattype, key)): Path<(String, String, String, String, String)>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    let target = notification_target(&state, &caller, &user, &chattype, &key).await?;
+    let body: NotificationBody = parse_json(&body)?;
+    let invalid = |why: &str| ApiError::BadRequest(format!("parameters is invalid: {why}"));
+    let app_level = target.is_empty();
+    let mut setting = state.store.notification_setting(&caller.app.id, &user, &target).await?;
+    if let Some(mode) = body.mode {
+        let mode =
+            Mode::parse(&mode).ok_or_else(|| invalid("body.type is ALL, AT, NONE or (for a conversation) DEFAULT"))?;
+        if mode == Mode::Default && app_level {
+            return Err(invalid(
+                "body.type DEFAULT is for a conversation; the app level is ALL, AT or NONE",
+            ));
+        }
+        setting.mode = Some(mode);
+    }
+    if let Some(interval) = body.ignore_interval {
+        if !app_level {
+            return Err(invalid(
+                "body.ignoreInterval is set for the app level (chattype user, key the user)",
+            ));
+        }
+        setting.quiet = match interval.trim() {
+            "" => None,
+            text => Some(
+                store::notification::parse_interval(text)
+                    .ok_or_else(|| invalid("body.ignoreInterval is \"HH:MM-HH:MM\""))?,
+            ),
+        };
+    }
+    let now = store::now_ms();
+    if let Some(ms) = body.ignore_duration {
+        if !(0..=store::notification::MAX_IGNORE_MS).contains(&ms) {
+            return Err(invalid("body.ignoreDuration is 0 to 604800000 ms"));
+        }
+        setting.ignore_until = if ms == 0 { 0 } else { now + ms };
+    }
+    state
+        .store
+        .set_notification_setting(&caller.app.id, &user, &target, &setting)
+        .await?;
+    Ok(Json(notification_answer(&setting, now)))
 }
 
 /// `GET /{org}/{app}/push/stats` (app token): this process's counters per provider, and the

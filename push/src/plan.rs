@@ -27,7 +27,8 @@ pub async fn plan_stored(
 }
 
 /// Queues pushes for a message just stored: one per device token of each recipient with
-/// no connected device, unless do-not-disturb or a muted conversation says otherwise.
+/// no connected device, unless do-not-disturb, a muted conversation or the user's
+/// notification settings (`store::notification`) say otherwise.
 /// Chatroom and `cmd` messages never push. Returns how many pushes were queued.
 pub async fn plan(
     store: &Store,
@@ -73,9 +74,16 @@ pub async fn plan(
     let now = store::now_ms();
     let mut queued = 0;
     for user in candidates {
-        if store.push_devices(app_id, &user).await?.is_empty()
-            || store.dnd(app_id, &user).await?.silences(now)
+        if store.push_devices(app_id, &user).await?.is_empty() {
+            continue;
+        }
+        let dnd = store.dnd(app_id, &user).await?;
+        let local_minute = (now / 60_000 + dnd.utc_offset_minutes).rem_euclid(1440);
+        if dnd.silences(now)
             || store.is_conversation_muted(app_id, &user, &msg.conv).await?
+            || store
+                .notification_silences(app_id, &user, &msg.conv, msg.ext.as_deref(), now, local_minute)
+                .await?
         {
             continue;
         }

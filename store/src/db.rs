@@ -300,7 +300,7 @@ const MIGRATIONS: &[&[&str]] = &[
     // 7: what the platform's API needs: a user's uuid (given to existing users by
     // `backfill_user_uuids`), activation and global mutes; a channel's `custom` data, avatar
     // URL and disabled flag; allow-listed members and members' attributes; chatroom
-    // attributes; who may create chatrooms.
+    // attributes; the platform's notification settings; who may create chatrooms.
     &[
         "ALTER TABLE users ADD COLUMN uuid TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE users ADD COLUMN activated BIGINT NOT NULL DEFAULT 1",
@@ -320,6 +320,15 @@ const MIGRATIONS: &[&[&str]] = &[
         auto_delete BIGINT NOT NULL,
         updated_at BIGINT NOT NULL,
         PRIMARY KEY (room_id, attr_key)
+    )",
+        "CREATE TABLE push_prefs (
+        app_id TEXT NOT NULL,
+        username TEXT NOT NULL,
+        target TEXT NOT NULL,
+        mode TEXT NOT NULL,
+        quiet TEXT NOT NULL,
+        ignore_until BIGINT NOT NULL,
+        PRIMARY KEY (app_id, username, target)
     )",
         "CREATE TABLE room_creators (
         app_id TEXT NOT NULL,

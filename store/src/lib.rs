@@ -19,6 +19,7 @@ pub mod live;
 pub mod messages;
 pub mod moderation;
 pub mod names;
+pub mod notification;
 pub mod push;
 pub mod tenants;
 pub mod tokens;
