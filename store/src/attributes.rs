@@ -133,7 +133,7 @@ impl Store {
             let owner = existing.iter().find(|(k, _)| k == key).map(|(_, o)| o.as_str());
             let refusal = if let Err(why) = check_room_key(key) {
                 Some(why)
-            } else if !value.as_str().is_some_and(|v| v.len() <= MAX_ROOM_VALUE_BYTES) {
+            } else if value.as_str().is_none_or(|v| v.len() > MAX_ROOM_VALUE_BYTES) {
                 Some(format!(
                     "the value of '{key}' must be a string of at most {MAX_ROOM_VALUE_BYTES} bytes"
                 ))
