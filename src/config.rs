@@ -243,6 +243,11 @@ pub struct ApiConfig {
     /// The API's address as clients reach it (`https://chat.example.com`), used in file URLs;
     /// empty means `http://` and the listen address.
     pub public_url: String,
+    /// Web pages (origins, `https://app.example.com`) that may call the API from a browser,
+    /// besides the API's own, separated by commas; `*`: any.
+    pub cors_origins: String,
+    /// Whether pages on localhost (any port) may, as a web app on a dev server needs.
+    pub cors_allow_localhost: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -314,6 +319,8 @@ login_throttle_entries = 100000
 max_concurrent_hashes = 4
 hash_timeout_ms = 5000
 public_url = ""
+cors_origins = ""
+cors_allow_localhost = true
 
 [broker]
 port = 0

@@ -226,6 +226,19 @@ pub async fn start(mut config: Config) -> anyhow::Result<Server> {
             max_concurrent_hashes: config.api.max_concurrent_hashes,
             hash_timeout: Duration::from_millis(config.api.hash_timeout_ms),
             transfer_timeout: Duration::from_secs(config.files.transfer_timeout_secs.max(1)),
+            cors: api::cors::CorsSettings::new(
+                &config
+                    .api
+                    .cors_origins
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|o| !o.is_empty())
+                    .map(str::to_string)
+                    .collect::<Vec<_>>(),
+                &public_url,
+                config.api.cors_allow_localhost,
+            )
+            .map_err(|e| anyhow::anyhow!("api.cors_origins: {e}"))?,
         },
         files: api::files::Files::new(
             file_store,

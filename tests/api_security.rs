@@ -47,6 +47,80 @@ async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (String, 
 
 // --- A: the HTTP server's limits -----------------------------------------------------
 
+/// Browsers: a page on an allowed origin gets its preflight answered and may read the
+/// answers (tus's and ranged downloads' headers included); any other page may not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browsers_call_from_allowed_origins_only() {
+    let t = app_with(Backend::Sqlite, |c| {
+        c.api.cors_origins = "https://app.example.com".into();
+        c.api.cors_allow_localhost = false;
+    })
+    .await;
+    let preflight = |path: &str, origin: &str, method: &str| {
+        t.http
+            .request(reqwest::Method::OPTIONS, t.url(path))
+            .header("origin", origin)
+            .header("access-control-request-method", method)
+            .header(
+                "access-control-request-headers",
+                "authorization, content-type, upload-offset",
+            )
+            .send()
+    };
+    let ok = preflight("/users", "https://app.example.com", "POST").await.unwrap();
+    assert!(ok.status().is_success(), "{}", ok.status());
+    let headers = ok.headers();
+    assert_eq!(headers["access-control-allow-origin"], "https://app.example.com");
+    assert!(headers["access-control-allow-methods"]
+        .to_str()
+        .unwrap()
+        .contains("POST"));
+    assert!(headers["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .contains("authorization"));
+    // tus's PATCH from the page too (the tus OPTIONS route is not in the way).
+    let tus = preflight("/chatfiles/uploads/x", "https://app.example.com", "PATCH")
+        .await
+        .unwrap();
+    assert!(tus.status().is_success() && tus.headers().contains_key("access-control-allow-origin"));
+    for origin in ["https://evil.example", "http://localhost:5173", "null"] {
+        let refused = preflight("/users", origin, "POST").await.unwrap();
+        assert!(
+            !refused.headers().contains_key("access-control-allow-origin"),
+            "{origin} was allowed"
+        );
+    }
+    // A real request from the page: its answer is readable, in the envelope as ever.
+    let resp = t
+        .http
+        .get(t.url("/users"))
+        .header("origin", "https://app.example.com")
+        .bearer_auth(&t.app_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["access-control-allow-origin"], "https://app.example.com");
+    assert!(resp.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .contains("upload-offset"));
+    let (status, body) = common::into_json(resp).await;
+    assert_eq!((status, body["action"].as_str()), (200, Some("get")), "{body}");
+
+    // The dev default: pages on localhost, any port.
+    let dev = common::spawn_app(Backend::Sqlite).await;
+    let resp = dev
+        .http
+        .get(dev.url("/users"))
+        .header("origin", "http://localhost:5173")
+        .bearer_auth(&dev.app_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["access-control-allow-origin"], "http://localhost:5173");
+}
+
 /// A deployment may cap token lifetimes: `"ttl": 0` (no expiry on the platform) and any
 /// longer `ttl` then get the cap, by password, secret or `inherit`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

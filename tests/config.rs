@@ -59,4 +59,11 @@ async fn an_unusable_file_store_is_a_clear_error() {
     config.api.public_url = "chat.example.com".into();
     let err = chatd::start(config).await.err().expect("start fails");
     assert!(format!("{err:#}").contains("api.public_url"), "{err:#}");
+    let mut config = common::test_config(&db.url);
+    config.api.cors_origins = "https://app.example.com, app.example.org".into();
+    let err = chatd::start(config).await.err().expect("start fails");
+    assert!(
+        format!("{err:#}").contains("api.cors_origins") && format!("{err:#}").contains("app.example.org"),
+        "{err:#}"
+    );
 }

@@ -9,6 +9,7 @@
 
 mod auth;
 pub(crate) mod channels;
+pub mod cors;
 mod envelope;
 mod error;
 mod export;
@@ -74,6 +75,8 @@ pub struct ApiSettings {
     /// How long one credential check may take, its turn at the argon2 semaphore included
     /// (else 503).
     pub hash_timeout: Duration,
+    /// Which web pages may call the API from a browser.
+    pub cors: cors::CorsSettings,
     /// How long a file transfer (`/{org}/{app}/chatfiles…`) may take, instead of
     /// `request_timeout`; its body is streamed, under the files' own chunk timeout.
     pub transfer_timeout: Duration,
@@ -98,6 +101,7 @@ impl Default for ApiSettings {
             max_concurrent_hashes: store::tokens::DEFAULT_MAX_CONCURRENT_HASHES,
             hash_timeout: Duration::from_secs(5),
             transfer_timeout: Duration::from_secs(3600),
+            cors: cors::CorsSettings::default(),
         }
     }
 }
@@ -118,6 +122,7 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     let throttle = Arc::new(throttle::Throttle::new(&state.settings));
     let max_body = state.settings.max_body_bytes;
+    let cors = state.settings.cors.layer();
     Router::new()
         .route(
             "/health",
@@ -245,6 +250,8 @@ pub fn router(state: AppState) -> Router {
         .layer(Extension(throttle))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(state.clone(), envelope::wrap))
+        // Outermost: preflights are answered before anything else sees them.
+        .layer(cors)
         .with_state(state)
 }
 
