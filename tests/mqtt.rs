@@ -184,13 +184,52 @@ async fn enforces_topic_acl(backend: Backend) {
         }
         other => panic!("expected SUBACK, got {other:?}"),
     }
-    // 3.1.1: publishing as someone else closes the connection.
+    // 3.1.1 has no way to refuse a publish: publishing as someone else is acknowledged
+    // (else clients re-send it on every reconnect, for ever), dropped, and answered with an
+    // `error` op on the inbox; the connection stays. A device that keeps at it is closed.
     let mut p = v4::Publish::new("chat/demo/chat/u/bob/out", QoS::AtLeastOnce, "{}");
     p.pkid = 1;
     raw.send4(v4::Packet::Publish(p)).await;
+    let mut acked = false;
+    let mut told = false;
+    while !(acked && told) {
+        match raw.recv4().await {
+            Some(v4::Packet::PubAck(ack)) => {
+                assert_eq!(ack.pkid, 1);
+                acked = true;
+            }
+            Some(v4::Packet::Publish(p)) => {
+                let error: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+                assert_eq!(
+                    (error["op"].as_str(), error["code"].as_str()),
+                    (Some("error"), Some("forbidden")),
+                    "{error}"
+                );
+                told = true;
+            }
+            other => panic!("expected a PUBACK and an error op, got {other:?}"),
+        }
+    }
+    raw.send4(v4::Packet::PingReq).await;
     assert!(
-        raw.recv4().await.is_none(),
-        "forbidden 3.1.1 publish did not close the connection"
+        matches!(raw.recv4().await, Some(v4::Packet::PingResp)),
+        "the connection was closed"
+    );
+    for pkid in 2..200u16 {
+        let mut p = v4::Publish::new("chat/demo/chat/u/bob/out", QoS::AtMostOnce, "{}");
+        p.pkid = pkid;
+        raw.send4(v4::Packet::Publish(p)).await;
+    }
+    let mut closed = false;
+    for _ in 0..400 {
+        if raw.recv4().await.is_none() {
+            closed = true;
+            break;
+        }
+    }
+    assert!(
+        closed,
+        "a flood of forbidden 3.1.1 publishes did not close the connection"
     );
 
     // MQTT 5: SUBACK and PUBACK carry 0x87, and the connection stays up.
@@ -480,7 +519,12 @@ async fn presence_counts_devices(backend: Backend) {
     let mut fake = v4::Publish::new("chat/demo/chat/presence/alice", QoS::AtLeastOnce, "{}");
     fake.pkid = 1;
     raw.send4(v4::Packet::Publish(fake)).await;
-    assert!(raw.recv4().await.is_none());
+    // Acknowledged and dropped (3.1.1 cannot refuse it): the subscriber sees nothing.
+    assert!(matches!(raw.recv4().await, Some(v4::Packet::PubAck(_))));
+    // (The liar's connecting is itself a presence change the server publishes.)
+    while let Some((_, seen)) = late.publish4_within(Duration::from_millis(400)).await {
+        assert!(seen.get("status").is_some(), "a device published presence: {seen}");
+    }
 }
 
 impl common::Device {

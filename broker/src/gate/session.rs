@@ -147,6 +147,7 @@ pub(crate) async fn serve(mut io: ClientIo, shared: Arc<Shared>, pending: super:
         will: request.will,
         budget_key,
         over_budget: FloodWindow::default(),
+        refused_publishes: FloodWindow::default(),
         shared: shared.clone(),
     };
     let keep_alive = request.keep_alive;
@@ -394,6 +395,8 @@ struct Session {
     budget_key: String,
     /// Ops refused as over budget in the current window ([`FloodWindow`]).
     over_budget: FloodWindow,
+    /// 3.1.1 publishes refused (acknowledged and dropped) in the current window.
+    refused_publishes: FloodWindow,
     shared: Arc<Shared>,
 }
 
@@ -523,11 +526,7 @@ impl Session {
         match packet {
             v4::Packet::Publish(p) => {
                 if !self.acl.may_publish(&p.topic) {
-                    // 3.1.1 has no way to refuse a publish but closing the connection.
-                    return Err(Close::Violation(
-                        v5::DisconnectReasonCode::NotAuthorized,
-                        format!("publish to '{}' not allowed", p.topic),
-                    ));
+                    return self.refuse_publish_v4(&p, out);
                 }
                 self.forward_publish(p.topic, p.qos, p.pkid, &p.payload, out).await?;
             }
@@ -558,6 +557,32 @@ impl Session {
                 )))
             }
         }
+        Ok(())
+    }
+
+    /// A 3.1.1 publish to a topic the device may not publish to. 3.1.1 has no way to refuse
+    /// a publish, and closing the connection would loop: clients (MQTT.js among them)
+    /// re-send an unacknowledged QoS 1 or 2 publish on every reconnect. So it is
+    /// acknowledged and dropped, and the device told with an `error` op (`forbidden`) on its
+    /// inbox; one that keeps at it (over 100 in 10 s) is closed.
+    fn refuse_publish_v4(&mut self, p: &v4::Publish, out: &mut BytesMut) -> Result<(), Close> {
+        let why = format!("publish to '{}' not allowed", p.topic);
+        if self.refused_publishes.count() > FloodWindow::ANSWERED {
+            return Err(Close::Violation(v5::DisconnectReasonCode::NotAuthorized, why));
+        }
+        match p.qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => to_device_v4(out, v4::Packet::PubAck(v4::PubAck::new(p.pkid))),
+            QoS::ExactlyOnce => to_device_v4(out, v4::Packet::PubRec(v4::PubRec::new(p.pkid))),
+        }
+        let error = OpError::new(None, "forbidden", why);
+        let json = serde_json::to_vec(&error).unwrap_or_default();
+        let delivery = Delivery {
+            topic: Arc::from(self.acl.inbox()),
+            payload: Bytes::from(frame_inbox(Route::Only(&self.identity.device), &json)),
+            retain: false,
+        };
+        self.deliver(delivery, out);
         Ok(())
     }
 
