@@ -11,7 +11,9 @@
 #     virtualenv under target/ where pip may not install system-wide) and started on a free
 #     port for this run;
 #   - the nats-server binary (a cluster test restarts a NATS of its own), mosquitto_pub/
-#     mosquitto_sub and openssl (interoperability and TLS tests).
+#     mosquitto_sub and openssl (interoperability and TLS tests);
+#   - Node.js and npm (the JavaScript client's tests, clients/js), Debian's packages if
+#     missing; its packages come from the committed lockfile (`npm ci`).
 # Tests never skip for want of a service: if one cannot be had, they fail.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +38,8 @@ command -v mosquitto_sub >/dev/null || missing+=(mosquitto-clients)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v curl >/dev/null || missing+=(curl)
 command -v python3 >/dev/null || missing+=(python3)
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
 command -v psql >/dev/null || missing+=(postgresql-client)
 # The cluster tests also start throwaway NATS servers of their own (a NATS restart).
 command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
@@ -108,3 +112,11 @@ else
 fi
 
 cargo test --workspace --all-targets "$@"
+
+# The JavaScript client (clients/js) against the chatd binary just built.
+target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
+(
+    cd clients/js
+    npm ci --no-audit --no-fund --loglevel=error
+    CHATD_BIN="$target_dir/debug/chatd" npm test
+)

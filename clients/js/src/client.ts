@@ -1,0 +1,332 @@
+// The chatd client: one device of one user, over MQTT (MQTT.js), doing what topics.md asks
+// of a device so the app does not have to:
+//
+// - connects with a token from `getToken`, and reconnects with backoff, fetching a fresh
+//   token each time and before the current one expires (MQTT.js alone would retry with the
+//   stale one and give up);
+// - `send` gives each message a `cid`, keeps it in the outbox until its `ack`, and sends it
+//   again after a reconnect with the same `cid`, so the server stores it once;
+// - incoming messages are handed over in `useq` order, once each: on connect and on any gap
+//   it runs `sync` until caught up, and the last processed `useq` is kept in `storage`.
+
+import mqtt, { type MqttClient } from "mqtt";
+
+import { ChatError } from "./errors.js";
+import { MemoryStorage, type Storage } from "./storage.js";
+
+/** A message to send (the `send` op of topics.md without `op` and `cid`). */
+export interface Outgoing {
+  to: string;
+  chat?: "user" | "group" | "room";
+  type?: "txt" | "img" | "audio" | "video" | "file" | "loc" | "cmd" | "custom";
+  body: Record<string, unknown>;
+  ext?: Record<string, unknown>;
+}
+
+/** The server's `ack`: the message is stored. */
+export interface Ack {
+  op: "ack";
+  cid: string;
+  id: string;
+  conv: string;
+  seq: number;
+  ts: number;
+  useq?: number;
+}
+
+/** A `msg`, or any other server op (`event`, `receipt`, `recalled`, …). */
+export type Incoming = Record<string, unknown> & { op: string };
+
+export interface ClientOptions {
+  /** `ws://host:port/mqtt` (browsers) or `mqtt://host:port` (Node). */
+  url: string;
+  org: string;
+  app: string;
+  username: string;
+  /** A fresh user token each time it is called (from your backend, or `POST /token`). */
+  getToken: () => Promise<string>;
+  /** The device id: kept across restarts by the app (default: random for this process). */
+  deviceId?: string;
+  /** Where the outbox and the last processed `useq` are kept (default: memory). */
+  storage?: Storage;
+  /** The longest wait between reconnection attempts (ms; default 30 s). */
+  maxBackoffMs?: number;
+  /** Messages per `sync` page (default 100). */
+  syncLimit?: number;
+}
+
+type Listener = (message: Incoming) => void;
+
+interface Pending {
+  payload: Record<string, unknown>;
+  resolve: (ack: Ack) => void;
+  reject: (error: ChatError) => void;
+}
+
+/** One device of one user. */
+export class ChatClient {
+  readonly deviceId: string;
+  private readonly opts: ClientOptions;
+  private readonly storage: Storage;
+  private mqtt?: MqttClient;
+  private readonly listeners = new Set<Listener>();
+  private readonly pending = new Map<string, Pending>();
+  private readonly syncs = new Map<string, (page: Incoming) => void>();
+  private lastUseq = 0;
+  private syncing?: Promise<void>;
+  private stopped = false;
+  private attempt = 0;
+  private refreshTimer?: ReturnType<typeof setTimeout>;
+  private nextCid = 0;
+  /** Resolves when the first connection (and its catch-up) is done. */
+  private connected?: Promise<void>;
+
+  constructor(opts: ClientOptions) {
+    this.opts = opts;
+    this.storage = opts.storage ?? new MemoryStorage();
+    this.deviceId = opts.deviceId ?? `js-${Math.random().toString(36).slice(2, 12)}`;
+  }
+
+  private topic(kind: "in" | "out"): string {
+    return `chat/${this.opts.org}/${this.opts.app}/u/${this.opts.username.toLowerCase()}/${kind}`;
+  }
+
+  /** Every incoming message and event, in `useq` order for inbox messages, once each. */
+  on(listener: Listener): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  /** The `useq` of the last inbox message handed over. */
+  get position(): number {
+    return this.lastUseq;
+  }
+
+  /** Connects, catches up, and keeps the connection until `close`. */
+  async connect(): Promise<void> {
+    this.stopped = false;
+    this.lastUseq = (await this.storage.get("useq")) ?? 0;
+    for (const [cid, payload] of await this.storage.outbox()) {
+      if (!this.pending.has(cid)) {
+        // Sent before a restart: sent again (same cid, stored once), nobody awaits it.
+        this.pending.set(cid, { payload, resolve: () => {}, reject: () => {} });
+      }
+    }
+    this.connected = this.open();
+    return this.connected;
+  }
+
+  /** Disconnects for good (pending sends stay in the outbox for the next `connect`). */
+  async close(): Promise<void> {
+    this.stopped = true;
+    clearTimeout(this.refreshTimer);
+    const client = this.mqtt;
+    this.mqtt = undefined;
+    if (client) await client.endAsync(true);
+  }
+
+  /** Sends a message; resolves with its `ack` once stored, rejects with a `ChatError`. */
+  async send(message: Outgoing): Promise<Ack> {
+    const cid = `${this.deviceId}-${Date.now().toString(36)}-${(this.nextCid++).toString(36)}`;
+    const payload = { op: "send", cid, chat: "user", type: "txt", ...message };
+    await this.storage.addToOutbox(cid, payload);
+    return new Promise<Ack>((resolve, reject) => {
+      this.pending.set(cid, { payload, resolve, reject });
+      this.publish(payload);
+    });
+  }
+
+  /** Sends any other client op (`read`, `typing`, `join`, …) as it is, without waiting. */
+  op(payload: Record<string, unknown>): void {
+    this.publish(payload);
+  }
+
+  private publish(payload: Record<string, unknown>): void {
+    const client = this.mqtt;
+    if (!client?.connected) return; // sent on (re)connect from the outbox
+    client.publish(this.topic("out"), JSON.stringify(payload), { qos: 1 });
+  }
+
+  private backoff(): number {
+    const max = this.opts.maxBackoffMs ?? 30_000;
+    const base = Math.min(max, 250 * 2 ** Math.min(this.attempt, 10));
+    return base / 2 + Math.random() * (base / 2);
+  }
+
+  /** One connection: connect with a fresh token, subscribe, resend the outbox, catch up. */
+  private async open(): Promise<void> {
+    while (!this.stopped) {
+      try {
+        const token = await this.opts.getToken();
+        const client = await mqtt.connectAsync(this.opts.url, {
+          protocolVersion: 5,
+          clientId: this.deviceId,
+          username: this.opts.username,
+          password: token,
+          clean: true,
+          reconnectPeriod: 0,
+          connectTimeout: 10_000,
+          keepalive: 30,
+        });
+        this.mqtt = client;
+        this.attempt = 0;
+        client.on("message", (topic, payload) => this.received(topic, payload));
+        client.on("close", () => this.lost(client));
+        client.on("error", () => {});
+        this.scheduleRefresh(token, client);
+        await client.subscribeAsync(this.topic("in"), { qos: 1 });
+        for (const { payload } of this.pending.values()) this.publish(payload);
+        await this.catchUp();
+        return;
+      } catch (error) {
+        if (this.stopped) return;
+        this.attempt += 1;
+        await sleep(this.backoff());
+      }
+    }
+  }
+
+  /** The connection went: reconnect (with backoff and a fresh token) unless closed. */
+  private lost(client: MqttClient): void {
+    if (this.mqtt !== client || this.stopped) return;
+    this.mqtt = undefined;
+    clearTimeout(this.refreshTimer);
+    for (const resolve of this.syncs.values()) resolve({ op: "synced", lost: true });
+    this.syncs.clear();
+    this.attempt += 1;
+    setTimeout(() => void this.open(), this.backoff());
+  }
+
+  /** Reconnects with a fresh token a minute before this one expires. */
+  private scheduleRefresh(token: string, client: MqttClient): void {
+    const exp = tokenExpiry(token);
+    if (!exp) return;
+    const wait = Math.max(1_000, exp * 1000 - Date.now() - 60_000);
+    if (wait > 2 ** 31 - 1) return;
+    this.refreshTimer = setTimeout(() => void client.endAsync(true), wait);
+  }
+
+  private received(topic: string, payload: Uint8Array): void {
+    let message: Incoming;
+    try {
+      message = JSON.parse(new TextDecoder().decode(payload));
+    } catch {
+      return;
+    }
+    if (topic !== this.topic("in")) {
+      this.emit(message); // a chatroom or presence topic: no useq
+      return;
+    }
+    switch (message.op) {
+      case "ack":
+        void this.acked(message as unknown as Ack);
+        return;
+      case "error":
+        this.refused(message);
+        return;
+      case "synced": {
+        const waiting = this.syncs.get(String(message.cid));
+        if (waiting) {
+          this.syncs.delete(String(message.cid));
+          waiting(message);
+        }
+        return;
+      }
+      case "msg":
+        if (typeof message.useq === "number") {
+          void this.inOrder(message);
+          return;
+        }
+        this.emit(message);
+        return;
+      default:
+        this.emit(message);
+    }
+  }
+
+  private async acked(ack: Ack): Promise<void> {
+    const waiting = this.pending.get(ack.cid);
+    this.pending.delete(ack.cid);
+    await this.storage.removeFromOutbox(ack.cid);
+    // The sender's own message has a place in its inbox too: move past it.
+    if (typeof ack.useq === "number" && ack.useq === this.lastUseq + 1) await this.advance(ack.useq);
+    waiting?.resolve(ack);
+  }
+
+  private refused(error: Incoming): void {
+    const cid = typeof error.cid === "string" ? error.cid : undefined;
+    const chatError = new ChatError(String(error.code), String(error.message ?? ""), cid);
+    const waiting = cid ? this.pending.get(cid) : undefined;
+    if (cid && waiting) {
+      this.pending.delete(cid);
+      void this.storage.removeFromOutbox(cid);
+      waiting.reject(chatError);
+      return;
+    }
+    this.emit(error);
+  }
+
+  /** A live inbox message: handed over if next, dropped if seen, else a catch-up. */
+  private async inOrder(message: Incoming): Promise<void> {
+    const useq = message.useq as number;
+    if (useq <= this.lastUseq) return;
+    if (useq === this.lastUseq + 1 && !this.syncing) {
+      await this.advance(useq);
+      this.emit(message);
+      return;
+    }
+    await this.catchUp();
+  }
+
+  /** Runs `sync` until caught up (one at a time). */
+  private async catchUp(): Promise<void> {
+    if (this.syncing) return this.syncing;
+    this.syncing = (async () => {
+      try {
+        for (;;) {
+          const cid = `sync-${(this.nextCid++).toString(36)}`;
+          const page = await new Promise<Incoming>((resolve) => {
+            this.syncs.set(cid, resolve);
+            this.publish({ op: "sync", cid, after: this.lastUseq, limit: this.opts.syncLimit ?? 100 });
+            if (!this.mqtt?.connected) resolve({ op: "synced", lost: true });
+          });
+          if (page.lost) return;
+          for (const msg of (page.msgs as Incoming[]) ?? []) {
+            const useq = msg.useq as number;
+            if (useq <= this.lastUseq) continue;
+            await this.advance(useq);
+            if (!msg.hidden) this.emit(msg);
+          }
+          if (!page.more) return;
+        }
+      } finally {
+        this.syncing = undefined;
+      }
+    })();
+    return this.syncing;
+  }
+
+  private async advance(useq: number): Promise<void> {
+    this.lastUseq = useq;
+    await this.storage.set("useq", useq);
+  }
+
+  private emit(message: Incoming): void {
+    for (const listener of this.listeners) listener(message);
+  }
+}
+
+/** A JWT's `exp` (seconds), if it has one. */
+function tokenExpiry(token: string): number | undefined {
+  try {
+    const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    const json = JSON.parse(atob(part.padEnd(part.length + ((4 - (part.length % 4)) % 4), "=")));
+    return typeof json.exp === "number" ? json.exp : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}

@@ -1,0 +1,6 @@
+export { ChatClient } from "./client.js";
+export type { Ack, ClientOptions, Incoming, Outgoing } from "./client.js";
+export { ChatError } from "./errors.js";
+export type { ErrorCode } from "./errors.js";
+export { MemoryStorage } from "./storage.js";
+export type { Storage } from "./storage.js";
