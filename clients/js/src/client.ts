@@ -57,6 +57,13 @@ export interface ClientOptions {
 
 type Listener = (message: Incoming) => void;
 
+interface Request {
+  answers: (message: Incoming) => boolean;
+  resolve: (message: Incoming) => void;
+  reject: (error: ChatError) => void;
+  timer: ReturnType<typeof setTimeout>;
+}
+
 interface Pending {
   payload: Record<string, unknown>;
   resolve: (ack: Ack) => void;
@@ -72,6 +79,10 @@ export class ChatClient {
   private readonly listeners = new Set<Listener>();
   private readonly pending = new Map<string, Pending>();
   private readonly syncs = new Map<string, (page: Incoming) => void>();
+  /** Ops waiting for their answer: by `cid`, with what else answers them. */
+  private readonly requests = new Map<string, Request>();
+  /** Topics besides the inbox this device holds (chatrooms, presence), renewed on reconnect. */
+  private readonly extraTopics = new Set<string>();
   private lastUseq = 0;
   private syncing?: Promise<void>;
   private stopped = false;
@@ -136,9 +147,106 @@ export class ChatClient {
     });
   }
 
-  /** Sends any other client op (`read`, `typing`, `join`, …) as it is, without waiting. */
+  /** Sends any other client op as it is, without waiting. */
   op(payload: Record<string, unknown>): void {
     this.publish(payload);
+  }
+
+  /** Everything in a conversation up to `seq` is read (implies delivered). */
+  read(conv: string, seq: number): void {
+    this.publish({ op: "read", conv, seq });
+  }
+
+  /** Everything in a conversation up to `seq` reached this user. */
+  delivered(conv: string, seq: number): void {
+    this.publish({ op: "delivered", conv, seq });
+  }
+
+  /** "Typing…" to a peer or a group (the server keeps at most one every 2 s). */
+  typing(to: string, chat: "user" | "group" = "user"): void {
+    this.publish({ op: "typing", chat, to });
+  }
+
+  /** Recalls one's own message; resolves with the `recalled` event everyone gets. */
+  recall(id: string): Promise<Incoming> {
+    return this.request({ op: "recall", id }, (m) => m.op === "recalled" && m.id === id);
+  }
+
+  /** Edits one's own message; resolves with the `edited` event. */
+  edit(id: string, body: Record<string, unknown>): Promise<Incoming> {
+    return this.request({ op: "edit", id, body }, (m) => m.op === "edited" && m.id === id);
+  }
+
+  /** Deletes a message for this user only; resolves with the `deleted` event. */
+  deleteForMe(id: string): Promise<Incoming> {
+    return this.request({ op: "delete", id }, (m) => m.op === "deleted" && m.id === id);
+  }
+
+  /** Adds (or removes) a reaction; resolves with the `reaction` event. */
+  react(id: string, emoji: string, add = true): Promise<Incoming> {
+    const action = add ? "add" : "remove";
+    return this.request(
+      { op: "react", id, emoji, action },
+      (m) => m.op === "reaction" && m.id === id && m.emoji === emoji && m.action === action,
+    );
+  }
+
+  /** Joins a chatroom and receives it (on this device, and after reconnects). */
+  async join(room: string): Promise<void> {
+    await this.request({ op: "join", room }, (m) => m.op === "joined" && m.room === room);
+    const topic = `chat/${this.opts.org}/${this.opts.app}/room/${room}`;
+    this.extraTopics.add(topic);
+    await this.mqtt?.subscribeAsync(topic, { qos: 1 });
+  }
+
+  /** Leaves a chatroom. */
+  async leave(room: string): Promise<void> {
+    const topic = `chat/${this.opts.org}/${this.opts.app}/room/${room}`;
+    this.extraTopics.delete(topic);
+    await this.mqtt?.unsubscribeAsync(topic);
+    await this.request({ op: "leave", room }, (m) => m.op === "left" && m.room === room);
+  }
+
+  /** Follows a user's presence: `{op: "presence", user, status, devices, last_seen}` events. */
+  async watchPresence(user: string): Promise<void> {
+    const topic = `chat/${this.opts.org}/${this.opts.app}/presence/${user.toLowerCase()}`;
+    this.extraTopics.add(topic);
+    const granted = await this.mqtt?.subscribeAsync(topic, { qos: 1 });
+    if (granted?.some((g) => g.qos >= 128)) {
+      this.extraTopics.delete(topic);
+      throw new ChatError("forbidden", `not allowed to follow ${user}'s presence`);
+    }
+  }
+
+  /** Publishes an op with a fresh `cid`; settles with its answer or its `error`. */
+  private request(payload: Record<string, unknown>, answers: (m: Incoming) => boolean, ms = 15_000): Promise<Incoming> {
+    const cid = `${this.deviceId}-r${(this.nextCid++).toString(36)}`;
+    return new Promise<Incoming>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.requests.delete(cid);
+        reject(new ChatError("timeout", `no answer to ${String(payload.op)} within ${ms} ms`, cid));
+      }, ms);
+      this.requests.set(cid, { answers, resolve, reject, timer });
+      if (!this.mqtt?.connected) {
+        clearTimeout(timer);
+        this.requests.delete(cid);
+        reject(new ChatError("offline", `not connected; ${String(payload.op)} was not sent`, cid));
+        return;
+      }
+      this.publish({ ...payload, cid });
+    });
+  }
+
+  /** Settles the request a message answers, if any. */
+  private answered(message: Incoming): void {
+    for (const [cid, request] of this.requests) {
+      if (message.cid === cid || request.answers(message)) {
+        clearTimeout(request.timer);
+        this.requests.delete(cid);
+        request.resolve(message);
+        return;
+      }
+    }
   }
 
   private publish(payload: Record<string, unknown>): void {
@@ -175,6 +283,7 @@ export class ChatClient {
         client.on("error", () => {});
         this.scheduleRefresh(token, client);
         await client.subscribeAsync(this.topic("in"), { qos: 1 });
+        for (const topic of this.extraTopics) await client.subscribeAsync(topic, { qos: 1 });
         for (const { payload } of this.pending.values()) this.publish(payload);
         await this.catchUp();
         return;
@@ -213,8 +322,12 @@ export class ChatClient {
     } catch {
       return;
     }
+    if (topic.includes("/presence/")) {
+      this.emit({ ...message, op: "presence" });
+      return;
+    }
     if (topic !== this.topic("in")) {
-      this.emit(message); // a chatroom or presence topic: no useq
+      this.emit(message); // a chatroom: no useq
       return;
     }
     switch (message.op) {
@@ -256,6 +369,13 @@ export class ChatClient {
   private refused(error: Incoming): void {
     const cid = typeof error.cid === "string" ? error.cid : undefined;
     const chatError = new ChatError(String(error.code), String(error.message ?? ""), cid);
+    const request = cid ? this.requests.get(cid) : undefined;
+    if (cid && request) {
+      clearTimeout(request.timer);
+      this.requests.delete(cid);
+      request.reject(chatError);
+      return;
+    }
     const waiting = cid ? this.pending.get(cid) : undefined;
     if (cid && waiting) {
       this.pending.delete(cid);
@@ -312,6 +432,7 @@ export class ChatClient {
   }
 
   private emit(message: Incoming): void {
+    this.answered(message);
     for (const listener of this.listeners) listener(message);
   }
 }

@@ -122,3 +122,45 @@ test("a server restart in the middle of a stream loses nothing and repeats nothi
   await alice.close();
   await dave.close();
 });
+
+test("receipts, typing, recall, edit, reactions, chatrooms and presence", async () => {
+  const { c: alice } = client("alice", "alice-tablet");
+  const { c: bob } = client("bob", "bob-tablet");
+  const seen: Incoming[] = [];
+  const bobSeen: Incoming[] = [];
+  alice.on((m) => seen.push(m));
+  bob.on((m) => bobSeen.push(m));
+  await alice.connect();
+  await alice.watchPresence("bob");
+  await bob.connect();
+  await until("bob online", () => seen.some((m) => m.op === "presence" && m.user === "bob" && m.status === "online"));
+
+  const ack = await alice.send({ to: "bob", body: { msg: "teh plan" } });
+  await until("the message", () => bobSeen.some((m) => m.op === "msg" && m.id === ack.id));
+  bob.read(ack.conv, ack.seq);
+  await until("a read receipt", () => seen.some((m) => m.op === "receipt" && m.type === "read" && m.by === "bob"));
+  bob.typing("alice");
+  await until("typing", () => seen.some((m) => m.op === "typing" && m.from === "bob"));
+
+  const edited = await alice.edit(ack.id, { msg: "the plan" });
+  assert.deepEqual(edited.body, { msg: "the plan" });
+  const reaction = await bob.react(ack.id, "👍");
+  assert.equal(reaction.by, "bob");
+  const recalled = await alice.recall(ack.id);
+  assert.equal(recalled.id, ack.id);
+  await assert.rejects(bob.recall(ack.id), (e: unknown) => e instanceof ChatError && e.code === "forbidden");
+
+  // A chatroom: join, receive, leave; an unknown one is refused.
+  const app = await chatd.appToken();
+  const room = (await chatd.rest("POST", "/chatrooms", { name: "lobby", owner: "alice", members: [] }, app)).data.id;
+  await alice.join(room);
+  await bob.join(room);
+  await alice.send({ to: room, chat: "room", body: { msg: "welcome" } });
+  await until("the room message", () => bobSeen.some((m) => m.op === "msg" && m.chat === "room" && m.to === room));
+  await bob.leave(room);
+  await assert.rejects(bob.join("no-such-room"), (e: unknown) => e instanceof ChatError && e.code === "not_found");
+
+  await bob.close();
+  await until("bob offline", () => seen.some((m) => m.op === "presence" && m.user === "bob" && m.status === "offline"));
+  await alice.close();
+});
