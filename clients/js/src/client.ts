@@ -53,6 +53,8 @@ export interface ClientOptions {
   maxBackoffMs?: number;
   /** Messages per `sync` page (default 100). */
   syncLimit?: number;
+  /** The REST API's base (`https://chat.example.com`), for history, files and the rest. */
+  apiUrl?: string;
 }
 
 type Listener = (message: Incoming) => void;
@@ -89,6 +91,8 @@ export class ChatClient {
   private attempt = 0;
   private refreshTimer?: ReturnType<typeof setTimeout>;
   private nextCid = 0;
+  /** The token of the current connection, for REST calls. */
+  private token?: string;
   /** Resolves when the first connection (and its catch-up) is done. */
   private connected?: Promise<void>;
 
@@ -249,6 +253,31 @@ export class ChatClient {
     }
   }
 
+  /** A REST call as this user (`apiUrl`): the answer in the platform's envelope; an error
+   * status as a `ChatError` with the platform's code. An expired token is refreshed once. */
+  async rest(method: string, path: string, body?: unknown): Promise<any> {
+    const base = this.opts.apiUrl;
+    if (!base) throw new ChatError("invalid", "set apiUrl to call the REST API");
+    for (let attempt = 0; ; attempt++) {
+      if (!this.token || attempt > 0) this.token = await this.opts.getToken();
+      const form = typeof FormData !== "undefined" && body instanceof FormData;
+      const resp = await fetch(`${base.replace(/\/$/, "")}/${this.opts.org}/${this.opts.app}${path}`, {
+        method,
+        headers: {
+          authorization: `Bearer ${this.token}`,
+          ...(body === undefined || form ? {} : { "content-type": "application/json" }),
+        },
+        body: body === undefined ? undefined : form ? (body as FormData) : JSON.stringify(body),
+      });
+      const answer = await resp.json().catch(() => ({}));
+      if (resp.status === 401 && attempt === 0) continue;
+      if (!resp.ok) {
+        throw new ChatError(String(answer.error ?? resp.status), String(answer.error_description ?? resp.statusText));
+      }
+      return answer;
+    }
+  }
+
   private publish(payload: Record<string, unknown>): void {
     const client = this.mqtt;
     if (!client?.connected) return; // sent on (re)connect from the outbox
@@ -266,6 +295,7 @@ export class ChatClient {
     while (!this.stopped) {
       try {
         const token = await this.opts.getToken();
+        this.token = token;
         const client = await mqtt.connectAsync(this.opts.url, {
           protocolVersion: 5,
           clientId: this.deviceId,

@@ -4,3 +4,5 @@ export { ChatError } from "./errors.js";
 export type { ErrorCode } from "./errors.js";
 export { MemoryStorage } from "./storage.js";
 export type { Storage } from "./storage.js";
+export { bindPush, conversations, history, upload } from "./rest.js";
+export type { Conversation } from "./rest.js";

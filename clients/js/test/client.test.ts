@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 
-import { ChatClient, ChatError, type Incoming } from "../src/index.js";
+import { bindPush, ChatClient, ChatError, conversations, history, type Incoming, upload } from "../src/index.js";
 import { Chatd } from "./harness.js";
 
 const chatd = new Chatd();
@@ -23,7 +23,16 @@ after(async () => {
 
 function client(username: string, deviceId?: string) {
   const tokens = chatd.tokens(username);
-  const c = new ChatClient({ url: chatd.mqttUrl, org: "demo", app: "chat", username, getToken: tokens.getToken, deviceId, maxBackoffMs: 500 });
+  const c = new ChatClient({
+    url: chatd.mqttUrl,
+    apiUrl: chatd.api,
+    org: "demo",
+    app: "chat",
+    username,
+    getToken: tokens.getToken,
+    deviceId,
+    maxBackoffMs: 500,
+  });
   return { c, tokens };
 }
 
@@ -163,4 +172,32 @@ test("receipts, typing, recall, edit, reactions, chatrooms and presence", async 
   await bob.close();
   await until("bob offline", () => seen.some((m) => m.op === "presence" && m.user === "bob" && m.status === "offline"));
   await alice.close();
+});
+
+test("the conversation list, history pages, files and push binding over REST", async () => {
+  const { c: alice } = client("alice", "alice-desk");
+  await alice.connect();
+  await chatd.users("erin");
+  for (let i = 0; i < 5; i++) await alice.send({ to: "erin", body: { msg: `h${i}` } });
+  const file = await upload(alice, new Blob(["the minutes"], { type: "text/plain" }), "minutes.txt");
+  assert.equal(typeof file.url, "string");
+  const ack = await alice.send({ to: "erin", type: "file", body: { url: file.url } });
+  assert.ok(ack.seq >= 6);
+
+  const { c: erin } = client("erin", "erin-phone");
+  await erin.connect();
+  const list = await conversations(erin, "erin");
+  const withAlice = list.entities.find((c) => c.with === "alice");
+  assert.ok(withAlice, JSON.stringify(list));
+  assert.equal(withAlice.unread, 6);
+  const page = await history(erin, "erin", "user", "alice", { fromSeq: 2, limit: 3 });
+  assert.deepEqual(page.entities.map((m) => (m.body as { msg?: string }).msg), ["h1", "h2", "h3"]);
+  assert.equal(page.last_seq, 6);
+  erin.read(withAlice.conv, page.last_seq);
+  await new Promise((r) => setTimeout(r, 300));
+  assert.equal((await conversations(erin, "erin")).total_unread, 0);
+  await bindPush(erin, "erin", "tok-erin", "fcm");
+  await assert.rejects(erin.rest("GET", "/users/alice/conversations"), (e: unknown) => e instanceof ChatError && e.code === "forbidden_op");
+  await alice.close();
+  await erin.close();
 });
