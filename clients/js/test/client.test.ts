@@ -5,7 +5,18 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 
-import { bindPush, ChatClient, ChatError, conversations, history, type Incoming, upload } from "../src/index.js";
+import "fake-indexeddb/auto";
+
+import {
+  bindPush,
+  ChatClient,
+  ChatError,
+  conversations,
+  history,
+  type Incoming,
+  IndexedDbStorage,
+  upload,
+} from "../src/index.js";
 import { Chatd } from "./harness.js";
 
 const chatd = new Chatd();
@@ -200,4 +211,41 @@ test("the conversation list, history pages, files and push binding over REST", a
   await assert.rejects(erin.rest("GET", "/users/alice/conversations"), (e: unknown) => e instanceof ChatError && e.code === "forbidden_op");
   await alice.close();
   await erin.close();
+});
+
+test("a send made before a reload is sent after it, once (IndexedDB outbox)", async () => {
+  await chatd.users("fay");
+  const tokens = chatd.tokens("alice");
+  const options = {
+    url: chatd.mqttUrl,
+    org: "demo",
+    app: "chat",
+    username: "alice",
+    getToken: tokens.getToken,
+    deviceId: "alice-browser",
+    maxBackoffMs: 500,
+  };
+  // The page sends while the server is away, then is closed before any ack.
+  const first = new ChatClient({ ...options, storage: new IndexedDbStorage("alice-browser") });
+  await first.connect();
+  await chatd.stop();
+  const unacked = first.send({ to: "fay", body: { msg: "sent before the reload" } });
+  unacked.catch(() => {});
+  await first.close();
+  await chatd.start();
+  // The reloaded page: same storage, a new client; the outbox goes out with its cid.
+  const second = new ChatClient({ ...options, storage: new IndexedDbStorage("alice-browser") });
+  await second.connect();
+  const { c: fay } = client("fay", "fay-phone");
+  const got = inbox(fay);
+  await fay.connect();
+  await until("the message", () => got.length === 1);
+  await new Promise((r) => setTimeout(r, 300));
+  assert.equal(got.length, 1);
+  assert.equal((got[0].body as { msg: string }).msg, "sent before the reload");
+  const storage = new IndexedDbStorage("alice-browser");
+  await new Promise((r) => setTimeout(r, 200));
+  assert.deepEqual(await storage.outbox(), [], "the acked send stayed in the outbox");
+  await second.close();
+  await fay.close();
 });
