@@ -84,6 +84,15 @@ async fn browsers_call_from_allowed_origins_only() {
         .await
         .unwrap();
     assert!(tus.status().is_success() && tus.headers().contains_key("access-control-allow-origin"));
+    // A bare OPTIONS is not a preflight: tus's discovery reaches its route.
+    let bare = t
+        .http
+        .request(reqwest::Method::OPTIONS, t.url("/chatfiles/uploads"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bare.status(), 204);
+    assert_eq!(bare.headers()["tus-version"], "1.0.0");
     for origin in ["https://evil.example", "http://localhost:5173", "null"] {
         let refused = preflight("/users", origin, "POST").await.unwrap();
         assert!(

@@ -123,7 +123,7 @@ pub fn router(state: AppState) -> Router {
     let throttle = Arc::new(throttle::Throttle::new(&state.settings));
     let max_body = state.settings.max_body_bytes;
     let cors = state.settings.cors.layer();
-    Router::new()
+    let routes = Router::new()
         .route(
             "/health",
             get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
@@ -250,9 +250,36 @@ pub fn router(state: AppState) -> Router {
         .layer(Extension(throttle))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(state.clone(), envelope::wrap))
-        // Outermost: preflights are answered before anything else sees them.
-        .layer(cors)
-        .with_state(state)
+        .with_state(state);
+    with_cors(routes, cors)
+}
+
+/// Puts CORS in front of `routes`: preflights (`OPTIONS` with
+/// `Access-Control-Request-Method`) are answered before routing and every answer carries
+/// the CORS headers. A bare `OPTIONS` (tus's discovery request) is not a preflight and
+/// reaches its route: the CORS layer would take any `OPTIONS` for one.
+fn with_cors(routes: Router, cors: tower_http::cors::CorsLayer) -> Router {
+    use tower::ServiceExt;
+    let guarded = routes.clone().layer(cors);
+    Router::new().fallback(move |request: axum::extract::Request| {
+        let (plain, guarded) = (routes.clone(), guarded.clone());
+        async move {
+            let preflight = request.method() == axum::http::Method::OPTIONS
+                && request
+                    .headers()
+                    .contains_key(axum::http::header::ACCESS_CONTROL_REQUEST_METHOD);
+            let bare_options = request.method() == axum::http::Method::OPTIONS && !preflight;
+            let answer = if bare_options {
+                plain.oneshot(request).await
+            } else {
+                guarded.oneshot(request).await
+            };
+            match answer {
+                Ok(response) => response,
+                Err(never) => match never {},
+            }
+        }
+    })
 }
 
 /// The file routes stream their bodies under their own limits (the app's largest file, the
