@@ -249,3 +249,43 @@ test("a send made before a reload is sent after it, once (IndexedDB outbox)", as
   await second.close();
   await fay.close();
 });
+
+test("the compact encoding: the same objects, fewer bytes", async () => {
+  const tokens = chatd.tokens("alice");
+  const alice = new ChatClient({
+    url: chatd.mqttUrl,
+    org: "demo",
+    app: "chat",
+    username: "alice",
+    getToken: tokens.getToken,
+    deviceId: "alice-watch",
+    encoding: "compact",
+  });
+  const { c: bob } = client("bob", "bob-watch");
+  const bobCompact = new ChatClient({
+    url: chatd.mqttUrl,
+    org: "demo",
+    app: "chat",
+    username: "bob",
+    getToken: chatd.tokens("bob").getToken,
+    deviceId: "bob-compact",
+    encoding: "compact",
+  });
+  const json = inbox(bob);
+  const compact = inbox(bobCompact);
+  await alice.connect();
+  await bob.connect();
+  await bobCompact.connect();
+  const ack = await alice.send({ to: "bob", body: { msg: "short and sweet" }, ext: { k: 1 } });
+  assert.match(ack.id, /^[0-9a-f]{8}-[0-9a-f]{4}-/);
+  await until("both devices", () => json.some((m) => m.id === ack.id) && compact.some((m) => m.id === ack.id));
+  const a = json.find((m) => m.id === ack.id)!;
+  const b = compact.find((m) => m.id === ack.id)!;
+  for (const key of ["id", "conv", "seq", "useq", "ts", "chat", "from", "to", "type", "body", "ext"]) {
+    assert.deepEqual(b[key], a[key], key);
+  }
+  await assert.rejects(alice.send({ to: "nobody", body: { msg: "?" } }), (e: unknown) => e instanceof ChatError && e.code === "unknown_recipient");
+  await alice.close();
+  await bob.close();
+  await bobCompact.close();
+});
