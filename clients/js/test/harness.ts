@@ -23,7 +23,8 @@ export class Chatd {
     const bin = process.env.CHATD_BIN ?? new URL("../../../../target/debug/chatd", import.meta.url).pathname;
     const child = spawn(bin, [], {
       env: {
-        ...process.env,
+        // chatd reads every CHATD_* variable as a setting: none of ours (CHATD_BIN) leaks in.
+        ...Object.fromEntries(Object.entries(process.env).filter(([key]) => !key.startsWith("CHATD_"))),
         DATABASE_URL: `sqlite://${join(this.dir, "chat.db")}`,
         CHATD_DATA_DIR: this.dir,
         CHATD_MQTT__TCP: this.mqttAddr,
