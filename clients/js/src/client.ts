@@ -90,6 +90,8 @@ export class ChatClient {
   private readonly extraTopics = new Set<string>();
   private lastUseq = 0;
   private syncing?: Promise<void>;
+  /** Inbox messages and acks are processed one after another, in arrival order. */
+  private processing: Promise<void> = Promise.resolve();
   private stopped = false;
   private attempt = 0;
   private refreshTimer?: ReturnType<typeof setTimeout>;
@@ -376,7 +378,7 @@ export class ChatClient {
     }
     switch (message.op) {
       case "ack":
-        void this.acked(message as unknown as Ack);
+        this.inTurn(() => this.acked(message as unknown as Ack));
         return;
       case "error":
         this.refused(message);
@@ -391,7 +393,7 @@ export class ChatClient {
       }
       case "msg":
         if (typeof message.useq === "number") {
-          void this.inOrder(message);
+          this.inTurn(() => this.inOrder(message));
           return;
         }
         this.emit(message);
@@ -430,11 +432,18 @@ export class ChatClient {
     this.emit(error);
   }
 
-  /** A live inbox message: handed over if next, dropped if seen, else a catch-up. */
+  private inTurn(work: () => Promise<void>): void {
+    this.processing = this.processing.then(work).catch(() => {});
+  }
+
+  /** A live inbox message: handed over if next, dropped if seen, else a catch-up (which
+   * fetches it too). A catch-up under way finishes first: the message may be past its
+   * last page. */
   private async inOrder(message: Incoming): Promise<void> {
+    if (this.syncing) await this.syncing;
     const useq = message.useq as number;
     if (useq <= this.lastUseq) return;
-    if (useq === this.lastUseq + 1 && !this.syncing) {
+    if (useq === this.lastUseq + 1) {
       await this.advance(useq);
       this.emit(message);
       return;
