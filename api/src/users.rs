@@ -265,13 +265,16 @@ pub async fn delete(
     Path((_, _, username)): Path<(String, String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require_app()?;
-    let username = username.to_ascii_lowercase();
-    let user = state.store.get_user(&caller.app.id, &username).await?;
-    state.store.delete_user(&caller.app.id, &username).await?;
-    state.live.disconnect_user(&caller.app.org, &caller.app.name, &username);
-    Ok(Json(
-        json!({"action": "delete", "entities": [user_entity(&state, &caller.app, &user)], "count": 1}),
-    ))
+    let deleted = remove_user(&state, &caller, &username.to_ascii_lowercase()).await?;
+    Ok(Json(json!({"action": "delete", "entities": [deleted], "count": 1})))
+}
+
+/// Deletes a user and closes their devices; answers the entity they had.
+async fn remove_user(state: &AppState, caller: &Caller, username: &str) -> Result<Value, ApiError> {
+    let user = state.store.get_user(&caller.app.id, username).await?;
+    state.store.delete_user(&caller.app.id, username).await?;
+    state.live.disconnect_user(&caller.app.org, &caller.app.name, username);
+    Ok(user_entity(state, &caller.app, &user))
 }
 
 #[derive(Deserialize)]
@@ -293,10 +296,7 @@ pub async fn delete_oldest(
     }
     let mut deleted = Vec::new();
     for username in state.store.oldest_users(&caller.app.id, limit).await? {
-        let user = state.store.get_user(&caller.app.id, &username).await?;
-        state.store.delete_user(&caller.app.id, &username).await?;
-        state.live.disconnect_user(&caller.app.org, &caller.app.name, &username);
-        deleted.push(user_entity(&state, &caller.app, &user));
+        deleted.push(remove_user(&state, &caller, &username).await?);
     }
     let cursor = deleted.last().and_then(|u| u["username"].as_str()).map(str::to_string);
     Ok(Json(
@@ -373,9 +373,7 @@ pub async fn status(
     Owner { caller, user: username }: Owner,
 ) -> Result<Json<Value>, ApiError> {
     caller.require_app()?;
-    if !state.store.user_exists(&caller.app.id, &username).await? {
-        return Err(ApiError::NotFound(format!("user {username} not found")));
-    }
+    state.store.require_users(&caller.app.id, &[&username]).await?;
     let status = status_of(&state, &caller.app, &username);
     Ok(Json(json!({"data": {username: status}, "count": 1})))
 }
@@ -417,9 +415,7 @@ pub async fn offline_msg_count(
     Owner { caller, user: username }: Owner,
 ) -> Result<Json<Value>, ApiError> {
     caller.require_app()?;
-    if !state.store.user_exists(&caller.app.id, &username).await? {
-        return Err(ApiError::NotFound(format!("user {username} not found")));
-    }
+    state.store.require_users(&caller.app.id, &[&username]).await?;
     let count = state.store.total_unread(&caller.app.id, &username).await?;
     Ok(Json(json!({"data": {username: count}, "count": 1})))
 }
@@ -434,9 +430,7 @@ pub async fn offline_msg_status(
 ) -> Result<Json<Value>, ApiError> {
     caller.require_app()?;
     let username = username.trim().to_ascii_lowercase();
-    if !state.store.user_exists(&caller.app.id, &username).await? {
-        return Err(ApiError::NotFound(format!("user {username} not found")));
-    }
+    state.store.require_users(&caller.app.id, &[&username]).await?;
     // A message that is not the user's (or no message at all) was not delivered to them.
     let delivered = match state.store.message(&caller.app.id, &msg_id).await {
         Ok(msg) if msg.chat != "user" || msg.sender == username || msg.recipient == username => {
@@ -475,9 +469,7 @@ pub async fn disconnect(
     Owner { caller, user: username }: Owner,
 ) -> Result<Json<Value>, ApiError> {
     caller.require_app()?;
-    if !state.store.user_exists(&caller.app.id, &username).await? {
-        return Err(ApiError::NotFound(format!("user {username} not found")));
-    }
+    state.store.require_users(&caller.app.id, &[&username]).await?;
     state.live.disconnect_user(&caller.app.org, &caller.app.name, &username);
     Ok(Json(json!({"action": "get", "data": {"result": true}})))
 }
