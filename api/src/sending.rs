@@ -202,6 +202,43 @@ struct ServerMessage {
 /// The name messages sent by the app (no `from`) carry, as on the platform.
 pub const SYSTEM_SENDER: &str = "admin";
 
+/// Who a message from the backend is from: a user of the app (else 404), or with no
+/// `from`, an empty one or `"admin"`, the app itself.
+async fn app_sender(state: &AppState, caller: &Caller, from: Option<&str>) -> Result<String, ApiError> {
+    match from.map(str::trim) {
+        None | Some("") | Some(SYSTEM_SENDER) => Ok(SYSTEM_SENDER.to_string()),
+        Some(from) => {
+            let from = from.to_ascii_lowercase();
+            state.store.require_users(&caller.app.id, &[&from]).await?;
+            Ok(from)
+        }
+    }
+}
+
+/// Checks the files a body from the backend points at and completes it, as for a device's
+/// (external URLs only where the app allows them); answers the chatfiles it refers to.
+async fn app_files(
+    state: &AppState,
+    caller: &Caller,
+    kind: MsgType,
+    body: &mut Value,
+    settings: &store::tenants::AppSettings,
+) -> Result<Vec<String>, ApiError> {
+    let app = &caller.app;
+    state
+        .store
+        .attach_files(
+            &state.files.links,
+            (&app.org, &app.name, &app.id),
+            Attacher::App,
+            kind,
+            body,
+            settings.allow_external_urls,
+        )
+        .await
+        .map_err(ApiError::BadRequest)
+}
+
 /// `POST /{org}/{app}/messages/users`, `/messages/chatgroups` and `/messages/chatrooms` (app
 /// token): stored and delivered exactly like messages from devices; answers each
 /// recipient's message id (`{"data": {"<to>": "<id>"}}`), or for a recipient refused, an
@@ -225,15 +262,8 @@ pub async fn send(
         }
     };
     let req: ServerMessage = parse_json(&body)?;
-    let from = match (req.from, req.system) {
-        // `admin` is the app itself, as on the platform.
-        (Some(from), false) if !from.trim().is_empty() && from.trim() != SYSTEM_SENDER => {
-            let from = from.trim().to_ascii_lowercase();
-            state.store.require_users(&caller.app.id, &[&from]).await?;
-            from
-        }
-        _ => SYSTEM_SENDER.to_string(),
-    };
+    // chatd's older `"system": true` means the app itself, as no `from` does.
+    let from = app_sender(&state, &caller, req.from.as_deref().filter(|_| !req.system)).await?;
     if req.to.is_empty() || req.to.len() > 100 {
         return Err(ApiError::BadRequest("body.to names 1 to 100 recipients".into()));
     }
@@ -246,11 +276,7 @@ pub async fn send(
             )))
         }
     };
-    let mut req_body = req.body.clone();
-    if req.kind == MsgType::Loc {
-        numbers_from_strings(&mut req_body, &["lat", "lng"]);
-    }
-    req.kind.validate_body(&req_body).map_err(ApiError::BadRequest)?;
+    let req_body = checked_body(req.kind, req.body.clone()).map_err(ApiError::BadRequest)?;
     if let Some(destroy) = &req.destroy {
         destroy.validate(chat).map_err(ApiError::BadRequest)?;
     }
@@ -272,18 +298,7 @@ pub async fn send(
     }
     let settings = state.store.app_settings(&caller.app.id).await?;
     let mut body = req_body;
-    let files = state
-        .store
-        .attach_files(
-            &state.files.links,
-            (&caller.app.org, &caller.app.name, &caller.app.id),
-            Attacher::App,
-            req.kind,
-            &mut body,
-            settings.allow_external_urls,
-        )
-        .await
-        .map_err(ApiError::BadRequest)?;
+    let files = app_files(&state, &caller, req.kind, &mut body, &settings).await?;
     let batch: Vec<NewMessage> = recipients
         .iter()
         .map(|to| NewMessage {
@@ -355,28 +370,10 @@ pub async fn broadcast(
     caller.require_app()?;
     let req: BroadcastBody = parse_json(&body)?;
     let (kind, mut body) = typed_body(req.msg, "body.msg")?;
-    let from = match req.from.as_deref().map(str::trim) {
-        None | Some("") | Some(SYSTEM_SENDER) => SYSTEM_SENDER.to_string(),
-        Some(from) => {
-            let from = from.to_ascii_lowercase();
-            state.store.require_users(&caller.app.id, &[&from]).await?;
-            from
-        }
-    };
+    let from = app_sender(&state, &caller, req.from.as_deref()).await?;
     let settings = state.store.app_settings(&caller.app.id).await?;
     let app = &caller.app;
-    let files = state
-        .store
-        .attach_files(
-            &state.files.links,
-            (&app.org, &app.name, &app.id),
-            Attacher::App,
-            kind,
-            &mut body,
-            settings.allow_external_urls,
-        )
-        .await
-        .map_err(ApiError::BadRequest)?;
+    let files = app_files(&state, &caller, kind, &mut body, &settings).await?;
     let broadcast_id = (uuid::Uuid::now_v7().as_u128() >> 66) as i64;
     let mut cursor: Option<String> = None;
     loop {
@@ -448,13 +445,19 @@ fn typed_body(msg: Value, field: &str) -> Result<(MsgType, Value), ApiError> {
                 "{field}.type must be a message type (txt, img, loc, custom, …)"
             ))
         })?;
-    let mut body = Value::Object(fields);
+    let body =
+        checked_body(kind, Value::Object(fields)).map_err(|why| ApiError::BadRequest(format!("{field}: {why}")))?;
+    Ok((kind, body))
+}
+
+/// A body of `kind` as the platform's clients send it, checked; a location's string
+/// coordinates become numbers.
+fn checked_body(kind: MsgType, mut body: Value) -> Result<Value, String> {
     if kind == MsgType::Loc {
         numbers_from_strings(&mut body, &["lat", "lng"]);
     }
-    kind.validate_body(&body)
-        .map_err(|why| ApiError::BadRequest(format!("{field}: {why}")))?;
-    Ok((kind, body))
+    kind.validate_body(&body)?;
+    Ok(body)
 }
 
 #[derive(Deserialize)]
@@ -499,16 +502,12 @@ pub async fn import(
         }
     };
     let req: ImportBody = parse_json(&body)?;
-    let mut body = req.body;
-    if req.kind == MsgType::Loc {
-        numbers_from_strings(&mut body, &["lat", "lng"]);
-    }
     if req.kind == MsgType::Cmd {
         return Err(ApiError::BadRequest(
             "body.type: cmd messages are not kept, so not imported".into(),
         ));
     }
-    req.kind.validate_body(&body).map_err(ApiError::BadRequest)?;
+    let mut body = checked_body(req.kind, req.body).map_err(ApiError::BadRequest)?;
     let now = store::now_ms();
     if req.msg_timestamp <= 0 || req.msg_timestamp > now {
         return Err(ApiError::BadRequest(
@@ -518,19 +517,7 @@ pub async fn import(
     let from = req.from.trim().to_ascii_lowercase();
     state.store.require_users(&caller.app.id, &[&from]).await?;
     let settings = state.store.app_settings(&caller.app.id).await?;
-    let app = &caller.app;
-    let files = state
-        .store
-        .attach_files(
-            &state.files.links,
-            (&app.org, &app.name, &app.id),
-            Attacher::App,
-            req.kind,
-            &mut body,
-            settings.allow_external_urls,
-        )
-        .await
-        .map_err(ApiError::BadRequest)?;
+    let files = app_files(&state, &caller, req.kind, &mut body, &settings).await?;
     let target = match chat {
         ChatType::User => req.target.trim().to_ascii_lowercase(),
         _ => req.target.trim().to_string(),
