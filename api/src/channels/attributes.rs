@@ -105,11 +105,27 @@ pub(super) struct KeysBody {
 }
 
 /// The attributes' owner for a `…/user/{username}` route: a member of the room (else 401,
-/// as the platform answers), acting through the app or their own token.
-fn attribute_owner(acting: &Acting, username: &str, member: bool) -> Result<(), ApiError> {
-    if !acting.is_self(username) {
+/// as the platform answers), acting through the app or their own token; the `forced`
+/// routes need the app. A forced removal may act for someone no longer a member (clearing
+/// what they left behind).
+async fn attribute_owner(
+    state: &AppState,
+    acting: &Acting,
+    username: &str,
+    forced: bool,
+    removal: bool,
+) -> Result<(), ApiError> {
+    if forced || !acting.is_self(username) {
         acting.caller.require_app()?;
     }
+    if forced && removal {
+        return Ok(());
+    }
+    let member = state
+        .store
+        .member(&acting.caller.app.id, &acting.channel.id, username)
+        .await?
+        .is_some();
     if !member {
         return Err(ApiError::Unauthorized(format!("user is not in chatroom: {username}")));
     }
@@ -140,15 +156,7 @@ async fn set_room(
     body: Bytes,
     forced: bool,
 ) -> Result<Json<Value>, ApiError> {
-    let member = state
-        .store
-        .member(&acting.caller.app.id, &acting.channel.id, &username)
-        .await?
-        .is_some();
-    if forced {
-        acting.caller.require_app()?;
-    }
-    attribute_owner(&acting, &username, member)?;
+    attribute_owner(&state, &acting, &username, forced, false).await?;
     let body: RoomAttributesBody = parse_json(&body)?;
     let auto_delete = match body.auto_delete.as_deref() {
         None | Some("DELETE") => true,
@@ -181,15 +189,7 @@ async fn remove_room(
     body: Bytes,
     forced: bool,
 ) -> Result<Json<Value>, ApiError> {
-    let member = state
-        .store
-        .member(&acting.caller.app.id, &acting.channel.id, &username)
-        .await?
-        .is_some();
-    if forced {
-        acting.caller.require_app()?;
-    }
-    attribute_owner(&acting, &username, member || forced)?;
+    attribute_owner(&state, &acting, &username, forced, true).await?;
     let body: KeysBody = parse_json(&body)?;
     let done = state
         .store
