@@ -62,6 +62,9 @@ export interface ClientOptions {
 
 type Listener = (message: Incoming) => void;
 
+/** `online` once connected and caught up; `offline` from when the connection goes until then. */
+export type Status = "online" | "offline";
+
 interface Request {
   answers: (message: Incoming) => boolean;
   resolve: (message: Incoming) => void;
@@ -82,6 +85,8 @@ export class ChatClient {
   private readonly storage: Storage;
   private mqtt?: MqttClient;
   private readonly listeners = new Set<Listener>();
+  private readonly statusListeners = new Set<(status: Status) => void>();
+  private currentStatus: Status = "offline";
   private readonly pending = new Map<string, Pending>();
   private readonly syncs = new Map<string, (page: Incoming) => void>();
   /** Ops waiting for their answer: by `cid`, with what else answers them. */
@@ -117,6 +122,23 @@ export class ChatClient {
     return () => this.listeners.delete(listener);
   }
 
+  /** Connection changes: `online` after each (re)connection's catch-up, `offline` when it goes. */
+  onStatus(listener: (status: Status) => void): () => void {
+    this.statusListeners.add(listener);
+    return () => this.statusListeners.delete(listener);
+  }
+
+  /** `online` while connected and caught up. */
+  get status(): Status {
+    return this.currentStatus;
+  }
+
+  private setStatus(status: Status): void {
+    if (status === this.currentStatus) return;
+    this.currentStatus = status;
+    for (const listener of this.statusListeners) listener(status);
+  }
+
   /** The `useq` of the last inbox message handed over. */
   get position(): number {
     return this.lastUseq;
@@ -142,6 +164,7 @@ export class ChatClient {
     clearTimeout(this.refreshTimer);
     const client = this.mqtt;
     this.mqtt = undefined;
+    this.setStatus("offline");
     if (client) await client.endAsync(true);
   }
 
@@ -283,6 +306,20 @@ export class ChatClient {
     }
   }
 
+  /** A GET of a URL the server gave (a file, a thumbnail) with this user's token. */
+  async fetchWithToken(url: string): Promise<Blob> {
+    for (let attempt = 0; ; attempt++) {
+      if (!this.token || attempt > 0) this.token = await this.opts.getToken();
+      const resp = await fetch(url, { headers: { authorization: `Bearer ${this.token}` } });
+      if (resp.status === 401 && attempt === 0) continue;
+      if (!resp.ok) {
+        const answer = await resp.json().catch(() => ({}));
+        throw new ChatError(String(answer.error ?? resp.status), String(answer.error_description ?? resp.statusText));
+      }
+      return resp.blob();
+    }
+  }
+
   private publish(payload: Record<string, unknown>): void {
     const client = this.mqtt;
     if (!client?.connected) return; // sent on (re)connect from the outbox
@@ -330,6 +367,7 @@ export class ChatClient {
         for (const topic of this.extraTopics) await client.subscribeAsync(topic, { qos: 1 });
         for (const { payload } of this.pending.values()) this.publish(payload);
         await this.catchUp();
+        if (this.mqtt === client && client.connected) this.setStatus("online");
         return;
       } catch (error) {
         if (this.stopped) return;
@@ -343,6 +381,7 @@ export class ChatClient {
   private lost(client: MqttClient): void {
     if (this.mqtt !== client || this.stopped) return;
     this.mqtt = undefined;
+    this.setStatus("offline");
     clearTimeout(this.refreshTimer);
     for (const resolve of this.syncs.values()) resolve({ op: "synced", lost: true });
     this.syncs.clear();
