@@ -13,7 +13,9 @@
 #   - the nats-server binary (a cluster test restarts a NATS of its own), mosquitto_pub/
 #     mosquitto_sub and openssl (interoperability and TLS tests);
 #   - Node.js and npm (the JavaScript client's tests, clients/js), Debian's packages if
-#     missing; its packages come from the committed lockfile (`npm ci`).
+#     missing; its packages come from the committed lockfile (`npm ci`);
+#   - Chromium (the web app's tests in a real browser, driven by playwright-core): the one at
+#     $CHROMIUM, else /usr/bin/chromium, else Debian's chromium package is installed.
 # Tests never skip for want of a service: if one cannot be had, they fail.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,6 +43,8 @@ command -v python3 >/dev/null || missing+=(python3)
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
 command -v psql >/dev/null || missing+=(postgresql-client)
+export CHROMIUM="${CHROMIUM:-/usr/bin/chromium}"
+[ -x "$CHROMIUM" ] || { CHROMIUM=/usr/bin/chromium; [ -x "$CHROMIUM" ] || missing+=(chromium); }
 # The cluster tests also start throwaway NATS servers of their own (a NATS restart).
 command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
 [ ${#missing[@]} -eq 0 ] || { echo "installing ${missing[*]}"; apt_install "${missing[@]}"; }
@@ -113,10 +117,15 @@ fi
 
 cargo test --workspace --all-targets "$@"
 
-# The JavaScript client (clients/js) against the chatd binary just built.
+# The JavaScript client (clients/js) and the web app (web/, in Chromium) against the chatd
+# binary just built. The web app's copy of the SDK (web/chatd.js, compiled into chatd) must
+# be what the SDK's source bundles to: a stale copy fails here.
 target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
 (
     cd clients/js
     npm ci --no-audit --no-fund --loglevel=error
+    npm run --silent bundle -- --log-level=warning --outfile="$target_dir/chatd-bundle-check.js"
+    cmp -s "$target_dir/chatd-bundle-check.js" ../../web/chatd.js \
+        || { echo "web/chatd.js is stale: run 'npm run bundle' in clients/js and commit it"; exit 1; }
     CHATD_BIN="$target_dir/debug/chatd" npm test
 )

@@ -25,6 +25,63 @@ pub struct Config {
     pub push: PushConfig,
     pub cluster: ClusterConfig,
     pub files: FilesConfig,
+    pub web: WebConfig,
+}
+
+/// The web chat app (`web/`), served by the REST API's listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebConfig {
+    /// Serve the app.
+    pub enabled: bool,
+    /// Where: `/web` serves `/web/`. It shadows an org of the same name on the REST API.
+    pub path: String,
+    /// The app it signs in to, `org/app`.
+    pub app: String,
+    /// The MQTT WebSocket URL the page connects to; empty: the `mqtt.ws` (or, on an https
+    /// page, `mqtt.wss`) port on the host the page came from.
+    pub mqtt_url: String,
+}
+
+impl WebConfig {
+    /// The web app's settings, or `None` when it is off.
+    pub fn settings(
+        &self,
+        ws: Option<SocketAddr>,
+        wss: Option<SocketAddr>,
+    ) -> anyhow::Result<Option<api::web::WebSettings>> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        let path = self.path.trim().trim_end_matches('/');
+        let segment = path.strip_prefix('/').unwrap_or("");
+        anyhow::ensure!(
+            !segment.is_empty()
+                && segment.len() <= 64
+                && segment.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b)),
+            "web.path {:?}: must be one path segment like \"/web\" (letters, digits, '-', '_')",
+            self.path
+        );
+        let (org, app) = self
+            .app
+            .trim()
+            .split_once('/')
+            .filter(|(org, app)| !org.is_empty() && !app.is_empty() && !app.contains('/'))
+            .ok_or_else(|| anyhow::anyhow!("web.app {:?}: must be \"org/app\"", self.app))?;
+        let mqtt_url = self.mqtt_url.trim();
+        anyhow::ensure!(
+            mqtt_url.is_empty() || mqtt_url.starts_with("ws://") || mqtt_url.starts_with("wss://"),
+            "web.mqtt_url {mqtt_url:?}: must start with ws:// or wss://"
+        );
+        Ok(Some(api::web::WebSettings {
+            path: path.to_string(),
+            org: org.to_string(),
+            app: app.to_string(),
+            mqtt_url: (!mqtt_url.is_empty()).then(|| mqtt_url.to_string()),
+            ws_port: ws.map(|a| a.port()),
+            wss_port: wss.map(|a| a.port()),
+        }))
+    }
 }
 
 /// Uploaded files: where they are kept and the server's limits (each app has its own
@@ -359,6 +416,12 @@ max_open_uploads = 20
 max_transfers_per_user = 8
 max_transfers_per_address = 32
 sweep_interval_secs = 60
+
+[web]
+enabled = true
+path = "/web"
+app = "demo/chat"
+mqtt_url = ""
 "#;
 
 impl Config {

@@ -28,6 +28,8 @@ pub struct Server {
     pub api_addr: SocketAddr,
     /// Where uploaded files are kept (a directory, or an S3 bucket), for the banner.
     pub file_store: String,
+    /// The web app's path (`/web`) when it is served.
+    pub web_path: Option<String>,
     pub store: Store,
     pub tokens: Tokens,
     pub presence: Presence,
@@ -204,6 +206,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Server> {
     );
     tasks.spawn(gate.run(Listeners { tcp, ws, tls, wss }, drain_rx.clone(), shutdown_rx.clone()));
 
+    let web_settings = config.web.settings(server_addrs.1, server_addrs.3)?;
     let api_state = api::AppState {
         live,
         store: store.clone(),
@@ -239,6 +242,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Server> {
                 config.api.cors_allow_localhost,
             )
             .map_err(|e| anyhow::anyhow!("api.cors_origins: {e}"))?,
+            web: web_settings.clone(),
         },
         files: api::files::Files::new(
             file_store,
@@ -271,6 +275,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Server> {
         wss_addr,
         api_addr,
         file_store: file_store_name,
+        web_path: web_settings.map(|w| w.path),
         store,
         tokens,
         presence,
@@ -320,7 +325,13 @@ pub async fn ensure_dev_app(store: &Store) -> anyhow::Result<Option<store::tenan
         return Ok(None);
     }
     match store.create_app("demo", "chat").await {
-        Ok((_, credentials)) => Ok(Some(credentials)),
+        Ok((app, credentials)) => {
+            // The web app's sign-up page registers users of the dev app.
+            store
+                .update_app_settings(&app.id, &serde_json::json!({"open_registration": true}))
+                .await?;
+            Ok(Some(credentials))
+        }
         // Another process sharing the database got there first.
         Err(store::Error::Conflict(_)) => Ok(None),
         Err(e) => Err(e.into()),

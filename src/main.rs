@@ -108,6 +108,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     );
     println!("REST API:         http://{}", server.api_addr);
     println!("Files:            {}", server.file_store);
+    if let Some(path) = &server.web_path {
+        println!("Web app:          http://{}{path}/", server.api_addr);
+    }
     // SIGTERM is what `docker stop`, systemd and Kubernetes send; SIGINT is Ctrl-C. Both
     // stop the same way: nothing acked is lost, nothing in flight is left unanswered, and
     // the exit status is 0. Handlers are installed explicitly, so the signals also work

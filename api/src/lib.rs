@@ -27,6 +27,7 @@ mod throttle;
 mod tokens;
 mod uploads;
 mod users;
+pub mod web;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,6 +81,8 @@ pub struct ApiSettings {
     /// How long a file transfer (`/{org}/{app}/chatfiles…`) may take, instead of
     /// `request_timeout`; its body is streamed, under the files' own chunk timeout.
     pub transfer_timeout: Duration,
+    /// The web chat app, when it is served.
+    pub web: Option<web::WebSettings>,
 }
 
 impl Default for ApiSettings {
@@ -102,6 +105,7 @@ impl Default for ApiSettings {
             hash_timeout: Duration::from_secs(5),
             transfer_timeout: Duration::from_secs(3600),
             cors: cors::CorsSettings::default(),
+            web: None,
         }
     }
 }
@@ -123,6 +127,11 @@ pub fn router(state: AppState) -> Router {
     let throttle = Arc::new(throttle::Throttle::new(&state.settings));
     let max_body = state.settings.max_body_bytes;
     let cors = state.settings.cors.layer();
+    let web = state
+        .settings
+        .web
+        .clone()
+        .map(|settings| web::routes(settings).with_state(state.clone()));
     let routes = Router::new()
         .route(
             "/health",
@@ -251,7 +260,12 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(state.clone(), envelope::wrap))
         .with_state(state);
-    with_cors(routes, cors)
+    let api = with_cors(routes, cors);
+    match web {
+        // The app's own routes first; everything else is the API.
+        Some(web) => web.merge(api),
+        None => api,
+    }
 }
 
 /// Puts CORS in front of `routes`: preflights (`OPTIONS` with

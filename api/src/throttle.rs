@@ -1,4 +1,5 @@
-//! Throttling of credential guessing at `POST /{org}/{app}/token`.
+//! Throttling of credential guessing at `POST /{org}/{app}/token`, and of users registering
+//! themselves (`POST /{org}/{app}/users` without a token, when an app allows it).
 //!
 //! Without it, 200 wrong passwords followed by the right one just worked. Each attempt
 //! counts against keys: the user (app + username) or the client (app + client id), and the
@@ -33,6 +34,8 @@ pub enum Key {
     Client(String, String),
     /// The caller's address.
     Address(IpAddr),
+    /// Users registering themselves in an app from an address: (app id, address).
+    Registration(String, IpAddr),
 }
 
 impl Key {
@@ -41,6 +44,7 @@ impl Key {
             Key::User(_, user) => format!("for user '{user}'"),
             Key::Client(..) => "for this client_id".into(),
             Key::Address(_) => "from your address".into(),
+            Key::Registration(..) => "from your address".into(),
         }
     }
 }
@@ -95,7 +99,12 @@ impl Throttle {
                     let retry_after = entry.blocked_until - now;
                     return Err(ApiError::TooManyAttempts {
                         message: format!(
-                            "too many failed attempts {}; retry in {} s",
+                            "too many {} {}; retry in {} s",
+                            if matches!(key, Key::Registration(..)) {
+                                "registrations"
+                            } else {
+                                "failed attempts"
+                            },
                             key.describe(),
                             whole_seconds(retry_after)
                         ),
@@ -150,7 +159,7 @@ impl Throttle {
 
     fn free_for(&self, key: &Key) -> u32 {
         match key {
-            Key::Address(_) => self.address_free.max(1),
+            Key::Address(_) | Key::Registration(..) => self.address_free.max(1),
             _ => self.free.max(1),
         }
     }

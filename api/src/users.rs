@@ -3,14 +3,19 @@
 //! tokens, disconnect) and what a backend asks about a user (online status, one or a
 //! batch; offline message count).
 
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::Json;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use crate::auth::{Caller, Owner};
+use crate::envelope::AppSlot;
 use crate::error::{parse_json, JsonBody, Query};
+use crate::throttle::{Key, Throttle};
 use crate::{ApiError, AppState};
 use store::files::Chatfile;
 use store::tenants::App;
@@ -37,11 +42,28 @@ enum OneOrMany {
 /// The most users one request may create.
 const MAX_BATCH: usize = 60;
 
+/// `POST /{org}/{app}/users`: with an app token, one user or a batch; without a token, one
+/// user registering themselves, if the app has `open_registration` ([`register`]).
+#[allow(clippy::too_many_arguments)] // axum extractors: the registration path needs its own
 pub async fn create(
     State(state): State<AppState>,
-    caller: Caller,
+    Extension(throttle): Extension<Arc<Throttle>>,
+    peer: Option<ConnectInfo<SocketAddr>>,
+    Path((org, app)): Path<(String, String)>,
+    headers: HeaderMap,
+    slot: Option<Extension<AppSlot>>,
+    caller: Result<Caller, ApiError>,
     JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let caller = match caller {
+        Ok(caller) => caller,
+        // A token that does not work is an error whatever the app allows.
+        Err(refused) if headers.contains_key(header::AUTHORIZATION) => return Err(refused),
+        Err(refused) => {
+            let address = peer.map(|ConnectInfo(addr)| addr.ip());
+            return register(&state, &throttle, address, &org, &app, slot, &body, refused).await;
+        }
+    };
     caller.require_app()?;
     let value: Value = parse_json(&body)?;
     let parsed: OneOrMany = serde_json::from_value(value.clone()).map_err(|_| explain_user_body(&value))?;
@@ -86,16 +108,75 @@ pub async fn create(
             Json(json!({"action": "post", "entities": [], "data": failed, "count": 0})),
         ));
     }
+    let entities = create_users(&state, &caller.app, &users).await?;
+    Ok((
+        StatusCode::OK,
+        Json(json!({"action": "post", "count": entities.len(), "entities": entities, "data": failed})),
+    ))
+}
+
+/// Creates `users` in `app`, answering their entities.
+async fn create_users(state: &AppState, app: &App, users: &[NewUser]) -> Result<Vec<Value>, ApiError> {
     // Hashing the passwords takes turns with every other argon2 use in the process; a
     // request that cannot get its turns in time is refused rather than queued forever.
     let wait = state.settings.hash_timeout.saturating_mul(users.len() as u32);
-    let created = tokio::time::timeout(wait, state.store.create_users(&caller.app.id, &users))
+    let created = tokio::time::timeout(wait, state.store.create_users(&app.id, users))
         .await
         .map_err(|_| ApiError::Unavailable("too many password hashes in progress; retry shortly".into()))??;
-    let entities: Vec<Value> = created.iter().map(|u| user_entity(&state, &caller.app, u)).collect();
+    Ok(created.iter().map(|u| user_entity(state, app, u)).collect())
+}
+
+/// The shortest password a user registering themselves may choose.
+const MIN_REGISTRATION_PASSWORD: usize = 8;
+
+/// A user registering themselves (no token): allowed only when the app's settings have
+/// `open_registration`, one user per request, with a password of at least
+/// [`MIN_REGISTRATION_PASSWORD`] characters. Every registration counts against the caller's
+/// address in the login throttle (`api.login_address_free_failures` free, then backoff),
+/// so one address cannot fill an app with users.
+#[allow(clippy::too_many_arguments)]
+async fn register(
+    state: &AppState,
+    throttle: &Throttle,
+    address: Option<IpAddr>,
+    org: &str,
+    app: &str,
+    slot: Option<Extension<AppSlot>>,
+    body: &[u8],
+    no_token: ApiError,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let app = state.store.find_app(org, app).await?;
+    if let Some(Extension(slot)) = slot {
+        slot.set(&app.id);
+    }
+    if !state.store.app_settings(&app.id).await?.open_registration {
+        return Err(no_token);
+    }
+    let value: Value = parse_json(body)?;
+    if !value.is_object() {
+        return Err(ApiError::BadRequest(
+            "without a token, register one user: {\"username\", \"password\", \"nickname\"?}".into(),
+        ));
+    }
+    let one: NewUserBody = serde_json::from_value(value.clone()).map_err(|_| explain_user_body(&value))?;
+    if one.password.chars().count() < MIN_REGISTRATION_PASSWORD {
+        return Err(ApiError::BadRequest(format!(
+            "'password' must have at least {MIN_REGISTRATION_PASSWORD} characters"
+        )));
+    }
+    let user = NewUser {
+        username: store::names::username(&one.username)?,
+        password: one.password,
+        nickname: one.nickname,
+    };
+    if let Some(ip) = address {
+        // Counted whether or not it succeeds; never cleared.
+        let _counted = throttle.attempt(vec![Key::Registration(app.id.clone(), ip)])?;
+    }
+    let entities = create_users(state, &app, &[user]).await?;
     Ok((
         StatusCode::OK,
-        Json(json!({"action": "post", "entities": entities, "data": failed, "count": created.len()})),
+        Json(json!({"action": "post", "count": 1, "entities": entities, "data": []})),
     ))
 }
 

@@ -31,6 +31,13 @@ pub struct ConversationEntry {
     pub read_seq: i64,
     pub unread: i64,
     pub updated: i64,
+    /// One-to-one conversations: how far the peer has read and received (their receipts), so
+    /// a device opening the conversation can show read ticks without waiting for a
+    /// `receipt` op.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_read_seq: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_delivered_seq: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_message: Option<Delivered>,
 }
@@ -150,9 +157,12 @@ impl Store {
     /// A user's conversations, most recent first, with unread counts and last messages.
     pub async fn conversations(&self, app_id: &str, user: &str, limit: i64) -> Result<Vec<ConversationEntry>> {
         let rows = sqlx::query(&format!(
-            "SELECT uc.conv AS uconv, uc.read_seq, c.last_seq, c.last_ts, {MSG_COLUMNS}
+            "SELECT uc.conv AS uconv, uc.read_seq, c.last_seq, c.last_ts,
+                    p.read_seq AS peer_read_seq, p.delivered_seq AS peer_delivered_seq, {MSG_COLUMNS}
              FROM user_conversations uc
              JOIN conversations c ON c.app_id = uc.app_id AND c.conv = uc.conv
+             LEFT JOIN user_conversations p
+               ON p.app_id = uc.app_id AND p.conv = uc.conv AND p.username <> uc.username AND uc.conv LIKE 'u:%'
              LEFT JOIN messages m ON m.id = c.last_message_id
              WHERE uc.app_id = $1 AND uc.username = $2
              ORDER BY c.last_ts DESC, uc.conv LIMIT $3"
@@ -173,6 +183,11 @@ impl Store {
                     }
                 };
                 let (last_seq, read_seq): (i64, i64) = (row.try_get("last_seq")?, row.try_get("read_seq")?);
+                // A peer without a row yet has received and read nothing.
+                let one_to_one = chat == "user";
+                let peer = |column: &str| -> Result<Option<i64>> {
+                    Ok(one_to_one.then_some(row.try_get::<Option<i64>, _>(column)?.unwrap_or(0)))
+                };
                 let last_message = match row.try_get::<Option<String>, _>("id")? {
                     Some(_) => Some(message_from_row(row)?.delivered(user, None)),
                     None => None,
@@ -185,6 +200,8 @@ impl Store {
                     read_seq,
                     unread: (last_seq - read_seq).max(0),
                     updated: row.try_get("last_ts")?,
+                    peer_read_seq: peer("peer_read_seq")?,
+                    peer_delivered_seq: peer("peer_delivered_seq")?,
                     last_message,
                 })
             })

@@ -175,6 +175,10 @@ pub struct AppSettings {
     pub allowed_file_types: Vec<String>,
     /// Whether file message bodies may point at URLs outside chatd (unchecked, not kept).
     pub allow_external_urls: bool,
+    /// Whether anyone may register a user (`POST /users` without a token: one user, with a
+    /// password, throttled per address), as a public sign-up page needs. Off by default: an
+    /// app's backend creates its users.
+    pub open_registration: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -203,6 +207,7 @@ impl Default for AppSettings {
             file_quota_bytes: 1024 * 1024 * 1024,
             allowed_file_types: Vec::new(),
             allow_external_urls: false,
+            open_registration: false,
         }
     }
 }

@@ -11,6 +11,8 @@ import { createInterface } from "node:readline";
 
 export class Chatd {
   mqttUrl = "";
+  /** The web app (`{api}/web/`), when started with `{ web: true }`. */
+  webUrl = "";
   api = "";
   clientId = "";
   clientSecret = "";
@@ -18,6 +20,10 @@ export class Chatd {
   private readonly dir = mkdtempSync(join(tmpdir(), "chatd-js-"));
   private mqttAddr = "127.0.0.1:0";
   private apiAddr = "127.0.0.1:0";
+  private wsAddr = "127.0.0.1:0";
+
+  /** `web`: MQTT over WebSocket on, for the web app in a browser. */
+  constructor(private readonly opts: { web?: boolean } = {}) {}
 
   async start(): Promise<void> {
     const bin = process.env.CHATD_BIN ?? new URL("../../../../target/debug/chatd", import.meta.url).pathname;
@@ -28,7 +34,7 @@ export class Chatd {
         DATABASE_URL: `sqlite://${join(this.dir, "chat.db")}`,
         CHATD_DATA_DIR: this.dir,
         CHATD_MQTT__TCP: this.mqttAddr,
-        CHATD_MQTT__WS: "",
+        CHATD_MQTT__WS: this.opts.web ? this.wsAddr : "",
         CHATD_API__LISTEN: this.apiAddr,
         CHATD_MQTT__BUDGETS__SEND__PER_SEC: "100000",
         CHATD_MQTT__BUDGETS__SEND__BURST: "100000",
@@ -51,8 +57,12 @@ export class Chatd {
           this.mqttAddr = value("MQTT (TCP):");
           this.mqttUrl = `mqtt://${this.mqttAddr}`;
         }
+        if (line.startsWith("MQTT (WebSocket):") && this.opts.web) {
+          this.wsAddr = value("MQTT (WebSocket):").replace("ws://", "").replace("/mqtt", "");
+        }
         if (line.startsWith("REST API:")) {
           this.api = value("REST API:");
+          this.webUrl = `${this.api}/web/`;
           this.apiAddr = this.api.replace("http://", "");
           clearTimeout(timer);
           resolve();
