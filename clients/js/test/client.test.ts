@@ -8,11 +8,16 @@ import { after, before, test } from "node:test";
 import "fake-indexeddb/auto";
 
 import {
+  addMembers,
   bindPush,
   ChatClient,
   ChatError,
   conversations,
+  createGroup,
+  fetchFile,
+  groupMembers,
   history,
+  joinedGroups,
   type Incoming,
   IndexedDbStorage,
   upload,
@@ -111,8 +116,11 @@ test("a server restart in the middle of a stream loses nothing and repeats nothi
   const { c: alice, tokens } = client("alice", "alice-laptop");
   const { c: dave } = client("dave", "dave-phone");
   const got = inbox(dave);
+  const statuses: string[] = [];
+  dave.onStatus((s) => statuses.push(s));
   await alice.connect();
   await dave.connect();
+  assert.equal(dave.status, "online");
   const sent: Promise<unknown>[] = [];
   for (let i = 0; i < 40; i++) {
     sent.push(alice.send({ to: "dave", body: { msg: `m${i}` } }));
@@ -135,6 +143,8 @@ test("a server restart in the middle of a stream loses nothing and repeats nothi
   assert.deepEqual(useqs, [...useqs].sort((a, b) => a - b), "out of order");
   for (let i = 1; i < useqs.length; i++) assert.equal(useqs[i], useqs[i - 1] + 1, "a gap in dave's inbox");
   assert.ok(tokens.calls() >= 2, "the reconnection did not fetch a fresh token");
+  // The app saw the connection go and come back (online only once caught up).
+  assert.deepEqual(statuses.slice(0, 3), ["online", "offline", "online"]);
   // The server stored each once: dave's inbox holds exactly these.
   const app = await chatd.appToken();
   const history = await chatd.rest("GET", "/users/dave/conversations/user/alice/messages?limit=100", undefined, app);
@@ -185,7 +195,7 @@ test("receipts, typing, recall, edit, reactions, chatrooms and presence", async 
   await alice.close();
 });
 
-test("the conversation list, history pages, files and push binding over REST", async () => {
+test("the conversation list, history pages, groups, files and push binding over REST", async () => {
   const { c: alice } = client("alice", "alice-desk");
   await alice.connect();
   await chatd.users("erin");
@@ -208,6 +218,25 @@ test("the conversation list, history pages, files and push binding over REST", a
   await new Promise((r) => setTimeout(r, 300));
   assert.equal((await conversations(erin, "erin")).total_unread, 0);
   await bindPush(erin, "erin", "tok-erin", "fcm");
+
+  // Groups: created by erin, a member added, listed; refusals named per user.
+  const group = await createGroup(erin, { name: "book club", members: ["alice"] });
+  const added = await addMembers(erin, group, ["dave", "nobody-here"]);
+  assert.deepEqual(added.added, ["dave"]);
+  assert.deepEqual(added.failed.map((f) => f.user), ["nobody-here"]);
+  assert.deepEqual(await groupMembers(erin, group), [
+    { username: "erin", role: "owner" },
+    { username: "alice", role: "member" },
+    { username: "dave", role: "member" },
+  ]);
+  assert.deepEqual((await joinedGroups(alice, "alice")).map((g) => g.groupname), ["book club"]);
+  await assert.rejects(addMembers(alice, group, ["carol"]), (e: unknown) => e instanceof ChatError && e.code === "forbidden_op");
+  // A file the user may read, with their token; one they may not is a typed refusal.
+  assert.equal(await (await fetchFile(erin, String(file.url))).text(), "the minutes");
+  const { c: carol } = client("carol", "carol-phone");
+  await carol.connect();
+  await assert.rejects(fetchFile(carol, String(file.url)), (e: unknown) => e instanceof ChatError && e.code === "forbidden_op");
+  await carol.close();
   await assert.rejects(erin.rest("GET", "/users/alice/conversations"), (e: unknown) => e instanceof ChatError && e.code === "forbidden_op");
   await alice.close();
   await erin.close();
