@@ -113,6 +113,15 @@ function noErrors(...pages: Page[]): void {
   for (const page of pages) assert.deepEqual(pageErrors.get(page), []);
 }
 
+/** As [`noErrors`], but the browser's own report of a WebSocket that could not connect
+ * (the server was away on purpose) is expected. */
+function noErrorsButReconnects(...pages: Page[]): void {
+  for (const page of pages) {
+    const errors = (pageErrors.get(page) ?? []).filter((e) => !/^WebSocket connection to .* failed/.test(e));
+    assert.deepEqual(errors, []);
+  }
+}
+
 test("two people chat: unread counts, typing, read ticks", async () => {
   const [alice, bob] = names("alice", "bob");
   const a = await newPerson();
@@ -304,6 +313,38 @@ test("a chatroom: created by one, joined by another", async () => {
   await b.close();
 });
 
+test("history pages back, and a narrow screen shows one pane at a time", async () => {
+  const [alice, bob] = names("alice", "bob");
+  await chatd.users(alice, bob);
+  // Forty messages from alice's backend, before bob ever opens the app.
+  const app = await chatd.appToken();
+  for (let i = 1; i <= 40; i++) {
+    await chatd.rest("POST", "/messages/users", { from: alice, to: [bob], type: "txt", body: { msg: `m${i}` } }, app);
+  }
+  const phone = await browser.newContext({ viewport: { width: 390, height: 800 }, isMobile: true, hasTouch: true });
+  const page = await openApp(phone);
+  await page.getByLabel("Username", { exact: true }).fill(bob);
+  await page.getByLabel("Password", { exact: true }).fill("pw");
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await online(page);
+  await eventually("forty unread", () => unread(page, alice), (n) => n === "40");
+  // One pane at a time: the list, then the conversation with a way back.
+  assert.equal(await page.locator(".conversation").isVisible(), false);
+  await conversation(page, alice).click();
+  assert.equal(await page.locator(".sidebar").isVisible(), false);
+  const expected = Array.from({ length: 40 }, (_, i) => `m${i + 1}`);
+  await eventually("the newest page", () => texts(page), (t) => t.join("|") === expected.slice(10).join("|"));
+  await page.screenshot({ path: `${shots}phone.png` });
+  await page.getByRole("button", { name: "Load older messages" }).click();
+  await eventually("all forty, in order", () => texts(page), (t) => t.join("|") === expected.join("|"));
+  assert.equal(await page.getByRole("button", { name: "Load older messages" }).isVisible(), false);
+  await page.getByRole("button", { name: "Back to the conversation list" }).click();
+  await eventually("read", () => unread(page, alice), (n) => n === "0");
+  assert.equal(await page.locator(".sidebar").isVisible(), true);
+  noErrors(page);
+  await phone.close();
+});
+
 test("sign-up and sign-in errors are shown, and the page's own rules hold", async () => {
   const [alice] = names("alice");
   const context = await newPerson();
@@ -328,6 +369,34 @@ test("sign-up and sign-in errors are shown, and the page's own rules hold", asyn
   assert.equal(await pa.locator("#message-list img").count(), 0);
   assert.notEqual(await pa.title(), "pwned");
   await context.close();
+});
+
+test("the offline banner shows while the server is away and clears once caught up", async () => {
+  const [alice, bob] = names("alice", "bob");
+  const a = await newPerson();
+  const b = await newPerson();
+  const pa = await signIn(a, alice, true);
+  const pb = await signIn(b, bob, true);
+  await chatWith(pa, bob);
+  await send(pa, "before the restart");
+  await eventually("bob got it", () => unread(pb, alice), (n) => n === "1");
+
+  await chatd.stop();
+  await pa.locator("#offline").waitFor({ state: "visible" });
+  await pb.locator("#offline").waitFor({ state: "visible" });
+  // Written while the server is away: it waits in the outbox (shown as sending).
+  await send(pa, "while away");
+  assert.equal(await pa.locator("#message-list .message.mine").last().getAttribute("data-state"), "sending");
+  await chatd.start();
+  await online(pa);
+  await online(pb);
+  await eventually("sent once back", () => pa.locator("#message-list .message.mine").last().getAttribute("data-state"), (s) => s !== "sending");
+  await eventually("bob's count", () => unread(pb, alice), (n) => n === "2");
+  await conversation(pb, alice).click();
+  await eventually("both, once", () => texts(pb), (t) => t.join("|") === "before the restart|while away");
+  noErrorsButReconnects(pa, pb);
+  await a.close();
+  await b.close();
 });
 
 /** A `width` × `height` RGB PNG (a gradient), written by hand: no image library needed. */
