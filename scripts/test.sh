@@ -43,6 +43,8 @@ command -v python3 >/dev/null || missing+=(python3)
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
 command -v psql >/dev/null || missing+=(postgresql-client)
+# A readiness test stops and starts a PostgreSQL server of its own (initdb, pg_ctl).
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 export CHROMIUM="${CHROMIUM:-/usr/bin/chromium}"
 [ -x "$CHROMIUM" ] || { CHROMIUM=/usr/bin/chromium; [ -x "$CHROMIUM" ] || missing+=(chromium); }
 # The cluster tests also start throwaway NATS servers of their own (a NATS restart).

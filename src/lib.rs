@@ -35,6 +35,8 @@ pub struct Server {
     pub presence: Presence,
     /// This node's membership of its cluster, in cluster mode.
     pub cluster: Option<Arc<cluster::Cluster>>,
+    /// What `/health/ready` reports.
+    health: Arc<api::health::Health>,
     /// Stopping, step one: stop accepting and reading, store and answer what is in flight.
     drain: watch::Sender<bool>,
     /// Turns true when the bridge has stored and answered everything in flight.
@@ -170,7 +172,15 @@ pub async fn start(mut config: Config) -> anyhow::Result<Server> {
     if config.push.worker {
         tasks.spawn(push_worker.run(shutdown_rx.clone()));
     }
+    let health = Arc::new(api::health::Health::default());
+    let bridge_running = health.component("bridge");
+    let gate_running = health.component("gate");
+    if let Some(cluster) = &cluster {
+        let cluster = cluster.clone();
+        health.check("cluster", move || cluster.connected());
+    }
     tasks.spawn(async move {
+        let _running = api::health::Running::new(bridge_running);
         if let Err(e) = bridge::run(
             bridge_options,
             bridge_store,
@@ -204,7 +214,11 @@ pub async fn start(mut config: Config) -> anyhow::Result<Server> {
         switchboard,
         presence.clone(),
     );
-    tasks.spawn(gate.run(Listeners { tcp, ws, tls, wss }, drain_rx.clone(), shutdown_rx.clone()));
+    let gate_task = gate.run(Listeners { tcp, ws, tls, wss }, drain_rx.clone(), shutdown_rx.clone());
+    tasks.spawn(async move {
+        let _running = api::health::Running::new(gate_running);
+        gate_task.await
+    });
 
     let web_settings = config.web.settings(server_addrs.1, server_addrs.3)?;
     let api_state = api::AppState {
@@ -258,6 +272,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Server> {
                 ..api::files::FileSettings::default()
             },
         ),
+        health: health.clone(),
     };
     // The API stops accepting when the server drains, and finishes the requests in flight.
     let api_shutdown = drain_rx.clone();
@@ -280,6 +295,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Server> {
         tokens,
         presence,
         cluster,
+        health,
         drain,
         drained,
         shutdown,
@@ -295,6 +311,7 @@ impl Server {
     /// (those acks) and is closed (MQTT 5: DISCONNECT 0x8B), and the components stop. In a
     /// cluster, the node then says goodbye, so the others show its devices offline at once.
     pub async fn shutdown(mut self) {
+        self.health.shutting_down();
         let _ = self.drain.send(true);
         let drained = tokio::time::timeout(DRAIN_TIMEOUT, self.drained.wait_for(|done| *done)).await;
         if !matches!(drained, Ok(Ok(_))) {

@@ -32,6 +32,13 @@ struct Cli {
 enum Command {
     /// Run the server (the default).
     Serve,
+    /// Ask a running chatd whether it is ready (`/health/ready`): exit status 0 if it is, 1
+    /// with the reason if not. For container health checks, where there is no curl.
+    Health {
+        /// The URL to ask; default: `/health/ready` on `api.listen` (0.0.0.0 asked on 127.0.0.1).
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Manage tenants (org/app pairs) and their credentials.
     App {
         #[command(subcommand)]
@@ -73,6 +80,37 @@ async fn main() -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config).await,
         Command::App { command } => app(config, command).await,
+        Command::Health { url } => health(config, url).await,
+    }
+}
+
+async fn health(config: Config, url: Option<String>) -> anyhow::Result<()> {
+    let url = match url {
+        Some(url) => url,
+        None => {
+            let mut addr: std::net::SocketAddr = config
+                .api
+                .listen
+                .parse()
+                .with_context(|| format!("api.listen {:?}", config.api.listen))?;
+            if addr.ip().is_unspecified() {
+                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            format!("http://{addr}/health/ready")
+        }
+    };
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()?;
+    let answer = client.get(&url).send().await.with_context(|| format!("asking {url}"))?;
+    let status = answer.status();
+    let body = answer.text().await.unwrap_or_default();
+    if status.is_success() {
+        println!("{body}");
+        Ok(())
+    } else {
+        eprintln!("{url}: {status} {body}");
+        std::process::exit(1);
     }
 }
 

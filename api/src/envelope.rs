@@ -19,8 +19,9 @@
 //! (a file, a tus status, an empty 204) passes untouched, except that an error answered
 //! without a body (axum's 405, a 413 from the connection layer) gets the error envelope.
 //!
-//! Not wrapped: `/health` and a successful `POST /{org}/{app}/token`, which the platform
-//! answers bare (`{"access_token", "expires_in", …}`).
+//! Not wrapped: a successful `POST /{org}/{app}/token`, which the platform
+//! answers bare (`{"access_token", "expires_in", …}`). Health and the web app are routed
+//! outside this layer (`health`, `web`).
 //!
 //! `application` is the app's id, known only once the caller's token or the token
 //! route has found the app: they write it into the request's [`AppSlot`].
@@ -65,7 +66,7 @@ pub async fn wrap(State(state): State<AppState>, mut req: Request, next: Next) -
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
     let failed = response.status().is_client_error() || response.status().is_server_error();
-    if full_path == "/health" || (!is_json && !failed) {
+    if !is_json && !failed {
         return response;
     }
     if !failed && rest == Some("token") && method == Method::POST {

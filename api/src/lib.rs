@@ -14,6 +14,7 @@ mod envelope;
 mod error;
 mod export;
 pub mod files;
+pub mod health;
 mod lifecycle;
 mod messages;
 mod moderation;
@@ -120,6 +121,8 @@ pub struct AppState {
     pub live: std::sync::Arc<dyn store::live::Live>,
     /// Where files are kept, their URLs and limits.
     pub files: files::Files,
+    /// What readiness (`/health/ready`) looks at besides the database.
+    pub health: Arc<health::Health>,
 }
 
 /// All routes. Each router has its own login throttle.
@@ -132,11 +135,8 @@ pub fn router(state: AppState) -> Router {
         .web
         .clone()
         .map(|settings| web::routes(settings).with_state(state.clone()));
+    let health = health::routes().with_state(state.clone());
     let routes = Router::new()
-        .route(
-            "/health",
-            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
-        )
         .route("/:org/:app/token", post(tokens::issue))
         .route(
             "/:org/:app/users",
@@ -260,12 +260,13 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(state.clone(), envelope::wrap))
         .with_state(state);
+    // Health and the web app first, outside the envelope and CORS; everything else is the API.
     let api = with_cors(routes, cors);
-    match web {
-        // The app's own routes first; everything else is the API.
-        Some(web) => web.merge(api),
-        None => api,
-    }
+    let outside = match web {
+        Some(web) => health.merge(web),
+        None => health,
+    };
+    outside.merge(api)
 }
 
 /// Puts CORS in front of `routes`: preflights (`OPTIONS` with

@@ -115,6 +115,12 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// Whether the link to NATS is up (readiness: a node cut from the others would show
+    /// their users offline and miss their deliveries).
+    pub fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
     /// Connects to NATS and joins the cluster: from here on this node's presence changes and
     /// interest go to the others, and theirs come here. Fails if NATS cannot be reached.
     pub async fn start(

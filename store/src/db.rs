@@ -356,6 +356,12 @@ async fn backfill_user_uuids(tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> Resul
 }
 
 impl Store {
+    /// One round trip to the database: it answers queries (readiness checks).
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
     /// Connects to `url` (`sqlite://path` or `postgres://…`) and runs pending migrations.
     /// A SQLite file is created if missing; SQLite runs in WAL mode with `synchronous=FULL`,
     /// so a committed (acked) message survives a crash of the process or the machine.

@@ -5,6 +5,7 @@
 pub mod binary;
 pub mod files;
 pub mod raw;
+pub mod throwaway_pg;
 
 use std::time::Duration;
 
