@@ -60,6 +60,10 @@ pub async fn start(mut config: Config) -> anyhow::Result<Server> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     }
+    if config.metrics.enabled {
+        // Installed before anything records, so every count from the start is kept.
+        api::prometheus::handle();
+    }
     let store = Store::connect(&url, config.database_pool)
         .await
         .with_context(|| format!("opening database {}", redact(&url)))?;
@@ -257,6 +261,9 @@ pub async fn start(mut config: Config) -> anyhow::Result<Server> {
             )
             .map_err(|e| anyhow::anyhow!("api.cors_origins: {e}"))?,
             web: web_settings.clone(),
+            metrics: config.metrics.enabled.then(|| api::prometheus::MetricsSettings {
+                token: Some(config.metrics.token.trim().to_string()).filter(|t| !t.is_empty()),
+            }),
         },
         files: api::files::Files::new(
             file_store,

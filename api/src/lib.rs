@@ -18,6 +18,7 @@ pub mod health;
 mod lifecycle;
 mod messages;
 mod moderation;
+pub mod prometheus;
 mod push;
 mod reactions;
 mod sending;
@@ -84,6 +85,8 @@ pub struct ApiSettings {
     pub transfer_timeout: Duration,
     /// The web chat app, when it is served.
     pub web: Option<web::WebSettings>,
+    /// Prometheus metrics at `/metrics`, when on.
+    pub metrics: Option<prometheus::MetricsSettings>,
 }
 
 impl Default for ApiSettings {
@@ -107,6 +110,7 @@ impl Default for ApiSettings {
             transfer_timeout: Duration::from_secs(3600),
             cors: cors::CorsSettings::default(),
             web: None,
+            metrics: None,
         }
     }
 }
@@ -135,7 +139,7 @@ pub fn router(state: AppState) -> Router {
         .web
         .clone()
         .map(|settings| web::routes(settings).with_state(state.clone()));
-    let health = health::routes().with_state(state.clone());
+    let health = health::routes().merge(prometheus::routes()).with_state(state.clone());
     let routes = Router::new()
         .route("/:org/:app/token", post(tokens::issue))
         .route(
@@ -256,6 +260,7 @@ pub fn router(state: AppState) -> Router {
         .merge(channels::routes(store::channels::ChannelKind::Group))
         .merge(channels::routes(store::channels::ChannelKind::Room))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .layer(axum::middleware::from_fn(prometheus::track))
         .layer(Extension(throttle))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(state.clone(), envelope::wrap))

@@ -135,13 +135,13 @@ pub async fn run(
             waiting.push(publish);
         }
         waiting.take_batch(settings.max_batch, &mut batch);
+        metrics::gauge!("chatd_bridge_waiting").set(waiting.len() as f64);
         let started = std::time::Instant::now();
         bridge.process(&batch).await;
-        tracing::debug!(
-            size = batch.len(),
-            took_us = started.elapsed().as_micros() as u64,
-            "batch"
-        );
+        let took = started.elapsed();
+        metrics::histogram!("chatd_bridge_batch_size").record(batch.len() as f64);
+        metrics::histogram!("chatd_bridge_batch_seconds").record(took.as_secs_f64());
+        tracing::debug!(size = batch.len(), took_us = took.as_micros() as u64, "batch");
         batch.clear();
     }
     consumer_task.abort();

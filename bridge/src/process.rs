@@ -89,6 +89,7 @@ impl Bridge {
                 Ok(op) => op,
                 Err(e) => {
                     tracing::debug!(user = %from.user, code = e.code, "refused an envelope");
+                    metrics::counter!("chatd_messages_refused_total", "code" => e.code).increment(1);
                     self.reply(&from, &e);
                     continue;
                 }
@@ -197,7 +198,10 @@ impl Bridge {
 
     async fn store_and_deliver(&self, sends: Vec<(PendingSend, NewMessage)>) {
         let news: Vec<NewMessage> = sends.iter().map(|(_, m)| m.clone()).collect();
-        let outcomes = match self.store.store_batch(&news).await {
+        let started = std::time::Instant::now();
+        let stored = self.store.store_batch(&news).await;
+        metrics::histogram!("chatd_bridge_commit_seconds").record(started.elapsed().as_secs_f64());
+        let outcomes = match stored {
             Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
             Err(e) => {
                 // One bad message must not sink the others: retry each on its own.
@@ -286,11 +290,14 @@ impl Bridge {
         // delivered when it was first stored (only its ack is repeated).
         let (msg, own_useq, deliveries) = match outcome {
             Ok(Outcome::Stored { msg, useqs }) => {
+                metrics::counter!("chatd_messages_stored_total", "chat" => chat_label(&msg.chat), "type" => type_label(&msg.kind))
+                    .increment(1);
                 let own = useqs.iter().find(|(u, _)| *u == from.user).map(|(_, s)| *s);
                 (msg, own, Some(useqs))
             }
             Ok(Outcome::Duplicate { msg, sender_useq }) => (msg, sender_useq, None),
             Ok(Outcome::Refused { code, message }) => {
+                metrics::counter!("chatd_messages_refused_total", "code" => code).increment(1);
                 self.reply(from, &OpError::new(Some(pending.cid.clone()), code, message));
                 return false;
             }
@@ -346,6 +353,7 @@ impl Bridge {
             .await;
         match result {
             Ok((msgs, more)) => {
+                metrics::counter!("chatd_sync_pages_total").increment(1);
                 let reply = Synced {
                     op: "synced".into(),
                     cid: op.cid,
@@ -445,6 +453,31 @@ impl Bridge {
 }
 
 /// A storage refusal as an error op.
+/// A message's chat as a metrics label: one of a fixed few, whatever is stored.
+fn chat_label(chat: &str) -> &'static str {
+    match chat {
+        "user" => "user",
+        "group" => "group",
+        "room" => "room",
+        _ => "other",
+    }
+}
+
+/// A message's type as a metrics label (bounded: the types topics.md names).
+fn type_label(kind: &str) -> &'static str {
+    match kind {
+        "txt" => "txt",
+        "img" => "img",
+        "audio" => "audio",
+        "video" => "video",
+        "file" => "file",
+        "loc" => "loc",
+        "cmd" => "cmd",
+        "custom" => "custom",
+        _ => "other",
+    }
+}
+
 pub(crate) fn store_refusal(cid: Option<String>, e: store::Error) -> OpError {
     match e {
         store::Error::NotFound(what) => OpError::new(cid, "not_found", format!("{what} not found")),

@@ -226,6 +226,7 @@ impl Switchboard {
             };
             if let Err(mpsc::error::TrySendError::Full(_)) = queue.try_send(delivery) {
                 self.drops.record(&format!("session {session}"));
+                metrics::counter!("chatd_deliveries_dropped_total", "reason" => "device_not_reading").increment(1);
             }
         }
     }

@@ -1,4 +1,5 @@
-//! Process-wide counters of pushes sent, failed and dropped, per provider.
+//! Process-wide counters of pushes sent, failed and dropped, per provider (also exported
+//! as metrics).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -35,19 +36,28 @@ fn of(notifier: Notifier) -> &'static Counters {
 
 pub fn sent(n: Notifier) {
     of(n).sent.fetch_add(1, Ordering::Relaxed);
+    outcome(n, "sent");
 }
 
 pub fn failed(n: Notifier) {
     of(n).failed.fetch_add(1, Ordering::Relaxed);
+    outcome(n, "failed");
 }
 
 /// Not sent because the recipient came online first.
 pub fn dropped(n: Notifier) {
     of(n).dropped.fetch_add(1, Ordering::Relaxed);
+    outcome(n, "dropped");
 }
 
 pub fn retried(n: Notifier) {
     of(n).retried.fetch_add(1, Ordering::Relaxed);
+    outcome(n, "retried");
+}
+
+/// The same counts for Prometheus: `chatd_pushes_total{provider, outcome}`.
+fn outcome(n: Notifier, outcome: &'static str) {
+    metrics::counter!("chatd_pushes_total", "provider" => n.as_str(), "outcome" => outcome).increment(1);
 }
 
 /// All counters, as `{"apns":{…},"fcm":{…}}`.

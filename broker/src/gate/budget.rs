@@ -65,6 +65,22 @@ impl OpClass {
         }
     }
 
+    /// Its key in `mqtt.budgets` and its label in metrics (`op`).
+    pub fn key(self) -> &'static str {
+        match self {
+            OpClass::Send => "send",
+            OpClass::Sync => "sync",
+            OpClass::Receipt => "receipt",
+            OpClass::Change => "change",
+            OpClass::Typing => "typing",
+            OpClass::Room => "room",
+            OpClass::Push => "push",
+            OpClass::Other => "other",
+            OpClass::Subscribe => "subscribe",
+            OpClass::Connect => "connect",
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             OpClass::Send => "send",

@@ -29,6 +29,30 @@ pub enum Refusal {
     TooOften,
 }
 
+impl Refusal {
+    /// Its name in metrics (`chatd_mqtt_connects_total{result}`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::Protocol => "protocol",
+            Refusal::ClientId => "client_id",
+            Refusal::NotAuthorized => "not_authorized",
+            Refusal::Busy => "busy",
+            Refusal::Unavailable => "unavailable",
+            Refusal::TooOften => "too_often",
+        }
+    }
+}
+
+impl Version {
+    /// Its name in metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Version::V4 => "3.1.1",
+            Version::V5 => "5",
+        }
+    }
+}
+
 /// The version-neutral part of a CONNECT that the gate acts on.
 #[derive(Debug)]
 pub struct ConnectRequest {

@@ -127,6 +127,18 @@ enum Kind {
     Wss,
 }
 
+impl Kind {
+    /// Its name in metrics (`chatd_mqtt_connections{transport}`).
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Tcp => "tcp",
+            Kind::Ws => "ws",
+            Kind::Tls => "tls",
+            Kind::Wss => "wss",
+        }
+    }
+}
+
 impl Gate {
     pub fn new(
         settings: GateSettings,
@@ -190,6 +202,7 @@ impl Gate {
                         let Some(pending) = self.shared.pending_slot(peer.ip()) else {
                             // Closed at once: too many connections that have not said who they are.
                             self.shared.refused_pending.record(&peer.ip().to_string());
+                            metrics::counter!("chatd_mqtt_connects_total", "result" => "too_many_pending").increment(1);
                             continue;
                         };
                         let shared = self.shared.clone();
@@ -200,7 +213,7 @@ impl Gate {
                             // largest thing it ever awaits, for as long as the connection lives.
                             let (limit, max_packet) = (shared.settings.handshake_timeout, shared.settings.max_packet_size);
                             match Box::pin(handshake(stream, kind, tls, limit, max_packet)).await {
-                                Ok(io) => session::serve(io, shared, pending, stop).await,
+                                Ok(io) => session::serve(io, shared, pending, stop, kind.label()).await,
                                 Err(e) => tracing::debug!(%peer, ?kind, error = %e, "handshake failed"),
                             }
                         });

@@ -50,7 +50,13 @@ enum Close {
 }
 
 /// Serves one device connection until it ends.
-pub(crate) async fn serve(mut io: ClientIo, shared: Arc<Shared>, pending: super::PendingSlot, stop: super::Stop) {
+pub(crate) async fn serve(
+    mut io: ClientIo,
+    shared: Arc<Shared>,
+    pending: super::PendingSlot,
+    stop: super::Stop,
+    transport: &'static str,
+) {
     // Taken before CONNECT so the limit also bounds connections still authenticating;
     // over the limit the device still gets a CONNACK that says why.
     let slot = shared.slots.clone().try_acquire_owned().ok();
@@ -66,6 +72,7 @@ pub(crate) async fn serve(mut io: ClientIo, shared: Arc<Shared>, pending: super:
     {
         Ok(Ok(Ok(request))) => request,
         Ok(Ok(Err((version, refusal)))) => {
+            connect_refused(refusal);
             Box::pin(refuse(&mut io, version, refusal, None)).await;
             return;
         }
@@ -82,6 +89,7 @@ pub(crate) async fn serve(mut io: ClientIo, shared: Arc<Shared>, pending: super:
     let version = request.version;
     if slot.is_none() {
         shared.refused_busy.record(&request.client_id);
+        connect_refused(Refusal::Busy);
         Box::pin(refuse(&mut io, version, Refusal::Busy, None)).await;
         return;
     }
@@ -89,6 +97,7 @@ pub(crate) async fn serve(mut io: ClientIo, shared: Arc<Shared>, pending: super:
         Ok(identity) => identity,
         Err((refusal, why)) => {
             tracing::info!(client_id = %request.client_id, reason = %why, "CONNECT refused");
+            connect_refused(refusal);
             Box::pin(refuse(&mut io, version, refusal, Some(why))).await;
             return;
         }
@@ -97,6 +106,7 @@ pub(crate) async fn serve(mut io: ClientIo, shared: Arc<Shared>, pending: super:
     if let Some(will) = &request.will {
         if !acl.may_publish(&will.topic) {
             let why = Some("a will may only go to your own outbox".into());
+            connect_refused(Refusal::NotAuthorized);
             Box::pin(refuse(&mut io, version, Refusal::NotAuthorized, why)).await;
             return;
         }
@@ -120,6 +130,11 @@ pub(crate) async fn serve(mut io: ClientIo, shared: Arc<Shared>, pending: super:
     }
     drop(pending);
     tracing::debug!(user = %identity.user, device = %identity.device, ?version, "device connected");
+    metrics::counter!("chatd_mqtt_connects_total", "result" => "accepted").increment(1);
+    let connections =
+        metrics::gauge!("chatd_mqtt_connections", "transport" => transport, "protocol" => version.label());
+    connections.increment(1.0);
+    let _connected = scopeguard_decrement(connections);
     let (queue, deliveries) = mpsc::channel(SESSION_QUEUE);
     let budget_key = budget_key(&identity.org, &identity.app, &identity.user);
     let mut session = Session {
@@ -180,6 +195,23 @@ pub(crate) async fn serve(mut io: ClientIo, shared: Arc<Shared>, pending: super:
     if !matches!(close, Close::WriteStalled) {
         let _ = timeout(FINAL_WRITE, io.close()).await;
     }
+}
+
+fn connect_refused(refusal: Refusal) {
+    metrics::counter!("chatd_mqtt_connects_total", "result" => refusal.label()).increment(1);
+}
+
+/// Lowers a connection gauge when the connection's task ends, however it ends.
+struct GaugeGuard(metrics::Gauge);
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+fn scopeguard_decrement(gauge: metrics::Gauge) -> GaugeGuard {
+    GaugeGuard(gauge)
 }
 
 /// Reads bytes until a whole first packet is there and parses it as CONNECT.
@@ -697,7 +729,9 @@ impl Session {
             };
             let peek = json.as_deref().map_or_else(|_| Peek::default(), Peek::of);
             let class = peek.class();
+            metrics::counter!("chatd_mqtt_publishes_total", "op" => class.key()).increment(1);
             if let Err(wait_ms) = self.shared.budgets.take(&self.budget_key, class) {
+                metrics::counter!("chatd_rate_limited_total", "op" => class.key()).increment(1);
                 self.refuse_over_budget(class, peek.cid(), wait_ms, out)?;
                 if qos == QoS::ExactlyOnce {
                     // Refused with a PUBREC error code: the exchange ends here.
@@ -835,6 +869,7 @@ impl Session {
                 continue;
             }
             if self.shared.budgets.take(&self.budget_key, OpClass::Subscribe).is_err() {
+                metrics::counter!("chatd_rate_limited_total", "op" => OpClass::Subscribe.key()).increment(1);
                 self.over_budget.count();
                 granted.push(Err(Refused::Quota));
                 continue;
@@ -926,6 +961,7 @@ impl Session {
         if qos == QoS::AtLeastOnce && self.unacked.len() >= self.receive_max {
             if self.held.len() >= SESSION_QUEUE {
                 self.shared.switchboard.drops.record(&self.identity.device);
+                metrics::counter!("chatd_deliveries_dropped_total", "reason" => "device_not_acking").increment(1);
                 return;
             }
             self.held.push_back((delivery, qos));
@@ -982,8 +1018,12 @@ impl Session {
                 self.device_aliases.remove(&delivery.topic);
             }
             tracing::info!(device = %self.identity.device, size = delivery.payload.len(), "publish larger than the device accepts; dropped");
-        } else if qos != QoS::AtMostOnce {
-            self.unacked.insert(pkid);
+            metrics::counter!("chatd_deliveries_dropped_total", "reason" => "too_large_for_device").increment(1);
+        } else {
+            metrics::counter!("chatd_mqtt_deliveries_total").increment(1);
+            if qos != QoS::AtMostOnce {
+                self.unacked.insert(pkid);
+            }
         }
     }
 
