@@ -26,6 +26,25 @@ pub struct Config {
     pub cluster: ClusterConfig,
     pub files: FilesConfig,
     pub web: WebConfig,
+    pub metrics: MetricsConfig,
+    pub log: LogConfig,
+}
+
+/// How chatd logs (to stderr).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` (colours only on a terminal) or `json` (one object per line).
+    pub format: String,
+}
+
+/// Prometheus metrics at `/metrics` on the API's listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    /// A bearer token that lets scrapers on other hosts in; empty: loopback callers only.
+    pub token: String,
 }
 
 /// The web chat app (`web/`), served by the REST API's listener.
@@ -416,6 +435,13 @@ max_open_uploads = 20
 max_transfers_per_user = 8
 max_transfers_per_address = 32
 sweep_interval_secs = 60
+
+[log]
+format = "text"
+
+[metrics]
+enabled = true
+token = ""
 
 [web]
 enabled = true

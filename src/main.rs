@@ -69,19 +69,36 @@ enum AppCommand {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     keep_large_allocations_mapped();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,rumqttd=off".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
     let config = Config::load(cli.config.as_deref()).context("loading configuration")?;
+    init_logs(&config.log)?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config).await,
         Command::App { command } => app(config, command).await,
         Command::Health { url } => health(config, url).await,
     }
+}
+
+/// Logs go to stderr: text (the default; colours only on a terminal) or JSON, one object
+/// per line with the event's fields (`user`, `device`, `app`, `error`, …) at the top level,
+/// for a log collector. `RUST_LOG` filters them (default `info`).
+fn init_logs(log: &chatd::config::LogConfig) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,rumqttd=off".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match log.format.trim() {
+        "" | "text" => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        "json" => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+        other => anyhow::bail!("log.format {other:?}: must be \"text\" or \"json\""),
+    }
+    Ok(())
 }
 
 async fn health(config: Config, url: Option<String>) -> anyhow::Result<()> {
