@@ -28,6 +28,51 @@ pub struct Config {
     pub web: WebConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
+    pub webhooks: WebhooksConfig,
+}
+
+/// Apps' webhooks: how they are sent, and where they may point.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// Run the webhook worker in this process.
+    pub worker: bool,
+    pub concurrency: usize,
+    pub timeout_ms: u64,
+    pub max_attempts: i64,
+    pub backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    /// Failures in a row that pause an endpoint.
+    pub pause_after: i64,
+    /// How often a paused endpoint is tried again.
+    pub probe_every_ms: u64,
+    /// Allow `http://` URLs (else https only).
+    pub allow_http: bool,
+    /// Allow URLs that resolve to loopback, private or link-local addresses.
+    pub allow_private_networks: bool,
+}
+
+impl WebhooksConfig {
+    pub fn allow(&self) -> hooks::guard::Allow {
+        hooks::guard::Allow {
+            http: self.allow_http,
+            private_networks: self.allow_private_networks,
+        }
+    }
+
+    pub fn settings(&self) -> hooks::HookSettings {
+        hooks::HookSettings {
+            concurrency: self.concurrency.max(1),
+            timeout: std::time::Duration::from_millis(self.timeout_ms.max(100)),
+            max_attempts: self.max_attempts.max(1),
+            backoff: std::time::Duration::from_millis(self.backoff_ms),
+            max_backoff: std::time::Duration::from_millis(self.max_backoff_ms.max(self.backoff_ms)),
+            pause_after: self.pause_after.max(1),
+            probe_every: std::time::Duration::from_millis(self.probe_every_ms.max(100)),
+            allow: self.allow(),
+            ..hooks::HookSettings::default()
+        }
+    }
 }
 
 /// How chatd logs (to stderr).
@@ -438,6 +483,18 @@ sweep_interval_secs = 60
 
 [log]
 format = "text"
+
+[webhooks]
+worker = true
+concurrency = 8
+timeout_ms = 10000
+max_attempts = 12
+backoff_ms = 2000
+max_backoff_ms = 3600000
+pause_after = 10
+probe_every_ms = 30000
+allow_http = false
+allow_private_networks = false
 
 [metrics]
 enabled = true

@@ -176,6 +176,24 @@ pub async fn start(mut config: Config) -> anyhow::Result<Server> {
     if config.push.worker {
         tasks.spawn(push_worker.run(shutdown_rx.clone()));
     }
+    if config.webhooks.worker {
+        tasks.spawn(hooks::Worker::new(store.clone(), config.webhooks.settings()).run(shutdown_rx.clone()));
+    }
+    // Users going online and offline, for the apps' webhooks.
+    let mut transitions = presence.watch_transitions();
+    let mut presence_events = hooks::PresenceEvents::new(store.clone());
+    let mut presence_shutdown = shutdown_rx.clone();
+    tasks.spawn(async move {
+        loop {
+            tokio::select! {
+                change = transitions.recv() => match change {
+                    Some(t) => presence_events.report(&t.user.org, &t.user.app, &t.user.user, t.online, t.at).await,
+                    None => return,
+                },
+                _ = presence_shutdown.changed() => return,
+            }
+        }
+    });
     let health = Arc::new(api::health::Health::default());
     let bridge_running = health.component("bridge");
     let gate_running = health.component("gate");
@@ -261,6 +279,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Server> {
             )
             .map_err(|e| anyhow::anyhow!("api.cors_origins: {e}"))?,
             web: web_settings.clone(),
+            webhook_allow: config.webhooks.allow(),
             metrics: config.metrics.enabled.then(|| api::prometheus::MetricsSettings {
                 token: Some(config.metrics.token.trim().to_string()).filter(|t| !t.is_empty()),
             }),

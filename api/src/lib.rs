@@ -30,6 +30,7 @@ mod tokens;
 mod uploads;
 mod users;
 pub mod web;
+mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -87,6 +88,8 @@ pub struct ApiSettings {
     pub web: Option<web::WebSettings>,
     /// Prometheus metrics at `/metrics`, when on.
     pub metrics: Option<prometheus::MetricsSettings>,
+    /// Where apps' webhooks may point (the operator's choice, checked on every URL).
+    pub webhook_allow: hooks::guard::Allow,
 }
 
 impl Default for ApiSettings {
@@ -111,6 +114,7 @@ impl Default for ApiSettings {
             cors: cors::CorsSettings::default(),
             web: None,
             metrics: None,
+            webhook_allow: hooks::guard::Allow::default(),
         }
     }
 }
@@ -142,6 +146,11 @@ pub fn router(state: AppState) -> Router {
     let health = health::routes().merge(prometheus::routes()).with_state(state.clone());
     let routes = Router::new()
         .route("/:org/:app/token", post(tokens::issue))
+        .route("/:org/:app/webhooks", post(webhooks::create).get(webhooks::list))
+        .route(
+            "/:org/:app/webhooks/:id",
+            get(webhooks::get).put(webhooks::update).delete(webhooks::delete),
+        )
         .route(
             "/:org/:app/users",
             post(users::create).get(users::list).delete(users::delete_oldest),

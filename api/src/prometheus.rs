@@ -105,6 +105,18 @@ fn describe() {
     describe_counter!("chatd_sync_pages_total", "Catch-up pages answered (sync)");
     describe_counter!("chatd_pushes_total", "Push notifications by provider and outcome");
     describe_gauge!("chatd_push_queue_depth", "Push jobs queued (read at scrape time)");
+    describe_counter!(
+        "chatd_webhooks_total",
+        "Webhook attempts by event kind and outcome (delivered, failed, gone)"
+    );
+    describe_counter!(
+        "chatd_webhooks_dropped_total",
+        "Webhook events dropped after their last attempt"
+    );
+    describe_gauge!(
+        "chatd_webhook_queue_depth",
+        "Webhook events queued (read at scrape time)"
+    );
     describe_gauge!(
         "chatd_db_pool_connections",
         "Database pool connections, by state (read at scrape time)"
@@ -146,6 +158,9 @@ async fn scrape(State(state): State<AppState>, peer: Option<ConnectInfo<SocketAd
     metrics::gauge!("chatd_db_pool_connections", "state" => "busy").set((size - idle).max(0.0));
     if let Ok(Ok(queued)) = tokio::time::timeout(Duration::from_secs(2), state.store.queued_pushes()).await {
         metrics::gauge!("chatd_push_queue_depth").set(queued as f64);
+    }
+    if let Ok(Ok(queued)) = tokio::time::timeout(Duration::from_secs(2), state.store.queued_webhook_events()).await {
+        metrics::gauge!("chatd_webhook_queue_depth").set(queued as f64);
     }
     let handle = handle();
     handle.run_upkeep();

@@ -124,6 +124,17 @@ pub struct Presence {
     next_id: Arc<AtomicU64>,
     switchboard: Arc<Switchboard>,
     cluster: Arc<OnceLock<ClusterLink>>,
+    transitions: Arc<OnceLock<mpsc::UnboundedSender<Transition>>>,
+}
+
+/// A user went online (their first device connected, anywhere in the cluster) or offline
+/// (their last one went), seen on the node where the device connected or left: each
+/// transition is reported by one node.
+#[derive(Debug, Clone)]
+pub struct Transition {
+    pub user: UserKey,
+    pub online: bool,
+    pub at: i64,
 }
 
 impl Presence {
@@ -133,7 +144,18 @@ impl Presence {
             next_id: Arc::default(),
             switchboard,
             cluster: Arc::default(),
+            transitions: Arc::default(),
         }
+    }
+
+    /// From now on, users going online and offline (through this node's devices) are sent
+    /// on the returned channel (for webhooks). Once only.
+    pub fn watch_transitions(&self) -> mpsc::UnboundedReceiver<Transition> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        if self.transitions.set(tx).is_err() {
+            panic!("presence transitions are watched twice");
+        }
+        rx
     }
 
     /// Joins a cluster as `node`: every later change of a local device count is sent on the
@@ -226,6 +248,15 @@ impl Presence {
         let after = state.total(user);
         if after != before {
             self.publish(user, after);
+        }
+        if (before == 0) != (after == 0) {
+            if let Some(transitions) = self.transitions.get() {
+                let _ = transitions.send(Transition {
+                    user: user.clone(),
+                    online: after > 0,
+                    at: store::now_ms(),
+                });
+            }
         }
     }
 

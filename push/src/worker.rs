@@ -141,6 +141,12 @@ impl Worker {
         };
         let any = !batches.is_empty();
         for (id, messages) in batches {
+            // The app's webhooks hear of stored messages here too, durably: the batch stays
+            // claimed until this is done, and queuing twice stores each event once.
+            if let Err(e) = self.store.enqueue_message_events(&messages).await {
+                tracing::error!(error = %e, "queuing webhook events failed");
+                continue;
+            }
             let holders = match self.store.holders_with_push_devices(&messages).await {
                 Ok(holders) => holders,
                 Err(e) => {

@@ -337,6 +337,38 @@ const MIGRATIONS: &[&[&str]] = &[
         PRIMARY KEY (app_id, username)
     )",
     ],
+    // 8: webhooks (an app's endpoints, their state) and the durable queue of their events.
+    &[
+        "CREATE TABLE webhooks (
+        id TEXT PRIMARY KEY,
+        app_id TEXT NOT NULL,
+        url TEXT NOT NULL,
+        secret TEXT NOT NULL,
+        events TEXT NOT NULL,
+        state TEXT NOT NULL,
+        failures BIGINT NOT NULL,
+        last_error TEXT NOT NULL,
+        last_success_at BIGINT NOT NULL,
+        last_failure_at BIGINT NOT NULL,
+        probe_at BIGINT NOT NULL,
+        created_at BIGINT NOT NULL
+    )",
+        "CREATE INDEX webhooks_by_app ON webhooks (app_id)",
+        "CREATE TABLE webhook_events (
+        id TEXT PRIMARY KEY,
+        webhook_id TEXT NOT NULL,
+        app_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        ref_id TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        attempts BIGINT NOT NULL,
+        next_at BIGINT NOT NULL,
+        locked_until BIGINT NOT NULL,
+        created_at BIGINT NOT NULL
+    )",
+        "CREATE INDEX webhook_events_due ON webhook_events (next_at)",
+        "CREATE INDEX webhook_events_by_hook ON webhook_events (webhook_id, created_at)",
+    ],
 ];
 
 /// Gives every user created before migration 7 a uuid, in the migration's transaction.

@@ -25,6 +25,7 @@ pub mod tenants;
 pub mod tokens;
 pub mod topics;
 pub mod users;
+pub mod webhooks;
 
 pub use db::{Backend, Store};
 pub use error::{Error, Result};

@@ -283,6 +283,11 @@ impl Store {
             .await?;
         crate::files::erase_attachments(&mut tx, id).await?;
         tx.commit().await?;
+        let event = serde_json::json!({
+            "id": id, "conv": msg.conv, "chat": msg.chat, "from": msg.sender, "to": msg.recipient,
+            "by": by.unwrap_or("admin"),
+        });
+        self.hook_event(app_id, "recall", id, &event).await;
         self.message(app_id, id).await
     }
 
@@ -295,12 +300,20 @@ impl Store {
         if msg.recalled || msg.destroyed {
             return Err(Error::invalid("id", "a recalled or destroyed message cannot be edited"));
         }
+        let edited_at = crate::now_ms();
         sqlx::query("UPDATE messages SET body = $1, edited_at = $2 WHERE id = $3")
             .bind(body)
-            .bind(crate::now_ms())
+            .bind(edited_at)
             .bind(id)
             .execute(&self.pool)
             .await?;
+        let event = serde_json::json!({
+            "id": id, "conv": msg.conv, "chat": msg.chat, "from": msg.sender, "to": msg.recipient,
+            "type": msg.kind, "body": serde_json::from_str::<serde_json::Value>(body).unwrap_or_default(),
+            "edited_at": edited_at,
+        });
+        self.hook_event(app_id, "edit", &format!("{id}:{edited_at}"), &event)
+            .await;
         self.message(app_id, id).await
     }
 

@@ -216,6 +216,22 @@ fn notify(state: &AppState, acting: &Acting, users: &[String], event: &str, extr
         }
         state.live.notify(&caller.app.org, &caller.app.name, user, &body);
     }
+    // The app's webhooks hear of it once, with everyone it concerns.
+    let mut hook = json!({
+        "channel": acting.channel.kind.as_str(),
+        "id": acting.channel.id,
+        "event": event,
+        "users": users,
+        "by": acting.actor(),
+    });
+    if let (Some(hook), Some(extra)) = (hook.as_object_mut(), extra.as_object()) {
+        hook.extend(extra.clone());
+    }
+    let (store, app_id) = (state.store.clone(), caller.app.id.clone());
+    tokio::spawn(async move {
+        let key = uuid::Uuid::new_v4().simple().to_string();
+        store.hook_event(&app_id, "group", &key, &hook).await;
+    });
 }
 
 /// Chatroom members who leave, are removed or are banned stop receiving the room at once,
