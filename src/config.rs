@@ -344,6 +344,9 @@ impl From<&BudgetsConfig> for broker::gate::budget::OpBudgets {
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
     pub listen: String,
+    /// The REST API over https (e.g. `0.0.0.0:8443`), with `mqtt.tls_cert`/`mqtt.tls_key`;
+    /// empty: off.
+    pub tls: String,
     pub app_token_ttl_secs: u64,
     pub user_token_ttl_secs: u64,
     /// The longest lifetime a token may be asked for (`ttl`); 0: no limit (the platform's
@@ -424,6 +427,7 @@ connect = { per_sec = 2, burst = 20 }
 
 [api]
 listen = "127.0.0.1:18080"
+tls = ""
 app_token_ttl_secs = 86400
 user_token_ttl_secs = 604800
 max_token_ttl_secs = 0

@@ -26,6 +26,10 @@ pub struct Server {
     pub tls_addr: Option<SocketAddr>,
     pub wss_addr: Option<SocketAddr>,
     pub api_addr: SocketAddr,
+    /// The REST API over https, when `api.tls` is set.
+    pub api_tls_addr: Option<SocketAddr>,
+    /// The certificate of the TLS listeners, reloadable.
+    tls_certs: Option<Arc<gate::TlsCerts>>,
     /// Where uploaded files are kept (a directory, or an S3 bucket), for the banner.
     pub file_store: String,
     /// The web app's path (`/web`) when it is served.
@@ -73,12 +77,20 @@ pub async fn start(mut config: Config) -> anyhow::Result<Server> {
     let ws = bind_opt(&config.mqtt.ws, "MQTT over WebSocket (mqtt.ws)").await?;
     let tls = bind_opt(&config.mqtt.tls, "MQTT over TLS (mqtt.tls)").await?;
     let wss = bind_opt(&config.mqtt.wss, "MQTT over secure WebSocket (mqtt.wss)").await?;
-    let acceptor = match (&tls, &wss) {
-        (None, None) => None,
-        _ => Some(gate::tls_acceptor(&config.mqtt.tls_cert, &config.mqtt.tls_key)?),
+    let api_tls = bind_opt(&config.api.tls, "the HTTP API over TLS (api.tls)").await?;
+    // One certificate for every TLS listener, reloaded on SIGHUP (`Server::reload_tls`).
+    let tls_certs = match (&tls, &wss, &api_tls) {
+        (None, None, None) => None,
+        _ => Some(
+            gate::TlsCerts::load(&config.mqtt.tls_cert, &config.mqtt.tls_key)
+                .context("the TLS certificate (mqtt.tls_cert, mqtt.tls_key)")?,
+        ),
     };
+    let acceptor = tls_certs.as_ref().map(|certs| certs.acceptor()).transpose()?;
     let tls = tls.zip(acceptor.clone());
-    let wss = wss.zip(acceptor);
+    let wss = wss.zip(acceptor.clone());
+    let api_tls = api_tls.zip(acceptor);
+    let api_tls_addr = api_tls.as_ref().map(|(l, _)| l.local_addr()).transpose()?;
     let api_addr = config::listen_addr(&config.api.listen, "api.listen")?.context("api.listen must be set")?;
     let api_listener = gate::bind(api_addr, "the HTTP API (api.listen)").await?;
 
@@ -303,7 +315,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Server> {
     // The API stops accepting when the server drains, and finishes the requests in flight.
     let api_shutdown = drain_rx.clone();
     tasks.spawn(async move {
-        if let Err(e) = api::serve(api_listener, api_state, api_shutdown).await {
+        if let Err(e) = api::serve(api_listener, api_tls, api_state, api_shutdown).await {
             tracing::error!(error = %e, "API stopped");
         }
     });
@@ -315,6 +327,8 @@ pub async fn start(mut config: Config) -> anyhow::Result<Server> {
         tls_addr,
         wss_addr,
         api_addr,
+        api_tls_addr,
+        tls_certs,
         file_store: file_store_name,
         web_path: web_settings.map(|w| w.path),
         store,
@@ -350,6 +364,20 @@ impl Server {
         .await;
         if let Some(cluster) = self.cluster.take() {
             cluster.leave().await;
+        }
+    }
+
+    /// Reads the TLS certificate and key again (what SIGHUP does): new TLS connections, MQTT
+    /// and https alike, get the new certificate; connections open keep theirs. A failure
+    /// (a half-written file, a key of another certificate) keeps the one in use. `Ok(false)`
+    /// when no TLS listener is configured.
+    pub fn reload_tls(&self) -> anyhow::Result<bool> {
+        match &self.tls_certs {
+            None => Ok(false),
+            Some(certs) => {
+                certs.reload()?;
+                Ok(true)
+            }
         }
     }
 

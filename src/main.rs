@@ -162,6 +162,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         server.wss_addr.map_or("off".into(), |a| format!("wss://{a}/mqtt"))
     );
     println!("REST API:         http://{}", server.api_addr);
+    if let Some(addr) = server.api_tls_addr {
+        println!("REST API (TLS):   https://{addr}");
+    }
     println!("Files:            {}", server.file_store);
     if let Some(path) = &server.web_path {
         println!("Web app:          http://{}{path}/", server.api_addr);
@@ -174,10 +177,20 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .context("installing the SIGTERM handler")?;
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .context("installing the SIGINT handler")?;
-    let signal = tokio::select! {
-        _ = terminate.recv() => "SIGTERM",
-        _ = interrupt.recv() => "SIGINT",
-        _ = server.wait() => anyhow::bail!("a component stopped unexpectedly; see the log"),
+    // SIGHUP: read the TLS certificate and key again (a renewed certificate), no restart.
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
+    let signal = loop {
+        tokio::select! {
+            _ = terminate.recv() => break "SIGTERM",
+            _ = interrupt.recv() => break "SIGINT",
+            _ = hangup.recv() => match server.reload_tls() {
+                Ok(true) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                Ok(false) => tracing::info!("SIGHUP: no TLS listener, nothing to reload"),
+                Err(e) => tracing::error!(error = %format!("{e:#}"), "SIGHUP: TLS certificate not reloaded; keeping the one in use"),
+            },
+            _ = server.wait() => anyhow::bail!("a component stopped unexpectedly; see the log"),
+        }
     };
     tracing::info!(
         signal,

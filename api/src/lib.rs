@@ -349,8 +349,13 @@ async fn close_after_refusal(mut response: axum::response::Response) -> axum::re
 
 /// Serves the API on `listener` within the limits of `state.settings` until `shutdown`
 /// turns true, finishing requests in flight. Also sets the process-wide argon2 limit.
-pub async fn serve(listener: TcpListener, state: AppState, shutdown: watch::Receiver<bool>) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
+    state: AppState,
+    shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
     store::tokens::set_max_concurrent_hashes(state.settings.max_concurrent_hashes);
     let settings = state.settings.clone();
-    server::run(listener, router(state), settings, shutdown).await
+    server::run(listener, tls, router(state), settings, shutdown).await
 }

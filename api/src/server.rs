@@ -24,6 +24,9 @@
 //! A watchdog per connection enforces header and idle times from what the connection does:
 //! its reads (through [`Tracked`]) and the requests hyper hands to the router.
 //!
+//! https (`api.tls`) is the same server behind a TLS handshake, which must end within the
+//! header timeout; both listeners share the connection cap.
+//!
 //! Shutdown: stop accepting, let each connection finish the request under way (idle ones
 //! close at once), then return.
 
@@ -46,6 +49,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 
 use crate::{ApiError, ApiSettings};
 
@@ -54,10 +58,12 @@ const MAX_BUF: usize = 64 * 1024;
 /// How long a connection that is being closed for a timeout may take to finish writing.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-/// Serves `router` on `listener` within the limits of `settings` until `shutdown` turns
-/// true, then finishes requests in flight.
+/// Serves `router` on `listener` (and on `tls`, https, if given) within the limits of
+/// `settings` until `shutdown` turns true, then finishes requests in flight. Both listeners
+/// share the connection cap.
 pub async fn run(
     listener: TcpListener,
+    tls: Option<(TcpListener, TlsAcceptor)>,
     router: Router,
     settings: ApiSettings,
     mut shutdown: watch::Receiver<bool>,
@@ -65,34 +71,63 @@ pub async fn run(
     let max = settings.max_connections.max(1);
     let slots = Arc::new(Semaphore::new(max));
     let limits = Arc::new(settings);
+    let (tls_listener, acceptor) = match tls {
+        Some((listener, acceptor)) => (Some(listener), Some(acceptor)),
+        None => (None, None),
+    };
     loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // EMFILE and the like: wait a little instead of spinning.
-                    tracing::warn!(error = %e, "API accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted.map(|pair| (pair, false)),
+            accepted = accept_opt(tls_listener.as_ref()) => accepted.map(|pair| (pair, true)),
             _ = stopped(&mut shutdown) => break,
         };
+        let ((stream, peer), secure) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // EMFILE and the like: wait a little instead of spinning.
+                tracing::warn!(error = %e, "API accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            refuse_busy(stream);
+            if secure {
+                // Nothing can be said before a handshake that would cost what the cap saves.
+                drop(stream);
+            } else {
+                refuse_busy(stream);
+            }
             continue;
         };
         let _ = stream.set_nodelay(true);
         let (router, limits, shutdown) = (router.clone(), limits.clone(), shutdown.clone());
+        let acceptor = acceptor.clone().filter(|_| secure);
         tokio::spawn(async move {
-            serve_connection(stream, peer, router, &limits, shutdown).await;
+            match acceptor {
+                None => serve_connection(stream, peer, router, &limits, shutdown).await,
+                // The handshake is part of the first request's header time.
+                Some(acceptor) => match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => serve_connection(stream, peer, router, &limits, shutdown).await,
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "API TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "API TLS handshake timed out"),
+                },
+            }
             drop(slot);
         });
     }
     drop(listener);
+    drop(tls_listener);
     // Every connection gives its slot back when it ends.
     let _ = slots.acquire_many(max as u32).await;
     Ok(())
+}
+
+/// Accepts on `listener`, or waits for ever when there is none.
+async fn accept_opt(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Resolves once `shutdown` turns true (or its sender is gone). Holds no borrow of the
@@ -196,13 +231,15 @@ impl Drop for Busy {
     }
 }
 
-async fn serve_connection(
-    stream: TcpStream,
+async fn serve_connection<S>(
+    stream: S,
     peer: SocketAddr,
     router: Router,
     limits: &Arc<ApiSettings>,
     mut shutdown: watch::Receiver<bool>,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let activity = Arc::new(Activity::new());
     let io = TokioIo::new(Tracked {
         inner: stream,
@@ -300,13 +337,13 @@ pub(crate) fn holding<G: Send + Sync + 'static>(body: axum::body::Body, guard: G
     }))
 }
 
-/// The connection's socket, telling its [`Activity`] when bytes arrive.
-struct Tracked {
-    inner: TcpStream,
+/// The connection's socket (plain or TLS), telling its [`Activity`] when bytes arrive.
+struct Tracked<S> {
+    inner: S,
     activity: Arc<Activity>,
 }
 
-impl AsyncRead for Tracked {
+impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
@@ -318,7 +355,7 @@ impl AsyncRead for Tracked {
     }
 }
 
-impl AsyncWrite for Tracked {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }

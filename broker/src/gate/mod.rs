@@ -349,8 +349,54 @@ fn ws_upgrade(request: &Request, mut response: Response) -> Result<Response, Err
     Ok(response)
 }
 
-/// Builds a TLS acceptor from PEM files (certificate chain and private key).
-pub fn tls_acceptor(cert_path: &str, key_path: &str) -> Result<TlsAcceptor, Error> {
+/// A certificate and key from PEM files, served to every TLS listener (MQTT over TLS and
+/// secure WebSocket, the REST API over https) and reloadable while they run:
+/// [`TlsCerts::reload`] reads the files again (on SIGHUP) and new handshakes get the new
+/// certificate, without a restart and without dropping a connection. A reload that fails
+/// (a half-written file, a key that does not match) keeps the certificate in use.
+#[derive(Debug)]
+pub struct TlsCerts {
+    cert_path: String,
+    key_path: String,
+    current: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
+}
+
+impl TlsCerts {
+    pub fn load(cert_path: &str, key_path: &str) -> Result<Arc<TlsCerts>, Error> {
+        let current = certified_key(cert_path, key_path)?;
+        Ok(Arc::new(TlsCerts {
+            cert_path: cert_path.to_string(),
+            key_path: key_path.to_string(),
+            current: std::sync::RwLock::new(Arc::new(current)),
+        }))
+    }
+
+    /// Reads the files again; on success new handshakes use them.
+    pub fn reload(&self) -> Result<(), Error> {
+        let fresh = certified_key(&self.cert_path, &self.key_path)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
+        Ok(())
+    }
+
+    /// An acceptor that always serves the current certificate.
+    pub fn acceptor(self: &Arc<Self>) -> Result<TlsAcceptor, Error> {
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Tls(e.to_string()))?
+            .with_no_client_auth()
+            .with_cert_resolver(self.clone());
+        Ok(TlsAcceptor::from(Arc::new(config)))
+    }
+}
+
+impl rustls::server::ResolvesServerCert for TlsCerts {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current.read().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+}
+
+/// A certificate chain and its private key from PEM files, checked to belong together.
+fn certified_key(cert_path: &str, key_path: &str) -> Result<rustls::sign::CertifiedKey, Error> {
     let read = |path: &str| std::fs::read(path).map_err(Error::io(format!("reading {path}")));
     let certs = rustls_pemfile::certs(&mut read(cert_path)?.as_slice())
         .collect::<Result<Vec<_>, _>>()
@@ -361,13 +407,18 @@ pub fn tls_acceptor(cert_path: &str, key_path: &str) -> Result<TlsAcceptor, Erro
     let key = rustls_pemfile::private_key(&mut read(key_path)?.as_slice())
         .map_err(|e| Error::Tls(format!("{key_path}: {e}")))?
         .ok_or_else(|| Error::Tls(format!("{key_path}: no private key found")))?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Error::Tls(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| Error::Tls(e.to_string()))?;
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    let signing_key =
+        rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| Error::Tls(format!("{key_path}: {e}")))?;
+    let certified = rustls::sign::CertifiedKey::new(certs, signing_key);
+    certified
+        .keys_match()
+        .map_err(|e| Error::Tls(format!("{key_path} does not belong to {cert_path}: {e}")))?;
+    Ok(certified)
+}
+
+/// Builds a TLS acceptor from PEM files (certificate chain and private key), not reloadable.
+pub fn tls_acceptor(cert_path: &str, key_path: &str) -> Result<TlsAcceptor, Error> {
+    TlsCerts::load(cert_path, key_path)?.acceptor()
 }
 
 /// Binds a listener, with an error that names the port when it is taken.
