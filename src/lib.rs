@@ -169,6 +169,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Server> {
     let bridge_settings = bridge::BridgeSettings {
         max_batch: config.bridge.max_batch,
         file_links: file_links.clone(),
+        moderation_allow: config.webhooks.allow(),
     };
     let (bridge_store, bridge_shutdown) = (store.clone(), shutdown_rx.clone());
     let bridge_live = live.clone();

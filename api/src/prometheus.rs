@@ -117,6 +117,15 @@ fn describe() {
         "chatd_webhook_queue_depth",
         "Webhook events queued (read at scrape time)"
     );
+    describe_counter!(
+        "chatd_moderation_total",
+        "Messages through apps' moderation, by outcome"
+    );
+    describe_histogram!(
+        "chatd_moderation_seconds",
+        Unit::Seconds,
+        "One request to an app's moderation endpoint"
+    );
     describe_gauge!(
         "chatd_db_pool_connections",
         "Database pool connections, by state (read at scrape time)"

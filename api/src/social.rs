@@ -261,6 +261,16 @@ pub async fn put_settings(
 ) -> Result<Json<Value>, ApiError> {
     caller.require_app()?;
     let patch: Value = parse_json(&body)?;
+    // A moderation endpoint is a tenant's URL that chatd calls: where it may point is the
+    // operator's choice (the same rules as webhooks).
+    if let Some(url) = patch
+        .get("moderation_url")
+        .and_then(Value::as_str)
+        .filter(|u| !u.is_empty())
+    {
+        hooks::guard::check_url(url, state.settings.webhook_allow)
+            .map_err(|why| ApiError::BadRequest(format!("moderation_{why}")))?;
+    }
     Ok(Json(
         json!({"data": state.store.update_app_settings(&caller.app.id, &patch).await?}),
     ))

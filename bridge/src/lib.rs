@@ -23,6 +23,7 @@
 //! commits. The queue is bounded, so a slow database still pushes back on the broker.
 
 mod lifecycle;
+mod moderation;
 mod process;
 mod rules;
 pub mod timers;
@@ -46,6 +47,8 @@ pub struct BridgeSettings {
     pub max_batch: usize,
     /// The URLs of this server's files, which file message bodies must point at.
     pub file_links: store::files::FileLinks,
+    /// Where apps' moderation endpoints may point (the operator's rules for tenant URLs).
+    pub moderation_allow: hooks::guard::Allow,
 }
 
 impl Default for BridgeSettings {
@@ -53,6 +56,7 @@ impl Default for BridgeSettings {
         BridgeSettings {
             max_batch: 512,
             file_links: store::files::FileLinks::new("http://localhost"),
+            moderation_allow: hooks::guard::Allow::default(),
         }
     }
 }
@@ -96,7 +100,13 @@ pub async fn run(
     let (incoming_tx, mut incoming) = mpsc::channel(settings.max_batch * 4);
     let received = Arc::new(AtomicU64::new(0));
     let consumer_task = tokio::spawn(consume(consumer_loop, consumer, incoming_tx, received.clone()));
-    let mut bridge = Bridge::new(store, live, push_wake, settings.file_links.clone());
+    let mut bridge = Bridge::new(
+        store,
+        live,
+        push_wake,
+        settings.file_links.clone(),
+        settings.moderation_allow,
+    );
     let mut waiting = FairQueue::default();
     let most_waiting = settings.max_batch * 8;
     let mut arrived = Vec::with_capacity(settings.max_batch);
@@ -106,6 +116,7 @@ pub async fn run(
             let draining = *drain.requested.borrow();
             if draining
                 && incoming.is_empty()
+                && bridge.moderation.idle()
                 && received.load(Ordering::Acquire) >= drain.published.load(Ordering::Acquire)
             {
                 // Everything the gate passed on is stored and answered.
@@ -116,6 +127,11 @@ pub async fn run(
                     if n == 0 {
                         break;
                     }
+                }
+                // Messages an app's moderation approved: stored as a batch of their own.
+                Some(approved) = bridge.moderation.approved.recv() => {
+                    bridge.store_moderated(approved).await;
+                    continue;
                 }
                 _ = shutdown.changed() => break,
                 // Draining: look again soon (what is still in rumqttd arrives by itself).
@@ -143,6 +159,9 @@ pub async fn run(
         metrics::histogram!("chatd_bridge_batch_seconds").record(took.as_secs_f64());
         tracing::debug!(size = batch.len(), took_us = took.as_micros() as u64, "batch");
         batch.clear();
+        while let Ok(approved) = bridge.moderation.approved.try_recv() {
+            bridge.store_moderated(approved).await;
+        }
     }
     consumer_task.abort();
     Ok(())

@@ -38,9 +38,9 @@ enum Admitted {
 }
 
 /// A send waiting for the batch commit.
-struct PendingSend {
-    from: Sender,
-    cid: String,
+pub(crate) struct PendingSend {
+    pub(crate) from: Sender,
+    pub(crate) cid: String,
 }
 
 pub struct Bridge {
@@ -54,11 +54,20 @@ pub struct Bridge {
     typing: TypingLimits,
     /// The URLs of this server's files.
     pub(crate) links: FileLinks,
+    /// Apps' pre-send moderation: sends of apps that moderate wait in their app's lane.
+    pub(crate) moderation: crate::moderation::Moderation,
 }
 
 impl Bridge {
-    pub fn new(store: Store, live: Arc<dyn Live>, push_wake: Arc<tokio::sync::Notify>, links: FileLinks) -> Bridge {
+    pub fn new(
+        store: Store,
+        live: Arc<dyn Live>,
+        push_wake: Arc<tokio::sync::Notify>,
+        links: FileLinks,
+        moderation_allow: hooks::guard::Allow,
+    ) -> Bridge {
         Bridge {
+            moderation: crate::moderation::Moderation::new(live.clone(), moderation_allow),
             store,
             live,
             push_wake,
@@ -120,8 +129,20 @@ impl Bridge {
                             continue;
                         }
                     };
+                    let policy = crate::moderation::Policy::of(app_settings);
                     match self.admit(&from, op, files, app_settings) {
-                        Ok(Admitted::Store(pending)) => sends.push(*pending),
+                        Ok(Admitted::Store(pending)) => match policy {
+                            // Its app checks it first, in the app's own lane.
+                            Some(policy) => {
+                                let (pending, message) = *pending;
+                                self.moderation.submit(crate::moderation::Item {
+                                    pending,
+                                    message,
+                                    policy,
+                                });
+                            }
+                            None => sends.push(*pending),
+                        },
                         // Commands are delivered, never stored; they wait for the batch like
                         // the rest, so they do not overtake messages sent before them.
                         Ok(Admitted::Relay(op)) => later.push((from, ClientOp::Send(op))),
@@ -194,6 +215,13 @@ impl Bridge {
             },
             message,
         ))))
+    }
+
+    /// Stores what an app's moderation approved (as a batch of its own).
+    pub(crate) async fn store_moderated(&self, approved: Vec<(PendingSend, NewMessage)>) {
+        let count = approved.len();
+        self.store_and_deliver(approved).await;
+        self.moderation.done(count);
     }
 
     async fn store_and_deliver(&self, sends: Vec<(PendingSend, NewMessage)>) {

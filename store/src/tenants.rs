@@ -179,6 +179,16 @@ pub struct AppSettings {
     /// password, throttled per address), as a public sign-up page needs. Off by default: an
     /// app's backend creates its users.
     pub open_registration: bool,
+    /// Pre-send moderation: each message goes to this endpoint (batched) before it is
+    /// stored, which answers allow, reject or replace; empty: off.
+    pub moderation_url: String,
+    /// The key the requests to `moderation_url` are signed with (HMAC-SHA256).
+    pub moderation_secret: String,
+    /// How long the endpoint may take to answer.
+    pub moderation_timeout_ms: i64,
+    /// When it does not answer in time (or answers nonsense): `true` stores the messages as
+    /// they are (fail open), `false` refuses them (`moderation_unavailable`).
+    pub moderation_fail_open: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -208,6 +218,10 @@ impl Default for AppSettings {
             allowed_file_types: Vec::new(),
             allow_external_urls: false,
             open_registration: false,
+            moderation_url: String::new(),
+            moderation_secret: String::new(),
+            moderation_timeout_ms: 1000,
+            moderation_fail_open: true,
         }
     }
 }
@@ -241,6 +255,24 @@ impl AppSettings {
                 "allowed_file_types",
                 "at most 100 content types like \"image/png\" or \"image/*\"",
             ));
+        }
+        if !(50..=5_000).contains(&self.moderation_timeout_ms) {
+            return Err(Error::invalid("moderation_timeout_ms", "must be from 50 to 5000"));
+        }
+        if !self.moderation_url.is_empty() {
+            let url = self.moderation_url.as_str();
+            if !(url.starts_with("https://") || url.starts_with("http://")) || url.len() > 2048 {
+                return Err(Error::invalid(
+                    "moderation_url",
+                    "must be an https:// URL of at most 2048 characters",
+                ));
+            }
+            if self.moderation_secret.chars().count() < 16 {
+                return Err(Error::invalid(
+                    "moderation_secret",
+                    "must have at least 16 characters when moderation_url is set (requests are signed with it)",
+                ));
+            }
         }
         if !(0..=10_000).contains(&self.room_history) {
             return Err(Error::invalid("room_history", "must be from 0 to 10000"));

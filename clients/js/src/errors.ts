@@ -20,6 +20,8 @@ export type ErrorCode =
   | "forbidden_content"
   | "rate_limited"
   | "too_late"
+  | "moderated"
+  | "moderation_unavailable"
   | "internal"
   | (string & {});
 

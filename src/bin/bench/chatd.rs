@@ -64,7 +64,7 @@ impl Chatd {
     }
 
     /// [`Chatd::start_with`], with `env` added to every node's environment.
-    async fn launch(
+    pub async fn launch(
         database_url: Option<&str>,
         lift_budgets: bool,
         cluster: Option<Cluster<'_>>,

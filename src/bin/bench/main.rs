@@ -36,6 +36,7 @@ mod chatd;
 mod fanout;
 mod files;
 mod idle;
+mod moderator;
 mod nats;
 mod pairs;
 mod report;
@@ -66,6 +67,10 @@ enum Mode {
         database_url: Option<String>,
         #[command(flatten)]
         nodes: pairs::Nodes,
+        /// Every message through the app's pre-send moderation: a local endpoint that allows
+        /// everything at once (what moderation itself costs chatd).
+        #[arg(long)]
+        moderation: bool,
     },
     /// The same pairs as plain MQTT QoS 1 through any broker, no storage.
     Mqtt {
@@ -135,7 +140,8 @@ async fn main() -> anyhow::Result<()> {
             traffic,
             database_url,
             nodes,
-        } => pairs::through_chatd(&traffic, database_url.as_deref(), &nodes)
+            moderation,
+        } => pairs::through_chatd(&traffic, database_url.as_deref(), &nodes, moderation)
             .await?
             .print(),
         Mode::Mqtt { traffic, host, port } => {
@@ -147,7 +153,7 @@ async fn main() -> anyhow::Result<()> {
             database_url,
             mosquitto_port,
         } => {
-            let chatd = pairs::through_chatd(&traffic, database_url.as_deref(), &pairs::Nodes::ONE).await?;
+            let chatd = pairs::through_chatd(&traffic, database_url.as_deref(), &pairs::Nodes::ONE, false).await?;
             let (port, _mosquitto) = match mosquitto_port {
                 Some(port) => (port, None),
                 None => {

@@ -112,7 +112,12 @@ impl Protocol {
 /// Pairs through a chatd started for the run, on one node or several (a cluster with NATS
 /// between them); prints what the traffic cost in CPU and NATS messages, and checks every
 /// message was stored.
-pub async fn through_chatd(traffic: &Traffic, database_url: Option<&str>, placement: &Nodes) -> anyhow::Result<Report> {
+pub async fn through_chatd(
+    traffic: &Traffic,
+    database_url: Option<&str>,
+    placement: &Nodes,
+    moderation: bool,
+) -> anyhow::Result<Report> {
     let nodes = placement.nodes;
     if nodes == 0 {
         bail!("--nodes must be at least 1");
@@ -128,7 +133,22 @@ pub async fn through_chatd(traffic: &Traffic, database_url: Option<&str>, placem
     let cluster = nats_url.as_deref().map(|nats_url| Cluster { nats_url, nodes });
     // A flood is measured against the budgets as they ship; at --rate 1000 each pair sends
     // 10 msg/s, well within them.
-    let chatd = Chatd::start_with(database_url, traffic.flood.is_none(), cluster).await?;
+    // The moderation endpoint is on loopback: let chatd call it.
+    let env: &[(&str, &str)] = if moderation {
+        &[
+            ("CHATD_WEBHOOKS__ALLOW_HTTP", "true"),
+            ("CHATD_WEBHOOKS__ALLOW_PRIVATE_NETWORKS", "true"),
+        ]
+    } else {
+        &[]
+    };
+    let chatd = Chatd::launch(database_url, traffic.flood.is_none(), cluster, env).await?;
+    if moderation {
+        let url = crate::moderator::start().await?;
+        let settings = serde_json::json!({"moderation_url": url, "moderation_secret": "bench-moderation-secret",
+                                          "moderation_timeout_ms": 5000, "moderation_fail_open": false});
+        chatd.put("/settings", settings).await?;
+    }
     chatd.create_users("s", traffic.pairs).await?;
     chatd.create_users("r", traffic.pairs).await?;
     let mut tokens = Vec::with_capacity(traffic.pairs);
@@ -152,6 +172,9 @@ pub async fn through_chatd(traffic: &Traffic, database_url: Option<&str>, placem
     }
     if let Some(op) = &traffic.flood {
         label = format!("{label}, one device flooding '{op}'");
+    }
+    if moderation {
+        label = format!("{label}, every message moderated (local allow-all endpoint)");
     }
     let ports: Vec<(u16, u16)> = (0..traffic.pairs)
         .map(|i| {
