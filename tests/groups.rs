@@ -379,8 +379,68 @@ async fn bigger_group_fan_out(backend: Backend) {
     }
 }
 
+/// A decision that cannot be carried out (the group is full) loses nothing: the join
+/// request or the invitation stays for later; an invitation list with a blocked user in it
+/// invites nobody.
+async fn refused_decisions_keep_requests_and_invitations(backend: Backend) {
+    let t = spawn_app(backend).await;
+    let alice = t.user("alice").await;
+    let bob = t.user("bob").await;
+    let dave = t.user("dave").await;
+    let eve = t.user("eve").await;
+    let (status, body) = t
+        .post(
+            "/chatgroups",
+            Some(&alice),
+            json!({"groupname": "pair", "public": true, "membersonly": true, "maxusers": 2, "members": ["bob"]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let id = body["data"]["groupid"].as_str().unwrap().to_string();
+    let g = |path: &str| format!("/chatgroups/{id}{path}");
+    assert_eq!(t.post(&g("/users/dave"), Some(&dave), json!({})).await.0, 202);
+    let (status, body) = t.post(&g("/join_requests/dave/approve"), Some(&alice), json!({})).await;
+    assert_eq!(status, 403, "the group is full: {body}");
+    assert_eq!(t.get(&g("/join_requests"), &alice).await.1["data"], json!(["dave"]));
+    assert_eq!(
+        t.post(&g("/invites"), Some(&alice), json!({"usernames": ["eve"]}))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(t.post(&g("/invites/eve/accept"), Some(&eve), json!({})).await.0, 403);
+    // Room again: the kept request and invitation go through.
+    assert_eq!(t.delete(&g("/users/bob"), &bob).await.0, 200);
+    assert_eq!(
+        t.post(&g("/join_requests/dave/approve"), Some(&alice), json!({}))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(t.get(&g("/join_requests"), &alice).await.1["data"], json!([]));
+    assert_eq!(t.put(&g(""), &alice, json!({"maxusers": 3})).await.0, 200);
+    assert_eq!(t.post(&g("/invites/eve/accept"), Some(&eve), json!({})).await.0, 200);
+
+    // One blocked name in an invitation list: nobody is invited.
+    let carol = t.user("carol").await;
+    assert_eq!(t.put(&g(""), &alice, json!({"maxusers": 10})).await.0, 200);
+    let (status, body) = t
+        .post(&g("/blocks/users"), Some(&alice), json!({"usernames": ["bob"]}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = t
+        .post(&g("/invites"), Some(&alice), json!({"usernames": ["carol", "bob"]}))
+        .await;
+    assert_eq!(status, 403);
+    assert_eq!(
+        t.post(&g("/invites/carol/accept"), Some(&carol), json!({})).await.0,
+        404
+    );
+}
+
 on_both_backends!(
     group_management_and_roles,
     group_messages_over_mqtt,
-    bigger_group_fan_out
+    bigger_group_fan_out,
+    refused_decisions_keep_requests_and_invitations,
 );

@@ -428,6 +428,11 @@ async fn server_sent_messages_and_search(backend: Backend) {
     assert_eq!(carols["count"], 0, "carol found a message not hers: {carols}");
     assert_eq!(t.get("/users/bob/messages/search?q=release", &alice).await.0, 403);
     assert_eq!(t.get("/users/bob/messages/search?q=", &bob).await.0, 400);
+    // `%` and `_` are characters, not wildcards.
+    for q in ["%25", "_", "back%25"] {
+        let (status, none) = t.get(&format!("/users/bob/messages/search?q={q}"), &bob).await;
+        assert_eq!((status, none["count"].as_i64()), (200, Some(0)), "{q}: {none}");
+    }
     alice_dev.publish(json!({"op": "recall", "id": id})).await;
     alice_dev.next_op("recalled").await;
     let (_, after) = t.get("/users/bob/messages/search?q=release", &bob).await;

@@ -265,6 +265,12 @@ async fn moderation_settings_are_checked(backend: Backend) {
         )
         .await;
     assert_eq!(status, 200, "{body}");
+    // The secret is never shown back.
+    assert_eq!(body["data"]["moderation_secret"], "********", "{body}");
+    assert_eq!(
+        t.get("/settings", &t.app_token).await.1["data"]["moderation_secret"],
+        "********"
+    );
     let alice = t.user("alice").await;
     assert_eq!(t.put("/settings", &alice, json!({"moderation_url": ""})).await.0, 403);
 }

@@ -251,7 +251,18 @@ pub async fn metadata_capacity(State(state): State<AppState>, caller: Caller) ->
 
 pub async fn get_settings(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
     caller.require_app()?;
-    Ok(Json(json!({"data": state.store.app_settings(&caller.app.id).await?})))
+    Ok(Json(
+        json!({"data": shown(state.store.app_settings(&caller.app.id).await?)}),
+    ))
+}
+
+/// Settings as answered: the moderation secret is never shown back (`"********"` when set).
+fn shown(settings: store::tenants::AppSettings) -> Value {
+    let mut value = serde_json::to_value(&settings).unwrap_or_default();
+    if !settings.moderation_secret.is_empty() {
+        value["moderation_secret"] = json!("********");
+    }
+    value
 }
 
 pub async fn put_settings(
@@ -272,6 +283,6 @@ pub async fn put_settings(
             .map_err(|why| ApiError::BadRequest(format!("moderation_{why}")))?;
     }
     Ok(Json(
-        json!({"data": state.store.update_app_settings(&caller.app.id, &patch).await?}),
+        json!({"data": shown(state.store.update_app_settings(&caller.app.id, &patch).await?)}),
     ))
 }

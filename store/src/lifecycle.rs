@@ -510,7 +510,12 @@ impl Store {
         }
         let matches = match self.backend() {
             Backend::Postgres => "to_tsvector('simple', m.body::json->>'msg') @@ plainto_tsquery('simple', $3)",
-            Backend::Sqlite => "json_extract(m.body, '$.msg') LIKE '%' || $3 || '%'",
+            // The words as they are: `%` and `_` match themselves, not anything.
+            Backend::Sqlite => "json_extract(m.body, '$.msg') LIKE '%' || $3 || '%' ESCAPE '\\'",
+        };
+        let pattern = match self.backend() {
+            Backend::Postgres => query.to_string(),
+            Backend::Sqlite => query.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"),
         };
         let rows = sqlx::query(&format!(
             "SELECT {MSG_COLUMNS} FROM inbox i JOIN messages m ON m.id = i.message_id
@@ -520,7 +525,7 @@ impl Store {
         ))
         .bind(app_id)
         .bind(user)
-        .bind(query)
+        .bind(pattern)
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;

@@ -229,22 +229,22 @@ impl Default for AppSettings {
 impl AppSettings {
     /// Checks the values make sense.
     pub fn validate(&self) -> Result<()> {
-        let positive = |name: &str, ok: bool| {
+        let check = |name: &str, ok: bool, rule: &str| {
             if ok {
                 Ok(())
             } else {
-                Err(Error::invalid(name, "must be positive"))
+                Err(Error::invalid(name, rule))
             }
         };
-        positive("max_message_bytes", self.max_message_bytes > 0)?;
-        positive("send_rate_per_sec", self.send_rate_per_sec > 0.0)?;
-        positive("send_burst", self.send_burst >= 1.0)?;
-        positive("max_group_members", self.max_group_members > 1)?;
-        positive("max_room_members", self.max_room_members > 1)?;
-        positive("recall_limit_secs", self.recall_limit_secs >= 0)?;
-        positive("max_custom_bytes", self.max_custom_bytes > 0)?;
-        positive("max_file_bytes", self.max_file_bytes > 0)?;
-        positive("file_quota_bytes", self.file_quota_bytes > 0)?;
+        check("max_message_bytes", self.max_message_bytes > 0, "must be positive")?;
+        check("send_rate_per_sec", self.send_rate_per_sec > 0.0, "must be positive")?;
+        check("send_burst", self.send_burst >= 1.0, "must be at least 1")?;
+        check("max_group_members", self.max_group_members > 1, "must be at least 2")?;
+        check("max_room_members", self.max_room_members > 1, "must be at least 2")?;
+        check("recall_limit_secs", self.recall_limit_secs >= 0, "must be 0 or more")?;
+        check("max_custom_bytes", self.max_custom_bytes > 0, "must be positive")?;
+        check("max_file_bytes", self.max_file_bytes > 0, "must be positive")?;
+        check("file_quota_bytes", self.file_quota_bytes > 0, "must be positive")?;
         let well_formed = |t: &String| {
             let (kind, sub) = t.split_once('/').unwrap_or(("", ""));
             let token = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
@@ -264,7 +264,7 @@ impl AppSettings {
             if !(url.starts_with("https://") || url.starts_with("http://")) || url.len() > 2048 {
                 return Err(Error::invalid(
                     "moderation_url",
-                    "must be an https:// URL of at most 2048 characters",
+                    "must be an https:// (or, where the server allows it, http://) URL of at most 2048 characters",
                 ));
             }
             if self.moderation_secret.chars().count() < 16 {

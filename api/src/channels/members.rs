@@ -297,16 +297,22 @@ pub(super) async fn decide_request(
         Some("reject") => false,
         _ => return Err(ApiError::NotFound("use .../approve or .../reject".into())),
     };
-    if !state.store.take_request(&id, &user, RequestKind::Join).await? {
+    if !state.store.requests(&id, RequestKind::Join).await?.contains(&user) {
         return Err(ApiError::NotFound(format!("join request of {user}")));
     }
     if approve {
+        // Added first: a refusal (the group is full, the user was blocked since) leaves
+        // the request for a later decision rather than losing it.
         let added = state
             .store
             .add_members(&acting.caller.app.id, kind, &id, std::slice::from_ref(&user))
             .await?;
+        state.store.take_request(&id, &user, RequestKind::Join).await?;
         notify(&state, &acting, &added, "joined", json!({}));
     } else {
+        if !state.store.take_request(&id, &user, RequestKind::Join).await? {
+            return Err(ApiError::NotFound(format!("join request of {user}")));
+        }
         notify(
             &state,
             &acting,
@@ -335,10 +341,13 @@ pub(super) async fn invite(
     let users = usernames(&body.usernames)?;
     let refs: Vec<&str> = users.iter().map(String::as_str).collect();
     state.store.require_users(&acting.caller.app.id, &refs).await?;
+    // All checked before anyone is invited: a refusal invites nobody.
     for user in &users {
         if state.store.is_banned(&id, user).await? {
             return Err(ApiError::Forbidden(format!("{user} is on the group's blocklist")));
         }
+    }
+    for user in &users {
         state
             .store
             .add_request(&id, user, RequestKind::Invite, &acting.actor())
@@ -355,13 +364,15 @@ pub(super) async fn accept_invite(
 ) -> Result<Json<Value>, ApiError> {
     let (kind, id) = (acting.channel.kind, acting.channel.id.clone());
     acting.caller.may_act_as(&user)?;
-    if !state.store.take_request(&id, &user, RequestKind::Invite).await? {
+    if !state.store.requests(&id, RequestKind::Invite).await?.contains(&user) {
         return Err(ApiError::NotFound(format!("invitation of {user}")));
     }
+    // Added first: a refusal (the group is full) keeps the invitation.
     let added = state
         .store
         .add_members(&acting.caller.app.id, kind, &id, std::slice::from_ref(&user))
         .await?;
+    state.store.take_request(&id, &user, RequestKind::Invite).await?;
     notify(&state, &acting, &added, "joined", json!({}));
     Ok(Json(json!({"data": {"id": id, "user": user, "status": "member"}})))
 }
