@@ -255,12 +255,13 @@ impl Worker {
 }
 
 /// Turns users going online and offline into `presence` events for the apps' webhooks.
-/// Cheap when no app has a webhook: that is looked up at most every few seconds, not per
-/// connection.
+/// Only apps with a webhook that chose `presence` cost anything per connection: which apps
+/// those are is looked up at most every few seconds, not per connection, so a connect storm
+/// in other apps costs no database work here.
 pub struct PresenceEvents {
     store: Store,
     apps: std::collections::HashMap<(String, String), Option<String>>,
-    any_webhook: bool,
+    watched: std::collections::HashSet<String>,
     checked_at: i64,
 }
 
@@ -269,7 +270,7 @@ impl PresenceEvents {
         PresenceEvents {
             store,
             apps: Default::default(),
-            any_webhook: false,
+            watched: Default::default(),
             checked_at: i64::MIN,
         }
     }
@@ -278,13 +279,16 @@ impl PresenceEvents {
     pub async fn report(&mut self, org: &str, app: &str, user: &str, online: bool, at: i64) {
         let now = store::now_ms();
         if now.saturating_sub(self.checked_at) > 5_000 {
-            self.any_webhook = self.store.any_webhook().await.unwrap_or(true);
+            match self.store.apps_with_webhooks_for("presence").await {
+                Ok(watched) => self.watched = watched.into_iter().collect(),
+                Err(e) => tracing::warn!(error = %e, "reading which apps want presence events failed"),
+            }
             self.checked_at = now;
             if self.apps.len() > 10_000 {
                 self.apps.clear();
             }
         }
-        if !self.any_webhook {
+        if self.watched.is_empty() {
             return;
         }
         let key = (org.to_string(), app.to_string());
@@ -296,7 +300,9 @@ impl PresenceEvents {
                 id
             }
         };
-        let Some(app_id) = app_id else { return };
+        let Some(app_id) = app_id.filter(|id| self.watched.contains(id)) else {
+            return;
+        };
         let status = if online { "online" } else { "offline" };
         let event = json!({"user": user, "status": status, "at": at});
         self.store

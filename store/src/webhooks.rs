@@ -417,12 +417,14 @@ impl Store {
         }
     }
 
-    /// Whether any app has a webhook at all.
-    pub async fn any_webhook(&self) -> Result<bool> {
-        let any: Option<i64> = sqlx::query_scalar("SELECT 1 FROM webhooks LIMIT 1")
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(any.is_some())
+    /// The apps with a webhook that chose events of `kind`.
+    pub async fn apps_with_webhooks_for(&self, kind: &str) -> Result<Vec<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT DISTINCT app_id FROM webhooks WHERE events LIKE $1")
+                .bind(format!("%\"{kind}\"%"))
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     /// Events queued for endpoints, in all (a gauge).
