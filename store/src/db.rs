@@ -447,6 +447,18 @@ impl Store {
         self.backend
     }
 
+    /// How a claim's subquery (push jobs, push plans, webhook events) locks the rows it
+    /// picks. On PostgreSQL, workers of several nodes claim at once: without locking in the
+    /// subquery, two claims could lock the same rows in different orders (a deadlock was seen
+    /// with three nodes); `SKIP LOCKED` makes each take rows no other claim holds. SQLite has
+    /// one writer at a time.
+    pub(crate) fn skip_locked(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite => "",
+            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+        }
+    }
+
     pub fn pool(&self) -> &AnyPool {
         &self.pool
     }

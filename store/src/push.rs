@@ -411,17 +411,6 @@ impl Store {
 
     /// Claims up to `limit` batches of stored messages waiting for the push planner: each is
     /// a row id and message ids. Leased like queue jobs.
-    /// How a claim's subquery locks the rows it picks. On PostgreSQL, workers of several
-    /// nodes claim at once: without locking in the subquery, two claims could lock the same
-    /// rows in different orders (a deadlock was seen with three nodes); `SKIP LOCKED` makes
-    /// each take rows no other claim holds. SQLite has one writer at a time.
-    fn skip_locked(&self) -> &'static str {
-        match self.backend() {
-            crate::db::Backend::Sqlite => "",
-            crate::db::Backend::Postgres => "FOR UPDATE SKIP LOCKED",
-        }
-    }
-
     pub async fn claim_pending_plans(&self, limit: i64, lease_ms: i64) -> Result<Vec<(String, Vec<String>)>> {
         let now = crate::now_ms();
         let rows = sqlx::query(&format!(

@@ -275,10 +275,7 @@ impl Store {
         probe_every_ms: i64,
     ) -> Result<Vec<WebhookJob>> {
         let now = crate::now_ms();
-        let lock = match self.backend() {
-            crate::db::Backend::Sqlite => "",
-            crate::db::Backend::Postgres => "FOR UPDATE SKIP LOCKED",
-        };
+        let lock = self.skip_locked();
         let ids: Vec<String> = sqlx::query_scalar(&format!(
             "UPDATE webhook_events SET locked_until = $1
              WHERE id IN (
