@@ -39,12 +39,13 @@ pub enum Key {
 }
 
 impl Key {
+    /// What a blocked key is told: "too many {this}".
     fn describe(&self) -> String {
         match self {
-            Key::User(_, user) => format!("for user '{user}'"),
-            Key::Client(..) => "for this client_id".into(),
-            Key::Address(_) => "from your address".into(),
-            Key::Registration(..) => "from your address".into(),
+            Key::User(_, user) => format!("failed attempts for user '{user}'"),
+            Key::Client(..) => "failed attempts for this client_id".into(),
+            Key::Address(_) => "failed attempts from your address".into(),
+            Key::Registration(..) => "registrations from your address".into(),
         }
     }
 }
@@ -98,16 +99,7 @@ impl Throttle {
                 if entry.blocked_until > now && !self.forgotten(entry, now) {
                     let retry_after = entry.blocked_until - now;
                     return Err(ApiError::TooManyAttempts {
-                        message: format!(
-                            "too many {} {}; retry in {} s",
-                            if matches!(key, Key::Registration(..)) {
-                                "registrations"
-                            } else {
-                                "failed attempts"
-                            },
-                            key.describe(),
-                            whole_seconds(retry_after)
-                        ),
+                        message: format!("too many {}; retry in {} s", key.describe(), whole_seconds(retry_after)),
                         retry_after,
                     });
                 }
