@@ -105,11 +105,8 @@ async fn health(config: Config, url: Option<String>) -> anyhow::Result<()> {
     let url = match url {
         Some(url) => url,
         None => {
-            let mut addr: std::net::SocketAddr = config
-                .api
-                .listen
-                .parse()
-                .with_context(|| format!("api.listen {:?}", config.api.listen))?;
+            let mut addr = chatd::config::listen_addr(&config.api.listen, "api.listen")?
+                .context("api.listen is empty: give --url")?;
             if addr.ip().is_unspecified() {
                 addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
             }

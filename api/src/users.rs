@@ -32,6 +32,17 @@ struct NewUserBody {
     nickname: Option<String>,
 }
 
+impl NewUserBody {
+    /// The user to create, its name checked.
+    fn into_new_user(self) -> Result<NewUser, store::Error> {
+        Ok(NewUser {
+            username: store::names::username(&self.username)?,
+            password: self.password,
+            nickname: self.nickname,
+        })
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum OneOrMany {
@@ -76,13 +87,7 @@ pub async fn create(
     }
     let mut users = bodies
         .into_iter()
-        .map(|b| {
-            Ok(NewUser {
-                username: store::names::username(&b.username)?,
-                password: b.password,
-                nickname: b.nickname,
-            })
-        })
+        .map(NewUserBody::into_new_user)
         .collect::<Result<Vec<_>, store::Error>>()?;
     // A batch creates the users it can, as the platform's does: a name taken (or twice in
     // the request) is reported in `data` and the others are created.
@@ -164,11 +169,7 @@ async fn register(
             "'password' must have at least {MIN_REGISTRATION_PASSWORD} characters"
         )));
     }
-    let user = NewUser {
-        username: store::names::username(&one.username)?,
-        password: one.password,
-        nickname: one.nickname,
-    };
+    let user = one.into_new_user()?;
     if let Some(ip) = address {
         // Counted whether or not it succeeds; never cleared.
         let _counted = throttle.attempt(vec![Key::Registration(app.id.clone(), ip)])?;

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use store::envelope::{frame_inbox, MsgType, OpError, Route};
+use store::envelope::{MsgType, OpError};
 use store::live::Live;
 use store::messages::NewMessage;
 use store::tenants::AppSettings;
@@ -272,9 +272,7 @@ impl Lane {
     }
 
     fn reply(&self, to: &Sender, error: &OpError) {
-        let json = serde_json::to_vec(error).unwrap_or_default();
-        self.live
-            .deliver_inbox(&to.org, &to.app, &to.user, frame_inbox(Route::Only(&to.device), &json));
+        crate::process::reply(self.live.as_ref(), to, error);
     }
 }
 

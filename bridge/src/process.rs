@@ -468,8 +468,7 @@ impl Bridge {
 
     /// Answers the device that sent an envelope, and only that device.
     pub(crate) fn reply(&self, to: &Sender, body: &impl serde::Serialize) {
-        let json = serde_json::to_vec(body).unwrap_or_default();
-        self.publish_inbox(to, &to.user, Route::Only(&to.device), json);
+        reply(self.live.as_ref(), to, body);
     }
 
     /// Hands a publish on a user's inbox topic to their connected devices (in-process: the
@@ -480,7 +479,12 @@ impl Bridge {
     }
 }
 
-/// A storage refusal as an error op.
+/// Answers the device an envelope came from (an `ack`, an `error`), on its inbox only.
+pub(crate) fn reply(live: &dyn Live, to: &Sender, body: &impl serde::Serialize) {
+    let json = serde_json::to_vec(body).unwrap_or_default();
+    live.deliver_inbox(&to.org, &to.app, &to.user, frame_inbox(Route::Only(&to.device), &json));
+}
+
 /// A message's chat as a metrics label: one of a fixed few, whatever is stored.
 fn chat_label(chat: &str) -> &'static str {
     match chat {
@@ -506,6 +510,7 @@ fn type_label(kind: &str) -> &'static str {
     }
 }
 
+/// A storage refusal as an error op.
 pub(crate) fn store_refusal(cid: Option<String>, e: store::Error) -> OpError {
     match e {
         store::Error::NotFound(what) => OpError::new(cid, "not_found", format!("{what} not found")),
