@@ -8,20 +8,12 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::raw::Raw;
-use common::{fresh_database, spawn_app, spawn_app_with, test_config, Backend, TestApp};
+use common::{app_with, spawn_app, Backend, TestApp};
 use rumqttc::mqttbytes::v4;
 use rumqttc::v5::mqttbytes::v5;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// A server whose configuration `tune` adjusted first.
-async fn app_with(backend: Backend, tune: impl FnOnce(&mut chatd::Config)) -> TestApp {
-    let db = fresh_database(backend).await;
-    let mut config = test_config(&db.url);
-    tune(&mut config);
-    spawn_app_with(config, db).await
-}
 
 async fn connect(t: &TestApp) -> TcpStream {
     TcpStream::connect(t.server.api_addr).await.unwrap()

@@ -5,16 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{spawn_app, Backend};
-use serde_json::{json, Value};
-
-fn msg_texts(list: &Value) -> Vec<String> {
-    list.as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["body"]["msg"].as_str().unwrap_or("<none>").to_string())
-        .collect()
-}
+use common::{msg_texts, spawn_app, Backend};
+use serde_json::json;
 
 async fn receipts_unread_and_conversation_list(backend: Backend) {
     let t = spawn_app(backend).await;

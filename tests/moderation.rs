@@ -12,7 +12,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use common::{device_on, fresh_database, spawn_app_with, test_config, Backend, TestApp};
+use common::{app_with, device_on, msg_texts, spawn_app, Backend, TestApp};
 use serde_json::{json, Value};
 
 const SECRET: &str = "moderation-secret-0123456789";
@@ -65,11 +65,11 @@ async fn moderator(seen: Seen) -> u16 {
 }
 
 async fn app(backend: Backend) -> TestApp {
-    let db = fresh_database(backend).await;
-    let mut config = test_config(&db.url);
-    config.webhooks.allow_http = true;
-    config.webhooks.allow_private_networks = true;
-    spawn_app_with(config, db).await
+    app_with(backend, |c| {
+        c.webhooks.allow_http = true;
+        c.webhooks.allow_private_networks = true;
+    })
+    .await
 }
 
 async fn moderate(t: &TestApp, port: u16, timeout_ms: i64, fail_open: bool) {
@@ -122,13 +122,7 @@ async fn messages_are_allowed_rejected_or_replaced(backend: Backend) {
     assert_eq!(first["body"]["msg"], "hello");
     assert_eq!(second["body"]["msg"], "d**n it");
     let (_, history) = t.get("/users/bob/conversations/user/alice/messages", &bob).await;
-    let texts: Vec<&str> = history["entities"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["body"]["msg"].as_str().unwrap())
-        .collect();
-    assert_eq!(texts, ["hello", "d**n it"]);
+    assert_eq!(msg_texts(&history["entities"]), ["hello", "d**n it"]);
     assert_eq!(seen.bad_signatures.load(Ordering::SeqCst), 0);
     assert_eq!(seen.messages.load(Ordering::SeqCst), 3);
     assert!(seen.requests.load(Ordering::SeqCst) <= 3);
@@ -218,19 +212,12 @@ async fn a_slow_moderator_delays_only_its_own_app(backend: Backend) {
     a.send_text("slow-3", "bob", "slow but stored").await;
     assert_eq!(a.next_op("ack").await["cid"], "slow-3");
     let (_, history) = t.get("/users/alice/conversations/user/bob/messages", &alice).await;
-    let texts: Vec<&str> = history["entities"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["body"]["msg"].as_str().unwrap())
-        .collect();
-    assert_eq!(texts, ["a slow one", "slow but stored"]);
+    assert_eq!(msg_texts(&history["entities"]), ["a slow one", "slow but stored"]);
 }
 
 async fn moderation_settings_are_checked(backend: Backend) {
     // The defaults: tenant URLs must be public https addresses.
-    let db = fresh_database(backend).await;
-    let t = spawn_app_with(test_config(&db.url), db).await;
+    let t = spawn_app(backend).await;
     for (patch, field) in [
         (
             json!({"moderation_url": "https://127.0.0.1/m", "moderation_secret": SECRET}),

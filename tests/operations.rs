@@ -162,20 +162,10 @@ async fn metrics_move_when_traffic_flows(backend: Backend) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_can_be_turned_off_and_take_a_token() {
-    let off = {
-        let db = common::fresh_database(Backend::Sqlite).await;
-        let mut config = test_config(&db.url);
-        config.metrics.enabled = false;
-        spawn_app_with(config, db).await
-    };
+    let off = common::app_with(Backend::Sqlite, |c| c.metrics.enabled = false).await;
     assert_eq!(scrape(&off, None).await.0, 404);
 
-    let with_token = {
-        let db = common::fresh_database(Backend::Sqlite).await;
-        let mut config = test_config(&db.url);
-        config.metrics.token = "scrape-me".into();
-        spawn_app_with(config, db).await
-    };
+    let with_token = common::app_with(Backend::Sqlite, |c| c.metrics.token = "scrape-me".into()).await;
     // From loopback either way; the token is what a scraper elsewhere sends.
     assert_eq!(scrape(&with_token, None).await.0, 200);
     assert_eq!(scrape(&with_token, Some("scrape-me")).await.0, 200);

@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::process::Stdio;
 
-use common::{fresh_database, spawn_app_with, test_config, Backend};
+use common::{app_with, fresh_database, Backend};
 use serde_json::Value;
 
 /// A self-signed certificate for 127.0.0.1 named `name`, as `{name}.crt` and `{name}.key`.
@@ -61,13 +61,13 @@ async fn the_api_speaks_https_and_certificates_reload_without_a_restart() {
     certificate(dir.path(), "chatd-a");
     certificate(dir.path(), "chatd-b");
     install(dir.path(), "chatd-a");
-    let db = fresh_database(Backend::Sqlite).await;
-    let mut config = test_config(&db.url);
-    config.mqtt.tls = "127.0.0.1:0".into();
-    config.api.tls = "127.0.0.1:0".into();
-    config.mqtt.tls_cert = dir.path().join("cert.pem").display().to_string();
-    config.mqtt.tls_key = dir.path().join("key.pem").display().to_string();
-    let t = spawn_app_with(config, db).await;
+    let t = app_with(Backend::Sqlite, |c| {
+        c.mqtt.tls = "127.0.0.1:0".into();
+        c.api.tls = "127.0.0.1:0".into();
+        c.mqtt.tls_cert = dir.path().join("cert.pem").display().to_string();
+        c.mqtt.tls_key = dir.path().join("key.pem").display().to_string();
+    })
+    .await;
     let api_tls = t.server.api_tls_addr.expect("https listener");
     let mqtt_tls = t.server.tls_addr.expect("MQTT TLS listener");
     assert!(served(api_tls).await.contains("chatd-a"));

@@ -6,15 +6,8 @@
 
 mod common;
 
-use common::{fresh_database, spawn_app, spawn_app_with, test_config, Backend, TestApp};
+use common::{app_with, fresh_database, spawn_app, test_config, Backend, TestApp};
 use serde_json::{json, Value};
-
-async fn app_with(backend: Backend, tune: impl FnOnce(&mut chatd::Config)) -> TestApp {
-    let db = fresh_database(backend).await;
-    let mut config = test_config(&db.url);
-    tune(&mut config);
-    spawn_app_with(config, db).await
-}
 
 fn web(t: &TestApp, path: &str) -> String {
     format!("{}/web{path}", t.api)

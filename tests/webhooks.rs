@@ -13,7 +13,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use common::{fresh_database, spawn_app_with, test_config, Backend, TestApp};
+use common::{app_with, spawn_app, Backend, TestApp};
 use serde_json::{json, Value};
 
 /// What the receiver got: headers and body of each request.
@@ -60,16 +60,16 @@ async fn receiver(port: u16, status: Arc<AtomicU16>, got: Received) -> (u16, tok
 }
 
 async fn app(backend: Backend) -> TestApp {
-    let db = fresh_database(backend).await;
-    let mut config = test_config(&db.url);
-    config.webhooks.allow_http = true;
-    config.webhooks.allow_private_networks = true;
-    config.webhooks.backoff_ms = 100;
-    config.webhooks.max_backoff_ms = 400;
-    config.webhooks.pause_after = 3;
-    config.webhooks.probe_every_ms = 300;
-    config.webhooks.max_attempts = 1000;
-    spawn_app_with(config, db).await
+    app_with(backend, |c| {
+        c.webhooks.allow_http = true;
+        c.webhooks.allow_private_networks = true;
+        c.webhooks.backoff_ms = 100;
+        c.webhooks.max_backoff_ms = 400;
+        c.webhooks.pause_after = 3;
+        c.webhooks.probe_every_ms = 300;
+        c.webhooks.max_attempts = 1000;
+    })
+    .await
 }
 
 async fn until(what: &str, mut ok: impl FnMut() -> bool) {
@@ -264,8 +264,7 @@ async fn a_receiver_that_is_down_gets_the_events_when_it_is_back(backend: Backen
 
 async fn webhooks_cannot_reach_the_operators_network(backend: Backend) {
     // The defaults: https only, public addresses only.
-    let db = fresh_database(backend).await;
-    let t = spawn_app_with(test_config(&db.url), db).await;
+    let t = spawn_app(backend).await;
     for url in [
         "http://hooks.example.com/x",
         "https://127.0.0.1/x",

@@ -157,6 +157,23 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
     spawn_app_with(test_config(&db.url), db).await
 }
 
+/// A server as [`spawn_app`] whose configuration `tune` adjusted first.
+pub async fn app_with(backend: Backend, tune: impl FnOnce(&mut chatd::Config)) -> TestApp {
+    let db = fresh_database(backend).await;
+    let mut config = test_config(&db.url);
+    tune(&mut config);
+    spawn_app_with(config, db).await
+}
+
+/// The texts (`body.msg`) of a list of messages, in order.
+pub fn msg_texts(list: &Value) -> Vec<String> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["body"]["msg"].as_str().unwrap_or("<none>").to_string())
+        .collect()
+}
+
 pub async fn spawn_app_with(mut config: chatd::Config, db: TestDb) -> TestApp {
     // Files go to a directory of the test's own (the default is under the working directory).
     let files_dir = config.files.store.is_empty().then(|| tempfile::tempdir().unwrap());

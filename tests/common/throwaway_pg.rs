@@ -84,18 +84,25 @@ impl ThrowawayPostgres {
         );
     }
 
-    fn run(&self, tool: &str, args: &[&str]) {
+    /// PostgreSQL's `tool` with `args`, as the `postgres` user when run as root.
+    fn command(&self, tool: &str, args: &[&str]) -> Command {
         let program = self.bin.join(tool);
-        let output = if is_root() {
-            Command::new("runuser")
-                .args(["-u", "postgres", "--"])
-                .arg(&program)
-                .args(args)
-                .output()
+        let mut command = if is_root() {
+            let mut runuser = Command::new("runuser");
+            runuser.args(["-u", "postgres", "--"]).arg(program);
+            runuser
         } else {
-            Command::new(&program).args(args).output()
-        }
-        .unwrap_or_else(|e| panic!("running {}: {e}", program.display()));
+            Command::new(program)
+        };
+        command.args(args);
+        command
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let output = self
+            .command(tool, args)
+            .output()
+            .unwrap_or_else(|e| panic!("running {tool}: {e}"));
         assert!(
             output.status.success(),
             "{tool} {args:?}: {}{}",
@@ -108,28 +115,13 @@ impl ThrowawayPostgres {
 impl Drop for ThrowawayPostgres {
     fn drop(&mut self) {
         let data = self.dir.path().join("data");
-        let program = self.bin.join("pg_ctl");
-        let args = ["-D", data.to_str().unwrap(), "-m", "immediate", "stop"];
-        let _ = if is_root() {
-            Command::new("runuser")
-                .args(["-u", "postgres", "--"])
-                .arg(&program)
-                .args(args)
-                .output()
-        } else {
-            Command::new(&program).args(args).output()
-        };
+        let _ = self
+            .command("pg_ctl", &["-D", data.to_str().unwrap(), "-m", "immediate", "stop"])
+            .output();
     }
 }
 
 fn is_root() -> bool {
-    // SAFETY-free: the effective uid from /proc, to avoid a libc dependency here.
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false)
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
 }
