@@ -58,6 +58,16 @@ async function openApp(context: BrowserContext): Promise<Page> {
   return page;
 }
 
+/** Alice and Bob (names unique to the test), each signed up in a browser of their own. */
+async function aliceAndBob() {
+  const [alice, bob] = names("alice", "bob");
+  const a = await newPerson();
+  const b = await newPerson();
+  const pa = await signIn(a, alice, true);
+  const pb = await signIn(b, bob, true);
+  return { alice, bob, a, b, pa, pb };
+}
+
 /** Opens the app in `context` and signs up (`register`) or in as `username`. */
 async function signIn(context: BrowserContext, username: string, register: boolean): Promise<Page> {
   const page = await openApp(context);
@@ -123,11 +133,7 @@ function noErrorsButReconnects(...pages: Page[]): void {
 }
 
 test("two people chat: unread counts, typing, read ticks", async () => {
-  const [alice, bob] = names("alice", "bob");
-  const a = await newPerson();
-  const b = await newPerson();
-  const pa = await signIn(a, alice, true);
-  const pb = await signIn(b, bob, true);
+  const { alice, bob, a, b, pa, pb } = await aliceAndBob();
 
   await chatWith(pa, bob);
   await send(pa, "hello bob");
@@ -161,11 +167,9 @@ test("two people chat: unread counts, typing, read ticks", async () => {
 });
 
 test("someone offline comes back to every message, once and in order", async () => {
-  const [alice, bob] = names("alice", "bob");
-  const a = await newPerson();
-  let b = await newPerson();
-  const pa = await signIn(a, alice, true);
-  let pb = await signIn(b, bob, true);
+  const people = await aliceAndBob();
+  const { alice, bob, a, pa } = people;
+  let { b, pb } = people;
   await chatWith(pa, bob);
   await send(pa, "before");
   await eventually("bob got it", () => unread(pb, alice), (n) => n === "1");
@@ -193,11 +197,7 @@ test("someone offline comes back to every message, once and in order", async () 
 });
 
 test("two tabs of one user are two devices that stay in sync", async () => {
-  const [alice, bob] = names("alice", "bob");
-  const a = await newPerson();
-  const b = await newPerson();
-  const first = await signIn(a, alice, true);
-  const pb = await signIn(b, bob, true);
+  const { alice, bob, a, b, pa: first, pb } = await aliceAndBob();
   // A second tab of the same browser: already signed in, a device of its own.
   const second = await openApp(a);
   await online(second);
@@ -258,11 +258,7 @@ test("a group of three", async () => {
 });
 
 test("an image is sent and shown as a thumbnail", async () => {
-  const [alice, bob] = names("alice", "bob");
-  const a = await newPerson();
-  const b = await newPerson();
-  const pa = await signIn(a, alice, true);
-  const pb = await signIn(b, bob, true);
+  const { alice, bob, a, b, pa, pb } = await aliceAndBob();
   await chatWith(pa, bob);
   await pa.locator("#file").setInputFiles({ name: "sunset.png", mimeType: "image/png", buffer: png(640, 480) });
   await eventually(
@@ -290,11 +286,7 @@ test("an image is sent and shown as a thumbnail", async () => {
 });
 
 test("a chatroom: created by one, joined by another", async () => {
-  const [alice, bob] = names("alice", "bob");
-  const a = await newPerson();
-  const b = await newPerson();
-  const pa = await signIn(a, alice, true);
-  const pb = await signIn(b, bob, true);
+  const { alice, a, b, pa, pb } = await aliceAndBob();
   const room = `lobby ${alice.slice(-5)}`;
   await pa.getByRole("button", { name: "Chatrooms" }).click();
   await pa.getByLabel("New chatroom").fill(room);
@@ -372,11 +364,7 @@ test("sign-up and sign-in errors are shown, and the page's own rules hold", asyn
 });
 
 test("the offline banner shows while the server is away and clears once caught up", async () => {
-  const [alice, bob] = names("alice", "bob");
-  const a = await newPerson();
-  const b = await newPerson();
-  const pa = await signIn(a, alice, true);
-  const pb = await signIn(b, bob, true);
+  const { alice, bob, a, b, pa, pb } = await aliceAndBob();
   await chatWith(pa, bob);
   await send(pa, "before the restart");
   await eventually("bob got it", () => unread(pb, alice), (n) => n === "1");
