@@ -156,3 +156,37 @@ async fn sighup_reloads_the_certificate_of_the_running_binary() {
     let health = https().get(format!("https://{addr}/health/live")).send().await.unwrap();
     assert_eq!(health.status(), 200);
 }
+
+/// A client that opens the https port and never finishes (or never starts) its handshake
+/// holds it no longer than the header timeout, and everyone else is served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_client_on_the_https_port_is_cut_at_the_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    certificate(dir.path(), "chatd-a");
+    install(dir.path(), "chatd-a");
+    let t = app_with(Backend::Sqlite, |c| {
+        c.api.tls = "127.0.0.1:0".into();
+        c.api.header_timeout_ms = 400;
+        c.mqtt.tls_cert = dir.path().join("cert.pem").display().to_string();
+        c.mqtt.tls_key = dir.path().join("key.pem").display().to_string();
+    })
+    .await;
+    let addr = t.server.api_tls_addr.unwrap();
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // Half a ClientHello: a TLS record header promising more than is sent.
+    let mut half = tokio::net::TcpStream::connect(addr).await.unwrap();
+    half.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).await.unwrap();
+    let started = std::time::Instant::now();
+    let health = https().get(format!("https://{addr}/health/live")).send().await.unwrap();
+    assert_eq!(health.status(), 200, "served while two clients stall");
+    for stream in [&mut silent, &mut half] {
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .expect("closed within the header timeout");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    }
+    let after = started.elapsed();
+    assert!(after < std::time::Duration::from_secs(3), "held for {after:?}");
+}

@@ -327,6 +327,59 @@ async fn webhooks_cannot_reach_the_operators_network(backend: Backend) {
         )
         .await;
     assert_eq!(status, 403);
+    // Another app's token sees none of them, and cannot change or delete one.
+    let (_, creds) = t.server.store.create_app("other", "chat").await.unwrap();
+    let grant =
+        json!({"grant_type": "client_credentials", "client_id": creds.client_id, "client_secret": creds.client_secret});
+    let answer: Value = t
+        .http
+        .post(format!("{}/other/chat/token", t.api))
+        .json(&grant)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let other_token = answer["access_token"].as_str().unwrap().to_string();
+    let (_, list) = t.get("/webhooks", &t.app_token).await;
+    let mine = list["data"][0]["id"].as_str().unwrap().to_string();
+    let url = list["data"][0]["url"].clone();
+    let theirs = |method: reqwest::Method| {
+        t.http
+            .request(method, format!("{}/other/chat/webhooks/{mine}", t.api))
+            .bearer_auth(&other_token)
+            .json(&json!({"url": "https://evil.example.com/x"}))
+            .send()
+    };
+    for method in [reqwest::Method::GET, reqwest::Method::PUT, reqwest::Method::DELETE] {
+        assert_eq!(theirs(method.clone()).await.unwrap().status(), 404, "{method}");
+    }
+    let listed: Value = t
+        .http
+        .get(format!("{}/other/chat/webhooks", t.api))
+        .bearer_auth(&other_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["count"], 0, "{listed}");
+    // With its own token on this app's path: refused before anything is looked up.
+    let foreign = t
+        .http
+        .get(format!("{}/{}/{}/webhooks/{mine}", t.api, t.org, t.app))
+        .bearer_auth(&other_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(foreign.status(), 401);
+    assert_eq!(
+        t.get(&format!("/webhooks/{mine}"), &t.app_token).await.1["data"]["url"],
+        url
+    );
+
     // Deleting one removes it.
     let (_, list) = t.get("/webhooks", &t.app_token).await;
     let id = list["data"][0]["id"].as_str().unwrap().to_string();
