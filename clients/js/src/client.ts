@@ -201,12 +201,12 @@ export class ChatClient {
 
   /** Recalls one's own message; resolves with the `recalled` event everyone gets. */
   recall(id: string): Promise<Incoming> {
-    return this.request({ op: "recall", id }, (m) => m.op === "recalled" && m.id === id);
+    return this.request({ op: "recall", id }, (m) => m.op === "recalled" && m.id === id && this.byMe(m));
   }
 
   /** Edits one's own message; resolves with the `edited` event. */
   edit(id: string, body: Record<string, unknown>): Promise<Incoming> {
-    return this.request({ op: "edit", id, body }, (m) => m.op === "edited" && m.id === id);
+    return this.request({ op: "edit", id, body }, (m) => m.op === "edited" && m.id === id && this.byMe(m));
   }
 
   /** Deletes a message for this user only; resolves with the `deleted` event. */
@@ -219,8 +219,14 @@ export class ChatClient {
     const action = add ? "add" : "remove";
     return this.request(
       { op: "react", id, emoji, action },
-      (m) => m.op === "reaction" && m.id === id && m.emoji === emoji && m.action === action,
+      (m) => m.op === "reaction" && m.id === id && m.emoji === emoji && m.action === action && this.byMe(m),
     );
+  }
+
+  /** An event this user caused: someone else's recall, edit or reaction of the same message
+   * (which reaches this device too) must not settle this user's own request for it. */
+  private byMe(event: Incoming): boolean {
+    return event.by === this.opts.username.toLowerCase();
   }
 
   /** Joins a chatroom and receives it (on this device, and after reconnects). */
