@@ -204,8 +204,8 @@ async function refresh() {
     const list = await conversations(state.client, state.me, 100);
     for (const entry of list.entities) {
       const key = entry.conv;
-      const known = state.convs.get(key) ?? {};
-      state.convs.set(key, { ...known, ...entry, key });
+      const known = state.convs.get(key);
+      state.convs.set(key, mergeListed(known, entry));
       if (entry.chat === "user") watch(entry.with);
     }
     const rooms = await state.client.rest("GET", `/users/${state.me}/joined_chatrooms`);
@@ -219,6 +219,28 @@ async function refresh() {
   } catch (e) {
     $("sidebar-error").textContent = describe(e);
   }
+}
+
+/** A conversation as the server lists it, merged with what this tab already knows. The list
+ * is a snapshot taken while live messages keep arriving: a message counted live may be in
+ * the snapshot too, or may have arrived after it. Positions only move forward, and a tab
+ * that has seen more than the snapshot keeps its own last message and count. */
+function mergeListed(known, listed) {
+  if (!known) return { ...listed, key: listed.conv };
+  const merged = { ...known, ...listed, key: listed.conv };
+  for (const field of ["read_seq", "peer_read_seq", "peer_delivered_seq"]) {
+    merged[field] = Math.max(known[field] ?? 0, listed[field] ?? 0);
+  }
+  if ((known.last_seq ?? 0) > (listed.last_seq ?? 0)) {
+    merged.last_seq = known.last_seq;
+    merged.last_message = known.last_message;
+    merged.updated = known.updated;
+    merged.unread = known.unread;
+  }
+  if (merged.read_seq > (listed.read_seq ?? 0)) {
+    merged.unread = Math.min(merged.unread ?? 0, Math.max(0, (merged.last_seq ?? 0) - merged.read_seq));
+  }
+  return merged;
 }
 
 function roomEntry(id, name) {
@@ -596,14 +618,18 @@ function received(message) {
     if (message.chat === "user") watch(peer);
     if (message.chat === "group" && !state.groups.has(message.to)) void refresh();
   }
-  entry.last_message = message;
-  entry.updated = message.ts;
+  // Already counted when the conversation list (fetched after a reconnection) holds it.
+  const counted = message.seq > 0 && message.seq <= (entry.last_seq ?? 0);
+  if (!counted) {
+    entry.last_message = message;
+    entry.updated = message.ts;
+  }
   if (message.seq) entry.last_seq = Math.max(entry.last_seq ?? 0, message.seq);
   const mine = message.from === state.me;
   if (!mine && message.chat !== "room") {
     state.client.delivered(message.conv, message.seq);
     const open = state.current === key && document.visibilityState === "visible";
-    if (!open) entry.unread = (entry.unread ?? 0) + 1;
+    if (!open && !counted) entry.unread = (entry.unread ?? 0) + 1;
   } else if (mine) {
     entry.read_seq = entry.last_seq;
   }
