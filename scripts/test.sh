@@ -15,7 +15,10 @@
 #   - Node.js and npm (the JavaScript client's tests, clients/js), Debian's packages if
 #     missing; its packages come from the committed lockfile (`npm ci`);
 #   - Chromium (the web app's tests in a real browser, driven by playwright-core): the one at
-#     $CHROMIUM, else /usr/bin/chromium, else Debian's chromium package is installed.
+#     $CHROMIUM, else /usr/bin/chromium, else Debian's chromium package is installed;
+#   - schemathesis (PyPI), which tests the REST API against its OpenAPI document: the version
+#     below, in a virtualenv under target/ (installed there once), passed to the tests as
+#     $CHATD_SCHEMATHESIS.
 # Tests never skip for want of a service: if one cannot be had, they fail.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -116,6 +119,16 @@ else
     curl -s -o /dev/null "http://127.0.0.1:$s3_port" || { echo "the S3 server did not start:"; cat "$s3_log"; exit 1; }
     export TEST_S3_ENDPOINT="http://127.0.0.1:$s3_port"
 fi
+
+# schemathesis, pinned: a newer release may add checks of its own.
+schemathesis_version=4.32.5
+st_venv="${CARGO_TARGET_DIR:-$PWD/target}/schemathesis-venv"
+if ! "$st_venv/bin/schemathesis" --version 2>/dev/null | grep -q "$schemathesis_version"; then
+    echo "installing schemathesis $schemathesis_version into $st_venv"
+    python3 -m venv "$st_venv" >/dev/null 2>&1 || { apt_install python3-venv python3-pip; python3 -m venv "$st_venv"; }
+    "$st_venv/bin/pip" install --quiet "schemathesis==$schemathesis_version"
+fi
+export CHATD_SCHEMATHESIS="$st_venv/bin/schemathesis"
 
 cargo test --workspace --all-targets "$@"
 

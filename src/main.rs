@@ -39,6 +39,8 @@ enum Command {
         #[arg(long)]
         url: Option<String>,
     },
+    /// Print the REST API's OpenAPI 3.1 document (what `GET /openapi.json` answers).
+    Openapi,
     /// Manage tenants (org/app pairs) and their credentials.
     App {
         #[command(subcommand)]
@@ -70,12 +72,18 @@ enum AppCommand {
 async fn main() -> anyhow::Result<()> {
     keep_large_allocations_mapped();
     let cli = Cli::parse();
+    if let Some(Command::Openapi) = cli.command {
+        // Needs no configuration, database or logs: the document is the code's.
+        println!("{}", serde_json::to_string_pretty(&api::openapi_document())?);
+        return Ok(());
+    }
     let config = Config::load(cli.config.as_deref()).context("loading configuration")?;
     init_logs(&config.log)?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config).await,
         Command::App { command } => app(config, command).await,
         Command::Health { url } => health(config, url).await,
+        Command::Openapi => unreachable!("answered above"),
     }
 }
 

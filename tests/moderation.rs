@@ -254,9 +254,15 @@ async fn moderation_settings_are_checked(backend: Backend) {
     assert_eq!(status, 200, "{body}");
     // The secret is never shown back.
     assert_eq!(body["data"]["moderation_secret"], "********", "{body}");
+    let (_, read) = t.get("/settings", &t.app_token).await;
+    assert_eq!(read["data"]["moderation_secret"], "********");
+    // Settings read and sent back whole (the mask with them) keep the secret.
+    let (status, body) = t.put("/settings", &t.app_token, read["data"].clone()).await;
+    assert_eq!(status, 200, "{body}");
+    let app = t.server.store.find_app(&t.org, &t.app).await.unwrap();
     assert_eq!(
-        t.get("/settings", &t.app_token).await.1["data"]["moderation_secret"],
-        "********"
+        t.server.store.app_settings(&app.id).await.unwrap().moderation_secret,
+        SECRET
     );
     let alice = t.user("alice").await;
     assert_eq!(t.put("/settings", &alice, json!({"moderation_url": ""})).await.0, 403);

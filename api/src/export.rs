@@ -15,6 +15,8 @@ use std::io::Write;
 use axum::extract::{Path, State};
 use axum::Json;
 use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::Caller;
 use crate::{ApiError, AppState};
@@ -26,6 +28,14 @@ pub const MAX_EXPORT: i64 = 100_000;
 
 const HOUR_MS: i64 = 3_600_000;
 
+/// `GET /{org}/{app}/chatmessages/{time}` (app token): the messages of the UTC hour `time`
+/// (`YYYYMMDDHH`), as the URL of a gzip file of JSON lines.
+///
+/// The file is readable with the `share-secret` in its URL for `files.orphan_after_secs`.
+/// An hour with no messages answers an empty `data`.
+#[utoipa::path(get, path = "/{org}/{app}/chatmessages/{time}", tag = "messages",
+    responses((status = 200, description = "`data`: the export file's URL (none when the hour has no messages)",
+        body = schema::MessageExport)))]
 pub async fn hour(
     State(state): State<AppState>,
     caller: Caller,
@@ -151,6 +161,36 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     let doy = (153 * mp + 2) / 5 + day - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     era * 146_097 + doe - 719_468
+}
+
+/// This module's routes.
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(hour))
+}
+
+/// The answers' shapes, for the OpenAPI document (`crate::openapi`).
+mod schema {
+    #![allow(dead_code)]
+    use utoipa::ToSchema;
+
+    /// Where an export file is.
+    #[derive(ToSchema)]
+    pub struct MessageExportFile {
+        /// The gzip file's URL, with its `share-secret`.
+        url: String,
+    }
+
+    /// An hour's export.
+    #[derive(ToSchema)]
+    pub struct MessageExport {
+        /// One file, or none when the hour has no messages.
+        data: Vec<MessageExportFile>,
+        /// The messages in the file.
+        count: u64,
+        /// Whether the hour had more messages than one export holds (100,000); absent when
+        /// the hour has none.
+        truncated: Option<bool>,
+    }
 }
 
 #[cfg(test)]

@@ -24,6 +24,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::Caller;
 use crate::{ApiError, AppState};
@@ -329,6 +331,14 @@ pub(crate) fn answer(entities: Vec<Value>) -> Json<Value> {
 
 /// `POST /{org}/{app}/chatfiles`: a multipart body whose part `file` is the file (any other
 /// part is ignored). User or app token.
+///
+/// The file counts against the app's largest file and, for a user, their quota; its type
+/// is sniffed from its bytes and must be one the app allows; an image gets a thumbnail.
+#[utoipa::path(post, path = "/{org}/{app}/chatfiles", tag = "files",
+    request_body(content = schema::ChatfileUpload, content_type = "multipart/form-data",
+        description = "The file, in a part named `file` (other parts are ignored)"),
+    responses((status = 200, description = "Stored: the file's entity, with its URL and `share-secret`",
+        body = schema::ChatfileUploaded)))]
 pub async fn upload(State(state): State<AppState>, caller: Caller, request: Request) -> Result<Json<Value>, ApiError> {
     let file = receive(&state, &caller, request).await?;
     let entity = entity(&state.files.links, &caller.app, &file);
@@ -395,6 +405,23 @@ pub(crate) fn transfer_error(
 /// `GET /{org}/{app}/chatfiles/{uuid}[?thumbnail=true]`: with a token that may read the file,
 /// or its `share-secret` (header, or query parameter for an `<img>` tag). Honours `Range`
 /// (one range; 206), `If-None-Match`, `If-Modified-Since` and `If-Range`.
+///
+/// Images, audio and video are served inline, anything else as an attachment.
+#[utoipa::path(get, path = "/{org}/{app}/chatfiles/{id}", tag = "files", security((), ("bearer" = [])),
+    params(
+        schema::ChatfileDownload,
+        ("share-secret" = Option<String>, Header,
+            description = "The file's `share-secret`, instead of a token (or as the query parameter)"),
+        ("Range" = Option<String>, Header, description = "One range of bytes: `bytes=0-99`, `bytes=100-`, `bytes=-100`"),
+        ("If-None-Match" = Option<String>, Header, description = "The `ETag` of the copy the client has"),
+        ("If-Modified-Since" = Option<String>, Header, description = "The `Last-Modified` of the copy the client has"),
+        ("If-Range" = Option<String>, Header, description = "`Range` applies only if the file is still this `ETag` or date"),
+    ),
+    responses(
+        (status = 200, description = "The file's bytes, in its own content type", content_type = "*/*", body = String),
+        (status = 206, description = "The range asked for (`Range`, one range)", content_type = "*/*", body = String),
+        (status = 304, description = "Not modified (`If-None-Match`, `If-Modified-Since`)"),
+    ))]
 pub async fn download(
     State(state): State<AppState>,
     Path((org, app_name, id)): Path<(String, String, String)>,
@@ -616,6 +643,79 @@ fn percent_encode(name: &str) -> String {
         .remove(b'_')
         .remove(b'~');
     percent_encoding::utf8_percent_encode(name, ATTR_CHAR).to_string()
+}
+
+/// This module's routes.
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(upload)).routes(routes!(download))
+}
+
+/// The answers' shapes, for the OpenAPI document (`crate::openapi`).
+pub(crate) mod schema {
+    #![allow(dead_code)]
+    use serde::Deserialize;
+    use utoipa::{IntoParams, ToSchema};
+
+    /// The multipart body of an upload.
+    #[derive(ToSchema)]
+    pub struct ChatfileUpload {
+        /// The file (its part's `filename` names it).
+        #[schema(content_media_type = "application/octet-stream")]
+        file: String,
+    }
+
+    /// The query a download accepts.
+    #[derive(Deserialize, IntoParams)]
+    #[into_params(parameter_in = Query)]
+    pub struct ChatfileDownload {
+        /// `true`: the image's thumbnail (404 when the file has none).
+        thumbnail: Option<bool>,
+        /// The file's `share-secret`, instead of a token (for an `<img>` tag).
+        #[serde(rename = "share-secret")]
+        share_secret: Option<String>,
+    }
+
+    /// An image's size in pixels.
+    #[derive(ToSchema)]
+    pub(crate) struct ChatfileSize {
+        width: i64,
+        height: i64,
+    }
+
+    /// A chatfile as answered (`files::entity`).
+    #[derive(ToSchema)]
+    pub(crate) struct ChatfileEntity {
+        /// The file's id.
+        uuid: String,
+        /// Always `chatfile`.
+        #[serde(rename = "type")]
+        entity_type: String,
+        /// Reads the file without a token (header or query parameter `share-secret`).
+        #[serde(rename = "share-secret")]
+        share_secret: String,
+        /// Where to download it.
+        url: String,
+        filename: String,
+        /// Bytes.
+        file_length: i64,
+        /// As sniffed from its bytes.
+        content_type: String,
+        /// Milliseconds since 1970.
+        created: i64,
+        /// An image's size.
+        size: Option<ChatfileSize>,
+        /// The thumbnail's URL, for an image that has one.
+        thumbnail: Option<String>,
+        /// The thumbnail's bytes.
+        thumbnail_length: Option<i64>,
+    }
+
+    /// The file stored.
+    #[derive(ToSchema)]
+    pub(crate) struct ChatfileUploaded {
+        /// The one file.
+        entities: Vec<ChatfileEntity>,
+    }
 }
 
 #[cfg(test)]

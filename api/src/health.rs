@@ -16,9 +16,13 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
+
+use axum::Json;
+use serde::Serialize;
 use serde_json::{json, Map, Value};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::AppState;
 
@@ -99,14 +103,52 @@ impl Drop for Running {
     }
 }
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
-        .route("/health/live", get(|| async { Json(json!({"status": "live"})) }))
-        .route("/health/ready", get(ready))
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(health))
+        .routes(routes!(live))
+        .routes(routes!(ready))
 }
 
-async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+/// What `/health` and `/health/live` answer.
+#[derive(Serialize, ToSchema)]
+struct HealthStatus {
+    /// `ok` (`/health`), `live` (`/health/live`).
+    status: String,
+}
+
+/// What `/health/ready` answers.
+#[derive(Serialize, ToSchema)]
+struct Readiness {
+    /// `ready` or `not ready`.
+    status: String,
+    /// Each component: `ok`, or why it is not.
+    #[schema(value_type = std::collections::HashMap<String, String>)]
+    checks: Map<String, Value>,
+}
+
+/// Answers `ok` without touching the database (the oldest check; kept for existing probes).
+#[utoipa::path(get, path = "/health", tag = "health", security(()),
+    responses((status = 200, description = "The process answers", body = HealthStatus)))]
+async fn health() -> Json<HealthStatus> {
+    Json(HealthStatus { status: "ok".into() })
+}
+
+/// Liveness: the process answers HTTP; restart it if not.
+#[utoipa::path(get, path = "/health/live", tag = "health", security(()),
+    responses((status = 200, description = "The process answers", body = HealthStatus)))]
+async fn live() -> Json<HealthStatus> {
+    Json(HealthStatus { status: "live".into() })
+}
+
+/// Readiness: the database answers, the gate and the bridge run, and the server is not
+/// shutting down; a load balancer sends no traffic while it answers 503.
+#[utoipa::path(get, path = "/health/ready", tag = "health", security(()),
+    responses(
+        (status = 200, description = "Ready for traffic", body = Readiness),
+        (status = 503, description = "Not ready: the checks say why", body = Readiness),
+    ))]
+async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
     let database = match tokio::time::timeout(DATABASE_TIMEOUT, state.store.ping()).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => {
@@ -128,7 +170,14 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
         StatusCode::SERVICE_UNAVAILABLE
     };
     let word = if ready { "ready" } else { "not ready" };
-    (status, Json(json!({"status": word, "checks": checks})))
+    let status_word = word.to_string();
+    (
+        status,
+        Json(Readiness {
+            status: status_word,
+            checks,
+        }),
+    )
 }
 
 #[cfg(test)]

@@ -18,6 +18,8 @@ pub mod health;
 mod lifecycle;
 mod messages;
 mod moderation;
+mod openapi;
+mod paging;
 pub mod prometheus;
 mod push;
 mod reactions;
@@ -36,10 +38,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{delete, get, post, put};
 use axum::{Extension, Router};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use utoipa_axum::router::OpenApiRouter;
 
 pub use error::ApiError;
 
@@ -143,131 +145,11 @@ pub fn router(state: AppState) -> Router {
         .web
         .clone()
         .map(|settings| web::routes(settings).with_state(state.clone()));
-    let health = health::routes().merge(prometheus::routes()).with_state(state.clone());
-    let routes = Router::new()
-        .route("/:org/:app/token", post(tokens::issue))
-        .route("/:org/:app/webhooks", post(webhooks::create).get(webhooks::list))
-        .route(
-            "/:org/:app/webhooks/:id",
-            get(webhooks::get).put(webhooks::update).delete(webhooks::delete),
-        )
-        .route(
-            "/:org/:app/users",
-            post(users::create).get(users::list).delete(users::delete_oldest),
-        )
-        .route("/:org/:app/users/batch/status", post(users::batch_status))
-        .route("/:org/:app/users/:username/status", get(users::status))
-        .route(
-            "/:org/:app/users/:username/offline_msg_count",
-            get(users::offline_msg_count),
-        )
-        .route(
-            "/:org/:app/users/:username/offline_msg_status/:msg_id",
-            get(users::offline_msg_status),
-        )
-        .route("/:org/:app/user/:username/contacts", get(social::contacts_page))
-        .route("/:org/:app/users/:username/password", put(users::set_password))
-        .route("/:org/:app/users/:username/deactivate", post(users::deactivate))
-        .route("/:org/:app/users/:username/activate", post(users::activate))
-        .route(
-            "/:org/:app/users/:username",
-            get(users::get).put(users::update).delete(users::delete),
-        )
-        .route("/:org/:app/users/:username/inbox", get(messages::inbox))
-        .route("/:org/:app/users/:username/revoke_tokens", post(users::revoke_tokens))
-        .route("/:org/:app/users/:username/disconnect", get(users::disconnect))
-        .route(
-            "/:org/:app/users/:username/conversations/:chat/:with/messages",
-            get(messages::history),
-        )
-        .route(
-            "/:org/:app/settings",
-            get(social::get_settings).put(social::put_settings),
-        )
-        .route("/:org/:app/users/:username/contacts/users", get(social::contacts))
-        .route(
-            "/:org/:app/users/:username/contacts/users/:friend",
-            post(social::add_contact).delete(social::remove_contact),
-        )
-        .route(
-            "/:org/:app/users/:username/blocks/users",
-            get(social::blocklist).post(social::block),
-        )
-        .route(
-            "/:org/:app/users/:username/blocks/users/:blocked",
-            delete(social::unblock),
-        )
-        .route(
-            "/:org/:app/metadata/user/:username",
-            get(social::get_metadata)
-                .put(social::put_metadata)
-                .delete(social::delete_metadata),
-        )
-        .route("/:org/:app/metadata/user/get", post(social::get_many_metadata))
-        .route("/:org/:app/metadata/user/capacity", get(social::metadata_capacity))
-        .route(
-            "/:org/:app/users/:username/conversations",
-            get(lifecycle::conversations),
-        )
-        .route("/:org/:app/users/:username/unread", get(lifecycle::unread))
-        .route("/:org/:app/users/:username/messages/search", get(lifecycle::search))
-        .route(
-            "/:org/:app/users/:username/messages/:id",
-            delete(lifecycle::delete_for_me),
-        )
-        .route("/:org/:app/messages/:id/recall", post(lifecycle::recall))
-        .route("/:org/:app/messages/msg_recall", post(sending::recall_by_body))
-        // The name the platform's overview gives the same route.
-        .route("/:org/:app/messages/recall", post(sending::recall_by_body))
-        .route("/:org/:app/messages", post(sending::send_by_target_type))
-        .route("/:org/:app/messages/chatrooms/broadcast", post(sending::broadcast))
-        .route("/:org/:app/messages/:target/import", post(sending::import))
-        .route("/:org/:app/messages/rewrite/:id", put(sending::rewrite))
-        .route(
-            "/:org/:app/users/:username/user_channel",
-            delete(lifecycle::delete_conversation),
-        )
-        .route("/:org/:app/chatmessages/:time", get(export::hour))
-        .route("/:org/:app/messages/:id/readers", get(lifecycle::readers))
-        .route("/:org/:app/messages/:target", post(sending::send))
-        .route(
-            "/:org/:app/users/:username/push/binding",
-            get(push::devices).put(push::bind),
-        )
-        .route("/:org/:app/users/:username/push/binding/:device", delete(push::unbind))
-        .route(
-            "/:org/:app/users/:username/push/dnd",
-            get(push::get_dnd).put(push::put_dnd),
-        )
-        .route(
-            "/:org/:app/users/:username/push/mute",
-            get(push::get_mute).put(push::put_mute),
-        )
-        .route("/:org/:app/push/config", get(push::get_config).put(push::put_config))
-        .route("/:org/:app/mutes", post(moderation::mute).get(moderation::all_muted))
-        .route("/:org/:app/mutes/:username", get(moderation::muted))
-        .route(
-            "/:org/:app/chatrooms/super_admin",
-            post(moderation::add_room_creator).get(moderation::room_creators),
-        )
-        .route(
-            "/:org/:app/chatrooms/super_admin/:username",
-            delete(moderation::remove_room_creator),
-        )
-        .route("/:org/:app/push/stats", get(push::stats))
-        .route("/:org/:app/push/single", post(push::send_single))
-        .route(
-            "/:org/:app/users/:username/notification/:chattype/:key",
-            get(push::get_notification).put(push::put_notification),
-        )
-        .route(
-            "/:org/:app/reaction/user/:username",
-            post(reactions::add).get(reactions::list).delete(reactions::remove),
-        )
-        .route("/:org/:app/reaction/user/:username/detail", get(reactions::detail))
-        .merge(file_routes())
-        .merge(channels::routes(store::channels::ChannelKind::Group))
-        .merge(channels::routes(store::channels::ChannelKind::Room))
+    let (routes, document) = api_routes().split_for_parts();
+    let (outside, outside_document) = outside_routes().split_for_parts();
+    let document = Arc::new(openapi::document(document.merge_from(outside_document)));
+    let health = outside.layer(Extension(document)).with_state(state.clone());
+    let routes = routes
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(axum::middleware::from_fn(prometheus::track))
         .layer(Extension(throttle))
@@ -281,6 +163,49 @@ pub fn router(state: AppState) -> Router {
         None => health,
     };
     outside.merge(api)
+}
+
+/// The API's routes, each with its description (`openapi`).
+fn api_routes() -> OpenApiRouter<AppState> {
+    api_modules()
+        .into_iter()
+        .fold(OpenApiRouter::new(), OpenApiRouter::merge)
+}
+
+/// The API's routes, a router per domain.
+fn api_modules() -> Vec<OpenApiRouter<AppState>> {
+    vec![
+        tokens::routes(),
+        webhooks::routes(),
+        users::routes(),
+        social::routes(),
+        messages::routes(),
+        lifecycle::routes(),
+        sending::routes(),
+        export::routes(),
+        push::routes(),
+        moderation::routes(),
+        reactions::routes(),
+        file_routes(),
+        channels::routes(store::channels::ChannelKind::Group),
+        channels::routes(store::channels::ChannelKind::Room),
+    ]
+}
+
+/// Health, metrics and the document itself: outside the envelope, CORS and tokens.
+fn outside_routes() -> OpenApiRouter<AppState> {
+    outside_modules()
+        .into_iter()
+        .fold(OpenApiRouter::new(), OpenApiRouter::merge)
+}
+
+fn outside_modules() -> Vec<OpenApiRouter<AppState>> {
+    vec![health::routes(), prometheus::routes(), openapi::routes()]
+}
+
+/// The OpenAPI 3.1 document of every route, as served at `/openapi.json`.
+pub fn openapi_document() -> serde_json::Value {
+    openapi::document(api_routes().into_openapi().merge_from(outside_routes().into_openapi()))
 }
 
 /// Puts CORS in front of `routes`: preflights (`OPTIONS` with
@@ -313,22 +238,10 @@ fn with_cors(routes: Router, cors: tower_http::cors::CorsLayer) -> Router {
 
 /// The file routes stream their bodies under their own limits (the app's largest file, the
 /// quota, the chunk timeout), so the router's body limit does not apply to them.
-fn file_routes() -> Router<AppState> {
-    use axum::routing::head;
-    Router::new()
-        .route("/:org/:app/chatfiles", post(files::upload))
-        .route("/:org/:app/chatfiles/:id", get(files::download))
-        .route(
-            "/:org/:app/chatfiles/uploads",
-            post(uploads::create).options(uploads::options),
-        )
-        .route(
-            "/:org/:app/chatfiles/uploads/:id",
-            head(uploads::head)
-                .get(uploads::status)
-                .patch(uploads::patch)
-                .delete(uploads::terminate),
-        )
+fn file_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .merge(files::routes())
+        .merge(uploads::routes())
         .merge(shared_files::routes())
         .layer(DefaultBodyLimit::disable())
         .layer(axum::middleware::map_response(close_after_refusal))

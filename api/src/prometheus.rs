@@ -20,8 +20,6 @@ use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::AppState;
@@ -141,10 +139,18 @@ fn describe() {
     );
 }
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/metrics", get(scrape))
+pub(crate) fn routes() -> utoipa_axum::router::OpenApiRouter<AppState> {
+    utoipa_axum::router::OpenApiRouter::new().routes(utoipa_axum::routes!(scrape))
 }
 
+/// The metrics in Prometheus's text format, from loopback or with the `metrics.token`.
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    security(()),
+    responses(
+        (status = 200, description = "Prometheus text format", content_type = "text/plain", body = String),
+        (status = 403, description = "Neither from loopback nor with the metrics token", content_type = "text/plain", body = String),
+        (status = 404, description = "Metrics are off (`metrics.enabled`)", content_type = "text/plain", body = String),
+    ))]
 async fn scrape(State(state): State<AppState>, peer: Option<ConnectInfo<SocketAddr>>, headers: HeaderMap) -> Response {
     let Some(settings) = &state.settings.metrics else {
         return (StatusCode::NOT_FOUND, "metrics are off (metrics.enabled)").into_response();

@@ -14,6 +14,9 @@ use axum::extract::State;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::Owner;
 use crate::error::{parse_json, JsonBody, Query};
@@ -98,16 +101,21 @@ async fn react(
     Ok((msg, reactions))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = ReactionBody)]
 struct AddBody {
+    /// A one-to-one or group message the user has (also accepted as `msg_Id`).
     #[serde(rename = "msgId", alias = "msg_Id")]
     msg_id: String,
-    /// The emoji (the platform's "reaction id": any text the app's clients agree on).
+    /// The emoji (the platform's "reaction id": any text the app's clients agree on; 1 to
+    /// 32 bytes, no spaces).
     message: String,
 }
 
 /// `POST /{org}/{app}/reaction/user/{userId}` `{"msgId", "message"}`.
+#[utoipa::path(post, path = "/{org}/{app}/reaction/user/{username}", tag = "reactions", request_body = AddBody,
+    responses((status = 200, description = "Added; `data`: the reaction", body = schema::ReactionAdded)))]
 pub async fn add(
     State(state): State<AppState>,
     owner: Owner,
@@ -142,14 +150,19 @@ pub async fn add(
     })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RemoveQuery {
+    /// The message.
     #[serde(rename = "msgId")]
     msg_id: String,
+    /// The emoji the user added.
     message: String,
 }
 
 /// `DELETE /{org}/{app}/reaction/user/{userId}?msgId=&message=`: the user's own reaction.
+#[utoipa::path(delete, path = "/{org}/{app}/reaction/user/{username}", tag = "reactions", params(RemoveQuery),
+    responses((status = 200, description = "Removed", body = schema::ReactionStatus)))]
 pub async fn remove(
     State(state): State<AppState>,
     owner: Owner,
@@ -168,12 +181,16 @@ pub async fn remove(
     Ok(Json(json!({"requestStatusCode": "ok"})))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// 1 to 20 message ids, separated by commas.
     #[serde(rename = "msgIdList")]
     msg_id_list: String,
+    /// `chat` or `groupchat`.
     #[serde(rename = "msgType")]
     msg_type: String,
+    /// The group, with `msgType=groupchat` (required then).
     #[serde(default, rename = "groupId")]
     group_id: Option<String>,
 }
@@ -182,6 +199,8 @@ pub struct ListQuery {
 /// the reactions of up to 20 messages the user has, each with its first three users and
 /// whether this user added it. Messages the user does not have, or of another type, are
 /// left out.
+#[utoipa::path(get, path = "/{org}/{app}/reaction/user/{username}", tag = "reactions", params(ListQuery),
+    responses((status = 200, description = "`data`: one entry per message shown, in the order asked", body = schema::ReactionLists)))]
 pub async fn list(
     State(state): State<AppState>,
     owner: Owner,
@@ -248,18 +267,26 @@ pub async fn list(
     Ok(Json(json!({"requestStatusCode": "ok", "data": data})))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DetailQuery {
+    /// The message.
     #[serde(rename = "msgId")]
     msg_id: String,
+    /// The emoji.
     message: String,
+    /// Users per page: 1 to 50 (default 50).
+    #[param(minimum = 1, maximum = 50)]
     limit: Option<i64>,
+    /// The `cursor` of the previous page (`""` or absent: the first).
     cursor: Option<String>,
 }
 
 /// `GET /{org}/{app}/reaction/user/{userId}/detail?msgId=&message=&limit=&cursor=`: who
 /// added one reaction, earliest first, `limit` (1-50, default 50) at a time; `cursor` is
 /// where the next page starts, `""` on the last page.
+#[utoipa::path(get, path = "/{org}/{app}/reaction/user/{username}/detail", tag = "reactions", params(DetailQuery),
+    responses((status = 200, description = "`data`: the reaction and a page of its users", body = schema::ReactionDetail)))]
 pub async fn detail(
     State(state): State<AppState>,
     owner: Owner,
@@ -302,6 +329,116 @@ pub async fn detail(
             "cursor": cursor,
         },
     })))
+}
+
+/// This module's routes.
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(add, list, remove))
+        .routes(routes!(detail))
+}
+
+/// The answers' shapes, for the OpenAPI document (`crate::openapi`).
+mod schema {
+    #![allow(dead_code)]
+    use utoipa::ToSchema;
+
+    /// A reaction as added.
+    #[derive(ToSchema)]
+    pub struct ReactionAddedData {
+        /// The reaction's id: a numeric string, the same for one emoji on one message.
+        id: String,
+        #[serde(rename = "msgId")]
+        msg_id: String,
+        /// `chat` or `groupchat`.
+        #[serde(rename = "msgType")]
+        msg_type: String,
+        /// The group, for a group message; `null` for a one-to-one message.
+        #[serde(rename = "groupId")]
+        group_id: Option<String>,
+        /// The emoji.
+        reaction: String,
+        /// ISO 8601, UTC.
+        #[serde(rename = "createdAt")]
+        created_at: String,
+        #[serde(rename = "updatedAt")]
+        updated_at: String,
+    }
+
+    /// `requestStatusCode`: `ok`; `data`: the reaction.
+    #[derive(ToSchema)]
+    pub struct ReactionAdded {
+        #[serde(rename = "requestStatusCode")]
+        request_status_code: String,
+        data: ReactionAddedData,
+    }
+
+    /// `requestStatusCode`: `ok`.
+    #[derive(ToSchema)]
+    pub struct ReactionStatus {
+        #[serde(rename = "requestStatusCode")]
+        request_status_code: String,
+    }
+
+    /// One emoji's reactions to a message.
+    #[derive(ToSchema)]
+    pub struct ReactionSummary {
+        #[serde(rename = "reactionId")]
+        reaction_id: String,
+        /// The emoji.
+        reaction: String,
+        /// How many users added it.
+        count: u64,
+        /// Whether this user added it.
+        state: bool,
+        /// Its first three users, earliest first.
+        #[serde(rename = "userList")]
+        user_list: Vec<String>,
+    }
+
+    /// A message's reactions.
+    #[derive(ToSchema)]
+    pub struct MessageReactions {
+        #[serde(rename = "msgId")]
+        msg_id: String,
+        #[serde(rename = "reactionList")]
+        reaction_list: Vec<ReactionSummary>,
+    }
+
+    /// `data`: the reactions of each message shown.
+    #[derive(ToSchema)]
+    pub struct ReactionLists {
+        #[serde(rename = "requestStatusCode")]
+        request_status_code: String,
+        data: Vec<MessageReactions>,
+    }
+
+    /// One reaction and a page of its users.
+    #[derive(ToSchema)]
+    pub struct ReactionDetailData {
+        #[serde(rename = "reactionId")]
+        reaction_id: String,
+        reaction: String,
+        count: u64,
+        /// The same as `count`.
+        #[serde(rename = "userCount")]
+        user_count: u64,
+        /// Whether this user added it.
+        state: bool,
+        /// This page's users, earliest first.
+        #[serde(rename = "userList")]
+        user_list: Vec<String>,
+        /// Where the next page starts; `""` on the last page.
+        cursor: String,
+    }
+
+    /// `data`: the reaction's users, a page at a time.
+    #[derive(ToSchema)]
+    pub struct ReactionDetail {
+        #[serde(rename = "requestStatusCode")]
+        request_status_code: String,
+        data: ReactionDetailData,
+    }
 }
 
 #[cfg(test)]

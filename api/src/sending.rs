@@ -8,6 +8,9 @@ use axum::extract::{Path, State};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::Caller;
 use crate::error::{parse_json, JsonBody};
@@ -19,7 +22,7 @@ use store::messages::{NewMessage, Outcome, StoredMessage};
 
 type UserPath = Path<(String, String, String)>;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RecallBody {
     msg_id: String,
@@ -27,8 +30,10 @@ struct RecallBody {
     /// message by its id and checks that these agree when given.
     #[serde(default)]
     to: Option<String>,
+    /// `chat`, `groupchat` or `chatroom`.
     #[serde(default)]
     chat_type: Option<String>,
+    /// The sender (`admin` or none: not checked).
     #[serde(default)]
     from: Option<String>,
     /// Recall beyond the app's time limit: the app (which this route needs) always may.
@@ -38,6 +43,13 @@ struct RecallBody {
 
 /// `POST /{org}/{app}/messages/msg_recall` (app token), the platform's recall:
 /// `{"msg_id", "to", "chat_type", "from", "force"}`.
+///
+/// Without a time limit; everyone who has the message gets a `recalled` event. A message
+/// that does not exist (or is recalled already) is answered in `msgs`, with 200, as on the
+/// platform.
+#[utoipa::path(post, path = "/{org}/{app}/messages/msg_recall", tag = "messages", request_body = RecallBody,
+    responses((status = 200, description = "`data`: the message recalled; or `msgs`: the message was not found",
+        body = schema::MessageRecall)))]
 pub async fn recall_by_body(
     State(state): State<AppState>,
     caller: Caller,
@@ -94,15 +106,32 @@ pub async fn recall_by_body(
     }})))
 }
 
-#[derive(Deserialize)]
+/// `POST /{org}/{app}/messages/recall`: the name the platform's overview gives
+/// `/messages/msg_recall`, the same route ([`recall_by_body`]).
+#[utoipa::path(post, path = "/{org}/{app}/messages/recall", tag = "messages", request_body = RecallBody,
+    responses((status = 200, description = "`data`: the message recalled; or `msgs`: the message was not found",
+        body = schema::MessageRecall)))]
+pub async fn recall_by_body_alias(
+    state: State<AppState>,
+    caller: Caller,
+    body: JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    recall_by_body(state, caller, body).await
+}
+
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RewriteBody {
     /// Who rewrites it, as the platform names it; the app may rewrite any message.
     #[serde(default, rename = "user")]
     _user: Option<String>,
+    /// The new body: `{"type": "txt" | "custom", <the body's fields>}`, of the message's
+    /// own type (`{"type": "txt", "msg": "…"}`).
+    #[schema(value_type = Object)]
     new_msg: Value,
     /// A new `ext` for the message: replaces it, or with `is_combine_ext` is merged into it.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     new_ext: Option<serde_json::Map<String, Value>>,
     #[serde(default)]
     is_combine_ext: bool,
@@ -111,6 +140,8 @@ struct RewriteBody {
 /// `PUT /{org}/{app}/messages/rewrite/{msg_id}` (app token): replaces the body of a text
 /// or custom message (`{"new_msg": {"type": "txt", "msg": "…"}}`); everyone who has it
 /// gets an `edited` event, as when its sender edits it.
+#[utoipa::path(put, path = "/{org}/{app}/messages/rewrite/{id}", tag = "messages", request_body = RewriteBody,
+    responses((status = 200, description = "Rewritten: `data` is `success`", body = schema::MessageRewritten)))]
 pub async fn rewrite(
     State(state): State<AppState>,
     caller: Caller,
@@ -161,7 +192,7 @@ pub async fn rewrite(
     Ok(Json(json!({"data": "success"})))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ServerMessage {
     /// The sender; absent: the app itself, as the platform's `admin`.
@@ -170,14 +201,23 @@ struct ServerMessage {
     /// chatd's older way of saying "from the app" (the same as leaving `from` out).
     #[serde(default)]
     system: bool,
+    /// 1 to 100 users, groups or chatrooms (by the route).
+    #[schema(min_items = 1, max_items = 100)]
     to: Vec<String>,
     #[serde(rename = "type")]
+    #[schema(value_type = crate::messages::schema::MessageKind)]
     kind: MsgType,
+    /// The body for `type` (topics.md): `txt` `{"msg"}`, `img`/`audio`/`video`/`file`
+    /// `{"url", …}`, `loc` `{"lat", "lng", "addr"?}`, `cmd` `{"action"}`, `custom`
+    /// `{"customEvent", "customExts"?}`.
+    #[schema(value_type = Object)]
     body: Value,
+    /// The app's own data, delivered as is.
     #[serde(default)]
     ext: Option<Value>,
     /// A self-destructing message, as on `send` (topics.md).
     #[serde(default)]
+    #[schema(value_type = Option<crate::messages::schema::DestroyTimer>)]
     destroy: Option<Destroy>,
     /// `ROUTE_ONLINE`: one-to-one messages go only to recipients online now; for the others
     /// nothing is kept (they are answered an id all the same, as on the platform). Group
@@ -244,6 +284,9 @@ async fn app_files(
 /// recipient's message id (`{"data": {"<to>": "<id>"}}`), or for a recipient refused, an
 /// object with its `error`. `cmd` messages are relayed to the devices online now and not
 /// stored, as from devices.
+#[utoipa::path(post, path = "/{org}/{app}/messages/{target}", tag = "messages", request_body = ServerMessage,
+    responses((status = 200, description = "`data`: each recipient → the message's id, or why it was refused",
+        body = schema::MessagesSent)))]
 pub async fn send(
     State(state): State<AppState>,
     caller: Caller,
@@ -344,13 +387,16 @@ pub async fn send(
     Ok(Json(json!({"data": result})))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct BroadcastBody {
     /// The message: `{"type": "txt", "msg": "…"}`, its body's fields beside its type.
+    #[schema(value_type = Object)]
     msg: Value,
+    /// The sender: a user of the app; none (or `admin`): the app itself.
     #[serde(default)]
     from: Option<String>,
+    /// The app's own data, delivered as is.
     #[serde(default)]
     ext: Option<Value>,
     /// The platform's delivery priority (`high`, `normal`, `low`); chatd delivers every
@@ -362,6 +408,9 @@ struct BroadcastBody {
 /// `POST /{org}/{app}/messages/chatrooms/broadcast` (app token): one message to every
 /// chatroom of the app, kept in each room's history as if sent there by the app (a `cmd`
 /// is relayed and not kept); answers a broadcast id (a number, as on the platform).
+#[utoipa::path(post, path = "/{org}/{app}/messages/chatrooms/broadcast", tag = "messages", request_body = BroadcastBody,
+    responses((status = 200, description = "Sent to every chatroom: `data.id` is the broadcast's id",
+        body = schema::BroadcastSent)))]
 pub async fn broadcast(
     State(state): State<AppState>,
     caller: Caller,
@@ -460,14 +509,21 @@ fn checked_body(kind: MsgType, mut body: Value) -> Result<Value, String> {
     Ok(body)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ImportBody {
+    /// The recipient's name, or the group's id.
     target: String,
+    /// The sender: a user of the app.
     from: String,
+    /// Any type but `cmd` (which is never kept).
     #[serde(rename = "type")]
+    #[schema(value_type = crate::messages::schema::MessageKind)]
     kind: MsgType,
+    /// The body for `type`, as on the send routes.
+    #[schema(value_type = Object)]
     body: Value,
+    /// The app's own data, kept as is.
     #[serde(default)]
     ext: Option<Value>,
     /// When it was sent (ms); the message keeps this time.
@@ -485,6 +541,8 @@ struct ImportBody {
 /// keeps a message sent elsewhere (moving history from another service), with its own time,
 /// in the conversation's history and the participants' inboxes; nobody is notified live
 /// and nothing is pushed. Answers its id.
+#[utoipa::path(post, path = "/{org}/{app}/messages/{target}/import", tag = "messages", request_body = ImportBody,
+    responses((status = 200, description = "Kept: `data.msg_id` is the message's id", body = schema::MessageImported)))]
 pub async fn import(
     State(state): State<AppState>,
     caller: Caller,
@@ -548,14 +606,21 @@ pub async fn import(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct TargetedMessage {
+    /// `users`, `chatgroups` or `chatrooms`.
     target_type: String,
+    /// 1 to 100 users, groups or chatrooms.
+    #[schema(min_items = 1, max_items = 100)]
     target: Vec<String>,
+    /// The message: `{"type": …, <the body's fields>}` (`{"type": "txt", "msg": "…"}`).
+    #[schema(value_type = Object)]
     msg: Value,
+    /// The sender: a user of the app; none (or `admin`): the app itself.
     #[serde(default)]
     from: Option<String>,
+    /// The app's own data, delivered as is.
     #[serde(default)]
     ext: Option<Value>,
 }
@@ -563,6 +628,9 @@ struct TargetedMessage {
 /// `POST /{org}/{app}/messages` with `{"target_type": "users" | "chatgroups" | "chatrooms",
 /// "target": [...], "msg": {"type": …, <body fields>}, "from", "ext"}`: the platform's older
 /// form of the three send routes, answered the same way.
+#[utoipa::path(post, path = "/{org}/{app}/messages", tag = "messages", request_body = TargetedMessage,
+    responses((status = 200, description = "`data`: each recipient → the message's id, or why it was refused",
+        body = schema::MessagesSent)))]
 pub async fn send_by_target_type(
     state: State<AppState>,
     caller: Caller,
@@ -696,4 +764,105 @@ async fn relay_command(
         result.insert(target.clone(), json!(msg.id));
     }
     Ok(Json(json!({"data": result})))
+}
+
+/// This module's routes.
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(recall_by_body))
+        .routes(routes!(recall_by_body_alias))
+        .routes(routes!(send_by_target_type))
+        .routes(routes!(broadcast))
+        .routes(routes!(import))
+        .routes(routes!(rewrite))
+        .routes(routes!(send))
+}
+
+/// The answers' shapes, for the OpenAPI document (`crate::openapi`).
+mod schema {
+    #![allow(dead_code)]
+    use utoipa::ToSchema;
+
+    /// Why a message to one recipient was refused.
+    #[derive(ToSchema)]
+    pub struct RecipientRefused {
+        /// `unknown_recipient`, `not_found`, `blocked`, `not_contact`, `not_member`, `banned`,
+        /// `muted`, `message_too_large`, `forbidden_content`, `rate_limited`, … (topics.md).
+        error: String,
+        error_description: String,
+    }
+
+    /// What became of the message to one recipient.
+    #[derive(ToSchema)]
+    #[serde(untagged)]
+    pub enum SentToRecipient {
+        /// The message's id.
+        Id(String),
+        Refused(RecipientRefused),
+    }
+
+    /// `data`: each recipient (as given, lower-cased for users) → what became of its message.
+    #[derive(ToSchema)]
+    pub struct MessagesSent {
+        #[schema(value_type = std::collections::HashMap<String, SentToRecipient>)]
+        data: serde_json::Map<String, serde_json::Value>,
+    }
+
+    /// The message recalled.
+    #[derive(ToSchema)]
+    pub struct MessageRecallData {
+        /// Always `yes`.
+        recalled: String,
+        /// `chat`, `groupchat` or `chatroom`.
+        chattype: String,
+        from: String,
+        to: String,
+        msg_id: String,
+    }
+
+    /// A message that could not be recalled.
+    #[derive(ToSchema)]
+    pub struct MessageRecallNotFound {
+        msg_id: String,
+        /// `not_found msg`.
+        recalled: String,
+    }
+
+    /// `data` when the message was recalled; `msgs` when there is no such message (or it was
+    /// recalled already).
+    #[derive(ToSchema)]
+    pub struct MessageRecall {
+        data: Option<MessageRecallData>,
+        msgs: Option<Vec<MessageRecallNotFound>>,
+    }
+
+    /// `data`: `success`.
+    #[derive(ToSchema)]
+    pub struct MessageRewritten {
+        data: String,
+    }
+
+    #[derive(ToSchema)]
+    pub struct BroadcastSentData {
+        /// The broadcast's id.
+        id: i64,
+    }
+
+    /// The broadcast's id.
+    #[derive(ToSchema)]
+    pub struct BroadcastSent {
+        data: BroadcastSentData,
+    }
+
+    #[derive(ToSchema)]
+    pub struct MessageImportedData {
+        /// The message's id.
+        msg_id: String,
+    }
+
+    /// The imported message's id.
+    #[derive(ToSchema)]
+    pub struct MessageImported {
+        data: MessageImportedData,
+    }
 }

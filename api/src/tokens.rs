@@ -11,11 +11,14 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use utoipa_axum::router::OpenApiRouter;
 
 use axum::extract::{ConnectInfo, Path, State};
 use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use utoipa::ToSchema;
+use utoipa_axum::routes;
 
 use crate::auth::Caller;
 use crate::envelope::AppSlot;
@@ -25,7 +28,10 @@ use crate::{ApiError, AppState};
 use store::tenants::App;
 use store::tokens::Role;
 
-#[derive(Deserialize)]
+/// The grant: client credentials (an app token), a password (a user token), or `inherit`
+/// (a user token on the app's authority). `ttl` is in seconds (a number or a string of
+/// digits); 0 is a token that does not expire.
+#[derive(Deserialize, ToSchema)]
 #[serde(tag = "grant_type", rename_all = "snake_case")]
 enum Grant {
     ClientCredentials {
@@ -140,6 +146,9 @@ fn bounded(name: &str) -> String {
     name[..end].to_string()
 }
 
+#[utoipa::path(post, path = "/{org}/{app}/token", tag = "tokens", security((), ("bearer" = [])),
+    request_body = Grant,
+    responses((status = 200, description = "A token. Answered bare, without the envelope, as on the platform", body = schema::Token)))]
 pub async fn issue(
     State(state): State<AppState>,
     Extension(throttle): Extension<Arc<Throttle>>,
@@ -217,5 +226,27 @@ pub async fn issue(
             }
             user_token(&state, &org, &app, &username, ttl).await
         }
+    }
+}
+
+/// This module's routes.
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(issue))
+}
+
+/// The answers' shapes, for the OpenAPI document (`crate::openapi`).
+mod schema {
+    #![allow(dead_code)]
+    use utoipa::ToSchema;
+
+    /// A token and its lifetime: `application` (the app's id) for an app token, `user` for
+    /// a user token.
+    #[derive(ToSchema)]
+    pub struct Token {
+        access_token: String,
+        /// Seconds.
+        expires_in: i64,
+        application: Option<String>,
+        user: Option<crate::users::schema::UserEntity>,
     }
 }

@@ -25,6 +25,8 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::Caller;
 use crate::files::{answer, clean_filename, entity, record, room_for, too_large, transfer_error, uploader};
@@ -69,6 +71,17 @@ fn version_refused(headers: &HeaderMap) -> Option<Response> {
 }
 
 /// `OPTIONS /{org}/{app}/chatfiles/uploads`: what this server supports (no token needed).
+///
+/// tus's discovery request: a bare `OPTIONS` (a CORS preflight, with
+/// `Access-Control-Request-Method`, is answered before routing).
+#[utoipa::path(options, path = "/{org}/{app}/chatfiles/uploads", tag = "files", security(()),
+    responses((status = 204, description = "What this server supports",
+        headers(
+            ("Tus-Resumable" = String, description = "`1.0.0`"),
+            ("Tus-Version" = String, description = "`1.0.0`"),
+            ("Tus-Extension" = String, description = "`creation,termination,expiration`"),
+            ("Tus-Max-Size" = u64, description = "The server's largest file, in bytes (an app may allow less)"),
+        ))))]
 pub async fn options(State(state): State<AppState>) -> Response {
     with_tus(
         StatusCode::NO_CONTENT,
@@ -124,6 +137,22 @@ fn base64_decode(text: &str) -> Option<Vec<u8>> {
 }
 
 /// `POST /{org}/{app}/chatfiles/uploads`: opens an upload of `Upload-Length` bytes.
+///
+/// tus `creation`; the body is empty (`Upload-Defer-Length` is not supported). The upload
+/// counts against the uploader's quota at its full length until it is finished or expires.
+#[utoipa::path(post, path = "/{org}/{app}/chatfiles/uploads", tag = "files",
+    params(
+        ("Tus-Resumable" = inline(schema::TusVersion), Header, description = "The tus version: `1.0.0` (412 otherwise)"),
+        ("Upload-Length" = u64, Header, description = "The file's size in bytes, at least 1"),
+        ("Upload-Metadata" = Option<String>, Header,
+            description = "`filename <base64 of the name>` (other keys are ignored; default name `file`)"),
+    ),
+    responses((status = 201, description = "Opened: PATCH its bytes to `Location`",
+        headers(
+            ("Location" = String, description = "The upload's URL"),
+            ("Upload-Expires" = String, description = "When the upload expires without a new part (an HTTP date)"),
+            ("Tus-Resumable" = String, description = "`1.0.0`"),
+        ))))]
 pub async fn create(State(state): State<AppState>, caller: Caller, headers: HeaderMap) -> Result<Response, ApiError> {
     if let Some(response) = version_refused(&headers) {
         return Ok(response);
@@ -193,6 +222,18 @@ async fn own_upload(state: &AppState, caller: &Caller, id: &str) -> Result<Uploa
 }
 
 /// `HEAD …/uploads/{id}`: where to resume.
+///
+/// The uploader, or the app.
+#[utoipa::path(head, path = "/{org}/{app}/chatfiles/uploads/{id}", tag = "files",
+    params(("Tus-Resumable" = inline(schema::TusVersion), Header, description = "The tus version: `1.0.0` (412 otherwise)")),
+    responses((status = 200, description = "Where the upload stands (no body)",
+        headers(
+            ("Upload-Offset" = i64, description = "The bytes received: the next PATCH's `Upload-Offset`"),
+            ("Upload-Length" = i64, description = "The file's size"),
+            ("Upload-Expires" = String, description = "When the upload expires without a new part (an HTTP date)"),
+            ("Chatfile-Uuid" = String, description = "Once complete: the chatfile's id"),
+            ("Tus-Resumable" = String, description = "`1.0.0`"),
+        ))))]
 pub async fn head(
     State(state): State<AppState>,
     caller: Caller,
@@ -215,6 +256,11 @@ pub async fn head(
 }
 
 /// `GET …/uploads/{id}`: the upload's state as JSON, with the chatfile once complete.
+///
+/// The uploader, or the app.
+#[utoipa::path(get, path = "/{org}/{app}/chatfiles/uploads/{id}", tag = "files",
+    responses((status = 200, description = "Unfinished: `upload`, `offset`, `length`, `complete` (false); complete: \
+        `entities` holds the chatfile, as the one-shot upload answers it", body = schema::UploadStatus)))]
 pub async fn status(
     State(state): State<AppState>,
     caller: Caller,
@@ -231,6 +277,23 @@ pub async fn status(
 }
 
 /// `PATCH …/uploads/{id}`: the bytes from `Upload-Offset`.
+///
+/// A part cut in the middle keeps what arrived (HEAD tells where to resume); the part that
+/// completes the upload makes the chatfile (its type checked, an image's thumbnail made).
+/// The uploader, or the app.
+#[utoipa::path(patch, path = "/{org}/{app}/chatfiles/uploads/{id}", tag = "files",
+    params(
+        ("Tus-Resumable" = inline(schema::TusVersion), Header, description = "The tus version: `1.0.0` (412 otherwise)"),
+        ("Upload-Offset" = i64, Header, description = "The byte this part starts at: where the upload stands (409 otherwise)"),
+    ),
+    request_body(content = String, content_type = "application/offset+octet-stream",
+        description = "The file's bytes from `Upload-Offset`, at most what is left of its length"),
+    responses((status = 204, description = "Stored (no body)",
+        headers(
+            ("Upload-Offset" = i64, description = "The bytes received now"),
+            ("Chatfile-Uuid" = String, description = "When this part completed the upload: the chatfile's id"),
+            ("Tus-Resumable" = String, description = "`1.0.0`"),
+        ))))]
 pub async fn patch(
     State(state): State<AppState>,
     caller: Caller,
@@ -363,6 +426,12 @@ async fn finish(state: &AppState, caller: &Caller, upload: &Upload) -> Result<St
 }
 
 /// `DELETE …/uploads/{id}`: abandons an upload (tus termination).
+///
+/// Its parts are deleted. The uploader, or the app.
+#[utoipa::path(delete, path = "/{org}/{app}/chatfiles/uploads/{id}", tag = "files",
+    params(("Tus-Resumable" = inline(schema::TusVersion), Header, description = "The tus version: `1.0.0` (412 otherwise)")),
+    responses((status = 204, description = "Abandoned (no body)",
+        headers(("Tus-Resumable" = String, description = "`1.0.0`")))))]
 pub async fn terminate(
     State(state): State<AppState>,
     caller: Caller,
@@ -378,6 +447,44 @@ pub async fn terminate(
     }
     state.store.delete_upload(&upload.id).await?;
     Ok(with_tus(StatusCode::NO_CONTENT, &[]))
+}
+
+/// This module's routes.
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create, options))
+        .routes(routes!(head, status, patch, terminate))
+}
+
+/// The answers' shapes, for the OpenAPI document (`crate::openapi`).
+mod schema {
+    #![allow(dead_code)]
+    use utoipa::ToSchema;
+
+    use crate::files::schema::ChatfileEntity;
+
+    /// The tus version this server speaks.
+    #[derive(ToSchema)]
+    pub enum TusVersion {
+        #[serde(rename = "1.0.0")]
+        V1,
+    }
+
+    /// An upload's state: unfinished (`upload`, `offset`, `length`, `complete`), or complete
+    /// (`entities`: the chatfile it made).
+    #[derive(ToSchema)]
+    pub struct UploadStatus {
+        /// The upload's id (unfinished).
+        upload: Option<String>,
+        /// The bytes received so far (unfinished).
+        offset: Option<i64>,
+        /// The file's size (unfinished).
+        length: Option<i64>,
+        /// False while unfinished.
+        complete: Option<bool>,
+        /// Complete: the chatfile.
+        entities: Option<Vec<ChatfileEntity>>,
+    }
 }
 
 #[cfg(test)]

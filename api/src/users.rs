@@ -11,6 +11,9 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::{Caller, Owner};
 use crate::envelope::AppSlot;
@@ -21,7 +24,7 @@ use store::files::Chatfile;
 use store::tenants::App;
 use store::users::{NewUser, User, UserUpdate};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewUserBody {
     username: String,
@@ -43,7 +46,7 @@ impl NewUserBody {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(untagged)]
 enum OneOrMany {
     Many(Vec<NewUserBody>),
@@ -55,6 +58,10 @@ const MAX_BATCH: usize = 60;
 
 /// `POST /{org}/{app}/users`: with an app token, one user or a batch; without a token, one
 /// user registering themselves, if the app has `open_registration` ([`register`]).
+#[utoipa::path(post, path = "/{org}/{app}/users", tag = "users", security((), ("bearer" = [])),
+    request_body(content = OneOrMany, description = "One user, or up to 60 (app token); without a token, one user \
+        registering themselves when the app has `open_registration` (password of 8 characters or more)"),
+    responses((status = 200, description = "Created; a batch reports the names it could not create in `data`", body = schema::Created)))]
 #[allow(clippy::too_many_arguments)] // axum extractors: the registration path needs its own
 pub async fn create(
     State(state): State<AppState>,
@@ -209,12 +216,17 @@ fn explain_user_body(value: &Value) -> ApiError {
     ApiError::BadRequest(problem)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// 1 to 1000 (default 50).
     limit: Option<i64>,
+    /// The `cursor` of the previous page.
     cursor: Option<String>,
 }
 
+#[utoipa::path(get, path = "/{org}/{app}/users", tag = "users", params(ListQuery),
+    responses((status = 200, description = "A page of users; `cursor` while more follow", body = schema::Users)))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -242,6 +254,8 @@ pub async fn list(
     Ok(Json(answer))
 }
 
+#[utoipa::path(get, path = "/{org}/{app}/users/{username}", tag = "users",
+    responses((status = 200, description = "The user (app token, or the user's own)", body = schema::Users)))]
 pub async fn get(
     State(state): State<AppState>,
     Owner { caller, user: username }: Owner,
@@ -303,18 +317,21 @@ async fn avatar_file(state: &AppState, caller: &Caller, url: &str) -> Result<Opt
     Ok(Some(file))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct UpdateBody {
     #[serde(default)]
     nickname: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     metadata: Option<Map<String, Value>>,
     /// The URL of an uploaded image, or `""` to remove the avatar.
     #[serde(default)]
     avatar: Option<String>,
 }
 
+#[utoipa::path(put, path = "/{org}/{app}/users/{username}", tag = "users", request_body = UpdateBody,
+    responses((status = 200, description = "The user as changed", body = schema::Users)))]
 pub async fn update(
     State(state): State<AppState>,
     Owner { caller, user: username }: Owner,
@@ -341,6 +358,8 @@ pub async fn update(
     ))
 }
 
+#[utoipa::path(delete, path = "/{org}/{app}/users/{username}", tag = "users",
+    responses((status = 200, description = "The user deleted, their devices disconnected", body = schema::Users)))]
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,
@@ -359,13 +378,17 @@ async fn remove_user(state: &AppState, caller: &Caller, username: &str) -> Resul
     Ok(user_entity(state, &caller.app, &user))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct BatchDeleteQuery {
+    /// How many of the oldest users to delete: 1 to 100 (default 1).
     limit: Option<i64>,
 }
 
 /// `DELETE /{org}/{app}/users?limit=N` (app token): deletes the N oldest users (1 to 100,
 /// default 1), as the platform's batch delete does.
+#[utoipa::path(delete, path = "/{org}/{app}/users", tag = "users", params(BatchDeleteQuery),
+    responses((status = 200, description = "The users deleted, oldest first", body = schema::Users)))]
 pub async fn delete_oldest(
     State(state): State<AppState>,
     caller: Caller,
@@ -386,7 +409,7 @@ pub async fn delete_oldest(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PasswordBody {
     newpassword: String,
@@ -397,6 +420,8 @@ struct PasswordBody {
 
 /// `PUT /{org}/{app}/users/{username}/password` (app token, or the user's own): sets a new
 /// password and revokes every token issued so far; their devices are disconnected.
+#[utoipa::path(put, path = "/{org}/{app}/users/{username}/password", tag = "users", request_body = PasswordBody,
+    responses((status = 200, description = "Set; every earlier token is revoked", body = schema::Action)))]
 pub async fn set_password(
     State(state): State<AppState>,
     Owner { caller, user: username }: Owner,
@@ -417,6 +442,8 @@ pub async fn set_password(
 /// `POST /{org}/{app}/users/{username}/deactivate` (app token): the user's tokens are
 /// revoked, their devices disconnected, and no new token is issued to them (REST or MQTT)
 /// until `…/activate`.
+#[utoipa::path(post, path = "/{org}/{app}/users/{username}/deactivate", tag = "users",
+    responses((status = 200, description = "Deactivated", body = schema::Users)))]
 pub async fn deactivate(
     State(state): State<AppState>,
     Owner { caller, user: username }: Owner,
@@ -431,6 +458,8 @@ pub async fn deactivate(
 }
 
 /// `POST /{org}/{app}/users/{username}/activate` (app token).
+#[utoipa::path(post, path = "/{org}/{app}/users/{username}/activate", tag = "users",
+    responses((status = 200, description = "Activated", body = schema::Action)))]
 pub async fn activate(
     State(state): State<AppState>,
     Owner { caller, user: username }: Owner,
@@ -450,6 +479,8 @@ fn status_of(state: &AppState, app: &App, user: &str) -> &'static str {
 }
 
 /// `GET /{org}/{app}/users/{username}/status` (app token): `{"data": {"<user>": "online"}}`.
+#[utoipa::path(get, path = "/{org}/{app}/users/{username}/status", tag = "users",
+    responses((status = 200, description = "`data`: the user's name → `online` or `offline`", body = schema::UserStatus)))]
 pub async fn status(
     State(state): State<AppState>,
     Owner { caller, user: username }: Owner,
@@ -460,7 +491,7 @@ pub async fn status(
     Ok(Json(json!({"data": {username: status}, "count": 1})))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct BatchStatusBody {
     usernames: Vec<String>,
@@ -468,6 +499,8 @@ struct BatchStatusBody {
 
 /// `POST /{org}/{app}/users/batch/status` (app token): up to 100 users, in the order asked;
 /// a name that is no user is answered "offline", as the platform does.
+#[utoipa::path(post, path = "/{org}/{app}/users/batch/status", tag = "users", request_body = BatchStatusBody,
+    responses((status = 200, description = "`data`: one `{name: status}` per name asked, in order", body = schema::BatchStatus)))]
 pub async fn batch_status(
     State(state): State<AppState>,
     caller: Caller,
@@ -492,6 +525,8 @@ pub async fn batch_status(
 /// `GET /{org}/{app}/users/{username}/offline_msg_count` (app token): the messages waiting
 /// for the user. chatd keeps every message rather than a queue of undelivered ones, so
 /// this is what the user has not read yet (the unread total of their conversations).
+#[utoipa::path(get, path = "/{org}/{app}/users/{username}/offline_msg_count", tag = "users",
+    responses((status = 200, description = "`data`: the user's name → messages not read yet", body = schema::Counts)))]
 pub async fn offline_msg_count(
     State(state): State<AppState>,
     Owner { caller, user: username }: Owner,
@@ -505,6 +540,8 @@ pub async fn offline_msg_count(
 /// `GET /{org}/{app}/users/{username}/offline_msg_status/{msg_id}` (app token):
 /// `"delivered"` once one of the user's devices has acknowledged the message (a delivered
 /// or read receipt up to it), else `"undelivered"`.
+#[utoipa::path(get, path = "/{org}/{app}/users/{username}/offline_msg_status/{msg_id}", tag = "users",
+    responses((status = 200, description = "`data`: the message id → `delivered` or `undelivered`", body = schema::UserStatus)))]
 pub async fn offline_msg_status(
     State(state): State<AppState>,
     caller: Caller,
@@ -532,6 +569,8 @@ pub async fn offline_msg_status(
 /// `POST /{org}/{app}/users/{username}/revoke_tokens` (app token): every token issued to
 /// the user so far stops working, on REST and MQTT, and their connected devices are
 /// disconnected (they must log in again).
+#[utoipa::path(post, path = "/{org}/{app}/users/{username}/revoke_tokens", tag = "users",
+    responses((status = 200, description = "Every token issued so far is revoked", body = schema::Revoked)))]
 pub async fn revoke_tokens(
     State(state): State<AppState>,
     Owner { caller, user: username }: Owner,
@@ -546,6 +585,8 @@ pub async fn revoke_tokens(
 
 /// `GET /{org}/{app}/users/{username}/disconnect` (app token): closes the user's MQTT
 /// connections (on every node); their tokens stay valid, so devices may reconnect.
+#[utoipa::path(get, path = "/{org}/{app}/users/{username}/disconnect", tag = "users",
+    responses((status = 200, description = "The user's devices are disconnected", body = crate::openapi::Done)))]
 pub async fn disconnect(
     State(state): State<AppState>,
     Owner { caller, user: username }: Owner,
@@ -554,4 +595,115 @@ pub async fn disconnect(
     state.store.require_users(&caller.app.id, &[&username]).await?;
     state.live.disconnect_user(&caller.app.org, &caller.app.name, &username);
     Ok(Json(json!({"action": "get", "data": {"result": true}})))
+}
+
+/// This module's routes.
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create, list, delete_oldest))
+        .routes(routes!(batch_status))
+        .routes(routes!(status))
+        .routes(routes!(offline_msg_count))
+        .routes(routes!(offline_msg_status))
+        .routes(routes!(set_password))
+        .routes(routes!(deactivate))
+        .routes(routes!(activate))
+        .routes(routes!(get, update, delete))
+        .routes(routes!(revoke_tokens))
+        .routes(routes!(disconnect))
+}
+
+/// The answers' shapes, for the OpenAPI document (`crate::openapi`).
+pub(crate) mod schema {
+    #![allow(dead_code)]
+    use utoipa::ToSchema;
+
+    /// A user, in the platform's entity shape.
+    #[derive(ToSchema)]
+    #[schema(as = User)]
+    pub(crate) struct UserEntity {
+        uuid: String,
+        /// Always `user`.
+        #[serde(rename = "type")]
+        entity_type: String,
+        username: String,
+        /// False while the user is deactivated.
+        activated: bool,
+        /// `""` when none.
+        nickname: String,
+        /// The app's own key-value data on the user.
+        #[schema(value_type = Object)]
+        metadata: serde_json::Map<String, serde_json::Value>,
+        /// Milliseconds since 1970.
+        created: i64,
+        modified: i64,
+        /// The avatar's URL and its thumbnail's, when the user has one.
+        avatar: Option<String>,
+        avatar_thumbnail: Option<String>,
+    }
+
+    /// Users: `entities`, their `count`, and a `cursor` while more follow.
+    #[derive(ToSchema)]
+    pub struct Users {
+        entities: Vec<UserEntity>,
+        count: Option<u64>,
+        cursor: Option<String>,
+    }
+
+    /// A name a batch could not create, and why.
+    #[derive(ToSchema)]
+    pub struct Failed {
+        username: String,
+        #[serde(rename = "registerUserFailReason")]
+        reason: String,
+    }
+
+    /// The users created; `data` names those a batch could not create.
+    #[derive(ToSchema)]
+    pub struct Created {
+        entities: Vec<UserEntity>,
+        data: Vec<Failed>,
+        count: u64,
+    }
+
+    /// An answer whose `action` says what was done.
+    #[derive(ToSchema)]
+    pub struct Action {
+        action: String,
+    }
+
+    /// `data`: one key (the user's name, or the message's id) → its status.
+    #[derive(ToSchema)]
+    pub struct UserStatus {
+        #[schema(value_type = std::collections::HashMap<String, String>)]
+        data: serde_json::Map<String, serde_json::Value>,
+        count: u64,
+    }
+
+    /// `data`: one key (the user's name) → a count.
+    #[derive(ToSchema)]
+    pub struct Counts {
+        #[schema(value_type = std::collections::HashMap<String, u64>)]
+        data: serde_json::Map<String, serde_json::Value>,
+        count: u64,
+    }
+
+    /// `data`: `{name: "online" | "offline"}` for each name asked, in order.
+    #[derive(ToSchema)]
+    pub struct BatchStatus {
+        #[schema(value_type = Vec<std::collections::HashMap<String, String>>)]
+        data: Vec<serde_json::Value>,
+    }
+
+    #[derive(ToSchema)]
+    pub struct RevokedData {
+        username: String,
+        revoked: bool,
+    }
+
+    /// `data`: whose tokens were revoked.
+    #[derive(ToSchema)]
+    pub struct Revoked {
+        data: RevokedData,
+    }
 }

@@ -5,16 +5,22 @@ use axum::body::Bytes;
 
 use super::*;
 
-#[derive(Deserialize)]
+/// A member's attributes to set: string values; `""` removes the key.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = GroupMemberAttributesBody)]
 #[serde(deny_unknown_fields)]
 pub(super) struct AttributesBody {
     #[serde(rename = "metaData")]
+    #[schema(value_type = std::collections::HashMap<String, String>)]
     meta_data: serde_json::Map<String, Value>,
 }
 
 /// `PUT /{org}/{app}/metadata/chatgroup/{id}/user/{username}` `{"metaData": {...}}`: a
 /// member's attributes in the group (their own, or any member's for the owner, admins and
 /// the app); an empty value removes a key. Answers the member's attributes.
+#[utoipa::path(put, path = "/{org}/{app}/metadata/chatgroup/{id}/user/{username}", tag = "groups",
+    request_body = AttributesBody,
+    responses((status = 200, description = "The member's attributes now", body = schema::GroupMemberAttributes)))]
 pub(super) async fn set_member_attributes(
     State(state): State<AppState>,
     acting: Acting,
@@ -33,6 +39,8 @@ pub(super) async fn set_member_attributes(
 }
 
 /// `GET /{org}/{app}/metadata/chatgroup/{id}/user/{username}` (members and the app).
+#[utoipa::path(get, path = "/{org}/{app}/metadata/chatgroup/{id}/user/{username}", tag = "groups",
+    responses((status = 200, description = "The member's attributes", body = schema::GroupMemberAttributes)))]
 pub(super) async fn member_attributes(
     State(state): State<AppState>,
     acting: Acting,
@@ -46,10 +54,14 @@ pub(super) async fn member_attributes(
     Ok(Json(json!({"data": attributes})))
 }
 
-#[derive(Deserialize)]
+/// Whose attributes, and which keys.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = GroupMemberAttributesQuery)]
 #[serde(deny_unknown_fields)]
 pub(super) struct AttributesQuery {
+    /// 1 to 100 members.
     targets: Vec<String>,
+    /// The keys wanted; none: all.
     #[serde(default)]
     properties: Vec<String>,
 }
@@ -57,6 +69,10 @@ pub(super) struct AttributesQuery {
 /// `POST /{org}/{app}/metadata/chatgroup/{id}/get` `{"targets": [...], "properties":
 /// [...]}`: several members' attributes (up to 100; no properties: all); names that are not
 /// members are left out.
+#[utoipa::path(post, path = "/{org}/{app}/metadata/chatgroup/{id}/get", tag = "groups",
+    request_body = AttributesQuery,
+    responses((status = 200, description = "`data`: each member's name as asked → their attributes",
+        body = schema::GroupMembersAttributes)))]
 pub(super) async fn many_member_attributes(
     State(state): State<AppState>,
     acting: Acting,
@@ -86,10 +102,12 @@ pub(super) async fn many_member_attributes(
     Ok(Json(json!({"data": data})))
 }
 
-#[derive(Deserialize)]
+/// Chatroom attributes to set: 1 to 10 keys, string values.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RoomAttributesBody {
     #[serde(rename = "metaData")]
+    #[schema(value_type = std::collections::HashMap<String, String>)]
     meta_data: serde_json::Map<String, Value>,
     /// `DELETE` (the default): the attributes go when their owner leaves; `NO_DELETE`: they
     /// stay.
@@ -97,7 +115,9 @@ pub(super) struct RoomAttributesBody {
     auto_delete: Option<String>,
 }
 
-#[derive(Deserialize)]
+/// Chatroom attribute keys.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = RoomAttributeKeysBody)]
 #[serde(deny_unknown_fields)]
 pub(super) struct KeysBody {
     #[serde(default)]
@@ -205,6 +225,10 @@ async fn remove_room(
 /// "autoDelete"}`: sets up to 10 attributes as that member (new keys, or theirs); each key
 /// answered in `successKeys` or, with the reason, `errorKeys`. Subscribers get an
 /// `attributes` event.
+#[utoipa::path(put, path = "/{org}/{app}/metadata/chatroom/{id}/user/{username}", tag = "chatrooms",
+    request_body = RoomAttributesBody,
+    responses((status = 200, description = "`successKeys`: the keys set; `errorKeys`: the others → why",
+        body = schema::RoomAttributesSet)))]
 pub(super) async fn set_room_attributes(
     State(state): State<AppState>,
     acting: Acting,
@@ -215,6 +239,10 @@ pub(super) async fn set_room_attributes(
 }
 
 /// `PUT …/user/{username}/forced` (app token): the same, over any member's keys.
+#[utoipa::path(put, path = "/{org}/{app}/metadata/chatroom/{id}/user/{username}/forced", tag = "chatrooms",
+    request_body = RoomAttributesBody,
+    responses((status = 200, description = "`successKeys`: the keys set; `errorKeys`: the others → why",
+        body = schema::RoomAttributesSet)))]
 pub(super) async fn force_room_attributes(
     State(state): State<AppState>,
     acting: Acting,
@@ -226,6 +254,10 @@ pub(super) async fn force_room_attributes(
 
 /// `DELETE /{org}/{app}/metadata/chatroom/{id}/user/{username}` `{"keys": [...]}`: removes
 /// up to 10 of that member's attributes.
+#[utoipa::path(delete, path = "/{org}/{app}/metadata/chatroom/{id}/user/{username}", tag = "chatrooms",
+    request_body = KeysBody,
+    responses((status = 200, description = "`successKeys`: the keys removed; `errorKeys`: the others → why",
+        body = schema::RoomAttributesRemoved)))]
 pub(super) async fn remove_room_attributes(
     State(state): State<AppState>,
     acting: Acting,
@@ -236,6 +268,10 @@ pub(super) async fn remove_room_attributes(
 }
 
 /// `DELETE …/user/{username}/forced` (app token): removes anyone's.
+#[utoipa::path(delete, path = "/{org}/{app}/metadata/chatroom/{id}/user/{username}/forced", tag = "chatrooms",
+    request_body = KeysBody,
+    responses((status = 200, description = "`successKeys`: the keys removed; `errorKeys`: the others → why",
+        body = schema::RoomAttributesRemoved)))]
 pub(super) async fn force_remove_room_attributes(
     State(state): State<AppState>,
     acting: Acting,
@@ -247,6 +283,9 @@ pub(super) async fn force_remove_room_attributes(
 
 /// `POST /{org}/{app}/metadata/chatroom/{id}` `{"keys": [...]}` (members and the app): the
 /// chatroom's attributes, those named or (no keys) all.
+#[utoipa::path(post, path = "/{org}/{app}/metadata/chatroom/{id}", tag = "chatrooms",
+    request_body(content = Option<KeysBody>, description = "The keys wanted; no body or no keys: all"),
+    responses((status = 200, description = "`data`: key → value", body = schema::RoomAttributes)))]
 pub(super) async fn room_attributes(
     State(state): State<AppState>,
     acting: Acting,
@@ -260,4 +299,51 @@ pub(super) async fn room_attributes(
     };
     let attributes = state.store.room_attributes(&acting.channel.id, &body.keys).await?;
     Ok(Json(json!({"data": attributes})))
+}
+
+/// The answers' shapes, for the OpenAPI document (`crate::openapi`).
+mod schema {
+    #![allow(dead_code)]
+    use std::collections::{BTreeMap, HashMap};
+
+    use utoipa::ToSchema;
+
+    /// `data`: the member's attributes, key → value.
+    #[derive(ToSchema)]
+    pub struct GroupMemberAttributes {
+        data: HashMap<String, String>,
+    }
+
+    /// `data`: each member's name, as asked → their attributes (members only).
+    #[derive(ToSchema)]
+    pub struct GroupMembersAttributes {
+        data: HashMap<String, HashMap<String, String>>,
+    }
+
+    /// `data`: the chatroom's attributes, key → value.
+    #[derive(ToSchema)]
+    pub struct RoomAttributes {
+        data: HashMap<String, String>,
+    }
+
+    /// The keys done, and the others with why.
+    #[derive(ToSchema)]
+    pub struct RoomAttributeKeys {
+        #[serde(rename = "successKeys")]
+        success_keys: Vec<String>,
+        #[serde(rename = "errorKeys")]
+        error_keys: BTreeMap<String, String>,
+    }
+
+    #[derive(ToSchema)]
+    pub struct RoomAttributesSet {
+        data: RoomAttributeKeys,
+    }
+
+    #[derive(ToSchema)]
+    pub struct RoomAttributesRemoved {
+        data: RoomAttributeKeys,
+        /// `ok`.
+        status: String,
+    }
 }

@@ -3,14 +3,19 @@
 
 use super::*;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct PageQuery {
+    /// The page, from 1 (default 1). Without `pagenum` and `pagesize`: every member.
     pagenum: Option<i64>,
+    /// 1 to 1000 (default 1000).
     pagesize: Option<i64>,
 }
 
 /// `GET …/{id}/users[?pagenum=&pagesize=]`: `{"owner": name}` or `{"member": name}` each
 /// (the owner first, then by joining); pages of up to 1,000, all of them without paging.
+#[utoipa::path(get, path = "/{org}/{app}/chatgroups/{id}/users", tag = "groups", params(PageQuery),
+    responses((status = 200, description = "The members, the owner first", body = schema::ChannelMembers)))]
 pub(super) async fn members(
     State(state): State<AppState>,
     acting: Acting,
@@ -31,23 +36,14 @@ pub(super) async fn members(
         .collect();
     let page = match (q.pagenum, q.pagesize) {
         (None, None) => all,
-        (num, size) => {
-            let (num, size) = (num.unwrap_or(1), size.unwrap_or(1000));
-            if num < 1 || !(1..=1000).contains(&size) {
-                return Err(ApiError::BadRequest(
-                    "need pagenum >= 1 and pagesize from 1 to 1000".into(),
-                ));
-            }
-            all.into_iter()
-                .skip(((num - 1) * size) as usize)
-                .take(size as usize)
-                .collect()
-        }
+        (num, size) => crate::paging::Page::new(num, size, crate::paging::MAX_PAGE_SIZE)?.of(all),
     };
     Ok(Json(json!({"data": page, "count": page.len()})))
 }
 
 /// `GET …/{id}/admin`: the admins' names.
+#[utoipa::path(get, path = "/{org}/{app}/chatgroups/{id}/admin", tag = "groups",
+    responses((status = 200, description = "The admins' names", body = super::schema::ChannelNames)))]
 pub(super) async fn admins(State(state): State<AppState>, acting: Acting) -> Result<Json<Value>, ApiError> {
     let (kind, id) = (acting.channel.kind, acting.channel.id.clone());
     acting.require(Standing::Member, "list the admins")?;
@@ -66,6 +62,9 @@ pub(super) async fn admins(State(state): State<AppState>, acting: Acting) -> Res
 /// 60 users at once, each on its own, as the platform does: `newmembers` names those that
 /// became members, `failed` the others with the reason (not a user, on the blocklist, the
 /// channel full).
+#[utoipa::path(post, path = "/{org}/{app}/chatgroups/{id}/users", tag = "groups", request_body = UsersBody,
+    responses((status = 200, description = "`newmembers`: those added; `failed`: the others, with the reason",
+        body = schema::ChannelMembersAdded)))]
 pub(super) async fn add_members(
     State(state): State<AppState>,
     acting: Acting,
@@ -98,6 +97,11 @@ pub(super) async fn add_members(
 
 /// Adds a member. Admins add anyone; a user adding themselves joins a chatroom or an open
 /// public group, or asks to join a public group that needs approval (202).
+#[utoipa::path(post, path = "/{org}/{app}/chatgroups/{id}/users/{username}", tag = "groups",
+    responses(
+        (status = 200, description = "A member now", body = schema::ChannelMemberAdded),
+        (status = 202, description = "The group needs approval: the user asked to join", body = schema::GroupJoinAsked),
+    ))]
 pub(super) async fn add_member(
     State(state): State<AppState>,
     acting: Acting,
@@ -156,6 +160,9 @@ pub(super) async fn add_member(
 /// or removed by an admin (admins remove only ordinary members unless they are the owner).
 /// One name answers an object (or an error), several a list with a `result` for each
 /// (`false` with the `reason` for those that could not be removed), as on the platform.
+#[utoipa::path(delete, path = "/{org}/{app}/chatgroups/{id}/users/{username}", tag = "groups",
+    responses((status = 200, description = "One name: its result; several (`u1,u2`): a result for each",
+        body = schema::ChannelMembersRemoved)))]
 pub(super) async fn remove_members(
     State(state): State<AppState>,
     acting: Acting,
@@ -226,12 +233,16 @@ pub(super) async fn require_outranks(state: &AppState, acting: &Acting, user: &s
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
+#[schema(as = ChannelAdminBody)]
 #[serde(deny_unknown_fields)]
 pub(super) struct AdminBody {
     newadmin: String,
 }
 
+/// Makes a member an admin (the owner or the app).
+#[utoipa::path(post, path = "/{org}/{app}/chatgroups/{id}/admin", tag = "groups", request_body = AdminBody,
+    responses((status = 200, description = "Appointed", body = schema::ChannelAdminAdded)))]
 pub(super) async fn add_admin(
     State(state): State<AppState>,
     acting: Acting,
@@ -255,6 +266,9 @@ pub(super) async fn add_admin(
     Ok(Json(json!({"data": {"id": id, "newadmin": user, "result": "success"}})))
 }
 
+/// Makes an admin an ordinary member again (the owner or the app).
+#[utoipa::path(delete, path = "/{org}/{app}/chatgroups/{id}/admin/{username}", tag = "groups",
+    responses((status = 200, description = "No longer an admin", body = schema::ChannelAdminRemoved)))]
 pub(super) async fn remove_admin(
     State(state): State<AppState>,
     acting: Acting,
@@ -277,6 +291,9 @@ pub(super) async fn remove_admin(
     Ok(Json(json!({"data": {"id": id, "oldadmin": user, "result": "success"}})))
 }
 
+/// The users waiting for approval to join (the owner, admins and the app).
+#[utoipa::path(get, path = "/{org}/{app}/chatgroups/{id}/join_requests", tag = "groups",
+    responses((status = 200, description = "The applicants' names, oldest request first", body = super::schema::ChannelNames)))]
 pub(super) async fn join_requests(State(state): State<AppState>, acting: Acting) -> Result<Json<Value>, ApiError> {
     let id = acting.channel.id.clone();
     acting.require(Standing::Admin, "see join requests")?;
@@ -284,6 +301,10 @@ pub(super) async fn join_requests(State(state): State<AppState>, acting: Acting)
     Ok(Json(json!({"data": pending, "count": pending.len()})))
 }
 
+/// Approves (`…/approve`) or rejects (`…/reject`) a user's request to join (the owner,
+/// admins and the app).
+#[utoipa::path(post, path = "/{org}/{app}/chatgroups/{id}/join_requests/{username}/{decision}", tag = "groups",
+    responses((status = 200, description = "Decided; approved, the user is a member", body = schema::GroupJoinDecided)))]
 pub(super) async fn decide_request(
     State(state): State<AppState>,
     acting: Acting,
@@ -326,6 +347,8 @@ pub(super) async fn decide_request(
 
 /// Invites users: admins always, members when the group allows invites. The invitee joins
 /// by accepting.
+#[utoipa::path(post, path = "/{org}/{app}/chatgroups/{id}/invites", tag = "groups", request_body = UsersBody,
+    responses((status = 200, description = "Invited", body = schema::GroupInvited)))]
 pub(super) async fn invite(
     State(state): State<AppState>,
     acting: Acting,
@@ -357,6 +380,9 @@ pub(super) async fn invite(
     Ok(Json(json!({"data": {"id": id, "invited": users}})))
 }
 
+/// The invitee (or the app for them) accepts an invitation: they become a member.
+#[utoipa::path(post, path = "/{org}/{app}/chatgroups/{id}/invites/{username}/accept", tag = "groups",
+    responses((status = 200, description = "A member now (`status`: `member`)", body = schema::GroupInvitation)))]
 pub(super) async fn accept_invite(
     State(state): State<AppState>,
     acting: Acting,
@@ -377,6 +403,9 @@ pub(super) async fn accept_invite(
     Ok(Json(json!({"data": {"id": id, "user": user, "status": "member"}})))
 }
 
+/// The invitee declines an invitation, or the owner, an admin or the app withdraws it.
+#[utoipa::path(delete, path = "/{org}/{app}/chatgroups/{id}/invites/{username}", tag = "groups",
+    responses((status = 200, description = "Gone (`status`: `declined`)", body = schema::GroupInvitation)))]
 pub(super) async fn decline_invite(
     State(state): State<AppState>,
     acting: Acting,
@@ -391,4 +420,164 @@ pub(super) async fn decline_invite(
         return Err(ApiError::NotFound(format!("invitation of {user}")));
     }
     Ok(Json(json!({"data": {"id": id, "user": user, "status": "declined"}})))
+}
+
+/// The answers' shapes, for the OpenAPI document (`crate::openapi`).
+mod schema {
+    #![allow(dead_code)]
+    use utoipa::ToSchema;
+
+    use crate::channels::schema::ChannelAffiliation;
+
+    #[derive(ToSchema)]
+    pub struct ChannelMembers {
+        data: Vec<ChannelAffiliation>,
+        count: u64,
+    }
+
+    /// A user who could not be added, and why.
+    #[derive(ToSchema)]
+    pub struct ChannelMemberRefused {
+        user: String,
+        reason: String,
+    }
+
+    /// `groupid` (a group) or `id` (a chatroom).
+    #[derive(ToSchema)]
+    pub struct ChannelMembersAddedData {
+        newmembers: Vec<String>,
+        groupid: Option<String>,
+        id: Option<String>,
+        /// `add_member`.
+        action: String,
+        failed: Vec<ChannelMemberRefused>,
+    }
+
+    #[derive(ToSchema)]
+    pub struct ChannelMembersAdded {
+        data: ChannelMembersAddedData,
+    }
+
+    /// `groupid` (a group) or `id` (a chatroom).
+    #[derive(ToSchema)]
+    pub struct ChannelMemberAddedData {
+        result: bool,
+        groupid: Option<String>,
+        id: Option<String>,
+        /// `add_member`.
+        action: String,
+        user: String,
+        /// The channel's name.
+        groupname: String,
+    }
+
+    #[derive(ToSchema)]
+    pub struct ChannelMemberAdded {
+        data: ChannelMemberAddedData,
+    }
+
+    #[derive(ToSchema)]
+    pub struct GroupJoinAskedData {
+        /// `false`: not a member yet.
+        result: bool,
+        groupid: String,
+        /// `apply_join`.
+        action: String,
+        user: String,
+        /// `requested`.
+        status: String,
+    }
+
+    #[derive(ToSchema)]
+    pub struct GroupJoinAsked {
+        data: GroupJoinAskedData,
+    }
+
+    /// One user's removal: `result` false with the `reason` when refused (several names
+    /// only). `groupid` (a group) or `id` (a chatroom).
+    #[derive(ToSchema)]
+    pub struct ChannelMemberRemoval {
+        result: bool,
+        /// `remove_member`.
+        action: String,
+        reason: Option<String>,
+        user: String,
+        groupid: Option<String>,
+        id: Option<String>,
+    }
+
+    /// One name: its removal; several: one each.
+    #[derive(ToSchema)]
+    #[serde(untagged)]
+    pub enum ChannelMemberRemovals {
+        One(ChannelMemberRemoval),
+        Many(Vec<ChannelMemberRemoval>),
+    }
+
+    #[derive(ToSchema)]
+    pub struct ChannelMembersRemoved {
+        data: ChannelMemberRemovals,
+    }
+
+    #[derive(ToSchema)]
+    pub struct ChannelAdminAddedData {
+        id: String,
+        newadmin: String,
+        /// `success`.
+        result: String,
+    }
+
+    #[derive(ToSchema)]
+    pub struct ChannelAdminAdded {
+        data: ChannelAdminAddedData,
+    }
+
+    #[derive(ToSchema)]
+    pub struct ChannelAdminRemovedData {
+        id: String,
+        oldadmin: String,
+        /// `success`.
+        result: String,
+    }
+
+    #[derive(ToSchema)]
+    pub struct ChannelAdminRemoved {
+        data: ChannelAdminRemovedData,
+    }
+
+    #[derive(ToSchema)]
+    pub struct GroupJoinDecidedData {
+        id: String,
+        user: String,
+        approved: bool,
+    }
+
+    #[derive(ToSchema)]
+    pub struct GroupJoinDecided {
+        data: GroupJoinDecidedData,
+    }
+
+    #[derive(ToSchema)]
+    pub struct GroupInvitedData {
+        id: String,
+        invited: Vec<String>,
+    }
+
+    #[derive(ToSchema)]
+    pub struct GroupInvited {
+        data: GroupInvitedData,
+    }
+
+    #[derive(ToSchema)]
+    pub struct GroupInvitationData {
+        id: String,
+        user: String,
+        /// `member` (accepted) or `declined`.
+        status: String,
+    }
+
+    #[derive(ToSchema)]
+    pub struct GroupInvitation {
+        data: GroupInvitationData,
+    }
 }

@@ -17,10 +17,12 @@ use std::collections::HashMap;
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
-use axum::routing::{delete, get, post, put};
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
+use utoipa_axum::routes;
 
 use crate::auth::Caller;
 use crate::error::{parse_json, JsonBody, Query};
@@ -30,77 +32,95 @@ use store::channels::{Channel, ChannelKind, ChannelUpdate, NewChannel, RequestKi
 mod attributes;
 mod members;
 mod moderation;
+/// The answers' shapes, for the OpenAPI document.
+pub(crate) mod schema;
 
 use attributes::*;
 use members::*;
 use moderation::*;
 
-/// The routes of one kind of channel.
-pub fn routes(kind: ChannelKind) -> Router<AppState> {
-    let base = match kind {
-        ChannelKind::Group => "/:org/:app/chatgroups",
-        ChannelKind::Room => "/:org/:app/chatrooms",
+/// The routes of one kind of channel. The handlers both kinds share are described once,
+/// under `/{org}/{app}/chatgroups` (tag `groups`); [`as_room`] moves that description to
+/// `/{org}/{app}/chatrooms` (tag `chatrooms`) for the chatrooms' copy, which `routes!`
+/// then routes there.
+pub(crate) fn routes(kind: ChannelKind) -> OpenApiRouter<AppState> {
+    let shared = |routes: UtoipaMethodRouter<AppState>| match kind {
+        ChannelKind::Group => routes,
+        ChannelKind::Room => as_room(routes),
     };
-    let joined = match kind {
-        ChannelKind::Group => "/:org/:app/users/:username/joined_chatgroups",
-        ChannelKind::Room => "/:org/:app/users/:username/joined_chatrooms",
-    };
-    let mut router = Router::new()
-        .route(base, post(create).get(list))
-        .route(joined, get(joined_by))
-        .route(&format!("{base}/:id"), get(show).put(update).delete(dissolve))
-        .route(&format!("{base}/:id/users"), get(members).post(add_members))
-        .route(&format!("{base}/:id/user/:username/is_joined"), get(is_joined))
-        .route(
-            &format!("{base}/:id/users/:username"),
-            post(add_member).delete(remove_members),
-        )
-        .route(&format!("{base}/:id/admin"), post(add_admin).get(admins))
-        .route(&format!("{base}/:id/admin/:username"), delete(remove_admin))
-        .route(&format!("{base}/:id/mute"), post(mute).get(muted))
-        .route(&format!("{base}/:id/mute/:username"), delete(unmute))
-        .route(&format!("{base}/:id/ban"), post(mute_all).delete(unmute_all))
-        .route(&format!("{base}/:id/announcement"), post(announce).get(announcement))
-        .route(&format!("{base}/:id/blocks/users"), post(ban).get(bans))
-        .route(
-            &format!("{base}/:id/blocks/users/:username"),
-            post(ban_one).delete(unban),
-        )
-        .route(&format!("{base}/:id/white/users"), post(allow).get(allowlist))
-        .route(
-            &format!("{base}/:id/white/users/:username"),
-            post(allow_one).delete(disallow),
-        )
-        .route(&format!("{base}/:id/disable"), post(disable))
-        .route(&format!("{base}/:id/enable"), post(enable));
-    router = match kind {
+    let router = OpenApiRouter::new()
+        .routes(shared(routes!(create, list)))
+        .routes(shared(routes!(joined_by)))
+        .routes(shared(routes!(show, update, dissolve)))
+        .routes(shared(routes!(members, add_members)))
+        .routes(shared(routes!(is_joined)))
+        .routes(shared(routes!(add_member, remove_members)))
+        .routes(shared(routes!(add_admin, admins)))
+        .routes(shared(routes!(remove_admin)))
+        .routes(shared(routes!(mute, muted)))
+        .routes(shared(routes!(unmute)))
+        .routes(shared(routes!(mute_all, unmute_all)))
+        .routes(shared(routes!(announce, announcement)))
+        .routes(shared(routes!(ban, bans)))
+        .routes(shared(routes!(ban_one, unban)))
+        .routes(shared(routes!(allow, allowlist)))
+        .routes(shared(routes!(allow_one, disallow)))
+        .routes(shared(routes!(disable)))
+        .routes(shared(routes!(enable)));
+    let router = match kind {
         ChannelKind::Group => router
-            .route(&format!("{base}/:id/join_requests"), get(join_requests))
-            .route(
-                &format!("{base}/:id/join_requests/:username/:decision"),
-                post(decide_request),
-            )
-            .route(&format!("{base}/:id/invites"), post(invite))
-            .route(&format!("{base}/:id/invites/:username/accept"), post(accept_invite))
-            .route(&format!("{base}/:id/invites/:username"), delete(decline_invite))
-            .route(
-                "/:org/:app/metadata/chatgroup/:id/user/:username",
-                get(member_attributes).put(set_member_attributes),
-            )
-            .route("/:org/:app/metadata/chatgroup/:id/get", post(many_member_attributes)),
+            .routes(routes!(join_requests))
+            .routes(routes!(decide_request))
+            .routes(routes!(invite))
+            .routes(routes!(accept_invite))
+            .routes(routes!(decline_invite))
+            .routes(routes!(member_attributes, set_member_attributes))
+            .routes(routes!(many_member_attributes)),
         ChannelKind::Room => router
-            .route(&format!("{base}/:id/messages"), get(room_messages))
-            .route("/:org/:app/metadata/chatroom/:id", post(room_attributes))
-            .route(
-                "/:org/:app/metadata/chatroom/:id/user/:username",
-                put(set_room_attributes).delete(remove_room_attributes),
-            )
-            .route(
-                "/:org/:app/metadata/chatroom/:id/user/:username/forced",
-                put(force_room_attributes).delete(force_remove_room_attributes),
-            ),
+            .routes(routes!(room_messages))
+            .routes(routes!(room_attributes))
+            .routes(routes!(set_room_attributes, remove_room_attributes))
+            .routes(routes!(force_room_attributes, force_remove_room_attributes)),
     };
     router.layer(Extension(kind))
+}
+
+/// The chatrooms' copy of shared handlers described under `/{org}/{app}/chatgroups`: the
+/// same operations under `/{org}/{app}/chatrooms` (and `…/joined_chatrooms`), tagged
+/// `chatrooms`. `routes!` routes the handlers on the paths of the description, so this
+/// moves the route as well.
+fn as_room((schemas, mut paths, method_router): UtoipaMethodRouter<AppState>) -> UtoipaMethodRouter<AppState> {
+    const GROUPS: &str = "/{org}/{app}/chatgroups";
+    const ROOMS: &str = "/{org}/{app}/chatrooms";
+    paths.paths = std::mem::take(&mut paths.paths)
+        .into_iter()
+        .map(|(path, mut item)| {
+            let moved = if let Some(rest) = path.strip_prefix(GROUPS) {
+                format!("{ROOMS}{rest}")
+            } else if let Some(user) = path.strip_suffix("/joined_chatgroups") {
+                format!("{user}/joined_chatrooms")
+            } else {
+                panic!("{path}: a handler shared with chatrooms must be described under {GROUPS}")
+            };
+            for operation in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.options,
+                &mut item.head,
+                &mut item.patch,
+                &mut item.trace,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                operation.tags = Some(vec!["chatrooms".to_string()]);
+            }
+            (moved, item)
+        })
+        .collect();
+    (schemas, paths, method_router)
 }
 
 /// The `{username}` of a route, lower-cased.
@@ -329,8 +349,9 @@ fn summary(app: &store::tenants::App, channel: &Channel) -> Value {
     }
 }
 
-/// A body naming users: `{"usernames": [...]}`.
-#[derive(Deserialize)]
+/// A body naming users: `{"usernames": [...]}` (1 to 100).
+#[derive(Deserialize, ToSchema)]
+#[schema(as = ChannelUsersBody)]
 #[serde(deny_unknown_fields)]
 struct UsersBody {
     usernames: Vec<String>,
@@ -343,23 +364,30 @@ fn usernames(list: &[String]) -> Result<Vec<String>, ApiError> {
     Ok(list.iter().map(|u| u.trim().to_ascii_lowercase()).collect())
 }
 
-#[derive(Deserialize)]
+/// A new group or chatroom. `groupname` and `desc` are accepted for `name` and
+/// `description`, as on the platform.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = ChannelCreateBody)]
 #[serde(deny_unknown_fields)]
 struct CreateBody {
     #[serde(alias = "groupname")]
     name: String,
     #[serde(default, alias = "desc")]
     description: String,
+    /// Default true.
     #[serde(default = "yes")]
     public: bool,
     #[serde(default)]
     membersonly: bool,
     #[serde(default)]
     allowinvites: bool,
+    /// Default: the app's limit, at most 200.
     #[serde(default)]
     maxusers: Option<i64>,
+    /// Required with an app token; with a user token, the caller if given.
     #[serde(default)]
     owner: Option<String>,
+    /// Members besides the owner.
     #[serde(default)]
     members: Vec<String>,
     #[serde(default)]
@@ -376,6 +404,12 @@ fn yes() -> bool {
     true
 }
 
+/// Creates a group (`/chatgroups`) or a chatroom (`/chatrooms`). With an app token `owner`
+/// names the owner; a user creates channels they own (chatrooms: only the app's chatroom
+/// super admins, when it names any).
+#[utoipa::path(post, path = "/{org}/{app}/chatgroups", tag = "groups", request_body = CreateBody,
+    responses((status = 200, description = "Created: `data.groupid` (a group) or `data.id` (a chatroom)",
+        body = schema::ChannelCreated)))]
 async fn create(
     State(state): State<AppState>,
     Extension(kind): Extension<ChannelKind>,
@@ -441,12 +475,20 @@ async fn create(
     Ok((StatusCode::OK, Json(json!({"data": {id_key(kind): channel.id}}))))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// 1 to 1000 (default 50).
     limit: Option<i64>,
+    /// The `cursor` of the previous page.
     cursor: Option<String>,
 }
 
+/// The app's groups or chatrooms, a page at a time; a user sees chatrooms and public groups.
+#[utoipa::path(get, path = "/{org}/{app}/chatgroups", tag = "groups", params(ListQuery),
+    responses((status = 200, description = "A page of channels; `cursor` while more follow. Groups: `groupid`, \
+        `groupname`, `affiliations`, `type`, `public`, `lastModified`; chatrooms: `id`, `name`, `affiliations_count`",
+        body = schema::ChannelList)))]
 async fn list(
     State(state): State<AppState>,
     Extension(kind): Extension<ChannelKind>,
@@ -477,6 +519,10 @@ async fn list(
     Ok(Json(answer))
 }
 
+/// The groups or chatrooms a user is a member of (app token, or the user's own).
+#[utoipa::path(get, path = "/{org}/{app}/users/{username}/joined_chatgroups", tag = "groups",
+    responses((status = 200, description = "Groups: `groupid` and `groupname`; chatrooms: `id`, `name` and \
+        `disabled` (`\"true\"` or `\"false\"`)", body = schema::JoinedChannels)))]
 async fn joined_by(
     State(state): State<AppState>,
     Extension(kind): Extension<ChannelKind>,
@@ -497,6 +543,8 @@ async fn joined_by(
 }
 
 /// `GET /chatgroups/{id}/user/{username}/is_joined`: `{"data": true}` if a member.
+#[utoipa::path(get, path = "/{org}/{app}/chatgroups/{id}/user/{username}/is_joined", tag = "groups",
+    responses((status = 200, description = "`data`: whether the user is a member", body = schema::ChannelIsJoined)))]
 async fn is_joined(
     State(state): State<AppState>,
     acting: Acting,
@@ -515,6 +563,9 @@ async fn is_joined(
 
 /// `GET /chatgroups/{id}` or, as the platform allows, several: `/chatgroups/{id1},{id2}`
 /// (at most 100). Always a list.
+#[utoipa::path(get, path = "/{org}/{app}/chatgroups/{id}", tag = "groups",
+    responses((status = 200, description = "The channel, or each of the comma-separated ids, with its members",
+        body = schema::ChannelDetails)))]
 async fn show(
     State(state): State<AppState>,
     Extension(kind): Extension<ChannelKind>,
@@ -540,7 +591,10 @@ async fn show(
     Ok(Json(json!({"data": data, "count": data.len()})))
 }
 
-#[derive(Deserialize)]
+/// The fields to change (the owner, an admin or the app); or `newowner` alone, to transfer
+/// ownership (the owner or the app).
+#[derive(Deserialize, ToSchema)]
+#[schema(as = ChannelUpdateBody)]
 #[serde(deny_unknown_fields)]
 struct UpdateBody {
     #[serde(default, alias = "groupname")]
@@ -568,6 +622,10 @@ struct UpdateBody {
     newowner: Option<String>,
 }
 
+/// Changes a channel's settings, or (`newowner`) transfers it; the old owner stays as an admin.
+#[utoipa::path(put, path = "/{org}/{app}/chatgroups/{id}", tag = "groups", request_body = UpdateBody,
+    responses((status = 200, description = "`data`: each field that may be changed, `true` if it was; \
+        `{\"newowner\": true}` for a transfer", body = schema::ChannelUpdated)))]
 async fn update(
     State(state): State<AppState>,
     acting: Acting,
@@ -644,6 +702,10 @@ async fn update_channel(state: &AppState, acting: &Acting, update: ChannelUpdate
         .await?)
 }
 
+/// Dissolves a channel (the owner or the app); its members are told.
+#[utoipa::path(delete, path = "/{org}/{app}/chatgroups/{id}", tag = "groups",
+    responses((status = 200, description = "Dissolved: `data.groupid` (a group) or `data.id` (a chatroom)",
+        body = schema::ChannelDissolved)))]
 async fn dissolve(State(state): State<AppState>, acting: Acting) -> Result<Json<Value>, ApiError> {
     let (kind, id) = (acting.channel.kind, acting.channel.id.clone());
     acting.require(Standing::Owner, "dissolve it")?;
@@ -674,12 +736,17 @@ async fn transfer(state: &AppState, acting: &Acting, new_owner: String) -> Resul
     Ok(Json(json!({"data": {"newowner": true}})))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
+#[schema(as = ChannelAnnouncementBody)]
 #[serde(deny_unknown_fields)]
 struct AnnouncementBody {
     announcement: String,
 }
 
+/// Sets the announcement (the owner, an admin or the app); members are told.
+#[utoipa::path(post, path = "/{org}/{app}/chatgroups/{id}/announcement", tag = "groups",
+    request_body = AnnouncementBody,
+    responses((status = 200, description = "Set", body = schema::ChannelAnnounced)))]
 async fn announce(
     State(state): State<AppState>,
     acting: Acting,
@@ -715,6 +782,8 @@ async fn announce(
 }
 
 /// `GET …/{id}/announcement` (members).
+#[utoipa::path(get, path = "/{org}/{app}/chatgroups/{id}/announcement", tag = "groups",
+    responses((status = 200, description = "The announcement (`\"\"` when none)", body = schema::ChannelAnnouncement)))]
 async fn announcement(acting: Acting) -> Result<Json<Value>, ApiError> {
     if acting.channel.kind == ChannelKind::Group {
         acting.require(Standing::Member, "read the announcement")?;
@@ -724,10 +793,15 @@ async fn announcement(acting: Acting) -> Result<Json<Value>, ApiError> {
 
 /// `POST …/{id}/disable` and `…/enable` (app token): a disabled channel takes no messages
 /// and no new members until enabled again.
+#[utoipa::path(post, path = "/{org}/{app}/chatgroups/{id}/disable", tag = "groups",
+    responses((status = 200, description = "Disabled", body = schema::ChannelDisabled)))]
 async fn disable(State(state): State<AppState>, acting: Acting) -> Result<Json<Value>, ApiError> {
     set_disabled(&state, &acting, true).await
 }
 
+/// `POST …/{id}/enable` (app token): the channel takes messages and members again.
+#[utoipa::path(post, path = "/{org}/{app}/chatgroups/{id}/enable", tag = "groups",
+    responses((status = 200, description = "Enabled", body = schema::ChannelDisabled)))]
 async fn enable(State(state): State<AppState>, acting: Acting) -> Result<Json<Value>, ApiError> {
     set_disabled(&state, &acting, false).await
 }
@@ -746,12 +820,17 @@ async fn set_disabled(state: &AppState, acting: &Acting, disabled: bool) -> Resu
     Ok(Json(json!({"data": {"disabled": disabled}})))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct HistoryQuery {
+    /// How many of the latest messages: 1 to 10,000 (default 100; others are brought
+    /// within).
     limit: Option<i64>,
 }
 
 /// A chatroom's recent messages, for members (and the app).
+#[utoipa::path(get, path = "/{org}/{app}/chatrooms/{id}/messages", tag = "chatrooms", params(HistoryQuery),
+    responses((status = 200, description = "The latest messages, oldest first", body = schema::RoomMessages)))]
 async fn room_messages(
     State(state): State<AppState>,
     acting: Acting,

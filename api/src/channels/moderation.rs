@@ -12,14 +12,20 @@ pub(super) fn expire(until: i64) -> i64 {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
+#[schema(as = ChannelMuteBody)]
 #[serde(deny_unknown_fields)]
 pub(super) struct MuteBody {
+    /// 1 to 100 members.
     usernames: Vec<String>,
     /// Milliseconds; -1 mutes until unmuted.
     mute_duration: i64,
 }
 
+/// Mutes members for a while or until unmuted (the owner, admins and the app; admins mute
+/// ordinary members only).
+#[utoipa::path(post, path = "/{org}/{app}/chatgroups/{id}/mute", tag = "groups", request_body = MuteBody,
+    responses((status = 200, description = "Each user muted, with the end of the mute", body = schema::ChannelMutedUsers)))]
 pub(super) async fn mute(
     State(state): State<AppState>,
     acting: Acting,
@@ -53,6 +59,9 @@ pub(super) async fn mute(
     Ok(Json(json!({"data": data})))
 }
 
+/// The members muted now (the owner, admins and the app).
+#[utoipa::path(get, path = "/{org}/{app}/chatgroups/{id}/mute", tag = "groups",
+    responses((status = 200, description = "Each muted member, with the end of the mute", body = schema::ChannelMutes)))]
 pub(super) async fn muted(State(state): State<AppState>, acting: Acting) -> Result<Json<Value>, ApiError> {
     let (kind, id) = (acting.channel.kind, acting.channel.id.clone());
     acting.require(Standing::Admin, "list muted members")?;
@@ -68,6 +77,9 @@ pub(super) async fn muted(State(state): State<AppState>, acting: Acting) -> Resu
     Ok(Json(json!({"data": muted, "count": muted.len()})))
 }
 
+/// Unmutes one member, or several (`u1,u2`).
+#[utoipa::path(delete, path = "/{org}/{app}/chatgroups/{id}/mute/{username}", tag = "groups",
+    responses((status = 200, description = "Each user unmuted", body = schema::ChannelUnmuted)))]
 pub(super) async fn unmute(
     State(state): State<AppState>,
     acting: Acting,
@@ -86,10 +98,15 @@ pub(super) async fn unmute(
 }
 
 /// `POST …/{id}/ban`: everyone but the owner and admins is muted; `DELETE` lifts it.
+#[utoipa::path(post, path = "/{org}/{app}/chatgroups/{id}/ban", tag = "groups",
+    responses((status = 200, description = "Everyone is muted (`data.mute`: true)", body = schema::ChannelMuteAll)))]
 pub(super) async fn mute_all(State(state): State<AppState>, acting: Acting) -> Result<Json<Value>, ApiError> {
     set_mute_all(&state, &acting, true).await
 }
 
+/// `DELETE …/{id}/ban`: lifts the mute of everyone.
+#[utoipa::path(delete, path = "/{org}/{app}/chatgroups/{id}/ban", tag = "groups",
+    responses((status = 200, description = "Lifted (`data.mute`: false)", body = schema::ChannelMuteAll)))]
 pub(super) async fn unmute_all(State(state): State<AppState>, acting: Acting) -> Result<Json<Value>, ApiError> {
     set_mute_all(&state, &acting, false).await
 }
@@ -109,6 +126,8 @@ pub(super) async fn set_mute_all(state: &AppState, acting: &Acting, muted: bool)
 }
 
 /// Adds users to the blocklist: members among them are removed and cannot come back.
+#[utoipa::path(post, path = "/{org}/{app}/chatgroups/{id}/blocks/users", tag = "groups", request_body = UsersBody,
+    responses((status = 200, description = "Each user blocked", body = schema::ChannelListChanges)))]
 pub(super) async fn ban(
     State(state): State<AppState>,
     acting: Acting,
@@ -122,6 +141,8 @@ pub(super) async fn ban(
 }
 
 /// `POST …/{id}/blocks/users/{username}`: one user onto the blocklist.
+#[utoipa::path(post, path = "/{org}/{app}/chatgroups/{id}/blocks/users/{username}", tag = "groups",
+    responses((status = 200, description = "Blocked", body = schema::ChannelListChange)))]
 pub(super) async fn ban_one(
     State(state): State<AppState>,
     acting: Acting,
@@ -147,15 +168,21 @@ pub(super) async fn ban_users(state: &AppState, acting: &Acting, users: &[String
         .collect())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct CursorQuery {
+    /// 1 to 1000; without it, the whole list.
     #[serde(rename = "pageSize")]
     page_size: Option<i64>,
+    /// The `cursor` of the previous page.
     cursor: Option<String>,
 }
 
 /// `GET …/{id}/blocks/users[?pageSize=&cursor=]`: the blocklist by name; with `pageSize`
 /// (1 to 1,000) in pages, `cursor` naming where the next one starts while there is one.
+#[utoipa::path(get, path = "/{org}/{app}/chatgroups/{id}/blocks/users", tag = "groups", params(CursorQuery),
+    responses((status = 200, description = "The blocked users' names, in order; `cursor` while more follow",
+        body = schema::ChannelNamesPage)))]
 pub(super) async fn bans(
     State(state): State<AppState>,
     acting: Acting,
@@ -182,6 +209,10 @@ pub(super) async fn bans(
     Ok(Json(answer))
 }
 
+/// Takes one user, or several (`u1,u2`), off the blocklist.
+#[utoipa::path(delete, path = "/{org}/{app}/chatgroups/{id}/blocks/users/{username}", tag = "groups",
+    responses((status = 200, description = "One name: its result; several: one each (`false` with the `reason` \
+        for a name not on the list)", body = schema::ChannelListChangesOneOrMany)))]
 pub(super) async fn unban(
     State(state): State<AppState>,
     acting: Acting,
@@ -211,6 +242,8 @@ pub(super) async fn unban(
 }
 
 /// `GET …/{id}/white/users`: the allow list, members who may speak while everyone is muted.
+#[utoipa::path(get, path = "/{org}/{app}/chatgroups/{id}/white/users", tag = "groups",
+    responses((status = 200, description = "The allowed members' names", body = super::schema::ChannelNames)))]
 pub(super) async fn allowlist(State(state): State<AppState>, acting: Acting) -> Result<Json<Value>, ApiError> {
     let (kind, id) = (acting.channel.kind, acting.channel.id.clone());
     acting.require(Standing::Admin, "see the allow list")?;
@@ -227,6 +260,8 @@ pub(super) async fn allowlist(State(state): State<AppState>, acting: Acting) -> 
 
 /// `POST …/{id}/white/users` `{"usernames": [...]}`: members onto the allow list; each
 /// answered, `false` with a reason for one who is not a member.
+#[utoipa::path(post, path = "/{org}/{app}/chatgroups/{id}/white/users", tag = "groups", request_body = UsersBody,
+    responses((status = 200, description = "Each user's result", body = schema::ChannelListChanges)))]
 pub(super) async fn allow(
     State(state): State<AppState>,
     acting: Acting,
@@ -239,6 +274,9 @@ pub(super) async fn allow(
 }
 
 /// `POST …/{id}/white/users/{username}`: one member onto the allow list.
+#[utoipa::path(post, path = "/{org}/{app}/chatgroups/{id}/white/users/{username}", tag = "groups",
+    responses((status = 200, description = "The result (`false` with the `reason` if not a member)",
+        body = schema::ChannelListChange)))]
 pub(super) async fn allow_one(
     State(state): State<AppState>,
     acting: Acting,
@@ -249,6 +287,9 @@ pub(super) async fn allow_one(
 }
 
 /// `DELETE …/{id}/white/users/{u1},{u2}`: off the allow list.
+#[utoipa::path(delete, path = "/{org}/{app}/chatgroups/{id}/white/users/{username}", tag = "groups",
+    responses((status = 200, description = "Each user's result (`false` with the `reason` if not a member)",
+        body = schema::ChannelListChanges)))]
 pub(super) async fn disallow(
     State(state): State<AppState>,
     acting: Acting,
@@ -287,4 +328,102 @@ pub(super) async fn set_allowlisted(
             item
         })
         .collect())
+}
+
+/// The answers' shapes, for the OpenAPI document (`crate::openapi`).
+mod schema {
+    #![allow(dead_code)]
+    use utoipa::ToSchema;
+
+    #[derive(ToSchema)]
+    pub struct ChannelMutedUser {
+        result: bool,
+        /// The mute's end (milliseconds since 1970), -1 for ever.
+        expire: i64,
+        user: String,
+    }
+
+    #[derive(ToSchema)]
+    pub struct ChannelMutedUsers {
+        data: Vec<ChannelMutedUser>,
+    }
+
+    #[derive(ToSchema)]
+    pub struct ChannelMute {
+        user: String,
+        /// The mute's end (milliseconds since 1970), -1 for ever.
+        expire: i64,
+    }
+
+    #[derive(ToSchema)]
+    pub struct ChannelMutes {
+        data: Vec<ChannelMute>,
+        count: u64,
+    }
+
+    #[derive(ToSchema)]
+    pub struct ChannelUnmutedUser {
+        result: bool,
+        user: String,
+    }
+
+    #[derive(ToSchema)]
+    pub struct ChannelUnmuted {
+        data: Vec<ChannelUnmutedUser>,
+    }
+
+    #[derive(ToSchema)]
+    pub struct ChannelMuteAllData {
+        mute: bool,
+    }
+
+    #[derive(ToSchema)]
+    pub struct ChannelMuteAll {
+        data: ChannelMuteAllData,
+    }
+
+    /// One user's change to the blocklist or the allow list: `result` false with the
+    /// `reason` when it was not done. The channel is `groupid` (a group) or `chatroomid` (a
+    /// chatroom).
+    #[derive(ToSchema)]
+    pub struct ChannelListChangeItem {
+        result: bool,
+        /// `add_blocks`, `remove_blocks`, `add_user_whitelist` or `remove_user_whitelist`.
+        action: String,
+        user: String,
+        groupid: Option<String>,
+        chatroomid: Option<String>,
+        reason: Option<String>,
+    }
+
+    #[derive(ToSchema)]
+    pub struct ChannelListChange {
+        data: ChannelListChangeItem,
+    }
+
+    #[derive(ToSchema)]
+    pub struct ChannelListChanges {
+        data: Vec<ChannelListChangeItem>,
+    }
+
+    /// One name: its change; several: one each.
+    #[derive(ToSchema)]
+    #[serde(untagged)]
+    pub enum ChannelListChangeItems {
+        One(ChannelListChangeItem),
+        Many(Vec<ChannelListChangeItem>),
+    }
+
+    #[derive(ToSchema)]
+    pub struct ChannelListChangesOneOrMany {
+        data: ChannelListChangeItems,
+    }
+
+    /// A page of names, and a `cursor` while more follow.
+    #[derive(ToSchema)]
+    pub struct ChannelNamesPage {
+        data: Vec<String>,
+        count: u64,
+        cursor: Option<String>,
+    }
 }
