@@ -18,7 +18,7 @@
 #     $CHROMIUM, else /usr/bin/chromium, else Debian's chromium package is installed;
 #   - schemathesis (PyPI), which tests the REST API against its OpenAPI document: the version
 #     below, in a virtualenv under target/ (installed there once), passed to the tests as
-#     $CHATD_SCHEMATHESIS.
+#     $TEST_SCHEMATHESIS.
 # Tests never skip for want of a service: if one cannot be had, they fail.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -128,7 +128,7 @@ if ! "$st_venv/bin/schemathesis" --version 2>/dev/null | grep -q "$schemathesis_
     python3 -m venv "$st_venv" >/dev/null 2>&1 || { apt_install python3-venv python3-pip; python3 -m venv "$st_venv"; }
     "$st_venv/bin/pip" install --quiet "schemathesis==$schemathesis_version"
 fi
-export CHATD_SCHEMATHESIS="$st_venv/bin/schemathesis"
+export TEST_SCHEMATHESIS="$st_venv/bin/schemathesis"
 
 cargo test --workspace --all-targets "$@"
 

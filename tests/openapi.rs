@@ -5,7 +5,7 @@
 //!   `utoipa_axum::routes!` routes and describes in one step, and the unit test in
 //!   `api/src/openapi.rs` finds any route added without it);
 //! - schemathesis (PyPI; `scripts/test.sh` installs it and passes its path as
-//!   `$CHATD_SCHEMATHESIS`) generates requests from the document, valid and invalid, with
+//!   `$TEST_SCHEMATHESIS`) generates requests from the document, valid and invalid, with
 //!   an app token, against an app with users, a group, a chatroom and messages in it, and
 //!   checks that no answer is a 5xx and that every answer has a documented status, content
 //!   type and shape. It is never skipped: without schemathesis the test fails.
@@ -116,7 +116,7 @@ async fn seed(t: &TestApp) -> Seeded {
 }
 
 async fn schemathesis_finds_no_server_error_and_no_undocumented_answer(backend: Backend) {
-    let program = std::env::var("CHATD_SCHEMATHESIS").unwrap_or_else(|_| "schemathesis".into());
+    let program = std::env::var("TEST_SCHEMATHESIS").unwrap_or_else(|_| "schemathesis".into());
     let t = spawn_app(backend).await;
     let seeded = seed(&t).await;
     let dir = tempfile::tempdir().unwrap();
