@@ -9,9 +9,11 @@
 //!   routes what the server sends (inbox and chatroom publishes, handed over in-process) to
 //!   the sessions subscribed.
 //! - [`presence`] turns the gate's connects and disconnects into retained presence messages.
+//! - [`mailbox`] is each connection's queue of deliveries and controls, small while idle.
 
 pub mod embedded;
 pub mod gate;
+pub mod mailbox;
 pub mod presence;
 pub mod switchboard;
 

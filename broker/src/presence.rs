@@ -22,7 +22,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::mpsc;
 
-use crate::switchboard::Switchboard;
+use crate::mailbox::Poster;
+use crate::switchboard::{Switchboard, ToSession};
 
 /// A user, as the gate knows them after CONNECT.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -50,7 +51,7 @@ struct Connection {
     device: String,
     /// When it connected (ms): of two connections with one device id, the later one stays.
     since: i64,
-    controls: mpsc::UnboundedSender<Control>,
+    controls: Poster<ToSession>,
 }
 
 /// A change of a user's device count on this node, for the other nodes of a cluster.
@@ -168,25 +169,25 @@ impl Presence {
         rx
     }
 
-    /// Records a device connection; the returned guard records the disconnection when it
-    /// is dropped, however the connection ends.
-    pub fn connected(&self, user: UserKey, device: &str) -> PresenceGuard {
+    /// Records a device connection, whose controls go to `controls` (its session's queue);
+    /// the returned guard records the disconnection when it is dropped, however the
+    /// connection ends.
+    pub fn connected(&self, user: UserKey, device: &str, controls: Poster<ToSession>) -> PresenceGuard {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let since = store::now_ms();
-        let (tx, controls) = mpsc::unbounded_channel();
         let mut state = self.state.lock().unwrap();
         let before = state.total(&user);
         let list = state.local.entry(user.clone()).or_default();
         for other in list.iter() {
             if other.device == device {
-                let _ = other.controls.send(Control::TakenOver);
+                other.controls.post(ToSession::Control(Control::TakenOver));
             }
         }
         list.push(Connection {
             id,
             device: device.to_string(),
             since,
-            controls: tx,
+            controls,
         });
         let local = list.len();
         self.changed(&mut state, &user, before, local, Some((device.to_string(), since)));
@@ -194,7 +195,6 @@ impl Presence {
             presence: self.clone(),
             user,
             id,
-            controls,
         }
     }
 
@@ -208,7 +208,7 @@ impl Presence {
         let state = self.state.lock().unwrap();
         let list = state.local.get(user).map(Vec::as_slice).unwrap_or_default();
         for connection in list {
-            let _ = connection.controls.send(control.clone());
+            connection.controls.post(ToSession::Control(control.clone()));
         }
         list.len()
     }
@@ -306,7 +306,7 @@ impl Presence {
                 // The later connection stays; a tie goes to the greater node name, so that
                 // exactly one of two simultaneous connections is closed.
                 if &connection.device == device && (connection.since, &*this_node) < (*since, node) {
-                    let _ = connection.controls.send(Control::TakenOver);
+                    connection.controls.post(ToSession::Control(Control::TakenOver));
                 }
             }
         }
@@ -398,15 +398,6 @@ pub struct PresenceGuard {
     presence: Presence,
     user: UserKey,
     id: u64,
-    controls: mpsc::UnboundedReceiver<Control>,
-}
-
-impl PresenceGuard {
-    /// The next thing the server asks of this connection. Cancel-safe.
-    pub async fn next_control(&mut self) -> Control {
-        // The sender lives in `Presence` as long as this guard does.
-        self.controls.recv().await.unwrap_or(Control::Disconnect)
-    }
 }
 
 impl Drop for PresenceGuard {
@@ -526,25 +517,38 @@ mod tests {
         assert_eq!(p.devices(&dave), 2);
     }
 
+    /// A connection of bob's `device`, and its session's queue.
+    fn connect(p: &Presence, device: &str) -> (PresenceGuard, crate::mailbox::Mailbox<ToSession>) {
+        let (poster, queue) = crate::mailbox::mailbox();
+        (p.connected(key("o", "a", "bob"), device, poster), queue)
+    }
+
+    fn control(queue: &mut crate::mailbox::Mailbox<ToSession>) -> Option<Control> {
+        match queue.try_recv() {
+            Some(ToSession::Control(control)) => Some(control),
+            _ => None,
+        }
+    }
+
     #[test]
     fn the_later_connection_of_a_device_stays() {
         let p = presence();
-        let mut older = p.connected(key("o", "a", "bob"), "phone");
+        let (_older, mut older) = connect(&p, "phone");
         let since = store::now_ms();
         // The same device connects on node "b" later: this one is taken over.
         p.remote_change("b", change("bob", 1, 1, Some(("phone", since + 1_000))));
-        assert_eq!(older.controls.try_recv(), Ok(Control::TakenOver));
+        assert_eq!(control(&mut older), Some(Control::TakenOver));
         // An earlier connection elsewhere (announced late) does not close this one.
-        let mut newer = p.connected(key("o", "a", "bob"), "tablet");
+        let (_newer, mut newer) = connect(&p, "tablet");
         p.remote_change("b", change("bob", 1, 2, Some(("tablet", since - 60_000))));
-        assert!(newer.controls.try_recv().is_err());
+        assert!(control(&mut newer).is_none());
         // Same moment: the greater node name wins ("me" < "x").
-        let mut tie = p.connected(key("o", "a", "bob"), "laptop");
+        let (_tie, mut tie) = connect(&p, "laptop");
         let at = p.state.lock().unwrap().local[&key("o", "a", "bob")]
             .last()
             .unwrap()
             .since;
         p.remote_change("x", change("bob", 1, 1, Some(("laptop", at))));
-        assert_eq!(tie.controls.try_recv(), Ok(Control::TakenOver));
+        assert_eq!(control(&mut tie), Some(Control::TakenOver));
     }
 }

@@ -31,6 +31,9 @@ use bytes::Bytes;
 use rumqttc::{AsyncClient, QoS};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::mailbox::Poster;
+use crate::presence::Control;
+
 /// Deliveries a session may have queued before the switchboard drops more for it (a
 /// device that reads this slowly catches up with `sync`).
 pub const SESSION_QUEUE: usize = 1024;
@@ -44,8 +47,17 @@ pub struct Delivery {
     pub retain: bool,
 }
 
+/// What a session's one queue (a [`crate::mailbox`], small while idle) carries: publishes
+/// from the switchboard and, rarely, a control from [`crate::presence`]. Deliveries travel
+/// in an `Arc`: a fan-out shares one allocation.
+#[derive(Debug)]
+pub enum ToSession {
+    Deliver(Arc<Delivery>),
+    Control(Control),
+}
+
 /// A session subscribed to a topic: its id and its queue.
-type Subscribers = Vec<(u64, mpsc::Sender<Delivery>)>;
+type Subscribers = Vec<(u64, Poster<ToSession>)>;
 
 /// A change of the topics this node's sessions hold, for the cluster.
 #[derive(Debug)]
@@ -168,7 +180,7 @@ impl Switchboard {
     }
 
     /// Adds a session to a topic.
-    pub fn subscribe(&self, topic: &str, session: u64, queue: &mpsc::Sender<Delivery>) -> Subscribed {
+    pub fn subscribe(&self, topic: &str, session: u64, queue: &Poster<ToSession>) -> Subscribed {
         let mut topics = self.topics.lock().unwrap();
         let mut ready = None;
         let subscribers = match topics.get_mut(topic) {
@@ -218,13 +230,13 @@ impl Switchboard {
         let Some((topic, subscribers)) = topics.get_key_value(topic) else {
             return;
         };
+        let delivery = Arc::new(Delivery {
+            topic: topic.clone(),
+            payload,
+            retain: false,
+        });
         for (session, queue) in subscribers {
-            let delivery = Delivery {
-                topic: topic.clone(),
-                payload: payload.clone(),
-                retain: false,
-            };
-            if let Err(mpsc::error::TrySendError::Full(_)) = queue.try_send(delivery) {
+            if queue.try_post(ToSession::Deliver(delivery.clone())).is_err() {
                 self.drops.record(&format!("session {session}"));
                 metrics::counter!("chatd_deliveries_dropped_total", "reason" => "device_not_reading").increment(1);
             }

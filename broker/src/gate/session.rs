@@ -17,7 +17,6 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use rumqttc::mqttbytes::{v4, QoS};
 use rumqttc::v5::mqttbytes::v5;
-use tokio::sync::mpsc;
 use tokio::time::{sleep_until, timeout, Instant};
 
 use super::acl::{Acl, FilterAccess, Identity};
@@ -25,8 +24,9 @@ use super::budget::{budget_key, FloodWindow, OpClass, Peek};
 use super::codec::{self, qos_v4, ConnectRead, ConnectRequest, DevicePacket, Malformed, Refusal, Version};
 use super::transport::ClientIo;
 use super::Shared;
+use crate::mailbox::{Mailbox, Poster};
 use crate::presence::{Control, UserKey};
-use crate::switchboard::{Delivery, SESSION_QUEUE};
+use crate::switchboard::{Delivery, ToSession, SESSION_QUEUE};
 use store::envelope::{frame_inbox, frame_outbox, frame_outbox_unreadable, unframe_inbox, OpError, Route};
 
 /// What ends a session, and what (if anything) the device is told.
@@ -60,11 +60,11 @@ pub(crate) async fn serve(
     // Taken before CONNECT so the limit also bounds connections still authenticating;
     // over the limit the device still gets a CONNACK that says why.
     let slot = shared.slots.clone().try_acquire_owned().ok();
-    let mut buf = BytesMut::with_capacity(1024);
+    let mut buf = BytesMut::with_capacity(READ_BUFFER);
     let max_packet = shared.settings.max_packet_size;
     // Before anyone knows who the device is, its first packet may hold no more than this.
     let max_connect = max_packet.min(MAX_CONNECT_BYTES);
-    let request = match timeout(
+    let mut request = match timeout(
         shared.settings.connect_timeout,
         Box::pin(read_connect(&mut io, &mut buf, max_connect)),
     )
@@ -114,13 +114,15 @@ pub(crate) async fn serve(
     // Registered before the CONNACK goes out: a device that connects again with the same id
     // as soon as it has its CONNACK must find this connection there to take over (registered
     // after, a slow task could take over the newer connection instead).
-    let mut presence = shared.presence.connected(
+    let (queue, inbox) = crate::mailbox::bounded(SESSION_QUEUE);
+    let _presence = shared.presence.connected(
         UserKey {
             org: identity.org.clone(),
             app: identity.app.clone(),
             user: identity.user.clone(),
         },
         &identity.device,
+        queue.clone(),
     );
     let mut out = BytesMut::new();
     let assigned = request.client_id.is_empty().then_some(identity.device.as_str());
@@ -135,7 +137,6 @@ pub(crate) async fn serve(
         metrics::gauge!("chatd_mqtt_connections", "transport" => transport, "protocol" => version.label());
     connections.increment(1.0);
     let _connected = scopeguard_decrement(connections);
-    let (queue, deliveries) = mpsc::channel(SESSION_QUEUE);
     let budget_key = budget_key(&identity.org, &identity.app, &identity.user);
     let mut session = Session {
         version,
@@ -159,16 +160,16 @@ pub(crate) async fn serve(
         device_aliases: HashMap::new(),
         compact: request.compact,
         admitted: HashSet::new(),
-        will: request.will,
+        will: request.will.take(),
         budget_key,
         over_budget: FloodWindow::default(),
         refused_publishes: FloodWindow::default(),
         shared: shared.clone(),
     };
     let keep_alive = request.keep_alive;
-    let close = session
-        .run(&mut io, buf, deliveries, keep_alive, &mut presence, stop)
-        .await;
+    // The rest (the token, the client id) is not kept for the connection's life.
+    drop(request);
+    let close = session.run(&mut io, buf, inbox, keep_alive, stop).await;
     tracing::debug!(user = %session.identity.user, device = %session.identity.device, ?close, "device disconnected");
     let reason = match &close {
         Close::Violation(reason, why) => {
@@ -251,6 +252,13 @@ enum Refused {
 /// The largest CONNECT the gate reads (a will's payload included: an envelope is at most
 /// 64 KiB anyway).
 const MAX_CONNECT_BYTES: usize = 64 * 1024 + 1024;
+
+/// The read buffer a connection starts with: a SUBSCRIBE or most chat messages fit (a larger
+/// packet grows it; an idle connection holds this much).
+const READ_BUFFER: usize = 512;
+/// The most buffer capacity an idle connection keeps (reading or writing); more, left by a
+/// large packet or a burst, is given back once the buffer is empty.
+const KEPT_BUFFER: usize = 8 * 1024;
 
 /// Most QoS 1 publishes a device may leave unacknowledged, whatever its Receive Maximum.
 const MAX_UNACKED: usize = 1024;
@@ -397,7 +405,7 @@ struct Session {
     aliases: HashMap<u16, String>,
     /// This session's id at the switchboard, and the queue it delivers into.
     id: u64,
-    queue: mpsc::Sender<Delivery>,
+    queue: Poster<ToSession>,
     /// Topics subscribed, with the QoS granted (0 or 1: the server never sends QoS 2).
     subscriptions: HashMap<String, QoS>,
     /// The device's QoS 2 publishes received and not yet released (PUBREL): a repeat of one
@@ -437,9 +445,8 @@ impl Session {
         &mut self,
         io: &mut ClientIo,
         mut device_buf: BytesMut,
-        mut deliveries: mpsc::Receiver<Delivery>,
+        mut inbox: Mailbox<ToSession>,
         keep_alive: u16,
-        presence: &mut crate::presence::PresenceGuard,
         stop: super::Stop,
     ) -> Close {
         let super::Stop {
@@ -467,6 +474,9 @@ impl Session {
             if pending_device_bytes {
                 pending_device_bytes = false;
                 let handled = Box::pin(self.handle_device_bytes(&mut device_buf, &mut out)).await;
+                if device_buf.is_empty() && device_buf.capacity() > KEPT_BUFFER {
+                    device_buf = BytesMut::with_capacity(READ_BUFFER);
+                }
                 if let Err(close) = flush(io, &mut out, write_limit).await {
                     return close;
                 }
@@ -490,36 +500,54 @@ impl Session {
                         }
                     }
                 }
-                Some(delivery) = deliveries.recv() => {
-                    self.deliver(delivery, &mut out);
-                    // Take what else is queued before writing: one write for a burst.
-                    while out.len() < 64 * 1024 {
-                        let Ok(delivery) = deliveries.try_recv() else { break };
-                        self.deliver(delivery, &mut out);
+                next = inbox.recv() => {
+                    // Take what else is queued before writing: one write for a burst. A
+                    // control ends the burst and is applied once it is written.
+                    let mut next = Some(next);
+                    let mut control = None;
+                    while let Some(event) = next.take() {
+                        match event {
+                            ToSession::Deliver(delivery) => self.deliver(Arc::unwrap_or_clone(delivery), &mut out),
+                            ToSession::Control(c) => {
+                                control = Some(c);
+                                break;
+                            }
+                        }
+                        if out.len() < 64 * 1024 {
+                            next = inbox.try_recv();
+                        }
                     }
                     if let Err(close) = flush(io, &mut out, write_limit).await {
                         return close;
                     }
+                    match control {
+                        Some(Control::Disconnect) => return Close::Kicked,
+                        Some(Control::TakenOver) => return Close::TakenOver,
+                        Some(Control::Revoke(topic)) => {
+                            self.admitted.remove(&topic);
+                        }
+                        None => {}
+                    }
                 }
-                _ = sleep_until(idle_deadline) => {
-                    return Close::Violation(v5::DisconnectReasonCode::KeepAliveTimeout, "keepalive timeout".into());
+                // One timer for both (a timer is 112 bytes of every connection's task).
+                _ = sleep_until(idle_deadline.min(token_deadline)) => {
+                    if Instant::now() >= token_deadline {
+                        return Close::Expired;
+                    }
+                    if Instant::now() >= idle_deadline {
+                        return Close::Violation(v5::DisconnectReasonCode::KeepAliveTimeout, "keepalive timeout".into());
+                    }
                 }
-                _ = sleep_until(token_deadline) => return Close::Expired,
                 _ = wait_until_true(&mut shutdown) => {
                     // What the bridge stored while the server drained is acked: write it.
-                    while let Ok(delivery) = deliveries.try_recv() {
-                        self.deliver(delivery, &mut out);
+                    while let Some(event) = inbox.try_recv() {
+                        if let ToSession::Deliver(delivery) = event {
+                            self.deliver(Arc::unwrap_or_clone(delivery), &mut out);
+                        }
                     }
                     let _ = flush(io, &mut out, FINAL_WRITE).await;
                     return Close::Shutdown;
                 }
-                control = presence.next_control() => match control {
-                    Control::Disconnect => return Close::Kicked,
-                    Control::TakenOver => return Close::TakenOver,
-                    Control::Revoke(topic) => {
-                        self.admitted.remove(&topic);
-                    }
-                },
             }
         }
     }
@@ -1076,9 +1104,12 @@ fn to_device_v5(out: &mut BytesMut, packet: v5::Packet) {
 /// Writes what is buffered for the device. A device that reads nothing of it for `limit`
 /// (a dead link, a client that stopped reading) is closed: a blocked write would otherwise
 /// hold the session, its memory and its task until TCP gives up, many minutes later.
+/// Writes what `out` holds. A burst may have grown it to 64 KiB and more: that memory is
+/// given back once written, so an idle connection does not keep its busiest moment.
 async fn flush(io: &mut ClientIo, out: &mut BytesMut, limit: Duration) -> Result<(), Close> {
     if !out.is_empty() {
         match timeout(limit, io.write_all(out)).await {
+            Ok(Ok(())) if out.capacity() > KEPT_BUFFER => *out = BytesMut::new(),
             Ok(Ok(())) => out.clear(),
             Ok(Err(_)) => return Err(Close::Device),
             Err(_) => return Err(Close::WriteStalled),
