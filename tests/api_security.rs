@@ -102,10 +102,15 @@ async fn browsers_call_from_allowed_origins_only() {
         .await
         .unwrap();
     assert_eq!(resp.headers()["access-control-allow-origin"], "https://app.example.com");
-    assert!(resp.headers()["access-control-expose-headers"]
+    let exposed = resp.headers()["access-control-expose-headers"]
         .to_str()
         .unwrap()
-        .contains("upload-offset"));
+        .to_string();
+    // tus's headers, and the id a finished upload became, are readable by the page.
+    assert!(
+        exposed.contains("upload-offset") && exposed.contains("chatfile-uuid"),
+        "{exposed}"
+    );
     let (status, body) = common::into_json(resp).await;
     assert_eq!((status, body["action"].as_str()), (200, Some("get")), "{body}");
 

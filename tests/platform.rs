@@ -411,6 +411,32 @@ async fn messages_from_the_backend(backend: Backend) {
         json!([]),
         "an hour with no messages"
     );
+
+    // The overview's form, `POST /messages` with a target_type: the app's only, whatever
+    // the body (a user token is 403 before its body is read).
+    let (status, body) = t
+        .post(
+            "/messages",
+            Some(&app),
+            json!({"target_type": "users", "target": ["bob"], "msg": {"type": "txt", "msg": "by type"}, "from": "alice"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["data"]["bob"].is_string(), "{body}");
+    // A recipient named twice (in any case) gets the message once.
+    let before = count().await;
+    let (status, body) = t
+        .post(
+            "/messages/users",
+            Some(&app),
+            json!({"from": "alice", "to": ["carol", " Carol"], "type": "txt", "body": {"msg": "once"}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"].as_object().unwrap().len(), 1, "{body}");
+    assert_eq!(count().await, before + 1);
+    let (status, body) = t.post("/messages", Some(&alice), json!({"nonsense": true})).await;
+    assert_eq!(status, 403, "{body}");
 }
 
 /// Groups as the platform manages them: several at once, membership checks, batches that
@@ -908,8 +934,16 @@ async fn reactions_over_rest(backend: Backend) {
     assert_eq!(status, 400, "{body}");
     // Read: the first three users, and whether the reader added it.
     let (_, body) = t
-        .get(&format!("/reaction/user/alice?msgIdList={id}&msgType=chat"), &alice)
+        .get(
+            &format!("/reaction/user/alice?msgIdList={id},{id}&msgType=chat"),
+            &alice,
+        )
         .await;
+    assert_eq!(
+        body["data"].as_array().unwrap().len(),
+        1,
+        "a message named twice is answered once: {body}"
+    );
     let yum = body["data"][0]["reactionList"]
         .as_array()
         .unwrap()

@@ -697,7 +697,8 @@ async fn push_from_the_backend(backend: Backend) {
         t.put("/users/dora/push/dnd", &dora, json!({"all_off": true})).await.0,
         200
     );
-    let push = json!({"targets": ["bob", "carol", "dora", "ghost"],
+    // bob named twice: one push, one answer.
+    let push = json!({"targets": ["bob", "carol", "dora", "ghost", "Bob"],
                       "pushMessage": {"title": "Sale", "subTitle": "x", "content": "50% off today", "ext": {"k": "v"}, "vivo": {}}});
     assert_eq!(t.post("/push/single", Some(&bob), push.clone()).await.0, 403);
     let (status, body) = t.post("/push/single", Some(&t.app_token), push).await;
@@ -721,6 +722,8 @@ async fn push_from_the_backend(backend: Backend) {
     );
     assert_eq!(sent["data"]["k"], "v");
     assert!(fake.sends_to("tok-dora").is_empty(), "do-not-disturb was ignored");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(fake.sends_to("tok-bob").len(), 1, "bob was pushed twice");
     for bad in [
         json!({"targets": [], "pushMessage": {"title": "x"}}),
         json!({"targets": ["bob"], "pushMessage": {}}),

@@ -108,6 +108,8 @@ impl CorsSettings {
             "last-modified",
             "retry-after",
             "content-disposition",
+            // A tus upload's last PATCH (and HEAD once done) names the chatfile it became.
+            "chatfile-uuid",
         ]
         .into_iter()
         .map(HeaderName::from_static)

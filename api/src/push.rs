@@ -279,8 +279,14 @@ pub async fn send_single(
     let app_id = &caller.app.id;
     let now = store::now_ms();
     let mut answers = Vec::with_capacity(req.targets.len());
+    let mut seen = Vec::with_capacity(req.targets.len());
     for target in &req.targets {
         let user = target.trim().to_ascii_lowercase();
+        // A user named twice gets one push, and one answer.
+        if seen.contains(&user) {
+            continue;
+        }
+        seen.push(user.clone());
         let fail = |why: &str| json!({"id": target, "pushStatus": "FAIL", "desc": why});
         if !state.store.user_exists(app_id, &user).await? {
             answers.push(fail("no such user"));

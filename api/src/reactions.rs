@@ -206,13 +206,13 @@ pub async fn list(
     owner: Owner,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let ids: Vec<String> = q
-        .msg_id_list
-        .split(',')
-        .map(str::trim)
-        .filter(|id| !id.is_empty())
-        .map(str::to_string)
-        .collect();
+    // A message named twice is answered once.
+    let mut ids: Vec<String> = Vec::new();
+    for id in q.msg_id_list.split(',').map(str::trim).filter(|id| !id.is_empty()) {
+        if !ids.iter().any(|known| known == id) {
+            ids.push(id.to_string());
+        }
+    }
     if ids.is_empty() || ids.len() > MAX_IDS {
         return Err(ApiError::BadRequest(format!(
             "msgIdList exceeds the maximum number limit: name 1 to {MAX_IDS} message ids"

@@ -323,7 +323,13 @@ pub async fn send(
     if let Some(destroy) = &req.destroy {
         destroy.validate(chat).map_err(ApiError::BadRequest)?;
     }
-    let to: Vec<String> = req.to.iter().map(|t| t.trim().to_ascii_lowercase()).collect();
+    // A name given twice is one recipient: one message, one id.
+    let mut to: Vec<String> = Vec::with_capacity(req.to.len());
+    for name in req.to.iter().map(|t| t.trim().to_ascii_lowercase()) {
+        if !to.contains(&name) {
+            to.push(name);
+        }
+    }
     if req.kind == MsgType::Cmd {
         return relay_command(&state, &caller, chat, &from, &to, &req_body, req.ext.as_ref()).await;
     }
@@ -637,6 +643,8 @@ pub async fn send_by_target_type(
     Path((org, app)): Path<(String, String)>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
+    // Who may send comes before what is sent: a user token is a 403 whatever its body.
+    caller.require_app()?;
     let req: TargetedMessage = parse_json(&body)?;
     if !matches!(req.target_type.as_str(), "users" | "chatgroups" | "chatrooms") {
         return Err(ApiError::BadRequest(format!(

@@ -159,16 +159,8 @@ mod schema {
     /// An endpoint just created: its fields and its signing secret.
     #[derive(ToSchema)]
     pub struct NewWebhookData {
-        id: String,
-        url: String,
-        events: Vec<String>,
-        state: String,
-        failures: i64,
-        last_error: String,
-        last_success_at: i64,
-        last_failure_at: i64,
-        created_at: i64,
-        queued: i64,
+        #[serde(flatten)]
+        webhook: Webhook,
         /// The key the requests are signed with: shown only now.
         secret: String,
     }

@@ -251,7 +251,7 @@ pub(super) async fn add_admin(
     let (kind, id) = (acting.channel.kind, acting.channel.id.clone());
     acting.require(Standing::Owner, "appoint admins")?;
     let body: AdminBody = parse_json(&body)?;
-    let user = body.newadmin.to_ascii_lowercase();
+    let user = body.newadmin.trim().to_ascii_lowercase();
     state
         .store
         .set_role(&acting.caller.app.id, kind, &id, &user, Role::Admin)
