@@ -27,6 +27,10 @@ pub struct Traffic {
     /// Total target rate in messages/s; 0 sends as fast as acks allow.
     #[arg(long, default_value_t = 0)]
     pub rate: u64,
+    /// At a set rate, every sender ticks at the same moment, so messages arrive in bursts of
+    /// one per pair (synchronised devices, a busy hour) instead of spread over the interval.
+    #[arg(long)]
+    pub burst: bool,
     /// chatd runs: print chatd's resident memory every this many seconds (a soak's curve).
     #[arg(long, default_value_t = 0)]
     pub rss_every_secs: u64,
@@ -175,6 +179,9 @@ pub async fn through_chatd(
     }
     if moderation {
         label = format!("{label}, every message moderated (local allow-all endpoint)");
+    }
+    if traffic.burst && traffic.rate > 0 {
+        label = format!("{label}, in bursts");
     }
     let ports: Vec<(u16, u16)> = (0..traffic.pairs)
         .map(|i| {
@@ -370,7 +377,8 @@ pub async fn run<T, F: Future<Output = anyhow::Result<T>>>(
     let text = "x".repeat(traffic.size);
     // At a set rate the senders' ticks are spread evenly over the interval (sender i starts
     // i/pairs of an interval in), so the load is steady rather than every sender's message
-    // at once, once per interval.
+    // at once, once per interval; with --burst they are all at once.
+    let spread = !traffic.burst;
     let first_tick = tokio::time::Instant::now() + Duration::from_millis(100);
     let mut senders = Vec::new();
     for (i, (client, mut eventloop, topic)) in connected.into_iter().enumerate() {
@@ -378,7 +386,7 @@ pub async fn run<T, F: Future<Output = anyhow::Result<T>>>(
         senders.push(tokio::spawn(async move {
             let poller = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
             let mut ticker = interval.map(|d| {
-                let mut t = tokio::time::interval_at(first_tick + d.mul_f64(i as f64 / pairs as f64), d);
+                let mut t = tokio::time::interval_at(first_tick + d.mul_f64(if spread { i as f64 / pairs as f64 } else { 0.0 }), d);
                 t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 t
             });
