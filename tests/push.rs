@@ -489,7 +489,8 @@ async fn queued_pushes_survive_restart(backend: Backend) {
 }
 
 /// Messages stored while no worker runs (or just before a crash) are recorded with their
-/// batch, so the next worker to start still plans and sends their pushes.
+/// batch, so the next worker to start still plans and sends their pushes: more batches than
+/// one claim takes, planned together, each message pushed once.
 async fn messages_stored_before_a_restart_still_push(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let (fake, base, account) = fake_fcm(dir.path()).await;
@@ -512,9 +513,21 @@ async fn messages_stored_before_a_restart_still_push(backend: Backend) {
     let alice = t.user("alice").await;
     t.user("bob").await;
     assert_eq!(bind_fcm(&t, &t.app_token, "bob", "p", "tok-bob").await, 200);
+    assert_eq!(
+        t.put("/settings", &t.app_token, json!({"send_rate_per_sec": 1000}))
+            .await
+            .0,
+        200
+    );
     let mut alice_dev = t.device("alice", &alice, "a").await;
-    alice_dev.send_text("s1", "bob", "stored before the restart").await;
-    alice_dev.next_op("ack").await;
+    // One at a time, so each is a batch of its own: 70 batches, more than one claim takes.
+    const SENT: usize = 70;
+    for n in 0..SENT {
+        alice_dev
+            .send_text(&format!("s{n}"), "bob", &format!("stored before the restart {n}"))
+            .await;
+        alice_dev.next_op("ack").await;
+    }
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(fake.sends_to("tok-bob").is_empty(), "no worker, yet a push went out");
     drop(alice_dev);
@@ -529,11 +542,22 @@ async fn messages_stored_before_a_restart_still_push(backend: Backend) {
     config.database_url = database_url;
     config.push.worker = true;
     let again = chatd::start(config).await.unwrap();
-    wait_until("the push", || fake.sends_to("tok-bob").len() == 1).await;
-    assert_eq!(
-        fake.sends_to("tok-bob")[0]["message"]["notification"]["body"],
-        "stored before the restart"
-    );
+    wait_until("the pushes", || fake.sends_to("tok-bob").len() >= SENT).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut bodies: Vec<String> = fake
+        .sends_to("tok-bob")
+        .iter()
+        .map(|m| m["message"]["notification"]["body"].as_str().unwrap().to_string())
+        .collect();
+    bodies.sort();
+    let mut expected: Vec<String> = (0..SENT).map(|n| format!("stored before the restart {n}")).collect();
+    expected.sort();
+    assert_eq!(bodies, expected, "each message pushed once");
+    let pending: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM push_pending")
+        .fetch_one(again.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(pending, 0, "every planned batch is finished");
     again.shutdown().await;
     drop(db);
 }

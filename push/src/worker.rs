@@ -16,6 +16,9 @@ use store::live::Live;
 use store::push::{Notifier, PushJob};
 use store::Store;
 
+/// Most stored messages planned in one go (their ids are bound as parameters of one query).
+const PLAN_TOGETHER: usize = 1024;
+
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
     /// Pushes in flight at once.
@@ -29,6 +32,11 @@ pub struct WorkerSettings {
     pub lease: Duration,
     /// How often to look for due jobs when nothing wakes the worker.
     pub poll: Duration,
+    /// Once woken (messages were stored), how long the worker lets more batches arrive
+    /// before it plans them together. Woken by every batch, it made three more writes per
+    /// batch (claim, webhook events, finish), each a commit of its own. A push is for a
+    /// device that is offline, so this much later is invisible to its user.
+    pub coalesce: Duration,
     /// The FCM API base URL (tests point it at a local fake).
     pub fcm_endpoint: String,
     /// Where FCM access tokens are obtained (OAuth2 JWT bearer). An operator setting: the
@@ -45,6 +53,7 @@ impl Default for WorkerSettings {
             max_backoff: Duration::from_secs(300),
             lease: Duration::from_secs(60),
             poll: Duration::from_millis(500),
+            coalesce: Duration::from_millis(50),
             fcm_endpoint: crate::fcm::DEFAULT_ENDPOINT.into(),
             fcm_token_uri: crate::fcm::DEFAULT_TOKEN_URI.into(),
         }
@@ -116,7 +125,12 @@ impl Worker {
             }
             if idle {
                 tokio::select! {
-                    _ = self.wake.notified() => {}
+                    _ = self.wake.notified() => {
+                        tokio::select! {
+                            _ = tokio::time::sleep(self.settings.coalesce) => {}
+                            _ = shutdown.changed() => return,
+                        }
+                    }
                     _ = tokio::time::sleep(self.settings.poll) => {}
                     _ = shutdown.changed() => return,
                 }
@@ -127,10 +141,12 @@ impl Worker {
     }
 
     /// Plans the pushes of stored messages the bridge (or the API) recorded; true if any.
+    /// The batches claimed are planned together, up to [`PLAN_TOGETHER`] messages at a time:
+    /// one query each for webhooks and for whom to push, one statement to finish them.
     async fn plan_pending(&self) -> bool {
         let batches = match self
             .store
-            .claim_pending_plans(16, self.settings.lease.as_millis() as i64)
+            .claim_pending_plans(64, self.settings.lease.as_millis() as i64)
             .await
         {
             Ok(b) => b,
@@ -140,31 +156,45 @@ impl Worker {
             }
         };
         let any = !batches.is_empty();
-        for (id, messages) in batches {
-            // The app's webhooks hear of stored messages here too, durably: the batch stays
-            // claimed until this is done, and queuing twice stores each event once.
-            if let Err(e) = self.store.enqueue_message_events(&messages).await {
-                tracing::error!(error = %e, "queuing webhook events failed");
-                continue;
+        let (mut ids, mut messages) = (Vec::new(), Vec::new());
+        for (id, batch) in batches {
+            if !ids.is_empty() && messages.len() + batch.len() > PLAN_TOGETHER {
+                self.plan_together(std::mem::take(&mut ids), std::mem::take(&mut messages))
+                    .await;
             }
-            let holders = match self.store.holders_with_push_devices(&messages).await {
-                Ok(holders) => holders,
-                Err(e) => {
-                    // Left claimed: the lease runs out and the batch is planned again.
-                    tracing::error!(error = %e, "finding whom to push for failed");
-                    continue;
-                }
-            };
-            for (message, recipients) in holders {
-                if let Err(e) = crate::plan::plan_stored(&self.store, self.live.as_ref(), &message, &recipients).await {
-                    tracing::error!(error = %e, %message, "planning pushes failed");
-                }
-            }
-            if let Err(e) = self.store.finish_pending_plan(&id).await {
-                tracing::error!(error = %e, "finishing a push plan failed");
-            }
+            ids.push(id);
+            messages.extend(batch);
+        }
+        if !ids.is_empty() {
+            self.plan_together(ids, messages).await;
         }
         any
+    }
+
+    /// Plans claimed batches (`ids`) holding `messages`, and finishes them. On an error they
+    /// stay claimed: the lease runs out and they are planned again.
+    async fn plan_together(&self, ids: Vec<String>, messages: Vec<String>) {
+        // The app's webhooks hear of stored messages here too, durably: the batches stay
+        // claimed until this is done, and queuing twice stores each event once.
+        if let Err(e) = self.store.enqueue_message_events(&messages).await {
+            tracing::error!(error = %e, "queuing webhook events failed");
+            return;
+        }
+        let holders = match self.store.holders_with_push_devices(&messages).await {
+            Ok(holders) => holders,
+            Err(e) => {
+                tracing::error!(error = %e, "finding whom to push for failed");
+                return;
+            }
+        };
+        for (message, recipients) in holders {
+            if let Err(e) = crate::plan::plan_stored(&self.store, self.live.as_ref(), &message, &recipients).await {
+                tracing::error!(error = %e, %message, "planning pushes failed");
+            }
+        }
+        if let Err(e) = self.store.finish_pending_plans(&ids).await {
+            tracing::error!(error = %e, "finishing push plans failed");
+        }
     }
 
     async fn settle(&self, job: PushJob) {

@@ -433,11 +433,20 @@ impl Store {
             .collect()
     }
 
-    pub async fn finish_pending_plan(&self, id: &str) -> Result<()> {
-        sqlx::query("DELETE FROM push_pending WHERE id = $1")
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+    /// Ends claimed batches of stored messages, once planned: one statement for all of them.
+    pub async fn finish_pending_plans(&self, ids: &[String]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let sql = format!(
+            "DELETE FROM push_pending WHERE id IN ({})",
+            crate::messages::params_from(1, ids.len())
+        );
+        let mut query = sqlx::query(&sql).persistent(false);
+        for id in ids {
+            query = query.bind(id);
+        }
+        query.execute(&self.pool).await?;
         Ok(())
     }
 
