@@ -385,8 +385,9 @@ pub async fn run<T, F: Future<Output = anyhow::Result<T>>>(
         let (protocol, text, messages, pairs) = (protocol.clone(), text.clone(), traffic.messages, traffic.pairs);
         senders.push(tokio::spawn(async move {
             let poller = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+            let offset = if spread { i as f64 / pairs as f64 } else { 0.0 };
             let mut ticker = interval.map(|d| {
-                let mut t = tokio::time::interval_at(first_tick + d.mul_f64(if spread { i as f64 / pairs as f64 } else { 0.0 }), d);
+                let mut t = tokio::time::interval_at(first_tick + d.mul_f64(offset), d);
                 t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 t
             });
