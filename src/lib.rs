@@ -50,6 +50,9 @@ pub struct Server {
     tasks: JoinSet<()>,
 }
 
+/// How long the bridge may take to subscribe to the embedded broker at start.
+const BRIDGE_START: Duration = Duration::from_secs(10);
+
 /// Starts every component. All listeners are bound before anything is spawned, so a taken
 /// port is a clear error at start rather than a half-running server.
 pub async fn start(mut config: Config) -> anyhow::Result<Server> {
@@ -214,6 +217,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Server> {
         let cluster = cluster.clone();
         health.check("cluster", move || cluster.connected());
     }
+    let (bridge_subscribed, mut bridge_ready) = watch::channel(false);
     tasks.spawn(async move {
         let _running = api::health::Running::new(bridge_running);
         if let Err(e) = bridge::run(
@@ -223,6 +227,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Server> {
             push_wake,
             bridge_settings,
             bridge_drain,
+            bridge_subscribed,
             bridge_shutdown,
         )
         .await
@@ -249,6 +254,13 @@ pub async fn start(mut config: Config) -> anyhow::Result<Server> {
         switchboard,
         presence.clone(),
     );
+    // Devices are let in once the bridge consumes their outboxes: before that, the embedded
+    // broker would ack a device's first publishes and drop them (nobody subscribed yet).
+    // Their connections wait in the listeners' backlog meanwhile.
+    tokio::time::timeout(BRIDGE_START, bridge_ready.wait_for(|subscribed| *subscribed))
+        .await
+        .map_err(|_| anyhow::anyhow!("the bridge did not subscribe to the embedded broker within {BRIDGE_START:?}"))?
+        .map_err(|_| anyhow::anyhow!("the bridge stopped before it subscribed to the embedded broker"))?;
     let gate_task = gate.run(Listeners { tcp, ws, tls, wss }, drain_rx.clone(), shutdown_rx.clone());
     tasks.spawn(async move {
         let _running = api::health::Running::new(gate_running);

@@ -80,7 +80,10 @@ pub struct Drain {
     pub done: watch::Sender<bool>,
 }
 
-/// Runs a bridge until `shutdown` turns true.
+/// Runs a bridge until `shutdown` turns true. `subscribed` turns true once the broker has
+/// granted the outbox subscription: until then a device's publish would reach no one (the
+/// broker acks and drops a publish nobody subscribes to), so the gate waits for it.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     options: MqttOptions,
     store: Store,
@@ -88,6 +91,7 @@ pub async fn run(
     push_wake: Arc<tokio::sync::Notify>,
     settings: BridgeSettings,
     mut drain: Drain,
+    subscribed: watch::Sender<bool>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), Error> {
     let mut consumer_options = options.clone();
@@ -99,7 +103,13 @@ pub async fn run(
 
     let (incoming_tx, mut incoming) = mpsc::channel(settings.max_batch * 4);
     let received = Arc::new(AtomicU64::new(0));
-    let consumer_task = tokio::spawn(consume(consumer_loop, consumer, incoming_tx, received.clone()));
+    let consumer_task = tokio::spawn(consume(
+        consumer_loop,
+        consumer,
+        incoming_tx,
+        received.clone(),
+        subscribed,
+    ));
     let mut bridge = Bridge::new(
         store,
         live,
@@ -218,14 +228,15 @@ impl FairQueue {
     }
 }
 
-/// Drives the consuming connection: (re)subscribes after every CONNACK, queues outbox
-/// publishes for the processor and acknowledges each once queued; when the queue is full
-/// it waits, and so does rumqttd.
+/// Drives the consuming connection: (re)subscribes after every CONNACK, says so once the
+/// subscription is granted, queues outbox publishes for the processor and acknowledges
+/// each once queued; when the queue is full it waits, and so does rumqttd.
 async fn consume(
     mut eventloop: EventLoop,
     client: AsyncClient,
     incoming: mpsc::Sender<Publish>,
     received: Arc<AtomicU64>,
+    subscribed: watch::Sender<bool>,
 ) {
     loop {
         match eventloop.poll().await {
@@ -233,7 +244,18 @@ async fn consume(
                 if let Err(e) = client.try_subscribe(store::topics::OUTBOX_SHARED_FILTER, QoS::AtLeastOnce) {
                     tracing::error!(error = %e, "bridge cannot subscribe");
                 }
-                tracing::info!("bridge subscribed to {}", store::topics::OUTBOX_SHARED_FILTER);
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                if ack
+                    .return_codes
+                    .iter()
+                    .all(|c| matches!(c, rumqttc::SubscribeReasonCode::Success(_)))
+                {
+                    tracing::info!("bridge subscribed to {}", store::topics::OUTBOX_SHARED_FILTER);
+                    subscribed.send_replace(true);
+                } else {
+                    tracing::error!(codes = ?ack.return_codes, "the broker refused the bridge's subscription");
+                }
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 let ack = publish.clone();
