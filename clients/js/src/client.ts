@@ -54,6 +54,8 @@ export interface ClientOptions {
   maxBackoffMs?: number;
   /** Messages per `sync` page (default 100). */
   syncLimit?: number;
+  /** How long a `sync` page may take before it is asked for again (ms; default 10 s). */
+  syncTimeoutMs?: number;
   /** The REST API's base (`https://chat.example.com`), for history, files and the rest. */
   apiUrl?: string;
   /** `compact`: MessagePack on the wire (topics.md), about a third of JSON's bytes. */
@@ -503,12 +505,22 @@ export class ChatClient {
       try {
         for (;;) {
           const cid = `sync-${(this.nextCid++).toString(36)}`;
+          // A page that never comes (its request lost on the way) is asked for again: a sync
+          // changes nothing, so asking twice is harmless.
           const page = await new Promise<Incoming>((resolve) => {
-            this.syncs.set(cid, resolve);
+            const timer = setTimeout(() => {
+              this.syncs.delete(cid);
+              resolve({ op: "synced", again: true });
+            }, this.opts.syncTimeoutMs ?? 10_000);
+            this.syncs.set(cid, (answer) => {
+              clearTimeout(timer);
+              resolve(answer);
+            });
             this.publish({ op: "sync", cid, after: this.lastUseq, limit: this.opts.syncLimit ?? 100 });
-            if (!this.mqtt?.connected) resolve({ op: "synced", lost: true });
+            if (!this.mqtt?.connected) this.syncs.get(cid)?.({ op: "synced", lost: true });
           });
           if (page.lost) return;
+          if (page.again) continue;
           for (const msg of (page.msgs as Incoming[]) ?? []) {
             const useq = msg.useq as number;
             if (useq <= this.lastUseq) continue;
