@@ -1104,8 +1104,8 @@ fn to_device_v5(out: &mut BytesMut, packet: v5::Packet) {
 /// Writes what is buffered for the device. A device that reads nothing of it for `limit`
 /// (a dead link, a client that stopped reading) is closed: a blocked write would otherwise
 /// hold the session, its memory and its task until TCP gives up, many minutes later.
-/// Writes what `out` holds. A burst may have grown it to 64 KiB and more: that memory is
-/// given back once written, so an idle connection does not keep its busiest moment.
+/// A burst may have grown `out` to 64 KiB and more: that memory is given back once written,
+/// so an idle connection does not keep its busiest moment.
 async fn flush(io: &mut ClientIo, out: &mut BytesMut, limit: Duration) -> Result<(), Close> {
     if !out.is_empty() {
         match timeout(limit, io.write_all(out)).await {
