@@ -944,6 +944,15 @@ async fn reactions_over_rest(backend: Backend) {
         1,
         "a message named twice is answered once: {body}"
     );
+    // Thousands of distinct ids are refused like 21: past the limit nothing more is read.
+    let many: Vec<String> = (0..8_000).map(|n| n.to_string()).collect();
+    let (status, refused) = t
+        .get(
+            &format!("/reaction/user/alice?msgIdList={}&msgType=chat", many.join(",")),
+            &alice,
+        )
+        .await;
+    assert_eq!(status, 400, "{refused}");
     let yum = body["data"][0]["reactionList"]
         .as_array()
         .unwrap()
