@@ -43,6 +43,10 @@ pub enum Control {
     Revoke(String),
     /// Close: the same device connected again.
     TakenOver,
+    /// The server is draining: stop reading what the device sends, keep delivering.
+    Drain,
+    /// The server is stopping: write what is queued, then close.
+    Shutdown,
 }
 
 /// One open connection of a user.
@@ -80,7 +84,8 @@ struct RemoteNode {
 
 #[derive(Default)]
 struct State {
-    local: HashMap<UserKey, Vec<Connection>>,
+    /// Keyed by a shared key that each connection's [`PresenceGuard`] holds too.
+    local: HashMap<Arc<UserKey>, Vec<Connection>>,
     remote: HashMap<Arc<str>, RemoteNode>,
     /// The sum over `remote` per user (users with none are absent).
     remote_devices: HashMap<UserKey, u32>,
@@ -177,6 +182,10 @@ impl Presence {
         let since = store::now_ms();
         let mut state = self.state.lock().unwrap();
         let before = state.total(&user);
+        let user = match state.local.get_key_value(&user) {
+            Some((shared, _)) => shared.clone(),
+            None => Arc::new(user),
+        };
         let list = state.local.entry(user.clone()).or_default();
         for other in list.iter() {
             if other.device == device {
@@ -211,6 +220,20 @@ impl Presence {
             connection.controls.post(ToSession::Control(control.clone()));
         }
         list.len()
+    }
+
+    /// Sends a control to every connection on this node (the gate's drain and shutdown:
+    /// a signal in the queue every session reads anyway costs an idle connection nothing,
+    /// where a wait on a `watch` costs each one's task about 150 bytes). A connection
+    /// registered after this returns must look at the signal itself (the gate does).
+    pub fn control_all(&self, control: Control) -> usize {
+        let state = self.state.lock().unwrap();
+        let mut count = 0;
+        for connection in state.local.values().flatten() {
+            connection.controls.post(ToSession::Control(control.clone()));
+            count += 1;
+        }
+        count
     }
 
     fn disconnected(&self, user: &UserKey, id: u64) {
@@ -279,7 +302,7 @@ impl Presence {
         let users = state
             .local
             .iter()
-            .map(|(user, list)| (user.clone(), list.len() as u32))
+            .map(|(user, list)| (UserKey::clone(user), list.len() as u32))
             .collect();
         (state.version, users)
     }
@@ -396,7 +419,7 @@ impl Presence {
 /// Marks one device connection; dropping it marks the disconnection.
 pub struct PresenceGuard {
     presence: Presence,
-    user: UserKey,
+    user: Arc<UserKey>,
     id: u64,
 }
 

@@ -5,7 +5,8 @@
 //! chatrooms of its own app, named one by one. Any wildcard, `$share`/`$SYS` prefix or other
 //! tenant's topic fails the match, so no filter can reach another user's or another
 //! tenant's messages. Presence and chatroom filters need a further check against the
-//! database (blocks, membership), which the session makes.
+//! database (blocks, membership), which the session makes. The checks are methods of the
+//! connection's [`Identity`].
 
 /// Who is on the other end of a connection, once their token has been checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +28,62 @@ impl Identity {
     pub fn inbox(&self) -> String {
         store::topics::inbox(&self.org, &self.app, &self.user)
     }
+
+    /// What follows `chat/{org}/{app}/` in a topic of this identity's app. The checks below
+    /// read the topic against the identity's names rather than against topics formatted at
+    /// CONNECT: an idle connection holds no copy of them.
+    fn in_app<'t>(&self, topic: &'t str) -> Option<&'t str> {
+        topic
+            .strip_prefix("chat/")?
+            .strip_prefix(self.org.as_str())?
+            .strip_prefix('/')?
+            .strip_prefix(self.app.as_str())?
+            .strip_prefix('/')
+    }
+
+    /// `u/{user}/{end}` in this app is this identity's own.
+    fn is_own(&self, topic: &str, end: &str) -> bool {
+        self.in_app(topic)
+            .and_then(|rest| rest.strip_prefix("u/"))
+            .and_then(|rest| rest.strip_suffix(end))
+            .and_then(|rest| rest.strip_suffix('/'))
+            == Some(self.user.as_str())
+    }
+
+    /// The user's own inbox.
+    pub fn is_inbox(&self, topic: &str) -> bool {
+        self.is_own(topic, "in")
+    }
+
+    /// Room and presence topics are delivered only while the connection's admission to
+    /// them stands (see the session's `admitted`).
+    pub fn needs_admission(&self, topic: &str) -> bool {
+        self.in_app(topic)
+            .is_some_and(|rest| rest.starts_with("room/") || rest.starts_with("presence/"))
+    }
+
+    /// Devices publish only to their user's outbox.
+    pub fn may_publish(&self, topic: &str) -> bool {
+        self.is_own(topic, "out")
+    }
+
+    /// Devices subscribe to their user's inbox, to one user's presence at a time, and to
+    /// one chatroom at a time.
+    pub fn classify(&self, filter: &str) -> FilterAccess {
+        let valid = |name: &str| store::names::validate_name("name", name).is_ok();
+        let Some(rest) = self.in_app(filter) else {
+            return FilterAccess::Denied;
+        };
+        if self.is_inbox(filter) {
+            FilterAccess::Inbox
+        } else if let Some(user) = rest.strip_prefix("presence/").filter(|u| valid(u)) {
+            FilterAccess::Presence(user.to_string())
+        } else if let Some(room) = rest.strip_prefix("room/").filter(|r| valid(r)) {
+            FilterAccess::Room(room.to_string())
+        } else {
+            FilterAccess::Denied
+        }
+    }
 }
 
 /// What a SUBSCRIBE filter asks for.
@@ -41,69 +98,19 @@ pub enum FilterAccess {
     Denied,
 }
 
-/// Topics a connection may use, computed once at CONNECT.
-#[derive(Debug, Clone)]
-pub struct Acl {
-    outbox: String,
-    inbox: String,
-    presence_prefix: String,
-    room_prefix: String,
-}
-
-impl Acl {
-    pub fn new(id: &Identity) -> Acl {
-        Acl {
-            outbox: id.outbox(),
-            inbox: id.inbox(),
-            presence_prefix: format!("chat/{}/{}/presence/", id.org, id.app),
-            room_prefix: format!("chat/{}/{}/room/", id.org, id.app),
-        }
-    }
-
-    /// Room and presence topics are delivered only while the connection's admission to
-    /// them stands (see the session's `admitted`).
-    pub fn needs_admission(&self, topic: &str) -> bool {
-        topic.starts_with(&self.room_prefix) || topic.starts_with(&self.presence_prefix)
-    }
-
-    pub fn inbox(&self) -> &str {
-        &self.inbox
-    }
-
-    /// Devices publish only to their user's outbox.
-    pub fn may_publish(&self, topic: &str) -> bool {
-        topic == self.outbox
-    }
-
-    /// Devices subscribe to their user's inbox, to one user's presence at a time, and to
-    /// one chatroom at a time.
-    pub fn classify(&self, filter: &str) -> FilterAccess {
-        let valid = |name: &str| store::names::validate_name("name", name).is_ok();
-        if filter == self.inbox {
-            FilterAccess::Inbox
-        } else if let Some(user) = filter.strip_prefix(&self.presence_prefix).filter(|u| valid(u)) {
-            FilterAccess::Presence(user.to_string())
-        } else if let Some(room) = filter.strip_prefix(&self.room_prefix).filter(|r| valid(r)) {
-            FilterAccess::Room(room.to_string())
-        } else {
-            FilterAccess::Denied
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn alice() -> Acl {
-        Acl::new(&Identity {
+    fn alice() -> Identity {
+        Identity {
             org: "demo".into(),
             app: "chat".into(),
             app_id: "a1".into(),
             user: "alice".into(),
             device: "phone".into(),
             token_expires: i64::MAX,
-        })
+        }
     }
 
     #[test]
@@ -116,6 +123,15 @@ mod tests {
             "chat/demo/chat/presence/alice",
             "chat/acme/chat/u/alice/out",
             "chat/demo/chat/u/alice/out/x",
+            "chat/demo/chat/u/alicex/out",
+            "chat/demo/chat/u/xalice/out",
+            "chat/demo/chat/u//alice/out",
+            "chat/demo/chatx/u/alice/out",
+            "chat/demox/chat/u/alice/out",
+            "chat/demo/u/alice/out",
+            "chat/demo/chat/alice/out",
+            "xchat/demo/chat/u/alice/out",
+            "chat/demo/chat/u/alice/outx",
             "",
         ] {
             assert!(!acl.may_publish(t), "{t} allowed");
@@ -150,8 +166,25 @@ mod tests {
             "chat/demo/chat/room/#",
             "chat/acme/chat/room/r1",
             "chat/demo/chat/room/r1/x",
+            "chat/demo/chat/u/alice/in/x",
+            "chat/demo/chat/u/alice//in",
+            "chat/demo/chat/presence/",
+            "chat/demo/chat/room/",
+            "chat/demo/chatroom/r1",
         ] {
             assert_eq!(acl.classify(f), FilterAccess::Denied, "{f} allowed");
         }
+    }
+
+    #[test]
+    fn admission_is_needed_for_rooms_and_presence_of_the_own_app_only() {
+        let acl = alice();
+        assert!(acl.needs_admission("chat/demo/chat/room/r1"));
+        assert!(acl.needs_admission("chat/demo/chat/presence/bob"));
+        assert!(!acl.needs_admission("chat/demo/chat/u/alice/in"));
+        assert!(!acl.needs_admission("chat/acme/chat/room/r1"));
+        assert!(acl.is_inbox("chat/demo/chat/u/alice/in"));
+        assert!(!acl.is_inbox("chat/demo/chat/u/bob/in"));
+        assert!(!acl.is_inbox("chat/demo/chat/u/alice/out"));
     }
 }

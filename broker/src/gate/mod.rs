@@ -7,6 +7,7 @@
 mod acl;
 pub mod budget;
 pub mod codec;
+mod flow;
 mod session;
 mod transport;
 
@@ -24,10 +25,10 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::rustls;
 use tokio_rustls::TlsAcceptor;
 
-pub use acl::{Acl, Identity};
+pub use acl::Identity;
 use transport::ClientIo;
 
-use crate::presence::Presence;
+use crate::presence::{Control, Presence};
 use crate::switchboard::Switchboard;
 use crate::Error;
 
@@ -174,10 +175,24 @@ impl Gate {
     /// and stops reading what connected devices send, but still delivers to them (the
     /// bridge is finishing what they sent: their acks are on the way). When `shutdown`
     /// turns true each session writes what is queued for it and closes (MQTT 5: DISCONNECT
-    /// 0x8B, server shutting down).
+    /// 0x8B, server shutting down). Returns once `shutdown` is true.
     pub async fn run(self, listeners: Listeners, drain: watch::Receiver<bool>, shutdown: watch::Receiver<bool>) {
         let stop = Stop { drain, shutdown };
         let mut tasks = tokio::task::JoinSet::new();
+        // Sessions hear of the drain and the shutdown through their queues: a `watch` wait
+        // in every idle connection's task would cost each one about 150 bytes.
+        let (presence, mut signals) = (self.shared.presence.clone(), stop.clone());
+        tasks.spawn(async move {
+            tokio::select! {
+                _ = session::wait_until_true(&mut signals.drain) => {}
+                _ = session::wait_until_true(&mut signals.shutdown) => {}
+            }
+            if !*signals.shutdown.borrow() {
+                presence.control_all(Control::Drain);
+                session::wait_until_true(&mut signals.shutdown).await;
+            }
+            presence.control_all(Control::Shutdown);
+        });
         if let Some(l) = listeners.tcp {
             tasks.spawn(self.clone().accept_loop(l, Kind::Tcp, None, stop.clone()));
         }
@@ -205,18 +220,15 @@ impl Gate {
                             metrics::counter!("chatd_mqtt_connects_total", "result" => "too_many_pending").increment(1);
                             continue;
                         };
-                        let shared = self.shared.clone();
-                        let (tls, stop) = (tls.clone(), stop.clone());
-                        tokio::spawn(async move {
-                            let _ = stream.set_nodelay(true);
-                            // Boxed, here and in the session: a task's future is as large as the
-                            // largest thing it ever awaits, for as long as the connection lives.
-                            let (limit, max_packet) = (shared.settings.handshake_timeout, shared.settings.max_packet_size);
-                            match Box::pin(handshake(stream, kind, tls, limit, max_packet)).await {
-                                Ok(io) => session::serve(io, shared, pending, stop, kind.label()).await,
-                                Err(e) => tracing::debug!(%peer, ?kind, error = %e, "handshake failed"),
-                            }
-                        });
+                        tokio::spawn(connection(Box::new(Incoming {
+                            stream,
+                            peer,
+                            kind,
+                            tls: tls.clone(),
+                            pending,
+                            stop: stop.clone(),
+                            shared: self.shared.clone(),
+                        })));
                     }
                     Err(e) => {
                         // Usually out of file descriptors: back off rather than spin.
@@ -246,6 +258,52 @@ impl Shared {
             ip,
             by_ip: self.pending_by_ip.clone(),
         })
+    }
+}
+
+/// A connection just accepted, with what its task needs to take it through CONNECT.
+struct Incoming {
+    stream: TcpStream,
+    peer: SocketAddr,
+    kind: Kind,
+    tls: Option<TlsAcceptor>,
+    pending: PendingSlot,
+    stop: Stop,
+    shared: Arc<Shared>,
+}
+
+/// One device connection's task. A task's future is as large as the largest thing it ever
+/// awaits, for as long as the connection lives: so what comes before the device is in (the
+/// TLS or WebSocket handshake, CONNECT, the token check) runs boxed and is given back once
+/// done, and the task holds little more than the [`session::Connected`] it serves.
+async fn connection(incoming: Box<Incoming>) {
+    // Served in place: moving it out of the `Option` would give it a second place in the task.
+    let mut connected = Box::pin(incoming.connect()).await;
+    if let Some(connected) = &mut connected {
+        connected.serve().await;
+    }
+}
+
+impl Incoming {
+    async fn connect(self: Box<Self>) -> Option<session::Connected> {
+        let Incoming {
+            stream,
+            peer,
+            kind,
+            tls,
+            pending,
+            stop,
+            shared,
+        } = *self;
+        let _ = stream.set_nodelay(true);
+        let (limit, max_packet) = (shared.settings.handshake_timeout, shared.settings.max_packet_size);
+        match handshake(stream, kind, tls, limit, max_packet).await {
+            Ok(io) => session::connect(io, shared, pending, stop, kind.label()).await,
+            Err(e) => {
+                tracing::debug!(%peer, ?kind, error = %e, "handshake failed");
+                None
+            }
+        }
     }
 }
 

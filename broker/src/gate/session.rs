@@ -9,7 +9,6 @@
 //! no rumqttd connection. Keepalive 0 is allowed; a silent device is dropped after 1.5 × its
 //! keepalive. Sessions are clean: what a device missed while away, it fetches with `sync`.
 
-use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,9 +18,10 @@ use rumqttc::mqttbytes::{v4, QoS};
 use rumqttc::v5::mqttbytes::v5;
 use tokio::time::{sleep_until, timeout, Instant};
 
-use super::acl::{Acl, FilterAccess, Identity};
+use super::acl::{FilterAccess, Identity};
 use super::budget::{budget_key, FloodWindow, OpClass, Peek};
 use super::codec::{self, qos_v4, ConnectRead, ConnectRequest, DevicePacket, Malformed, Refusal, Version};
+use super::flow::LazyFlow;
 use super::transport::ClientIo;
 use super::Shared;
 use crate::mailbox::{Mailbox, Poster};
@@ -49,18 +49,41 @@ enum Close {
     WriteStalled,
 }
 
-/// Serves one device connection until it ends.
-pub(crate) async fn serve(
+/// A device connection past CONNECT: what its task holds for as long as the device stays
+/// connected (which is why everything before, the handshake, CONNECT and the token check,
+/// runs boxed and is given back once the device is in: a task's future is as large as the
+/// largest thing it ever awaits).
+pub(crate) struct Connected {
+    io: ClientIo,
+    session: Session,
+    /// What the device sent that is not a whole packet yet: empty, holding no memory, while
+    /// the device is silent.
+    device_buf: BytesMut,
+    inbox: Mailbox<ToSession>,
+    keep_alive: u16,
+    /// The server was draining, or stopping, when the connection was registered; later, it
+    /// hears of it through `inbox` ([`Control::Drain`], [`Control::Shutdown`]).
+    draining: bool,
+    stopping: bool,
+    _presence: crate::presence::PresenceGuard,
+    _connected: GaugeGuard,
+    /// Its place among `max_connections`.
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Takes a device connection through CONNECT and the token check; `None` when it was
+/// refused or went away (the device has been told why, if it can be).
+pub(crate) async fn connect(
     mut io: ClientIo,
     shared: Arc<Shared>,
-    pending: super::PendingSlot,
+    _pending: super::PendingSlot,
     stop: super::Stop,
     transport: &'static str,
-) {
+) -> Option<Connected> {
     // Taken before CONNECT so the limit also bounds connections still authenticating;
     // over the limit the device still gets a CONNACK that says why.
     let slot = shared.slots.clone().try_acquire_owned().ok();
-    let mut buf = BytesMut::with_capacity(READ_BUFFER);
+    let mut buf = BytesMut::new();
     let max_packet = shared.settings.max_packet_size;
     // Before anyone knows who the device is, its first packet may hold no more than this.
     let max_connect = max_packet.min(MAX_CONNECT_BYTES);
@@ -74,48 +97,47 @@ pub(crate) async fn serve(
         Ok(Ok(Err((version, refusal)))) => {
             connect_refused(refusal);
             Box::pin(refuse(&mut io, version, refusal, None)).await;
-            return;
+            return None;
         }
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "connection closed before CONNECT");
-            return;
+            return None;
         }
         Err(_) => {
             tracing::debug!("no CONNECT in time");
             io.close().await;
-            return;
+            return None;
         }
     };
     let version = request.version;
-    if slot.is_none() {
+    let Some(slot) = slot else {
         shared.refused_busy.record(&request.client_id);
         connect_refused(Refusal::Busy);
         Box::pin(refuse(&mut io, version, Refusal::Busy, None)).await;
-        return;
-    }
+        return None;
+    };
     let identity = match Box::pin(authenticate(&shared, &request)).await {
         Ok(identity) => identity,
         Err((refusal, why)) => {
             tracing::info!(client_id = %request.client_id, reason = %why, "CONNECT refused");
             connect_refused(refusal);
             Box::pin(refuse(&mut io, version, refusal, Some(why))).await;
-            return;
+            return None;
         }
     };
-    let acl = Acl::new(&identity);
     if let Some(will) = &request.will {
-        if !acl.may_publish(&will.topic) {
+        if !identity.may_publish(&will.topic) {
             let why = Some("a will may only go to your own outbox".into());
             connect_refused(Refusal::NotAuthorized);
             Box::pin(refuse(&mut io, version, Refusal::NotAuthorized, why)).await;
-            return;
+            return None;
         }
     }
     // Registered before the CONNACK goes out: a device that connects again with the same id
     // as soon as it has its CONNACK must find this connection there to take over (registered
     // after, a slow task could take over the newer connection instead).
     let (queue, inbox) = crate::mailbox::bounded(SESSION_QUEUE);
-    let _presence = shared.presence.connected(
+    let presence = shared.presence.connected(
         UserKey {
             org: identity.org.clone(),
             app: identity.app.clone(),
@@ -124,77 +146,98 @@ pub(crate) async fn serve(
         &identity.device,
         queue.clone(),
     );
+    // Read after registering: a drain or shutdown from now on reaches the queue
+    // ([`Control::Drain`]), one before is seen here.
+    let (draining, stopping) = (*stop.drain.borrow(), *stop.shutdown.borrow());
     let mut out = BytesMut::new();
     let assigned = request.client_id.is_empty().then_some(identity.device.as_str());
     write_connack(&mut out, version, false, assigned, &shared);
     if io.write_all(&out).await.is_err() {
-        return;
+        return None;
     }
-    drop(pending);
     tracing::debug!(user = %identity.user, device = %identity.device, ?version, "device connected");
     metrics::counter!("chatd_mqtt_connects_total", "result" => "accepted").increment(1);
     let connections =
         metrics::gauge!("chatd_mqtt_connections", "transport" => transport, "protocol" => version.label());
     connections.increment(1.0);
-    let _connected = scopeguard_decrement(connections);
+    let connected = scopeguard_decrement(connections);
     let budget_key = budget_key(&identity.org, &identity.app, &identity.user);
-    let mut session = Session {
+    let session = Session {
         version,
         identity,
-        acl,
-        max_packet,
-        topic_alias_max: shared.settings.topic_alias_max,
-        aliases: HashMap::new(),
         id: shared.next_session.fetch_add(1, Ordering::Relaxed),
         queue,
-        subscriptions: HashMap::new(),
-        incoming_qos2: HashSet::new(),
+        subscriptions: Vec::new(),
         // A 3.1.1 device states no limit; packet ids run out at 65,535, and a device that
         // never acknowledges must not hold the gate's memory.
-        receive_max: usize::from(request.receive_max).min(MAX_UNACKED),
-        device_max_packet: request.device_max_packet,
-        unacked: HashSet::new(),
-        next_pkid: 0,
-        held: VecDeque::new(),
+        receive_max: request.receive_max.min(MAX_UNACKED),
+        device_max_packet: u32::try_from(request.device_max_packet).unwrap_or(u32::MAX),
         device_alias_max: request.device_alias_max,
-        device_aliases: HashMap::new(),
+        flow: LazyFlow::default(),
         compact: request.compact,
-        admitted: HashSet::new(),
-        will: request.will.take(),
+        admitted: Vec::new(),
+        will: request.will.take().map(Box::new),
         budget_key,
         over_budget: FloodWindow::default(),
         refused_publishes: FloodWindow::default(),
         shared: shared.clone(),
     };
-    let keep_alive = request.keep_alive;
-    // The rest (the token, the client id) is not kept for the connection's life.
-    drop(request);
-    let close = session.run(&mut io, buf, inbox, keep_alive, stop).await;
-    tracing::debug!(user = %session.identity.user, device = %session.identity.device, ?close, "device disconnected");
-    let reason = match &close {
-        Close::Violation(reason, why) => {
-            tracing::info!(user = %session.identity.user, device = %session.identity.device, %why, "closing a device connection");
-            Some(*reason)
-        }
-        Close::Shutdown => Some(v5::DisconnectReasonCode::ServerShuttingDown),
-        Close::Kicked => Some(v5::DisconnectReasonCode::AdministrativeAction),
-        Close::Expired => Some(v5::DisconnectReasonCode::NotAuthorized),
-        Close::TakenOver => Some(v5::DisconnectReasonCode::SessionTakenOver),
-        Close::Upstream => Some(v5::DisconnectReasonCode::UnspecifiedError),
-        Close::WriteStalled => {
-            tracing::info!(user = %session.identity.user, device = %session.identity.device, "closing a device connection: it read nothing of what was written to it in mqtt.write_timeout_secs");
-            None
-        }
-        Close::Device => None,
-    };
-    if let (Some(reason), Version::V5) = (reason, version) {
-        // Written by hand: rumqttc's encoder puts a stray byte after a DISCONNECT without
-        // properties. Reason code, no properties: `E0 01 <reason>`.
-        let _ = timeout(FINAL_WRITE, io.write_all(&[0xE0, 0x01, reason as u8])).await;
+    Some(Connected {
+        io,
+        session,
+        // What came after the CONNECT, if anything; otherwise no buffer until the device sends more.
+        device_buf: if buf.is_empty() { BytesMut::new() } else { buf },
+        inbox,
+        keep_alive: request.keep_alive,
+        draining,
+        stopping,
+        _presence: presence,
+        _connected: connected,
+        _slot: slot,
+    })
+}
+
+impl Connected {
+    /// Serves the device until the connection ends, then closes it.
+    pub(crate) async fn serve(&mut self) {
+        let close = match self.stopping {
+            true => Close::Shutdown,
+            false => self.run().await,
+        };
+        Box::pin(self.end(close)).await;
     }
-    Box::pin(session.finish(&close)).await;
-    if !matches!(close, Close::WriteStalled) {
-        let _ = timeout(FINAL_WRITE, io.close()).await;
+
+    /// Tells the device why it is closed (MQTT 5), leaves the switchboard, publishes the
+    /// will if the close calls for it, and closes the transport.
+    async fn end(&mut self, close: Close) {
+        let session = &mut self.session;
+        let (user, device) = (&session.identity.user, &session.identity.device);
+        tracing::debug!(%user, %device, ?close, "device disconnected");
+        let reason = match &close {
+            Close::Violation(reason, why) => {
+                tracing::info!(%user, %device, %why, "closing a device connection");
+                Some(*reason)
+            }
+            Close::Shutdown => Some(v5::DisconnectReasonCode::ServerShuttingDown),
+            Close::Kicked => Some(v5::DisconnectReasonCode::AdministrativeAction),
+            Close::Expired => Some(v5::DisconnectReasonCode::NotAuthorized),
+            Close::TakenOver => Some(v5::DisconnectReasonCode::SessionTakenOver),
+            Close::Upstream => Some(v5::DisconnectReasonCode::UnspecifiedError),
+            Close::WriteStalled => {
+                tracing::info!(%user, %device, "closing a device connection: it read nothing of what was written to it in mqtt.write_timeout_secs");
+                None
+            }
+            Close::Device => None,
+        };
+        if let (Some(reason), Version::V5) = (reason, session.version) {
+            // Written by hand: rumqttc's encoder puts a stray byte after a DISCONNECT without
+            // properties. Reason code, no properties: `E0 01 <reason>`.
+            let _ = timeout(FINAL_WRITE, self.io.write_all(&[0xE0, 0x01, reason as u8])).await;
+        }
+        session.finish(&close).await;
+        if !matches!(close, Close::WriteStalled) {
+            let _ = timeout(FINAL_WRITE, self.io.close()).await;
+        }
     }
 }
 
@@ -253,15 +296,8 @@ enum Refused {
 /// 64 KiB anyway).
 const MAX_CONNECT_BYTES: usize = 64 * 1024 + 1024;
 
-/// The read buffer a connection starts with: a SUBSCRIBE or most chat messages fit (a larger
-/// packet grows it; an idle connection holds this much).
-const READ_BUFFER: usize = 512;
-/// The most buffer capacity an idle connection keeps (reading or writing); more, left by a
-/// large packet or a burst, is given back once the buffer is empty.
-const KEPT_BUFFER: usize = 8 * 1024;
-
 /// Most QoS 1 publishes a device may leave unacknowledged, whatever its Receive Maximum.
-const MAX_UNACKED: usize = 1024;
+const MAX_UNACKED: u16 = 1024;
 /// The longest the last writes to a device that is being closed may take (what is queued
 /// at shutdown, the DISCONNECT, the TLS close): a device on a cut link never reads them, and
 /// must not hold the server's stop (or a task) until TCP gives up.
@@ -398,39 +434,32 @@ fn write_connack(
 struct Session {
     version: Version,
     identity: Identity,
-    acl: Acl,
-    max_packet: usize,
-    topic_alias_max: u16,
-    /// MQTT 5 topic aliases the device has set.
-    aliases: HashMap<u16, String>,
     /// This session's id at the switchboard, and the queue it delivers into.
     id: u64,
     queue: Poster<ToSession>,
-    /// Topics subscribed, with the QoS granted (0 or 1: the server never sends QoS 2).
-    subscriptions: HashMap<String, QoS>,
-    /// The device's QoS 2 publishes received and not yet released (PUBREL): a repeat of one
-    /// is answered, not forwarded again.
-    incoming_qos2: HashSet<u16>,
-    /// MQTT 5 flow control towards the device: its receive maximum, the packet ids of the
-    /// QoS 1 publishes it has not acknowledged yet, and those held back until it does.
-    receive_max: usize,
-    device_max_packet: usize,
-    unacked: HashSet<u16>,
-    next_pkid: u16,
-    held: VecDeque<(Delivery, QoS)>,
-    /// MQTT 5 topic aliases the gate has set towards the device (topic -> alias), at most
-    /// the device's Topic Alias Maximum: after the first publish on a topic, the topic
-    /// travels as two bytes.
+    /// Topics subscribed, with the QoS granted (0 or 1: the server never sends QoS 2),
+    /// sorted by topic. A sorted list rather than a map: most connections hold one or a few
+    /// topics, a map's smallest table is several times their size, and the list is bounded
+    /// by `max_subscriptions`.
+    subscriptions: Vec<(Box<str>, QoS)>,
+    /// MQTT 5 flow control towards the device: its receive maximum (the unacknowledged
+    /// QoS 1 publishes it takes) and largest packet.
+    receive_max: u16,
+    device_max_packet: u32,
+    /// The most topic aliases the gate may set towards the device (its Topic Alias
+    /// Maximum): after the first publish on a topic, the topic travels as two bytes.
     device_alias_max: u16,
-    device_aliases: HashMap<Arc<str>, u16>,
+    /// The exchanges in progress: unacknowledged and held publishes, topic aliases.
+    flow: LazyFlow,
     /// Payloads travel to and from this device in the compact envelope.
     compact: bool,
     /// Room and presence topics this connection was admitted to at SUBSCRIBE (as a member,
-    /// or as someone not blocked). Leaving a room, being kicked or being blocked revokes a
-    /// topic, and its publishes stop at the gate even while the device stays subscribed.
-    admitted: HashSet<String>,
+    /// or as someone not blocked), sorted. Leaving a room, being kicked or being blocked
+    /// revokes a topic, and its publishes stop at the gate even while the device stays
+    /// subscribed.
+    admitted: Vec<Box<str>>,
     /// Published to the device's outbox if the connection ends without a DISCONNECT.
-    will: Option<v4::LastWill>,
+    will: Option<Box<v4::LastWill>>,
     /// The user's key in the gate's budgets ([`super::budget`]): app id and username.
     budget_key: String,
     /// Ops refused as over budget in the current window ([`FloodWindow`]).
@@ -440,44 +469,41 @@ struct Session {
     shared: Arc<Shared>,
 }
 
-impl Session {
-    async fn run(
-        &mut self,
-        io: &mut ClientIo,
-        mut device_buf: BytesMut,
-        mut inbox: Mailbox<ToSession>,
-        keep_alive: u16,
-        stop: super::Stop,
-    ) -> Close {
-        let super::Stop {
-            mut drain,
-            mut shutdown,
-        } = stop;
+impl Connected {
+    /// Reads and handles what the device sends, and writes what is delivered to it, until
+    /// the connection ends.
+    async fn run(&mut self) -> Close {
+        let session = &mut self.session;
         // Cleared when the server drains: what the device sends is no longer read (and its
         // silence no longer counts against its keepalive), what is on its way to it still goes.
-        let mut reading = !*drain.borrow();
-        let idle_limit = (keep_alive > 0).then(|| Duration::from_millis(keep_alive as u64 * 1500));
+        let mut reading = !self.draining;
+        let idle_limit = (self.keep_alive > 0).then(|| Duration::from_millis(self.keep_alive as u64 * 1500));
         let far_future = Instant::now() + Duration::from_secs(86400 * 365);
-        let mut idle_deadline = idle_limit.map_or(far_future, |d| Instant::now() + d);
+        let mut idle_deadline = match (idle_limit, reading) {
+            (Some(limit), true) => Instant::now() + limit,
+            _ => far_future,
+        };
         // A session lasts as long as its token: the device reconnects with a fresh one.
-        let token_left = self
+        let token_left = session
             .identity
             .token_expires
             .saturating_sub(store::now_ms() / 1000)
             .max(0);
         let token_deadline = Instant::now() + Duration::from_secs(token_left as u64).min(far_future - Instant::now());
         let mut out = BytesMut::new();
-        let write_limit = self.shared.settings.write_timeout;
+        let write_limit = session.shared.settings.write_timeout;
         // Bytes may have arrived with the CONNECT.
-        let mut pending_device_bytes = !device_buf.is_empty();
+        let mut pending_device_bytes = !self.device_buf.is_empty();
         loop {
             if pending_device_bytes {
                 pending_device_bytes = false;
-                let handled = Box::pin(self.handle_device_bytes(&mut device_buf, &mut out)).await;
-                if device_buf.is_empty() && device_buf.capacity() > KEPT_BUFFER {
-                    device_buf = BytesMut::with_capacity(READ_BUFFER);
+                let handled = Box::pin(session.handle_device_bytes(&mut self.device_buf, &mut out)).await;
+                session.flow.release_if_idle();
+                if self.device_buf.is_empty() {
+                    // Silent again: no read buffer until the device sends more.
+                    self.device_buf = BytesMut::new();
                 }
-                if let Err(close) = flush(io, &mut out, write_limit).await {
+                if let Err(close) = flush(&mut self.io, &mut out, write_limit).await {
                     return close;
                 }
                 if let Err(close) = handled {
@@ -485,11 +511,7 @@ impl Session {
                 }
             }
             tokio::select! {
-                _ = wait_until_true(&mut drain), if reading => {
-                    reading = false;
-                    idle_deadline = far_future;
-                }
-                read = io.read_buf(&mut device_buf), if reading => {
+                read = self.io.read_buf(&mut self.device_buf), if reading => {
                     match read {
                         Ok(0) | Err(_) => return Close::Device,
                         Ok(_) => {
@@ -500,31 +522,48 @@ impl Session {
                         }
                     }
                 }
-                next = inbox.recv() => {
+                next = self.inbox.recv() => {
                     // Take what else is queued before writing: one write for a burst. A
                     // control ends the burst and is applied once it is written.
                     let mut next = Some(next);
                     let mut control = None;
                     while let Some(event) = next.take() {
                         match event {
-                            ToSession::Deliver(delivery) => self.deliver(Arc::unwrap_or_clone(delivery), &mut out),
+                            ToSession::Deliver(delivery) => session.deliver(Arc::unwrap_or_clone(delivery), &mut out),
                             ToSession::Control(c) => {
                                 control = Some(c);
                                 break;
                             }
                         }
                         if out.len() < 64 * 1024 {
-                            next = inbox.try_recv();
+                            next = self.inbox.try_recv();
                         }
                     }
-                    if let Err(close) = flush(io, &mut out, write_limit).await {
+                    session.flow.release_if_idle();
+                    if let Err(close) = flush(&mut self.io, &mut out, write_limit).await {
                         return close;
                     }
                     match control {
                         Some(Control::Disconnect) => return Close::Kicked,
                         Some(Control::TakenOver) => return Close::TakenOver,
                         Some(Control::Revoke(topic)) => {
-                            self.admitted.remove(&topic);
+                            if let Ok(at) = session.admitted.binary_search_by(|t| (**t).cmp(&topic)) {
+                                session.admitted.remove(at);
+                            }
+                        }
+                        Some(Control::Drain) => {
+                            reading = false;
+                            idle_deadline = far_future;
+                        }
+                        Some(Control::Shutdown) => {
+                            // What the bridge stored while the server drained is acked: write it.
+                            while let Some(event) = self.inbox.try_recv() {
+                                if let ToSession::Deliver(delivery) = event {
+                                    session.deliver(Arc::unwrap_or_clone(delivery), &mut out);
+                                }
+                            }
+                            let _ = flush(&mut self.io, &mut out, FINAL_WRITE).await;
+                            return Close::Shutdown;
                         }
                         None => {}
                     }
@@ -538,24 +577,16 @@ impl Session {
                         return Close::Violation(v5::DisconnectReasonCode::KeepAliveTimeout, "keepalive timeout".into());
                     }
                 }
-                _ = wait_until_true(&mut shutdown) => {
-                    // What the bridge stored while the server drained is acked: write it.
-                    while let Some(event) = inbox.try_recv() {
-                        if let ToSession::Deliver(delivery) = event {
-                            self.deliver(Arc::unwrap_or_clone(delivery), &mut out);
-                        }
-                    }
-                    let _ = flush(io, &mut out, FINAL_WRITE).await;
-                    return Close::Shutdown;
-                }
             }
         }
     }
+}
 
+impl Session {
     /// Leaves the switchboard, and publishes the will if the connection ended in a way
     /// that calls for it.
     async fn finish(&mut self, close: &Close) {
-        for topic in self.subscriptions.keys() {
+        for (topic, _) in &self.subscriptions {
             self.shared.switchboard.unsubscribe(topic, self.id);
         }
         // A server-side close is no reason to publish the device's will.
@@ -573,7 +604,7 @@ impl Session {
     /// Handles every complete packet the device has sent.
     async fn handle_device_bytes(&mut self, buf: &mut BytesMut, out: &mut BytesMut) -> Result<(), Close> {
         loop {
-            match codec::read_packet(self.version, buf, self.max_packet) {
+            match codec::read_packet(self.version, buf, self.shared.settings.max_packet_size) {
                 Ok(None) => return Ok(()),
                 Ok(Some(DevicePacket::V4(packet))) => self.device_v4(packet, out).await?,
                 Ok(Some(DevicePacket::V5(packet))) => self.device_v5(packet, out).await?,
@@ -585,7 +616,7 @@ impl Session {
     async fn device_v4(&mut self, packet: v4::Packet, out: &mut BytesMut) -> Result<(), Close> {
         match packet {
             v4::Packet::Publish(p) => {
-                if !self.acl.may_publish(&p.topic) {
+                if !self.identity.may_publish(&p.topic) {
                     return self.refuse_publish_v4(&p, out);
                 }
                 self.forward_publish(p.topic, p.qos, p.pkid, &p.payload, out).await?;
@@ -600,7 +631,7 @@ impl Session {
             }
             v4::Packet::PubAck(a) => self.device_acked(a.pkid, out),
             v4::Packet::PubRel(a) => {
-                self.incoming_qos2.remove(&a.pkid);
+                self.flow.get_mut().incoming_qos2.remove(&a.pkid);
                 to_device_v4(out, v4::Packet::PubComp(v4::PubComp::new(a.pkid)));
             }
             // The gate never sends QoS 2, so there is nothing to answer.
@@ -638,7 +669,7 @@ impl Session {
         let error = OpError::new(None, "forbidden", why);
         let json = serde_json::to_vec(&error).unwrap_or_default();
         let delivery = Delivery {
-            topic: Arc::from(self.acl.inbox()),
+            topic: Arc::from(self.identity.inbox()),
             payload: Bytes::from(frame_inbox(Route::Only(&self.identity.device), &json)),
             retain: false,
         };
@@ -652,23 +683,21 @@ impl Session {
                 let mut topic =
                     String::from_utf8(p.topic.to_vec()).map_err(|_| malformed("topic is not UTF-8".into(), false))?;
                 if let Some(alias) = p.properties.as_ref().and_then(|props| props.topic_alias) {
-                    if alias == 0 || alias > self.topic_alias_max {
+                    if alias == 0 || alias > self.shared.settings.topic_alias_max {
                         return Err(Close::Violation(
                             v5::DisconnectReasonCode::TopicAliasInvalid,
                             format!("topic alias {alias} out of range"),
                         ));
                     }
                     if topic.is_empty() {
-                        topic = self
-                            .aliases
-                            .get(&alias)
+                        topic = (self.flow.get().and_then(|flow| flow.aliases.get(&alias)))
                             .cloned()
                             .ok_or_else(|| protocol_error(format!("unknown topic alias {alias}")))?;
                     } else {
-                        self.aliases.insert(alias, topic.clone());
+                        self.flow.get_mut().aliases.insert(alias, topic.clone());
                     }
                 }
-                if !self.acl.may_publish(&topic) {
+                if !self.identity.may_publish(&topic) {
                     let why = format!("publish to '{topic}' not allowed");
                     match qos_v4(p.qos) {
                         QoS::AtMostOnce => return Err(Close::Violation(v5::DisconnectReasonCode::NotAuthorized, why)),
@@ -710,7 +739,7 @@ impl Session {
             }
             v5::Packet::PubAck(a) => self.device_acked(a.pkid, out),
             v5::Packet::PubRel(a) => {
-                self.incoming_qos2.remove(&a.pkid);
+                self.flow.get_mut().incoming_qos2.remove(&a.pkid);
                 to_device_v5(out, v5::Packet::PubComp(v5::PubComp::new(a.pkid, None)));
             }
             v5::Packet::PubRec(_) | v5::Packet::PubComp(_) => {}
@@ -745,7 +774,7 @@ impl Session {
         out: &mut BytesMut,
     ) -> Result<(), Close> {
         // A repeated QoS 2 publish (not yet released) was passed on already.
-        let repeat = qos == QoS::ExactlyOnce && !self.incoming_qos2.insert(pkid);
+        let repeat = qos == QoS::ExactlyOnce && !self.flow.get_mut().incoming_qos2.insert(pkid);
         if !repeat {
             // What the bridge reads: the JSON as it is, or the compact envelope turned into
             // JSON (or, if it is not one, the reason, which the bridge answers as an error).
@@ -763,7 +792,7 @@ impl Session {
                 self.refuse_over_budget(class, peek.cid(), wait_ms, out)?;
                 if qos == QoS::ExactlyOnce {
                     // Refused with a PUBREC error code: the exchange ends here.
-                    self.incoming_qos2.remove(&pkid);
+                    self.flow.get_mut().incoming_qos2.remove(&pkid);
                 }
                 match (qos, self.version) {
                     (QoS::AtMostOnce, _) => {}
@@ -846,7 +875,7 @@ impl Session {
         );
         let json = serde_json::to_vec(&error).unwrap_or_default();
         let delivery = Delivery {
-            topic: Arc::from(self.acl.inbox()),
+            topic: Arc::from(self.identity.inbox()),
             payload: Bytes::from(frame_inbox(Route::Only(&self.identity.device), &json)),
             retain: false,
         };
@@ -858,7 +887,7 @@ impl Session {
     async fn may_subscribe(&mut self, filter: &str) -> bool {
         let store = &self.shared.store;
         let me = &self.identity;
-        let admitted = match self.acl.classify(filter) {
+        let admitted = match self.identity.classify(filter) {
             FilterAccess::Inbox => return true,
             FilterAccess::Denied => return false,
             // Presence is hidden from the users its owner has blocked.
@@ -870,7 +899,10 @@ impl Session {
         };
         match admitted {
             Ok(true) => {
-                self.admitted.insert(filter.to_string());
+                if let Err(at) = self.admitted.binary_search_by(|t| (**t).cmp(filter)) {
+                    self.admitted.reserve_exact(1);
+                    self.admitted.insert(at, filter.into());
+                }
                 true
             }
             Ok(false) => false,
@@ -890,8 +922,8 @@ impl Session {
         for (filter, qos) in filters {
             // Each filter may cost a database check, and each held topic memory: both are
             // bounded per connection.
-            let new_topic = !self.subscriptions.contains_key(&filter);
-            if new_topic && self.subscriptions.len() >= self.shared.settings.max_subscriptions {
+            let place = self.subscriptions.binary_search_by(|(t, _)| (**t).cmp(&filter));
+            if place.is_err() && self.subscriptions.len() >= self.shared.settings.max_subscriptions {
                 tracing::info!(user = %self.identity.user, device = %self.identity.device, %filter, "subscription refused: too many on one connection");
                 granted.push(Err(Refused::Quota));
                 continue;
@@ -911,7 +943,13 @@ impl Session {
             let subscribed = self.shared.switchboard.subscribe(&filter, self.id, &self.queue);
             retained.extend(subscribed.retained);
             routing.extend(subscribed.ready);
-            self.subscriptions.insert(filter, qos);
+            match place {
+                Ok(at) => self.subscriptions[at].1 = qos,
+                Err(at) => {
+                    self.subscriptions.reserve_exact(1);
+                    self.subscriptions.insert(at, (filter.into(), qos));
+                }
+            }
             granted.push(Ok(qos));
         }
         // In a cluster, SUBACK once other nodes' deliveries on the new topics are routed here:
@@ -955,7 +993,8 @@ impl Session {
 
     fn unsubscribe(&mut self, filters: &[String]) {
         for filter in filters {
-            if self.subscriptions.remove(filter).is_some() {
+            if let Ok(at) = self.subscriptions.binary_search_by(|(t, _)| (**t).cmp(filter)) {
+                self.subscriptions.remove(at);
                 self.shared.switchboard.unsubscribe(filter, self.id);
             }
         }
@@ -964,13 +1003,15 @@ impl Session {
     /// A publish from the switchboard: checked against admission and per-device routing,
     /// then sent (or held back by MQTT 5 flow control).
     fn deliver(&mut self, mut delivery: Delivery, out: &mut BytesMut) {
-        let Some(&qos) = self.subscriptions.get(&*delivery.topic) else {
+        let Ok(at) = self.subscriptions.binary_search_by(|(t, _)| (**t).cmp(&delivery.topic)) else {
             return; // unsubscribed while it was queued
         };
-        if self.acl.needs_admission(&delivery.topic) && !self.admitted.contains(&*delivery.topic) {
+        let qos = self.subscriptions[at].1;
+        let admitted = || self.admitted.binary_search_by(|t| (**t).cmp(&delivery.topic)).is_ok();
+        if self.identity.needs_admission(&delivery.topic) && !admitted() {
             return; // left, kicked or blocked: the topic's publishes stop here
         }
-        if *delivery.topic == *self.acl.inbox() {
+        if self.identity.is_inbox(&delivery.topic) {
             let Some((route, json)) = unframe_inbox(&delivery.payload) else {
                 tracing::error!(topic = %delivery.topic, "inbox publish without a route frame; dropped");
                 return;
@@ -986,13 +1027,14 @@ impl Session {
             let skip = delivery.payload.len() - json.len();
             delivery.payload = delivery.payload.slice(skip..);
         }
-        if qos == QoS::AtLeastOnce && self.unacked.len() >= self.receive_max {
-            if self.held.len() >= SESSION_QUEUE {
+        if qos == QoS::AtLeastOnce && self.flow.unacked() >= usize::from(self.receive_max) {
+            let flow = self.flow.get_mut();
+            if flow.held.len() >= SESSION_QUEUE {
                 self.shared.switchboard.drops.record(&self.identity.device);
                 metrics::counter!("chatd_deliveries_dropped_total", "reason" => "device_not_acking").increment(1);
                 return;
             }
-            self.held.push_back((delivery, qos));
+            flow.held.push_back((delivery, qos));
         } else {
             self.publish_to_device(delivery, qos, out);
         }
@@ -1004,7 +1046,7 @@ impl Session {
         let before = out.len();
         let pkid = match qos {
             QoS::AtMostOnce => 0,
-            _ => self.next_packet_id(),
+            _ => self.flow.get_mut().next_packet_id(),
         };
         // Set when this publish introduces a topic alias: if it is not sent, neither is the alias.
         let mut new_alias = false;
@@ -1020,12 +1062,17 @@ impl Session {
                 to_device_v4(out, v4::Packet::Publish(publish));
             }
             Version::V5 => {
-                let (topic, alias) = match self.device_aliases.get(&delivery.topic) {
+                let known = self.flow.get().map_or(0, |flow| flow.device_aliases.len());
+                let alias = self
+                    .flow
+                    .get()
+                    .and_then(|flow| flow.device_aliases.get(&delivery.topic));
+                let (topic, alias) = match alias {
                     Some(&alias) => (String::new(), Some(alias)),
-                    None if self.device_aliases.len() < usize::from(self.device_alias_max) => {
-                        let alias = self.device_aliases.len() as u16 + 1;
+                    None if known < usize::from(self.device_alias_max) => {
+                        let alias = known as u16 + 1;
                         new_alias = true;
-                        self.device_aliases.insert(delivery.topic.clone(), alias);
+                        self.flow.get_mut().device_aliases.insert(delivery.topic.clone(), alias);
                         (delivery.topic.to_string(), Some(alias))
                     }
                     None => (delivery.topic.to_string(), None),
@@ -1040,39 +1087,29 @@ impl Session {
                 to_device_v5(out, v5::Packet::Publish(publish));
             }
         }
-        if out.len() - before > self.device_max_packet {
+        if out.len() - before > self.device_max_packet as usize {
             out.truncate(before);
             if new_alias {
-                self.device_aliases.remove(&delivery.topic);
+                self.flow.get_mut().device_aliases.remove(&delivery.topic);
             }
             tracing::info!(device = %self.identity.device, size = delivery.payload.len(), "publish larger than the device accepts; dropped");
             metrics::counter!("chatd_deliveries_dropped_total", "reason" => "too_large_for_device").increment(1);
         } else {
             metrics::counter!("chatd_mqtt_deliveries_total").increment(1);
             if qos != QoS::AtMostOnce {
-                self.unacked.insert(pkid);
-            }
-        }
-    }
-
-    /// The next packet id not waiting for the device's PUBACK.
-    fn next_packet_id(&mut self) -> u16 {
-        loop {
-            self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
-            if !self.unacked.contains(&self.next_pkid) {
-                return self.next_pkid;
+                self.flow.get_mut().unacked.insert(pkid);
             }
         }
     }
 
     /// The device acknowledged a QoS 1 publish: its receive window has room again.
     fn device_acked(&mut self, pkid: u16, out: &mut BytesMut) {
-        if !self.unacked.remove(&pkid) {
+        if !self.flow.get_mut().unacked.remove(&pkid) {
             tracing::debug!(pkid, device = %self.identity.device, "unsolicited PUBACK from a device");
             return;
         }
-        while self.unacked.len() < self.receive_max {
-            let Some((delivery, qos)) = self.held.pop_front() else {
+        while self.flow.unacked() < usize::from(self.receive_max) {
+            let Some((delivery, qos)) = self.flow.get_mut().held.pop_front() else {
                 break;
             };
             self.publish_to_device(delivery, qos, out);
@@ -1104,18 +1141,21 @@ fn to_device_v5(out: &mut BytesMut, packet: v5::Packet) {
 /// Writes what is buffered for the device. A device that reads nothing of it for `limit`
 /// (a dead link, a client that stopped reading) is closed: a blocked write would otherwise
 /// hold the session, its memory and its task until TCP gives up, many minutes later.
-/// A burst may have grown `out` to 64 KiB and more: that memory is given back once written,
-/// so an idle connection does not keep its busiest moment.
 async fn flush(io: &mut ClientIo, out: &mut BytesMut, limit: Duration) -> Result<(), Close> {
-    if !out.is_empty() {
-        match timeout(limit, io.write_all(out)).await {
-            Ok(Ok(())) if out.capacity() > KEPT_BUFFER => *out = BytesMut::new(),
-            Ok(Ok(())) => out.clear(),
-            Ok(Err(_)) => return Err(Close::Device),
-            Err(_) => return Err(Close::WriteStalled),
-        }
+    if out.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    // Boxed: a write's future (with its timer) would otherwise take room in every idle
+    // connection's task. The buffer is given back once written, for the same reason (a
+    // burst may have grown it to 64 KiB and more).
+    match Box::pin(timeout(limit, io.write_all(out))).await {
+        Ok(Ok(())) => {
+            *out = BytesMut::new();
+            Ok(())
+        }
+        Ok(Err(_)) => Err(Close::Device),
+        Err(_) => Err(Close::WriteStalled),
+    }
 }
 
 fn malformed(why: String, too_large: bool) -> Close {

@@ -8,7 +8,7 @@ use async_tungstenite::tungstenite::Message;
 use async_tungstenite::WebSocketStream;
 use bytes::BytesMut;
 use futures_util::StreamExt;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
@@ -22,11 +22,12 @@ pub enum ClientIo {
 
 impl ClientIo {
     /// Reads what is available into `buf`; `Ok(0)` means the device closed the connection.
-    /// Cancel-safe: nothing read is lost if the future is dropped.
+    /// Cancel-safe: nothing read is lost if the future is dropped. `buf` may be empty and
+    /// hold no memory while the device is silent: it grows only when bytes arrive.
     pub async fn read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
         match self {
-            ClientIo::Tcp(s) => s.read_buf(buf).await,
-            ClientIo::Tls(s) => s.read_buf(buf).await,
+            ClientIo::Tcp(s) => read_through_stack(s, buf).await,
+            ClientIo::Tls(s) => read_through_stack(s, buf).await,
             ClientIo::Ws(ws) => ws_read(ws, buf).await,
             ClientIo::Wss(ws) => ws_read(ws, buf).await,
         }
@@ -52,6 +53,24 @@ impl ClientIo {
             ClientIo::Wss(ws) => ws.close(None).await.map_err(io::Error::other),
         };
     }
+}
+
+/// The most one read takes from a TCP or TLS stream.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// Reads into a buffer on the stack and copies what came into `buf`. Reading straight into
+/// `buf` would need room in it before anything arrives, and most connections wait for
+/// their next packet most of the time: held that way, the room is memory every idle
+/// connection pays for. The copy is of bytes that were just read, and small.
+async fn read_through_stack<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut BytesMut) -> io::Result<usize> {
+    std::future::poll_fn(|cx| {
+        let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        let mut read = ReadBuf::uninit(&mut chunk);
+        std::task::ready!(std::pin::Pin::new(&mut *stream).poll_read(cx, &mut read))?;
+        buf.extend_from_slice(read.filled());
+        std::task::Poll::Ready(Ok(read.filled().len()))
+    })
+    .await
 }
 
 async fn ws_read<S>(ws: &mut WebSocketStream<TokioAdapter<S>>, buf: &mut BytesMut) -> io::Result<usize>
