@@ -103,7 +103,10 @@ impl Chatd {
             ),
         };
         if let Some(cluster) = &cluster {
-            label = format!("chatd (PostgreSQL, {} nodes)", cluster.nodes);
+            label = match cluster.nodes {
+                1 => "chatd (PostgreSQL, cluster mode, 1 node)".to_string(),
+                n => format!("chatd (PostgreSQL, {n} nodes)"),
+            };
         }
         let exe = std::env::current_exe()?.with_file_name("chatd");
         let mut nodes = Vec::with_capacity(data_dirs.len());

@@ -13,7 +13,8 @@ use rumqttc::QoS;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::chatd::{open_files, rss_kib, Chatd};
+use crate::chatd::{open_files, rss_kib, Chatd, Cluster};
+use crate::nats::NatsServer;
 
 #[derive(clap::Args, Clone)]
 pub struct Idle {
@@ -32,10 +33,23 @@ pub struct Idle {
     /// Print chatd's memory this often while holding.
     #[arg(long, default_value_t = 60)]
     pub every_secs: u64,
+    /// One node with cluster mode on (needs `--database-url`): it joins a throwaway
+    /// nats-server, and each connection's subscriptions are routed through it.
+    #[arg(long)]
+    pub cluster: bool,
 }
 
 pub async fn run(idle: &Idle, database_url: Option<&str>) -> anyhow::Result<()> {
-    let chatd = Chatd::start(database_url).await?;
+    if idle.cluster && database_url.is_none() {
+        bail!("--cluster needs --database-url: cluster mode runs on PostgreSQL");
+    }
+    let nats = match idle.cluster {
+        true => Some(NatsServer::start().await?),
+        false => None,
+    };
+    let nats_url = nats.as_ref().map(NatsServer::url);
+    let cluster = nats_url.as_deref().map(|nats_url| Cluster { nats_url, nodes: 1 });
+    let chatd = Chatd::start_with(database_url, true, cluster).await?;
     chatd.create_users("u", idle.users).await?;
     let mut tokens = Vec::with_capacity(idle.users);
     for i in 0..idle.users {

@@ -11,7 +11,7 @@
 //! bench room    [--members 2000 …]
 //! bench sync    [--conversations 100 --messages 100 --page 200] [--database-url …]
 //! bench wire    (bytes per message: 3.1.1/5, JSON/compact, topic aliases)
-//! bench idle    [--connections 15000 --users 500 --workers 4 --hold-secs 600]
+//! bench idle    [--connections 15000 --users 500 --workers 4 --hold-secs 600] [--database-url … [--cluster]]
 //! bench files   [--size-mb 50 --runs 3] [--s3-endpoint URL [--s3-bucket B] | (starts a throwaway moto)]
 //!               [--database-url …]
 //! ```
