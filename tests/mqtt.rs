@@ -764,6 +764,31 @@ async fn mqtt5_flow_control_and_packet_size(backend: Backend) {
     bob.send5(v5::Packet::PubAck(v5::PubAck::new(pkids[1], None))).await;
     let (_, m4) = bob.next_publish5().await;
     assert_eq!(m4["body"]["msg"], "m4");
+
+    // m3 and m4 were acknowledged (`next_publish5` acks): nothing is in flight, and the
+    // session lets its flow state go (gate/flow.rs). The window holds all the same when
+    // traffic comes back.
+    for i in 5..=7 {
+        alice.send_text(&format!("m{i}"), "bob", &format!("m{i}")).await;
+        alice.next_op("ack").await;
+    }
+    let mut acks = Vec::new();
+    for want in ["m5", "m6"] {
+        match bob.recv5().await {
+            Some(v5::Packet::Publish(p)) => {
+                let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+                assert_eq!(v["body"]["msg"], want);
+                acks.push(p.pkid);
+            }
+            other => panic!("expected a publish, got {other:?}"),
+        }
+    }
+    assert_ne!(acks[0], acks[1], "two publishes in flight share a packet id");
+    let nothing = tokio::time::timeout(Duration::from_millis(500), bob.recv5()).await;
+    assert!(nothing.is_err(), "the window was lost with the flow state: {nothing:?}");
+    bob.send5(v5::Packet::PubAck(v5::PubAck::new(acks[0], None))).await;
+    let (_, m7) = bob.next_publish5().await;
+    assert_eq!(m7["body"]["msg"], "m7");
 }
 
 /// A device id is one connection: connecting again with it closes the older connection
