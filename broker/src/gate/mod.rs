@@ -7,6 +7,7 @@
 mod acl;
 pub mod budget;
 pub mod codec;
+mod connect;
 mod flow;
 mod session;
 mod transport;
@@ -298,7 +299,7 @@ impl Incoming {
         let _ = stream.set_nodelay(true);
         let (limit, max_packet) = (shared.settings.handshake_timeout, shared.settings.max_packet_size);
         match handshake(stream, kind, tls, limit, max_packet).await {
-            Ok(io) => session::connect(io, shared, pending, stop, kind.label()).await,
+            Ok(io) => connect::connect(io, shared, pending, stop, kind.label()).await,
             Err(e) => {
                 tracing::debug!(%peer, ?kind, error = %e, "handshake failed");
                 None

@@ -1,7 +1,6 @@
-//! One device connection, from CONNECT to close.
+//! One device connection, from the CONNACK to close.
 //!
-//! The gate reads the device's CONNECT (3.1.1 or 5), checks its token, and then serves the
-//! device itself: it checks each SUBSCRIBE against the ACL and subscribes the session at the
+//! Once a device is in ([`super::connect`]), the gate serves it itself: it checks each SUBSCRIBE against the ACL and subscribes the session at the
 //! [switchboard](crate::switchboard), passes allowed outbox publishes (tagged with the device
 //! id) to rumqttd through the switchboard's uplink, and writes what the switchboard delivers
 //! in the device's protocol version, applying the bridge's per-device routing, MQTT 5 flow
@@ -20,12 +19,13 @@ use tokio::time::{sleep_until, timeout, Instant};
 
 use super::acl::{FilterAccess, Identity};
 use super::budget::{budget_key, FloodWindow, OpClass, Peek};
-use super::codec::{self, qos_v4, ConnectRead, ConnectRequest, DevicePacket, Malformed, Refusal, Version};
+use super::codec::{self, qos_v4, ConnectRequest, DevicePacket, Malformed, Version};
+use super::connect::GaugeGuard;
 use super::flow::LazyFlow;
 use super::transport::ClientIo;
 use super::Shared;
 use crate::mailbox::{Mailbox, Poster};
-use crate::presence::{Control, UserKey};
+use crate::presence::Control;
 use crate::switchboard::{Delivery, ToSession, SESSION_QUEUE};
 use store::envelope::{frame_inbox, frame_outbox, frame_outbox_unreadable, unframe_inbox, OpError, Route};
 
@@ -54,147 +54,21 @@ enum Close {
 /// runs boxed and is given back once the device is in: a task's future is as large as the
 /// largest thing it ever awaits).
 pub(crate) struct Connected {
-    io: ClientIo,
-    session: Session,
+    pub(super) io: ClientIo,
+    pub(super) session: Session,
     /// What the device sent that is not a whole packet yet: empty, holding no memory, while
     /// the device is silent.
-    device_buf: BytesMut,
-    inbox: Mailbox<ToSession>,
-    keep_alive: u16,
+    pub(super) device_buf: BytesMut,
+    pub(super) inbox: Mailbox<ToSession>,
+    pub(super) keep_alive: u16,
     /// The server was draining, or stopping, when the connection was registered; later, it
     /// hears of it through `inbox` ([`Control::Drain`], [`Control::Shutdown`]).
-    draining: bool,
-    stopping: bool,
-    _presence: crate::presence::PresenceGuard,
-    _connected: GaugeGuard,
+    pub(super) draining: bool,
+    pub(super) stopping: bool,
+    pub(super) _presence: crate::presence::PresenceGuard,
+    pub(super) _connected: GaugeGuard,
     /// Its place among `max_connections`.
-    _slot: tokio::sync::OwnedSemaphorePermit,
-}
-
-/// Takes a device connection through CONNECT and the token check; `None` when it was
-/// refused or went away (the device has been told why, if it can be).
-pub(crate) async fn connect(
-    mut io: ClientIo,
-    shared: Arc<Shared>,
-    _pending: super::PendingSlot,
-    stop: super::Stop,
-    transport: &'static str,
-) -> Option<Connected> {
-    // Taken before CONNECT so the limit also bounds connections still authenticating;
-    // over the limit the device still gets a CONNACK that says why.
-    let slot = shared.slots.clone().try_acquire_owned().ok();
-    let mut buf = BytesMut::new();
-    let max_packet = shared.settings.max_packet_size;
-    // Before anyone knows who the device is, its first packet may hold no more than this.
-    let max_connect = max_packet.min(MAX_CONNECT_BYTES);
-    let mut request = match timeout(
-        shared.settings.connect_timeout,
-        Box::pin(read_connect(&mut io, &mut buf, max_connect)),
-    )
-    .await
-    {
-        Ok(Ok(Ok(request))) => request,
-        Ok(Ok(Err((version, refusal)))) => {
-            connect_refused(refusal);
-            Box::pin(refuse(&mut io, version, refusal, None)).await;
-            return None;
-        }
-        Ok(Err(e)) => {
-            tracing::debug!(error = %e, "connection closed before CONNECT");
-            return None;
-        }
-        Err(_) => {
-            tracing::debug!("no CONNECT in time");
-            io.close().await;
-            return None;
-        }
-    };
-    let version = request.version;
-    let Some(slot) = slot else {
-        shared.refused_busy.record(&request.client_id);
-        connect_refused(Refusal::Busy);
-        Box::pin(refuse(&mut io, version, Refusal::Busy, None)).await;
-        return None;
-    };
-    let identity = match Box::pin(authenticate(&shared, &request)).await {
-        Ok(identity) => identity,
-        Err((refusal, why)) => {
-            tracing::info!(client_id = %request.client_id, reason = %why, "CONNECT refused");
-            connect_refused(refusal);
-            Box::pin(refuse(&mut io, version, refusal, Some(why))).await;
-            return None;
-        }
-    };
-    if let Some(will) = &request.will {
-        if !identity.may_publish(&will.topic) {
-            let why = Some("a will may only go to your own outbox".into());
-            connect_refused(Refusal::NotAuthorized);
-            Box::pin(refuse(&mut io, version, Refusal::NotAuthorized, why)).await;
-            return None;
-        }
-    }
-    // Registered before the CONNACK goes out: a device that connects again with the same id
-    // as soon as it has its CONNACK must find this connection there to take over (registered
-    // after, a slow task could take over the newer connection instead).
-    let (queue, inbox) = crate::mailbox::bounded(SESSION_QUEUE);
-    let presence = shared.presence.connected(
-        UserKey {
-            org: identity.org.clone(),
-            app: identity.app.clone(),
-            user: identity.user.clone(),
-        },
-        &identity.device,
-        queue.clone(),
-    );
-    // Read after registering: a drain or shutdown from now on reaches the queue
-    // ([`Control::Drain`]), one before is seen here.
-    let (draining, stopping) = (*stop.drain.borrow(), *stop.shutdown.borrow());
-    let mut out = BytesMut::new();
-    let assigned = request.client_id.is_empty().then_some(identity.device.as_str());
-    write_connack(&mut out, version, false, assigned, &shared);
-    if io.write_all(&out).await.is_err() {
-        return None;
-    }
-    tracing::debug!(user = %identity.user, device = %identity.device, ?version, "device connected");
-    metrics::counter!("chatd_mqtt_connects_total", "result" => "accepted").increment(1);
-    let connections =
-        metrics::gauge!("chatd_mqtt_connections", "transport" => transport, "protocol" => version.label());
-    connections.increment(1.0);
-    let connected = scopeguard_decrement(connections);
-    let budget_key = budget_key(&identity.org, &identity.app, &identity.user);
-    let session = Session {
-        version,
-        identity,
-        id: shared.next_session.fetch_add(1, Ordering::Relaxed),
-        queue,
-        subscriptions: Vec::new(),
-        // A 3.1.1 device states no limit; packet ids run out at 65,535, and a device that
-        // never acknowledges must not hold the gate's memory.
-        receive_max: request.receive_max.min(MAX_UNACKED),
-        device_max_packet: u32::try_from(request.device_max_packet).unwrap_or(u32::MAX),
-        device_alias_max: request.device_alias_max,
-        flow: LazyFlow::default(),
-        compact: request.compact,
-        admitted: Vec::new(),
-        will: request.will.take().map(Box::new),
-        budget_key,
-        over_budget: FloodWindow::default(),
-        refused_publishes: FloodWindow::default(),
-        shared: shared.clone(),
-    };
-    Some(Connected {
-        io,
-        session,
-        // What came after the CONNECT, if anything; otherwise no buffer until the device sends more.
-        device_buf: if buf.is_empty() { BytesMut::new() } else { buf },
-        inbox,
-        keep_alive: request.keep_alive,
-        draining,
-        stopping,
-        _presence: presence,
-        _connected: connected,
-        _slot: slot,
-    })
+    pub(super) _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Connected {
@@ -241,43 +115,6 @@ impl Connected {
     }
 }
 
-fn connect_refused(refusal: Refusal) {
-    metrics::counter!("chatd_mqtt_connects_total", "result" => refusal.label()).increment(1);
-}
-
-/// Lowers a connection gauge when the connection's task ends, however it ends.
-struct GaugeGuard(metrics::Gauge);
-
-impl Drop for GaugeGuard {
-    fn drop(&mut self) {
-        self.0.decrement(1.0);
-    }
-}
-
-fn scopeguard_decrement(gauge: metrics::Gauge) -> GaugeGuard {
-    GaugeGuard(gauge)
-}
-
-/// Reads bytes until a whole first packet is there and parses it as CONNECT.
-async fn read_connect(
-    io: &mut ClientIo,
-    buf: &mut BytesMut,
-    max_packet: usize,
-) -> std::io::Result<Result<ConnectRequest, (Version, Refusal)>> {
-    loop {
-        match codec::read_connect(buf, max_packet) {
-            ConnectRead::Incomplete => {
-                if io.read_buf(buf).await? == 0 {
-                    return Err(std::io::ErrorKind::UnexpectedEof.into());
-                }
-            }
-            ConnectRead::NotMqtt(why) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, why)),
-            ConnectRead::Connect(request) => return Ok(Ok(request)),
-            ConnectRead::Refused(version, refusal) => return Ok(Err((version, refusal))),
-        }
-    }
-}
-
 /// Waits until a stop signal turns true (or its sender is gone). Returns nothing, so no
 /// lock guard of the channel is held across what follows in a `select!`.
 pub(crate) async fn wait_until_true(signal: &mut tokio::sync::watch::Receiver<bool>) {
@@ -292,10 +129,6 @@ enum Refused {
     Quota,
 }
 
-/// The largest CONNECT the gate reads (a will's payload included: an envelope is at most
-/// 64 KiB anyway).
-const MAX_CONNECT_BYTES: usize = 64 * 1024 + 1024;
-
 /// Most QoS 1 publishes a device may leave unacknowledged, whatever its Receive Maximum.
 const MAX_UNACKED: u16 = 1024;
 /// The longest the last writes to a device that is being closed may take (what is queued
@@ -305,133 +138,8 @@ const FINAL_WRITE: Duration = Duration::from_secs(2);
 /// The longest a SUBSCRIBE waits for its topics to be routed to this node by the cluster.
 const ROUTING_WAIT: Duration = Duration::from_secs(2);
 
-async fn authenticate(shared: &Shared, request: &ConnectRequest) -> Result<Identity, (Refusal, String)> {
-    let not_authorized = |why: &str| (Refusal::NotAuthorized, why.to_string());
-    let (username, token) = request
-        .login
-        .as_ref()
-        .ok_or_else(|| not_authorized("no username/password"))?;
-    let claims = shared
-        .tokens
-        .verify(token)
-        .map_err(|e| not_authorized(&e.to_string()))?;
-    let username = username.to_ascii_lowercase();
-    if claims.role != store::tokens::Role::User || claims.sub != username {
-        return Err(not_authorized("token is not this user's"));
-    }
-    // A reconnect loop is refused here, before it costs database reads (a forged token was
-    // refused above; the app is checked just below).
-    let connect_key = budget_key(&claims.org, &claims.app, &username);
-    if let Err(wait_ms) = shared.budgets.take(&connect_key, OpClass::Connect) {
-        return Err((
-            Refusal::TooOften,
-            format!("connecting too often; retry in {wait_ms} ms"),
-        ));
-    }
-    let app = shared
-        .store
-        .find_app(&claims.org, &claims.app)
-        .await
-        .map_err(|e| not_authorized(&e.to_string()))?;
-    // The token must be of this user's current generation: not of a deleted user of the
-    // same name, nor revoked.
-    match shared.store.user_token_generation(&app.id, &username).await {
-        Ok(Some(generation)) if generation == claims.ver => {}
-        Ok(Some(_)) => return Err(not_authorized("token revoked")),
-        Ok(None) => return Err(not_authorized("user does not exist")),
-        Err(e) => return Err((Refusal::Unavailable, e.to_string())),
-    }
-    let device = if request.client_id.is_empty() {
-        if request.version == Version::V4 && !request.clean {
-            return Err((Refusal::ClientId, "an empty client id needs a clean session".into()));
-        }
-        format!("auto-{}", store::tokens::random_secret(12))
-    } else {
-        request.client_id.clone()
-    };
-    store::names::validate_device(&device).map_err(|e| (Refusal::ClientId, e.to_string()))?;
-    Ok(Identity {
-        org: claims.org,
-        app: claims.app,
-        app_id: app.id,
-        user: username,
-        device,
-        token_expires: claims.exp,
-    })
-}
-
-async fn refuse(io: &mut ClientIo, version: Version, refusal: Refusal, reason: Option<String>) {
-    let mut out = BytesMut::new();
-    match version {
-        Version::V4 => {
-            let code = match refusal {
-                Refusal::Protocol => v4::ConnectReturnCode::RefusedProtocolVersion,
-                Refusal::ClientId => v4::ConnectReturnCode::BadClientId,
-                Refusal::NotAuthorized => v4::ConnectReturnCode::NotAuthorized,
-                Refusal::Busy | Refusal::Unavailable | Refusal::TooOften => v4::ConnectReturnCode::ServiceUnavailable,
-            };
-            let _ = v4::Packet::ConnAck(v4::ConnAck::new(code, false)).write(&mut out, usize::MAX);
-        }
-        Version::V5 => {
-            let code = match refusal {
-                Refusal::Protocol => v5::ConnectReturnCode::UnsupportedProtocolVersion,
-                Refusal::ClientId => v5::ConnectReturnCode::ClientIdentifierNotValid,
-                Refusal::NotAuthorized => v5::ConnectReturnCode::NotAuthorized,
-                Refusal::Busy => v5::ConnectReturnCode::ServerBusy,
-                Refusal::TooOften => v5::ConnectReturnCode::ConnectionRateExceeded,
-                Refusal::Unavailable => v5::ConnectReturnCode::ServerUnavailable,
-            };
-            let properties = reason.map(|reason_string| v5::ConnAckProperties {
-                reason_string: Some(reason_string),
-                ..connack_properties()
-            });
-            let _ = v5::Packet::ConnAck(v5::ConnAck {
-                session_present: false,
-                code,
-                properties,
-            })
-            .write(&mut out, None);
-        }
-    }
-    let _ = io.write_all(&out).await;
-    io.close().await;
-}
-
-fn write_connack(
-    out: &mut BytesMut,
-    version: Version,
-    session_present: bool,
-    assigned_id: Option<&str>,
-    shared: &Shared,
-) {
-    match version {
-        Version::V4 => {
-            let _ = v4::Packet::ConnAck(v4::ConnAck::new(v4::ConnectReturnCode::Success, session_present))
-                .write(out, usize::MAX);
-        }
-        Version::V5 => {
-            let properties = v5::ConnAckProperties {
-                assigned_client_identifier: assigned_id.map(str::to_string),
-                topic_alias_max: Some(shared.settings.topic_alias_max),
-                max_packet_size: Some(shared.settings.max_packet_size as u32),
-                retain_available: Some(0),
-                wildcard_subscription_available: Some(0),
-                subscription_identifiers_available: Some(0),
-                shared_subscription_available: Some(0),
-                ..connack_properties()
-            };
-            let _ = v5::Packet::ConnAck(v5::ConnAck {
-                session_present,
-                code: v5::ConnectReturnCode::Success,
-                properties: Some(properties),
-            })
-            .write(out, None);
-        }
-    }
-}
-
 /// One device connection's state.
-struct Session {
+pub(super) struct Session {
     version: Version,
     identity: Identity,
     /// This session's id at the switchboard, and the queue it delivers into.
@@ -467,6 +175,38 @@ struct Session {
     /// 3.1.1 publishes refused (acknowledged and dropped) in the current window.
     refused_publishes: FloodWindow,
     shared: Arc<Shared>,
+}
+
+impl Session {
+    /// The session of a device that is in, with what its CONNECT asked for.
+    pub(super) fn new(
+        version: Version,
+        identity: Identity,
+        queue: Poster<ToSession>,
+        request: &mut ConnectRequest,
+        shared: &Arc<Shared>,
+    ) -> Session {
+        Session {
+            version,
+            id: shared.next_session.fetch_add(1, Ordering::Relaxed),
+            queue,
+            subscriptions: Vec::new(),
+            // A 3.1.1 device states no limit; packet ids run out at 65,535, and a device that
+            // never acknowledges must not hold the gate's memory.
+            receive_max: request.receive_max.min(MAX_UNACKED),
+            device_max_packet: u32::try_from(request.device_max_packet).unwrap_or(u32::MAX),
+            device_alias_max: request.device_alias_max,
+            flow: LazyFlow::default(),
+            compact: request.compact,
+            admitted: Vec::new(),
+            will: request.will.take().map(Box::new),
+            budget_key: budget_key(&identity.org, &identity.app, &identity.user),
+            identity,
+            over_budget: FloodWindow::default(),
+            refused_publishes: FloodWindow::default(),
+            shared: shared.clone(),
+        }
+    }
 }
 
 impl Connected {
@@ -1195,28 +935,5 @@ fn qos_v5(qos: QoS) -> rumqttc::v5::mqttbytes::QoS {
         QoS::AtMostOnce => rumqttc::v5::mqttbytes::QoS::AtMostOnce,
         QoS::AtLeastOnce => rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
         QoS::ExactlyOnce => rumqttc::v5::mqttbytes::QoS::ExactlyOnce,
-    }
-}
-
-/// CONNACK properties with nothing set (the type has no `Default`).
-fn connack_properties() -> v5::ConnAckProperties {
-    v5::ConnAckProperties {
-        session_expiry_interval: None,
-        receive_max: None,
-        max_qos: None,
-        retain_available: None,
-        max_packet_size: None,
-        assigned_client_identifier: None,
-        topic_alias_max: None,
-        reason_string: None,
-        user_properties: Vec::new(),
-        wildcard_subscription_available: None,
-        subscription_identifiers_available: None,
-        shared_subscription_available: None,
-        server_keep_alive: None,
-        response_information: None,
-        server_reference: None,
-        authentication_method: None,
-        authentication_data: None,
     }
 }
