@@ -6,8 +6,9 @@
 //! deliveries and 1.4 KB for the controls, 40% of what an idle connection cost. A mailbox is
 //! a `VecDeque` behind a mutex and a [`Notify`]: about 100 bytes until something is sent,
 //! and it gives back what it holds once it is empty again (a queue that kept even 16 slots
-//! would cost every connection that ever had a delivery 512 bytes for its whole life). One producer at a
-//! time and one reader per connection, so the mutex is next to never contended.
+//! would cost every connection that ever had a delivery 512 bytes for its whole life). One
+//! producer at a time and one reader per connection, so the mutex is next to never
+//! contended.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};

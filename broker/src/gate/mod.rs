@@ -185,12 +185,12 @@ impl Gate {
         let (presence, mut signals) = (self.shared.presence.clone(), stop.clone());
         tasks.spawn(async move {
             tokio::select! {
-                _ = session::wait_until_true(&mut signals.drain) => {}
-                _ = session::wait_until_true(&mut signals.shutdown) => {}
+                _ = wait_until_true(&mut signals.drain) => {}
+                _ = wait_until_true(&mut signals.shutdown) => {}
             }
             if !*signals.shutdown.borrow() {
                 presence.control_all(Control::Drain);
-                session::wait_until_true(&mut signals.shutdown).await;
+                wait_until_true(&mut signals.shutdown).await;
             }
             presence.control_all(Control::Shutdown);
         });
@@ -237,7 +237,7 @@ impl Gate {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 },
-                _ = session::wait_until_true(&mut drain) => return,
+                _ = wait_until_true(&mut drain) => return,
             }
         }
     }
@@ -260,6 +260,12 @@ impl Shared {
             by_ip: self.pending_by_ip.clone(),
         })
     }
+}
+
+/// Waits until a stop signal turns true (or its sender is gone). Returns nothing, so no
+/// lock guard of the channel is held across what follows in a `select!`.
+async fn wait_until_true(signal: &mut watch::Receiver<bool>) {
+    let _ = signal.wait_for(|on| *on).await;
 }
 
 /// A connection just accepted, with what its task needs to take it through CONNECT.

@@ -115,12 +115,6 @@ impl Connected {
     }
 }
 
-/// Waits until a stop signal turns true (or its sender is gone). Returns nothing, so no
-/// lock guard of the channel is held across what follows in a `select!`.
-pub(crate) async fn wait_until_true(signal: &mut tokio::sync::watch::Receiver<bool>) {
-    let _ = signal.wait_for(|on| *on).await;
-}
-
 /// Why a subscription was refused.
 #[derive(Debug, Clone, Copy)]
 enum Refused {
