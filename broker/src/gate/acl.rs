@@ -41,10 +41,9 @@ impl Identity {
             .strip_prefix('/')
     }
 
-    /// `u/{user}/{end}` in this app is this identity's own.
-    fn is_own(&self, topic: &str, end: &str) -> bool {
-        self.in_app(topic)
-            .and_then(|rest| rest.strip_prefix("u/"))
+    /// `rest` (what follows the app's prefix) is `u/{user}/{end}` of this identity's user.
+    fn is_own(&self, rest: &str, end: &str) -> bool {
+        rest.strip_prefix("u/")
             .and_then(|rest| rest.strip_suffix(end))
             .and_then(|rest| rest.strip_suffix('/'))
             == Some(self.user.as_str())
@@ -52,7 +51,7 @@ impl Identity {
 
     /// The user's own inbox.
     pub fn is_inbox(&self, topic: &str) -> bool {
-        self.is_own(topic, "in")
+        self.in_app(topic).is_some_and(|rest| self.is_own(rest, "in"))
     }
 
     /// Room and presence topics are delivered only while the connection's admission to
@@ -64,7 +63,7 @@ impl Identity {
 
     /// Devices publish only to their user's outbox.
     pub fn may_publish(&self, topic: &str) -> bool {
-        self.is_own(topic, "out")
+        self.in_app(topic).is_some_and(|rest| self.is_own(rest, "out"))
     }
 
     /// Devices subscribe to their user's inbox, to one user's presence at a time, and to
@@ -74,7 +73,7 @@ impl Identity {
         let Some(rest) = self.in_app(filter) else {
             return FilterAccess::Denied;
         };
-        if self.is_inbox(filter) {
+        if self.is_own(rest, "in") {
             FilterAccess::Inbox
         } else if let Some(user) = rest.strip_prefix("presence/").filter(|u| valid(u)) {
             FilterAccess::Presence(user.to_string())

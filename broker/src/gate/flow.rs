@@ -74,6 +74,24 @@ impl LazyFlow {
         self.get().map_or(0, |flow| flow.unacked.len())
     }
 
+    /// The device acknowledged `pkid`; whether a publish was waiting for it. Answering
+    /// what is not in progress makes no state.
+    pub fn acked(&mut self, pkid: u16) -> bool {
+        self.0.as_mut().is_some_and(|flow| flow.unacked.remove(&pkid))
+    }
+
+    /// The device's QoS 2 publish `pkid` is over (released, or refused).
+    pub fn qos2_done(&mut self, pkid: u16) {
+        if let Some(flow) = self.0.as_mut() {
+            flow.incoming_qos2.remove(&pkid);
+        }
+    }
+
+    /// The first publish held back, if any.
+    pub fn pop_held(&mut self) -> Option<(Delivery, QoS)> {
+        self.0.as_mut()?.held.pop_front()
+    }
+
     /// Lets the state go if nothing is in progress. Packet ids start again from 1 then,
     /// which is allowed: none is in use.
     pub fn release_if_idle(&mut self) {
@@ -112,5 +130,17 @@ mod tests {
         lazy.get_mut().device_aliases.clear();
         lazy.release_if_idle();
         assert!(lazy.get().is_none());
+    }
+
+    #[test]
+    fn acks_and_releases_of_nothing_in_progress_make_no_state() {
+        let mut lazy = LazyFlow::default();
+        assert!(!lazy.acked(7));
+        lazy.qos2_done(7);
+        assert!(lazy.pop_held().is_none());
+        assert!(lazy.get().is_none());
+        lazy.get_mut().unacked.insert(7);
+        assert!(lazy.acked(7));
+        assert!(!lazy.acked(7));
     }
 }

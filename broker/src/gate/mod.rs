@@ -10,6 +10,7 @@ pub mod codec;
 mod connect;
 mod flow;
 mod session;
+mod topic_map;
 mod transport;
 
 use std::collections::HashMap;

@@ -1,6 +1,7 @@
 //! One device connection, from the CONNACK to close.
 //!
-//! Once a device is in ([`super::connect`]), the gate serves it itself: it checks each SUBSCRIBE against the ACL and subscribes the session at the
+//! Once a device is in ([`super::connect`]), the gate serves it itself: it checks each
+//! SUBSCRIBE against the ACL and subscribes the session at the
 //! [switchboard](crate::switchboard), passes allowed outbox publishes (tagged with the device
 //! id) to rumqttd through the switchboard's uplink, and writes what the switchboard delivers
 //! in the device's protocol version, applying the bridge's per-device routing, MQTT 5 flow
@@ -22,6 +23,7 @@ use super::budget::{budget_key, FloodWindow, OpClass, Peek};
 use super::codec::{self, qos_v4, ConnectRequest, DevicePacket, Malformed, Version};
 use super::connect::GaugeGuard;
 use super::flow::LazyFlow;
+use super::topic_map::TopicMap;
 use super::transport::ClientIo;
 use super::Shared;
 use crate::mailbox::{Mailbox, Poster};
@@ -139,11 +141,9 @@ pub(super) struct Session {
     /// This session's id at the switchboard, and the queue it delivers into.
     id: u64,
     queue: Poster<ToSession>,
-    /// Topics subscribed, with the QoS granted (0 or 1: the server never sends QoS 2),
-    /// sorted by topic. A sorted list rather than a map: most connections hold one or a few
-    /// topics, a map's smallest table is several times their size, and the list is bounded
-    /// by `max_subscriptions`.
-    subscriptions: Vec<(Box<str>, QoS)>,
+    /// Topics subscribed, with the QoS granted (0 or 1: the server never sends QoS 2), at
+    /// most `max_subscriptions`.
+    subscriptions: TopicMap<QoS>,
     /// MQTT 5 flow control towards the device: its receive maximum (the unacknowledged
     /// QoS 1 publishes it takes) and largest packet.
     receive_max: u16,
@@ -156,10 +156,9 @@ pub(super) struct Session {
     /// Payloads travel to and from this device in the compact envelope.
     compact: bool,
     /// Room and presence topics this connection was admitted to at SUBSCRIBE (as a member,
-    /// or as someone not blocked), sorted. Leaving a room, being kicked or being blocked
-    /// revokes a topic, and its publishes stop at the gate even while the device stays
-    /// subscribed.
-    admitted: Vec<Box<str>>,
+    /// or as someone not blocked). Leaving a room, being kicked or being blocked revokes a
+    /// topic, and its publishes stop at the gate even while the device stays subscribed.
+    admitted: TopicMap<()>,
     /// Published to the device's outbox if the connection ends without a DISCONNECT.
     will: Option<Box<v4::LastWill>>,
     /// The user's key in the gate's budgets ([`super::budget`]): app id and username.
@@ -184,7 +183,7 @@ impl Session {
             version,
             id: shared.next_session.fetch_add(1, Ordering::Relaxed),
             queue,
-            subscriptions: Vec::new(),
+            subscriptions: TopicMap::default(),
             // A 3.1.1 device states no limit; packet ids run out at 65,535, and a device that
             // never acknowledges must not hold the gate's memory.
             receive_max: request.receive_max.min(MAX_UNACKED),
@@ -192,7 +191,7 @@ impl Session {
             device_alias_max: request.device_alias_max,
             flow: LazyFlow::default(),
             compact: request.compact,
-            admitted: Vec::new(),
+            admitted: TopicMap::default(),
             will: request.will.take().map(Box::new),
             budget_key: budget_key(&identity.org, &identity.app, &identity.user),
             identity,
@@ -281,9 +280,7 @@ impl Connected {
                         Some(Control::Disconnect) => return Close::Kicked,
                         Some(Control::TakenOver) => return Close::TakenOver,
                         Some(Control::Revoke(topic)) => {
-                            if let Ok(at) = session.admitted.binary_search_by(|t| (**t).cmp(&topic)) {
-                                session.admitted.remove(at);
-                            }
+                            session.admitted.remove(&topic);
                         }
                         Some(Control::Drain) => {
                             reading = false;
@@ -320,7 +317,7 @@ impl Session {
     /// Leaves the switchboard, and publishes the will if the connection ended in a way
     /// that calls for it.
     async fn finish(&mut self, close: &Close) {
-        for (topic, _) in &self.subscriptions {
+        for topic in self.subscriptions.topics() {
             self.shared.switchboard.unsubscribe(topic, self.id);
         }
         // A server-side close is no reason to publish the device's will.
@@ -365,7 +362,7 @@ impl Session {
             }
             v4::Packet::PubAck(a) => self.device_acked(a.pkid, out),
             v4::Packet::PubRel(a) => {
-                self.flow.get_mut().incoming_qos2.remove(&a.pkid);
+                self.flow.qos2_done(a.pkid);
                 to_device_v4(out, v4::Packet::PubComp(v4::PubComp::new(a.pkid)));
             }
             // The gate never sends QoS 2, so there is nothing to answer.
@@ -473,7 +470,7 @@ impl Session {
             }
             v5::Packet::PubAck(a) => self.device_acked(a.pkid, out),
             v5::Packet::PubRel(a) => {
-                self.flow.get_mut().incoming_qos2.remove(&a.pkid);
+                self.flow.qos2_done(a.pkid);
                 to_device_v5(out, v5::Packet::PubComp(v5::PubComp::new(a.pkid, None)));
             }
             v5::Packet::PubRec(_) | v5::Packet::PubComp(_) => {}
@@ -526,7 +523,7 @@ impl Session {
                 self.refuse_over_budget(class, peek.cid(), wait_ms, out)?;
                 if qos == QoS::ExactlyOnce {
                     // Refused with a PUBREC error code: the exchange ends here.
-                    self.flow.get_mut().incoming_qos2.remove(&pkid);
+                    self.flow.qos2_done(pkid);
                 }
                 match (qos, self.version) {
                     (QoS::AtMostOnce, _) => {}
@@ -633,10 +630,7 @@ impl Session {
         };
         match admitted {
             Ok(true) => {
-                if let Err(at) = self.admitted.binary_search_by(|t| (**t).cmp(filter)) {
-                    self.admitted.reserve_exact(1);
-                    self.admitted.insert(at, filter.into());
-                }
+                self.admitted.insert(filter, ());
                 true
             }
             Ok(false) => false,
@@ -656,8 +650,8 @@ impl Session {
         for (filter, qos) in filters {
             // Each filter may cost a database check, and each held topic memory: both are
             // bounded per connection.
-            let place = self.subscriptions.binary_search_by(|(t, _)| (**t).cmp(&filter));
-            if place.is_err() && self.subscriptions.len() >= self.shared.settings.max_subscriptions {
+            let new_topic = !self.subscriptions.contains(&filter);
+            if new_topic && self.subscriptions.len() >= self.shared.settings.max_subscriptions {
                 tracing::info!(user = %self.identity.user, device = %self.identity.device, %filter, "subscription refused: too many on one connection");
                 granted.push(Err(Refused::Quota));
                 continue;
@@ -677,13 +671,7 @@ impl Session {
             let subscribed = self.shared.switchboard.subscribe(&filter, self.id, &self.queue);
             retained.extend(subscribed.retained);
             routing.extend(subscribed.ready);
-            match place {
-                Ok(at) => self.subscriptions[at].1 = qos,
-                Err(at) => {
-                    self.subscriptions.reserve_exact(1);
-                    self.subscriptions.insert(at, (filter.into(), qos));
-                }
-            }
+            self.subscriptions.insert(&filter, qos);
             granted.push(Ok(qos));
         }
         // In a cluster, SUBACK once other nodes' deliveries on the new topics are routed here:
@@ -727,8 +715,7 @@ impl Session {
 
     fn unsubscribe(&mut self, filters: &[String]) {
         for filter in filters {
-            if let Ok(at) = self.subscriptions.binary_search_by(|(t, _)| (**t).cmp(filter)) {
-                self.subscriptions.remove(at);
+            if self.subscriptions.remove(filter) {
                 self.shared.switchboard.unsubscribe(filter, self.id);
             }
         }
@@ -737,12 +724,10 @@ impl Session {
     /// A publish from the switchboard: checked against admission and per-device routing,
     /// then sent (or held back by MQTT 5 flow control).
     fn deliver(&mut self, mut delivery: Delivery, out: &mut BytesMut) {
-        let Ok(at) = self.subscriptions.binary_search_by(|(t, _)| (**t).cmp(&delivery.topic)) else {
+        let Some(&qos) = self.subscriptions.get(&delivery.topic) else {
             return; // unsubscribed while it was queued
         };
-        let qos = self.subscriptions[at].1;
-        let admitted = || self.admitted.binary_search_by(|t| (**t).cmp(&delivery.topic)).is_ok();
-        if self.identity.needs_admission(&delivery.topic) && !admitted() {
+        if self.identity.needs_admission(&delivery.topic) && !self.admitted.contains(&delivery.topic) {
             return; // left, kicked or blocked: the topic's publishes stop here
         }
         if self.identity.is_inbox(&delivery.topic) {
@@ -838,12 +823,12 @@ impl Session {
 
     /// The device acknowledged a QoS 1 publish: its receive window has room again.
     fn device_acked(&mut self, pkid: u16, out: &mut BytesMut) {
-        if !self.flow.get_mut().unacked.remove(&pkid) {
+        if !self.flow.acked(pkid) {
             tracing::debug!(pkid, device = %self.identity.device, "unsolicited PUBACK from a device");
             return;
         }
         while self.flow.unacked() < usize::from(self.receive_max) {
-            let Some((delivery, qos)) = self.flow.get_mut().held.pop_front() else {
+            let Some((delivery, qos)) = self.flow.pop_held() else {
                 break;
             };
             self.publish_to_device(delivery, qos, out);
