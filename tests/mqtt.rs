@@ -741,17 +741,7 @@ async fn mqtt5_flow_control_and_packet_size(backend: Backend) {
         alice.next_op("ack").await;
     }
     // Two publishes, unacknowledged; the oversized one never comes.
-    let mut pkids = Vec::new();
-    for want in ["m1", "m2"] {
-        match bob.recv5().await {
-            Some(v5::Packet::Publish(p)) => {
-                let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
-                assert_eq!(v["body"]["msg"], want);
-                pkids.push(p.pkid);
-            }
-            other => panic!("expected a publish, got {other:?}"),
-        }
-    }
+    let pkids = unacked_publishes(&mut bob, &["m1", "m2"]).await;
     let nothing = tokio::time::timeout(Duration::from_millis(500), bob.recv5()).await;
     assert!(
         nothing.is_err(),
@@ -772,23 +762,30 @@ async fn mqtt5_flow_control_and_packet_size(backend: Backend) {
         alice.send_text(&format!("m{i}"), "bob", &format!("m{i}")).await;
         alice.next_op("ack").await;
     }
-    let mut acks = Vec::new();
-    for want in ["m5", "m6"] {
-        match bob.recv5().await {
-            Some(v5::Packet::Publish(p)) => {
-                let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
-                assert_eq!(v["body"]["msg"], want);
-                acks.push(p.pkid);
-            }
-            other => panic!("expected a publish, got {other:?}"),
-        }
-    }
+    let acks = unacked_publishes(&mut bob, &["m5", "m6"]).await;
     assert_ne!(acks[0], acks[1], "two publishes in flight share a packet id");
     let nothing = tokio::time::timeout(Duration::from_millis(500), bob.recv5()).await;
     assert!(nothing.is_err(), "the window was lost with the flow state: {nothing:?}");
     bob.send5(v5::Packet::PubAck(v5::PubAck::new(acks[0], None))).await;
     let (_, m7) = bob.next_publish5().await;
     assert_eq!(m7["body"]["msg"], "m7");
+}
+
+/// Reads publishes whose texts are `wants`, in that order, acknowledging none; their
+/// packet ids.
+async fn unacked_publishes(device: &mut Raw, wants: &[&str]) -> Vec<u16> {
+    let mut pkids = Vec::new();
+    for want in wants {
+        match device.recv5().await {
+            Some(v5::Packet::Publish(p)) => {
+                let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+                assert_eq!(v["body"]["msg"], *want);
+                pkids.push(p.pkid);
+            }
+            other => panic!("expected a publish, got {other:?}"),
+        }
+    }
+    pkids
 }
 
 /// A device id is one connection: connecting again with it closes the older connection
