@@ -74,6 +74,7 @@ impl From<store::Error> for ApiError {
             E::BadCredentials => ApiError::InvalidGrant("invalid username or password".into()),
             E::BadToken(why) => ApiError::Unauthorized(format!("token {why}")),
             E::Database(e) => ApiError::Internal(e.to_string()),
+            E::Sqlite(e) => ApiError::Internal(e.to_string()),
             E::Internal(e) => ApiError::Internal(e),
         }
     }

@@ -23,6 +23,8 @@ pub enum Backend {
 pub struct Store {
     pub(crate) pool: AnyPool,
     backend: Backend,
+    /// On SQLite, the thread that stores one-to-one batches (`sqlite_writer`).
+    pub(crate) sqlite_writer: Option<std::sync::Arc<crate::sqlite_writer::SqliteWriter>>,
 }
 
 /// The PostgreSQL advisory lock key migrations run under (any constant; "chatd" in ASCII).
@@ -427,8 +429,17 @@ impl Store {
             })
             .connect_with(options)
             .await?;
-        let store = Store { pool, backend };
+        let mut store = Store {
+            pool,
+            backend,
+            sqlite_writer: None,
+        };
         store.migrate().await?;
+        if backend == Backend::Sqlite {
+            let options = sqlx::sqlite::SqliteConnectOptions::from_str(&url)?;
+            let writer = crate::sqlite_writer::SqliteWriter::open(options.get_filename())?;
+            store.sqlite_writer = Some(std::sync::Arc::new(writer));
+        }
         Ok(store)
     }
 

@@ -20,6 +20,9 @@ pub enum Error {
     BadToken(String),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// From SQLite's writer thread, which speaks to SQLite without sqlx.
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -38,6 +41,10 @@ impl Error {
     pub fn is_unique_violation(&self) -> bool {
         match self {
             Error::Database(sqlx::Error::Database(e)) => e.is_unique_violation(),
+            Error::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => matches!(
+                e.extended_code,
+                rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+            ),
             _ => false,
         }
     }

@@ -21,6 +21,7 @@ pub mod moderation;
 pub mod names;
 pub mod notification;
 pub mod push;
+mod sqlite_writer;
 pub mod tenants;
 pub mod tokens;
 pub mod topics;

@@ -102,6 +102,102 @@ pub fn user_conv(a: &str, b: &str) -> String {
     }
 }
 
+/// Why a one-to-one message is refused before its sender's contacts are looked at, if it
+/// is: its recipient does not exist, its sender is muted for one-to-one messages (until
+/// `muted_until`), or the recipient blocks the sender.
+/// The order is the order of precedence; messages sent by the app pass all but the first.
+pub(crate) fn refusal(
+    m: &NewMessage,
+    recipient_exists: bool,
+    muted_until: Option<i64>,
+    blocks: bool,
+) -> Option<(&'static str, String)> {
+    if !recipient_exists {
+        Some(("unknown_recipient", format!("no user '{}' in this app", m.to)))
+    } else if !m.as_app && muted_until.is_some_and(|until| until > crate::now_ms()) {
+        Some(("muted", "you are muted in this app for one-to-one messages".to_string()))
+    } else if !m.as_app && blocks {
+        Some(("blocked", format!("{} does not accept your messages", m.to)))
+    } else {
+        None
+    }
+}
+
+/// Whether a one-to-one message may only go to a contact of its sender (see [`not_contact`]).
+pub(crate) fn needs_contact_check(m: &NewMessage) -> bool {
+    !m.as_app && m.require_contacts && m.to != m.sender
+}
+
+/// The refusal of a message to someone who is not the sender's contact.
+pub(crate) fn not_contact(m: &NewMessage) -> (&'static str, String) {
+    (
+        "not_contact",
+        format!(
+            "{} is not your contact; this app allows messages between contacts only",
+            m.to
+        ),
+    )
+}
+
+/// A one-to-one message as it will be stored: its id and conversation; `seq` is set when
+/// the conversation's counter moves.
+pub(crate) fn accepted_message(m: &NewMessage) -> StoredMessage {
+    StoredMessage {
+        id: uuid::Uuid::now_v7().to_string(),
+        conv: user_conv(&m.sender, &m.to),
+        seq: 0,
+        ts: m.sent_at.unwrap_or_else(crate::now_ms),
+        chat: ChatType::User.as_str().into(),
+        sender: m.sender.clone(),
+        sender_device: m.sender_device.clone(),
+        recipient: m.to.clone(),
+        cid: m.cid.clone(),
+        kind: m.kind.as_str().into(),
+        body: m.body.clone(),
+        ext: m.ext.clone(),
+        recalled: false,
+        edited_at: 0,
+        destroy: m.destroy,
+        destroyed: false,
+    }
+}
+
+/// A self-destruct timer from its stored columns.
+pub(crate) fn destroy_of(after: i64, from: &str) -> Option<Destroy> {
+    match from {
+        _ if after <= 0 => None,
+        "read" => Some(Destroy {
+            after,
+            from: DestroyFrom::Read,
+        }),
+        _ => Some(Destroy {
+            after,
+            from: DestroyFrom::Sent,
+        }),
+    }
+}
+
+/// When a self-destructing message sent at `ts` goes (ms); 0 for one that waits to be read.
+pub(crate) fn destroy_at(destroy: Destroy, ts: i64) -> i64 {
+    match destroy.from {
+        DestroyFrom::Sent => ts + destroy.after * 1000,
+        DestroyFrom::Read => 0,
+    }
+}
+
+/// The ids of a batch's messages that the push planner must look at: the newly stored
+/// one-to-one and group messages. Imported messages (sent elsewhere, long ago) are not pushed.
+pub(crate) fn to_push<'a>(batch: &[NewMessage], outcomes: &'a [Outcome]) -> Vec<&'a str> {
+    batch
+        .iter()
+        .zip(outcomes)
+        .filter_map(|(m, o)| match o {
+            Outcome::Stored { msg, .. } if msg.chat != "room" && m.sent_at.is_none() => Some(msg.id.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
 pub(crate) const MSG_COLUMNS: &str =
     "m.id, m.conv, m.seq, m.ts, m.chat, m.sender, m.sender_device, m.recipient, m.cid, \
      m.msg_type, m.body, m.ext, m.recalled, m.edited_at, m.destroy_after, m.destroy_from, m.destroyed";
@@ -130,17 +226,7 @@ pub(crate) fn message_from_row(row: &AnyRow) -> Result<StoredMessage> {
 fn destroy_from_row(row: &AnyRow) -> Result<Option<Destroy>> {
     let after: i64 = row.try_get("destroy_after")?;
     let from: String = row.try_get("destroy_from")?;
-    Ok(match from.as_str() {
-        _ if after <= 0 => None,
-        "read" => Some(Destroy {
-            after,
-            from: DestroyFrom::Read,
-        }),
-        _ => Some(Destroy {
-            after,
-            from: DestroyFrom::Sent,
-        }),
-    })
+    Ok(destroy_of(after, &from))
 }
 
 impl StoredMessage {
@@ -186,6 +272,14 @@ impl Store {
     /// chatroom messages one at a time ([`Store::store_channel_message`]). Order is kept: seqs
     /// and inbox positions follow the batch's order.
     pub async fn store_batch(&self, batch: &[NewMessage]) -> Result<Vec<Outcome>> {
+        if let Some(writer) = &self.sqlite_writer {
+            if crate::sqlite_writer::takes(batch) {
+                let batch = batch.to_vec();
+                return writer
+                    .run(move |conn| crate::sqlite_writer::store_one_to_one(conn, &batch))
+                    .await?;
+            }
+        }
         let mut tx = self.write_tx().await?;
         // Each outcome is written at its message's position in the batch, never appended:
         // runs are stored when they end, so outcomes are settled out of order (a repeat of
@@ -362,48 +456,17 @@ impl Store {
                 }));
                 continue;
             }
-            let now = crate::now_ms();
-            let refusal = if !existing.contains(&m.to) {
-                Some(("unknown_recipient", format!("no user '{}' in this app", m.to)))
-            } else if !m.as_app && muted.get(&m.sender).is_some_and(|until| *until > now) {
-                Some(("muted", "you are muted in this app for one-to-one messages".to_string()))
-            } else if !m.as_app && blocked.contains(&(m.to.clone(), m.sender.clone())) {
-                Some(("blocked", format!("{} does not accept your messages", m.to)))
-            } else if !m.as_app
-                && m.require_contacts
-                && m.to != m.sender
-                && !self.are_contacts(app_id, &m.sender, &m.to).await?
-            {
-                Some((
-                    "not_contact",
-                    format!(
-                        "{} is not your contact; this app allows messages between contacts only",
-                        m.to
-                    ),
-                ))
-            } else {
-                None
+            let blocks = blocked.contains(&(m.to.clone(), m.sender.clone()));
+            let refusal = match refusal(m, existing.contains(&m.to), muted.get(&m.sender).copied(), blocks) {
+                Some(refusal) => Some(refusal),
+                None if needs_contact_check(m) && !self.are_contacts(app_id, &m.sender, &m.to).await? => {
+                    Some(not_contact(m))
+                }
+                None => None,
             };
             fates.push(match refusal {
                 Some((code, message)) => Fate::Done(Outcome::Refused { code, message }),
-                None => Fate::Accepted(StoredMessage {
-                    id: uuid::Uuid::now_v7().to_string(),
-                    conv: user_conv(&m.sender, &m.to),
-                    seq: 0,
-                    ts: m.sent_at.unwrap_or_else(crate::now_ms),
-                    chat: ChatType::User.as_str().into(),
-                    sender: m.sender.clone(),
-                    sender_device: m.sender_device.clone(),
-                    recipient: m.to.clone(),
-                    cid: m.cid.clone(),
-                    kind: m.kind.as_str().into(),
-                    body: m.body.clone(),
-                    ext: m.ext.clone(),
-                    recalled: false,
-                    edited_at: 0,
-                    destroy: m.destroy,
-                    destroyed: false,
-                }),
+                None => Fate::Accepted(accepted_message(m)),
             });
         }
         let mut accepted: Vec<&mut StoredMessage> = fates
@@ -852,10 +915,7 @@ async fn settle_files_and_timers(
         let room = if m.chat == ChatType::Room { m.to.as_str() } else { "" };
         crate::files::add_refs(tx, &msg.id, room, &m.files).await?;
         if let Some(destroy) = m.destroy {
-            let at = match destroy.from {
-                DestroyFrom::Sent => msg.ts + destroy.after * 1000,
-                DestroyFrom::Read => 0,
-            };
+            let at = destroy_at(destroy, msg.ts);
             sqlx::query("UPDATE messages SET destroy_after = $1, destroy_from = $2, destroy_at = $3 WHERE id = $4")
                 .bind(destroy.after)
                 .bind(destroy.from.as_str())
@@ -1018,7 +1078,7 @@ async fn store_room_message(tx: &mut Transaction<'static, Any>, msg: &StoredMess
 }
 
 /// What a write of read positions does to an existing row: positions never move back.
-const KEEP_FURTHEST_POSITIONS: &str = "ON CONFLICT (app_id, username, conv) DO UPDATE SET
+pub(crate) const KEEP_FURTHEST_POSITIONS: &str = "ON CONFLICT (app_id, username, conv) DO UPDATE SET
      read_seq = CASE WHEN excluded.read_seq > user_conversations.read_seq THEN excluded.read_seq ELSE user_conversations.read_seq END,
      delivered_seq = CASE WHEN excluded.delivered_seq > user_conversations.delivered_seq THEN excluded.delivered_seq ELSE user_conversations.delivered_seq END";
 
@@ -1189,18 +1249,10 @@ fn json_rows(rows: impl IntoIterator<Item = Value>) -> String {
 /// finds them (a transactional outbox). One row per batch. Imported messages (sent
 /// elsewhere, long ago) are not pushed.
 async fn record_for_push(tx: &mut Transaction<'static, Any>, batch: &[NewMessage], outcomes: &[Outcome]) -> Result<()> {
-    let stored: Vec<&StoredMessage> = batch
-        .iter()
-        .zip(outcomes)
-        .filter_map(|(m, o)| match o {
-            Outcome::Stored { msg, .. } if msg.chat != "room" && m.sent_at.is_none() => Some(msg),
-            _ => None,
-        })
-        .collect();
-    if stored.is_empty() {
+    let ids = to_push(batch, outcomes);
+    if ids.is_empty() {
         return Ok(());
     }
-    let ids: Vec<&str> = stored.iter().map(|m| m.id.as_str()).collect();
     sqlx::query("INSERT INTO push_pending (id, messages, locked_until, created_at) VALUES ($1, $2, 0, $3)")
         .bind(uuid::Uuid::now_v7().to_string())
         .bind(serde_json::to_string(&ids).unwrap_or_default())

@@ -85,7 +85,9 @@ pub(super) async fn add_members(
             .await
         {
             Ok(new) => added.extend(new),
-            Err(e @ store::Error::Database(_)) | Err(e @ store::Error::Internal(_)) => return Err(e.into()),
+            Err(e @ (store::Error::Database(_) | store::Error::Sqlite(_) | store::Error::Internal(_))) => {
+                return Err(e.into())
+            }
             Err(e) => failed.push(json!({"user": user, "reason": ApiError::from(e).to_string()})),
         }
     }

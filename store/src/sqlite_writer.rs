@@ -1,0 +1,259 @@
+//! SQLite's writer thread: one-to-one batches, the bulk of what a chat server writes, stored
+//! by a connection of their own on a thread of their own, one hop per batch.
+//!
+//! Through sqlx, every statement of a batch is a hop from a tokio task to the connection's
+//! thread and back: about 0.27 ms each on this project's 2-core machine under load, nine of
+//! them in a batch, before the commit. And to keep the statement count fixed, the sqlx path
+//! hands a run's rows over as one JSON array per table, which SQLite parses again for every
+//! column it reads out of it: 35 µs a message row, against 5-8 µs for a prepared `INSERT …
+//! VALUES` (BENCHMARKS.md, "where a batch's time goes"). Here the whole batch is one job: a
+//! closure run on this thread against cached prepared statements, row by row, inside one
+//! `BEGIN IMMEDIATE` transaction with `synchronous=FULL`, so an `Ok` still means committed and
+//! durable. The job's answer comes back on a oneshot channel.
+//!
+//! The rules are the ones the sqlx path applies (same refusals, same order of seqs and inbox
+//! positions, same push record); the helpers that decide them live in [`crate::messages`] and
+//! serve both. Group and chatroom batches, and batches that mix them in, still take the sqlx
+//! path; so does everything on PostgreSQL, where a statement is a network round trip and the
+//! fixed count of statements is what matters.
+//!
+//! The other writers (the API, the push and webhook workers, the bridge's other ops) keep
+//! their pool: SQLite takes one writer at a time across connections, and both sides wait for
+//! the write lock (`busy_timeout`) rather than fail.
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
+
+use crate::envelope::ChatType;
+use crate::error::{Error, Result};
+use crate::messages::{
+    accepted_message, destroy_at, destroy_of, needs_contact_check, not_contact, refusal, to_push, NewMessage,
+    Outcome, StoredMessage, KEEP_FURTHEST_POSITIONS, MSG_COLUMNS,
+};
+
+/// A job for the writer thread.
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// The handle to the writer thread; the thread ends when the last handle is dropped.
+pub(crate) struct SqliteWriter {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl std::fmt::Debug for SqliteWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SqliteWriter")
+    }
+}
+
+impl SqliteWriter {
+    /// Opens the database file (already created and migrated by the pool) and starts the thread.
+    pub(crate) fn open(path: &Path) -> Result<SqliteWriter> {
+        let conn = Connection::open(path)?;
+        conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))?;
+        // Per connection: every commit of this one is fsynced, as the pool's are.
+        conn.execute_batch("PRAGMA synchronous=FULL")?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.execute_batch("PRAGMA cache_size=-65536")?;
+        conn.set_prepared_statement_cache_capacity(32);
+        let (jobs, queue) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || {
+                let mut conn = conn;
+                for job in queue {
+                    // A job that panics answers nothing (its caller sees an error); the
+                    // thread goes on with the next. Its transaction was rolled back as the
+                    // panic unwound through it.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut conn)));
+                }
+            })
+            .map_err(|e| Error::Internal(format!("starting the SQLite writer thread: {e}")))?;
+        Ok(SqliteWriter { jobs })
+    }
+
+    /// Runs `job` on the writer thread and returns its answer.
+    pub(crate) async fn run<R: Send + 'static>(
+        &self,
+        job: impl FnOnce(&mut Connection) -> R + Send + 'static,
+    ) -> Result<R> {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Box::new(move |conn| {
+                let _ = answer.send(job(conn));
+            }))
+            .map_err(|_| Error::Internal("the SQLite writer thread has stopped".into()))?;
+        answered
+            .await
+            .map_err(|_| Error::Internal("the SQLite writer failed in the middle of a job".into()))
+    }
+}
+
+/// True for a batch the writer thread stores: one-to-one messages only.
+pub(crate) fn takes(batch: &[NewMessage]) -> bool {
+    batch.iter().all(|m| m.chat == ChatType::User)
+}
+
+/// Stores a batch of one-to-one messages in one transaction, in order, and says what became
+/// of each (as [`crate::Store::store_batch`] does). An `Err` means nothing was stored.
+pub(crate) fn store_one_to_one(conn: &mut Connection, batch: &[NewMessage]) -> Result<Vec<Outcome>> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for m in batch {
+        outcomes.push(store_one(&tx, m)?);
+    }
+    let ids = to_push(batch, &outcomes);
+    if !ids.is_empty() {
+        tx.prepare_cached("INSERT INTO push_pending (id, messages, locked_until, created_at) VALUES (?1, ?2, 0, ?3)")?
+            .execute(params![
+                uuid::Uuid::now_v7().to_string(),
+                serde_json::to_string(&ids).unwrap_or_default(),
+                crate::now_ms()
+            ])?;
+    }
+    tx.commit()?;
+    Ok(outcomes)
+}
+
+/// One message of the batch: a repeat of an earlier send (in an earlier batch or earlier in
+/// this one), a refusal, or stored with its seq and its inbox positions.
+fn store_one(tx: &Connection, m: &NewMessage) -> Result<Outcome> {
+    let app = m.app_id.as_str();
+    let earlier = tx
+        .prepare_cached(&format!(
+            "SELECT {MSG_COLUMNS} FROM messages m WHERE m.app_id = ?1 AND m.sender = ?2 AND m.cid = ?3"
+        ))?
+        .query_row(params![app, m.sender, m.cid], message_from_row)
+        .optional()?;
+    if let Some(msg) = earlier {
+        let sender_useq = tx
+            .prepare_cached("SELECT useq FROM inbox WHERE app_id = ?1 AND username = ?2 AND message_id = ?3")?
+            .query_row(params![app, m.sender, msg.id], |row| row.get(0))
+            .optional()?;
+        return Ok(Outcome::Duplicate { msg, sender_useq });
+    }
+
+    // A user's mute (0: none), if they exist: a participant may have been deleted while the
+    // message was in flight.
+    let user = |name: &str| -> Result<Option<i64>> {
+        Ok(tx
+            .prepare_cached("SELECT mute_chat_until FROM users WHERE app_id = ?1 AND username = ?2")?
+            .query_row(params![app, name], |row| row.get(0))
+            .optional()?)
+    };
+    let recipient_exists = user(&m.to)?.is_some();
+    let sender = user(&m.sender)?;
+    let blocked = recipient_exists
+        && tx
+            .prepare_cached("SELECT 1 FROM blocks WHERE app_id = ?1 AND owner = ?2 AND blocked = ?3")?
+            .exists(params![app, m.to, m.sender])?;
+    let refused = refusal(m, recipient_exists, sender.filter(|until| *until > 0), blocked);
+    let refused = match refused {
+        Some(refused) => Some(refused),
+        None if needs_contact_check(m)
+            && !tx
+                .prepare_cached("SELECT 1 FROM contacts WHERE app_id = ?1 AND owner = ?2 AND friend = ?3")?
+                .exists(params![app, m.sender, m.to])? =>
+        {
+            Some(not_contact(m))
+        }
+        None => None,
+    };
+    if let Some((code, message)) = refused {
+        return Ok(Outcome::Refused { code, message });
+    }
+
+    let mut msg = accepted_message(m);
+    msg.seq = tx
+        .prepare_cached(
+            "INSERT INTO conversations (app_id, conv, last_seq, last_ts, last_message_id) VALUES (?1, ?2, 1, ?3, ?4)
+             ON CONFLICT (app_id, conv) DO UPDATE SET last_seq = conversations.last_seq + 1,
+             last_ts = excluded.last_ts, last_message_id = excluded.last_message_id
+             RETURNING last_seq",
+        )?
+        .query_row(params![app, msg.conv, msg.ts, msg.id], |row| row.get(0))?;
+    let (destroy_after, destroy_from, destroy_at) = match msg.destroy {
+        Some(d) => (d.after, d.from.as_str(), destroy_at(d, msg.ts)),
+        None => (0, "", 0),
+    };
+    tx.prepare_cached(
+        "INSERT INTO messages (app_id, id, conv, seq, chat, sender, sender_device, recipient, cid, msg_type, body, ext,
+         ts, destroy_after, destroy_from, destroy_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+    )?
+    .execute(params![
+        app,
+        msg.id,
+        msg.conv,
+        msg.seq,
+        msg.chat,
+        msg.sender,
+        msg.sender_device,
+        msg.recipient,
+        msg.cid,
+        msg.kind,
+        msg.body,
+        msg.ext,
+        msg.ts,
+        destroy_after,
+        destroy_from,
+        destroy_at
+    ])?;
+    for file in &m.files {
+        tx.prepare_cached("INSERT INTO chatfile_refs (file_id, holder, room) VALUES (?1, ?2, '') ON CONFLICT DO NOTHING")?
+            .execute(params![file, msg.id])?;
+    }
+
+    // Conversation list rows: the recipient's appears, the sender has read up to what they
+    // sent (never moving back). A sender deleted in flight gets none.
+    let mut positions = tx.prepare_cached(&format!(
+        "INSERT INTO user_conversations (app_id, username, conv, read_seq, delivered_seq)
+         VALUES (?1, ?2, ?3, ?4, ?4) {KEEP_FURTHEST_POSITIONS}"
+    ))?;
+    positions.execute(params![app, msg.recipient, msg.conv, 0])?;
+    if sender.is_some() {
+        positions.execute(params![app, msg.sender, msg.conv, msg.seq])?;
+    }
+
+    // Inbox positions: the recipient's copy, then the sender's (one for a message to oneself).
+    let mut useqs = Vec::with_capacity(2);
+    let owners = [Some(&msg.recipient), (msg.sender != msg.recipient).then_some(&msg.sender)];
+    for user in owners.into_iter().flatten() {
+        let useq: Option<i64> = tx
+            .prepare_cached("UPDATE users SET inbox_seq = inbox_seq + 1 WHERE app_id = ?1 AND username = ?2 RETURNING inbox_seq")?
+            .query_row(params![app, user], |row| row.get(0))
+            .optional()?;
+        if let Some(useq) = useq {
+            tx.prepare_cached("INSERT INTO inbox (app_id, username, useq, message_id) VALUES (?1, ?2, ?3, ?4)")?
+                .execute(params![app, user, useq, msg.id])?;
+            useqs.push((user.clone(), useq));
+        }
+    }
+    Ok(Outcome::Stored { msg, useqs })
+}
+
+/// A message read with [`MSG_COLUMNS`], in their order.
+fn message_from_row(row: &Row<'_>) -> rusqlite::Result<StoredMessage> {
+    let destroy_after: i64 = row.get(14)?;
+    let destroy_from: String = row.get(15)?;
+    Ok(StoredMessage {
+        id: row.get(0)?,
+        conv: row.get(1)?,
+        seq: row.get(2)?,
+        ts: row.get(3)?,
+        chat: row.get(4)?,
+        sender: row.get(5)?,
+        sender_device: row.get(6)?,
+        recipient: row.get(7)?,
+        cid: row.get(8)?,
+        kind: row.get(9)?,
+        body: row.get(10)?,
+        ext: row.get(11)?,
+        recalled: row.get::<_, i64>(12)? != 0,
+        edited_at: row.get(13)?,
+        destroy: destroy_of(destroy_after, &destroy_from),
+        destroyed: row.get::<_, i64>(16)? != 0,
+    })
+}
