@@ -15,6 +15,12 @@
 //! 2. a device that gets no `ack` (the process died mid-batch) retries with the same `cid`,
 //!    which is stored once.
 //!
+//! Batches go through two stages ([`process`]): the bridge reads and checks the next batch
+//! (envelopes, the app's rules, rate limits) while the previous one is being stored and
+//! answered. Commits never overlap: each starts when the one before has answered everything,
+//! so seqs, acks and deliveries follow arrival, and an op that waits for its batch (a `sync`)
+//! sees every message sent before it.
+//!
 //! The broker's publish is acknowledged as soon as it is queued for a batch, not after the
 //! commit. Holding that ack would buy nothing: rumqttd keeps nothing across a restart and
 //! drops a clean session's unacknowledged publishes when it disconnects. It would cost a
@@ -35,6 +41,7 @@ use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 
 use process::Bridge;
 use store::live::Live;
@@ -121,6 +128,8 @@ pub async fn run(
     let most_waiting = settings.max_batch * 8;
     let mut arrived = Vec::with_capacity(settings.max_batch);
     let mut batch = Vec::with_capacity(settings.max_batch);
+    // The batch being stored and answered while the next one is read and checked.
+    let mut committing: Option<JoinHandle<()>> = None;
     loop {
         if waiting.is_empty() {
             let draining = *drain.requested.borrow();
@@ -130,6 +139,7 @@ pub async fn run(
                 && received.load(Ordering::Acquire) >= drain.published.load(Ordering::Acquire)
             {
                 // Everything the gate passed on is stored and answered.
+                settle(&mut committing).await;
                 let _ = drain.done.send(true);
             }
             tokio::select! {
@@ -140,6 +150,7 @@ pub async fn run(
                 }
                 // Messages an app's moderation approved: stored as a batch of their own.
                 Some(approved) = bridge.moderation.approved.recv() => {
+                    settle(&mut committing).await;
                     bridge.store_moderated(approved).await;
                     continue;
                 }
@@ -163,18 +174,39 @@ pub async fn run(
         waiting.take_batch(settings.max_batch, &mut batch);
         metrics::gauge!("chatd_bridge_waiting").set(waiting.len() as f64);
         let started = std::time::Instant::now();
-        bridge.process(&batch).await;
-        let took = started.elapsed();
-        metrics::histogram!("chatd_bridge_batch_size").record(batch.len() as f64);
-        metrics::histogram!("chatd_bridge_batch_seconds").record(took.as_secs_f64());
-        tracing::debug!(size = batch.len(), took_us = took.as_micros() as u64, "batch");
+        let size = batch.len();
+        let prepared = bridge.prepare(&batch).await;
         batch.clear();
+        // One commit at a time, in batch order: seqs, acks and deliveries follow arrival.
+        settle(&mut committing).await;
+        if !prepared.is_empty() {
+            let committer = bridge.committer.clone();
+            committing = Some(tokio::spawn(async move {
+                committer.commit(prepared).await;
+                let took = started.elapsed();
+                metrics::histogram!("chatd_bridge_batch_size").record(size as f64);
+                metrics::histogram!("chatd_bridge_batch_seconds").record(took.as_secs_f64());
+                tracing::debug!(size, took_us = took.as_micros() as u64, "batch");
+            }));
+        }
         while let Ok(approved) = bridge.moderation.approved.try_recv() {
+            settle(&mut committing).await;
             bridge.store_moderated(approved).await;
         }
     }
+    // What was taken from the broker is stored and answered before the bridge stops.
+    settle(&mut committing).await;
     consumer_task.abort();
     Ok(())
+}
+
+/// Waits for the commit in flight, if any, to finish.
+async fn settle(committing: &mut Option<JoinHandle<()>>) {
+    if let Some(commit) = committing.take() {
+        if let Err(e) = commit.await {
+            tracing::error!(error = %e, "a batch's commit failed");
+        }
+    }
 }
 
 /// What waits for a batch, one queue per sender (outbox topic, so per user), served in

@@ -4,13 +4,13 @@
 
 use serde_json::{json, Value};
 
-use crate::process::{store_refusal, Bridge, Sender};
+use crate::process::{store_refusal, Committer, Sender};
 use store::channels::ChannelKind;
 use store::envelope::{Ack, Change, ChangeOp, ChatType, MarkOp, MsgType, OpError, PushChange, PushOp, Route, SendOp};
 use store::lifecycle::Receipt;
 use store::messages::StoredMessage;
 
-impl Bridge {
+impl Committer {
     /// `read` / `delivered`: moves the user's position, tells their other devices, and tells
     /// the other side (the peer; in groups, the senders of the newly read messages).
     pub(crate) async fn mark(&self, from: &Sender, op: MarkOp, receipt: Receipt) {

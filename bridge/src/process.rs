@@ -1,4 +1,8 @@
-//! One batch of outbox publishes: parse, check, store together, then answer and deliver.
+//! One batch of outbox publishes, in two stages: [`Bridge::prepare`] parses and checks it
+//! (the app's rules, rate limits, files, moderation), and [`Committer::commit`] stores its
+//! messages together, then answers and delivers, then runs the ops that had to wait for
+//! them. The bridge prepares the next batch while the committer stores this one (see
+//! `crate::run`); commits follow one another in batch order.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -43,19 +47,44 @@ pub(crate) struct PendingSend {
     pub(crate) cid: String,
 }
 
+/// A batch, checked: messages to store, and the ops that wait for them.
+#[derive(Default)]
+pub struct Prepared {
+    /// Sends and ops refused while checking: answered when the batch commits, so a device
+    /// hears of them after it has heard of everything it sent before them.
+    refused: Vec<(Sender, OpError)>,
+    sends: Vec<(PendingSend, NewMessage)>,
+    /// Ops that run after the batch's messages are stored: a `sync` must see them, and a
+    /// command or receipt must not overtake a message sent before it.
+    later: Vec<(Sender, ClientOp)>,
+}
+
+impl Prepared {
+    pub fn is_empty(&self) -> bool {
+        self.refused.is_empty() && self.sends.is_empty() && self.later.is_empty()
+    }
+}
+
+/// The first stage, and what only it changes: the app-id cache, send rates, typing limits
+/// and moderation lanes.
 pub struct Bridge {
-    pub(crate) store: Store,
-    live: Arc<dyn Live>,
-    /// Wakes the push worker when pushes were queued.
-    push_wake: Arc<tokio::sync::Notify>,
+    pub(crate) committer: Arc<Committer>,
     /// (org, app) -> app id. Apps are never deleted, so entries never go stale.
     apps: HashMap<(String, String), String>,
     rates: SendRates,
     typing: TypingLimits,
-    /// The URLs of this server's files.
-    pub(crate) links: FileLinks,
     /// Apps' pre-send moderation: sends of apps that moderate wait in their app's lane.
     pub(crate) moderation: crate::moderation::Moderation,
+}
+
+/// The second stage: storage and the live connections, shared with the commit in flight.
+pub struct Committer {
+    pub(crate) store: Store,
+    live: Arc<dyn Live>,
+    /// Wakes the push worker when pushes were queued.
+    push_wake: Arc<tokio::sync::Notify>,
+    /// The URLs of this server's files.
+    pub(crate) links: FileLinks,
 }
 
 impl Bridge {
@@ -68,17 +97,23 @@ impl Bridge {
     ) -> Bridge {
         Bridge {
             moderation: crate::moderation::Moderation::new(live.clone(), moderation_allow),
-            store,
-            live,
-            push_wake,
+            committer: Arc::new(Committer {
+                store,
+                live,
+                push_wake,
+                links,
+            }),
             apps: HashMap::new(),
             rates: SendRates::default(),
             typing: TypingLimits::default(),
-            links,
         }
     }
 
-    pub async fn process(&mut self, batch: &[Publish]) {
+    /// Parses and checks a batch, for the committer: what is refused, what is to be stored
+    /// and the ops to run after (messages of apps that moderate go to their lane instead).
+    pub async fn prepare(&mut self, batch: &[Publish]) -> Prepared {
+        let c = self.committer.clone();
+        let mut refused: Vec<(Sender, OpError)> = Vec::new();
         let mut sends: Vec<(PendingSend, NewMessage)> = Vec::new();
         let mut later: Vec<(Sender, ClientOp)> = Vec::new();
         // Settings are read once per app per batch, so a change applies from the next batch.
@@ -90,7 +125,7 @@ impl Bridge {
             let json = match json {
                 Ok(json) => json,
                 Err(why) => {
-                    self.reply(&from, &OpError::new(None, "bad_envelope", why));
+                    refused.push((from, OpError::new(None, "bad_envelope", why)));
                     continue;
                 }
             };
@@ -99,14 +134,14 @@ impl Bridge {
                 Err(e) => {
                     tracing::debug!(user = %from.user, code = e.code, "refused an envelope");
                     metrics::counter!("chatd_messages_refused_total", "code" => e.code).increment(1);
-                    self.reply(&from, &e);
+                    refused.push((from, e));
                     continue;
                 }
             };
             match op {
                 ClientOp::Send(op) => {
                     if !settings.contains_key(&from.app_id) {
-                        match self.store.app_settings(&from.app_id).await {
+                        match c.store.app_settings(&from.app_id).await {
                             Ok(s) => settings.insert(from.app_id.clone(), s),
                             Err(e) => {
                                 tracing::error!(error = %e, "reading app settings failed");
@@ -115,17 +150,17 @@ impl Bridge {
                                     "internal",
                                     "not stored; retry with the same cid",
                                 );
-                                self.reply(&from, &e);
+                                refused.push((from, e));
                                 continue;
                             }
                         };
                     }
                     let mut op = op;
                     let app_settings = &settings[&from.app_id];
-                    let files = match self.attach_files(&from, &mut op, app_settings).await {
+                    let files = match c.attach_files(&from, &mut op, app_settings).await {
                         Ok(files) => files,
                         Err(e) => {
-                            self.reply(&from, &e);
+                            refused.push((from, e));
                             continue;
                         }
                     };
@@ -146,31 +181,16 @@ impl Bridge {
                         // Commands are delivered, never stored; they wait for the batch like
                         // the rest, so they do not overtake messages sent before them.
                         Ok(Admitted::Relay(op)) => later.push((from, ClientOp::Send(op))),
-                        Err(e) => self.reply(&from, &e),
+                        Err(e) => refused.push((from, e)),
                     }
                 }
+                // Typing indicators past their limit are dropped here, where the limits live.
+                ClientOp::Typing(op) if !self.typing.allow(&from.app_id, &from.user, &op.to) => {}
                 other => later.push((from, other)),
             }
         }
-        if !sends.is_empty() {
-            self.store_and_deliver(sends).await;
-        }
-        // After the batch's messages are stored, so a `sync` sees them.
-        for (from, op) in later {
-            match op {
-                ClientOp::Sync(op) => self.sync(&from, op).await,
-                ClientOp::Typing(op) => self.typing(&from, op).await,
-                ClientOp::Join(op) => self.join(&from, op).await,
-                ClientOp::Leave(op) => self.leave(&from, op).await,
-                ClientOp::Read(op) => self.mark(&from, op, Receipt::Read).await,
-                ClientOp::Delivered(op) => self.mark(&from, op, Receipt::Delivered).await,
-                ClientOp::Change(op) => self.change(&from, op).await,
-                ClientOp::Push(op) => self.push_settings(&from, op).await,
-                ClientOp::Send(op) => self.relay_command(&from, op).await,
-            }
-        }
+        Prepared { refused, sends, later }
     }
-
     /// Applies the app's rules to a send and turns it into a message to store, or a command
     /// to relay.
     fn admit(
@@ -220,8 +240,67 @@ impl Bridge {
     /// Stores what an app's moderation approved (as a batch of its own).
     pub(crate) async fn store_moderated(&self, approved: Vec<(PendingSend, NewMessage)>) {
         let count = approved.len();
-        self.store_and_deliver(approved).await;
+        self.committer.store_and_deliver(approved).await;
         self.moderation.done(count);
+    }
+
+    /// Works out who published (topic and gate frame) and what.
+    /// The payload is the device's JSON, or why the gate could not read its compact envelope.
+    async fn sender_of(&mut self, publish: &Publish) -> Option<(Sender, Result<Vec<u8>, String>)> {
+        let (org, app, user, _) = store::topics::parse_user_topic(&publish.topic)?;
+        let Some((device, json)) = unframe_outbox(&publish.payload) else {
+            tracing::error!(topic = %publish.topic, "outbox publish without the gate's frame; dropped");
+            return None;
+        };
+        let key = (org.to_string(), app.to_string());
+        let app_id = match self.apps.get(&key) {
+            Some(id) => id.clone(),
+            None => match self.committer.store.find_app(org, app).await {
+                Ok(found) => {
+                    self.apps.insert(key, found.id.clone());
+                    found.id
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, %org, %app, "outbox publish for an unknown app; dropped");
+                    return None;
+                }
+            },
+        };
+        let sender = Sender {
+            org: org.into(),
+            app: app.into(),
+            app_id,
+            user: user.into(),
+            device: device.into(),
+        };
+        Some((sender, json.map(<[u8]>::to_vec).map_err(str::to_string)))
+    }
+}
+
+impl Committer {
+    /// Stores a prepared batch's messages, answers and delivers them, then runs the ops that
+    /// waited for them, in the order they came.
+    pub async fn commit(&self, prepared: Prepared) {
+        let Prepared { refused, sends, later } = prepared;
+        for (from, error) in refused {
+            self.reply(&from, &error);
+        }
+        if !sends.is_empty() {
+            self.store_and_deliver(sends).await;
+        }
+        for (from, op) in later {
+            match op {
+                ClientOp::Sync(op) => self.sync(&from, op).await,
+                ClientOp::Typing(op) => self.typing(&from, op).await,
+                ClientOp::Join(op) => self.join(&from, op).await,
+                ClientOp::Leave(op) => self.leave(&from, op).await,
+                ClientOp::Read(op) => self.mark(&from, op, Receipt::Read).await,
+                ClientOp::Delivered(op) => self.mark(&from, op, Receipt::Delivered).await,
+                ClientOp::Change(op) => self.change(&from, op).await,
+                ClientOp::Push(op) => self.push_settings(&from, op).await,
+                ClientOp::Send(op) => self.relay_command(&from, op).await,
+            }
+        }
     }
 
     async fn store_and_deliver(&self, sends: Vec<(PendingSend, NewMessage)>) {
@@ -276,38 +355,6 @@ impl Bridge {
             )
             .await
             .map_err(|why| OpError::new(Some(op.cid.clone()), "invalid", why))
-    }
-
-    /// Works out who published (topic and gate frame) and what.
-    /// The payload is the device's JSON, or why the gate could not read its compact envelope.
-    async fn sender_of(&mut self, publish: &Publish) -> Option<(Sender, Result<Vec<u8>, String>)> {
-        let (org, app, user, _) = store::topics::parse_user_topic(&publish.topic)?;
-        let Some((device, json)) = unframe_outbox(&publish.payload) else {
-            tracing::error!(topic = %publish.topic, "outbox publish without the gate's frame; dropped");
-            return None;
-        };
-        let key = (org.to_string(), app.to_string());
-        let app_id = match self.apps.get(&key) {
-            Some(id) => id.clone(),
-            None => match self.store.find_app(org, app).await {
-                Ok(found) => {
-                    self.apps.insert(key, found.id.clone());
-                    found.id
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, %org, %app, "outbox publish for an unknown app; dropped");
-                    return None;
-                }
-            },
-        };
-        let sender = Sender {
-            org: org.into(),
-            app: app.into(),
-            app_id,
-            user: user.into(),
-            device: device.into(),
-        };
-        Some((sender, json.map(<[u8]>::to_vec).map_err(str::to_string)))
     }
 
     /// Answers and delivers one message of the batch; true if it was newly stored and may
@@ -401,10 +448,7 @@ impl Bridge {
 
     /// Relays a typing indicator, at most one per conversation every two seconds, never to
     /// someone who blocked the sender or outside a group the sender is a member of.
-    async fn typing(&mut self, from: &Sender, op: TypingOp) {
-        if !self.typing.allow(&from.app_id, &from.user, &op.to) {
-            return;
-        }
+    async fn typing(&self, from: &Sender, op: TypingOp) {
         let event = json!({"op": "typing", "chat": op.chat.as_str(), "from": from.user, "to": op.to});
         let payload = serde_json::to_vec(&event).unwrap_or_default();
         let recipients = match op.chat {

@@ -30,8 +30,8 @@ use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use crate::envelope::ChatType;
 use crate::error::{Error, Result};
 use crate::messages::{
-    accepted_message, destroy_at, destroy_of, needs_contact_check, not_contact, refusal, to_push, NewMessage,
-    Outcome, StoredMessage, KEEP_FURTHEST_POSITIONS, MSG_COLUMNS,
+    accepted_message, destroy_at, destroy_of, needs_contact_check, not_contact, refusal, to_push, NewMessage, Outcome,
+    StoredMessage, KEEP_FURTHEST_POSITIONS, MSG_COLUMNS,
 };
 
 /// A job for the writer thread.
@@ -202,8 +202,10 @@ fn store_one(tx: &Connection, m: &NewMessage) -> Result<Outcome> {
         destroy_at
     ])?;
     for file in &m.files {
-        tx.prepare_cached("INSERT INTO chatfile_refs (file_id, holder, room) VALUES (?1, ?2, '') ON CONFLICT DO NOTHING")?
-            .execute(params![file, msg.id])?;
+        tx.prepare_cached(
+            "INSERT INTO chatfile_refs (file_id, holder, room) VALUES (?1, ?2, '') ON CONFLICT DO NOTHING",
+        )?
+        .execute(params![file, msg.id])?;
     }
 
     // Conversation list rows: the recipient's appears, the sender has read up to what they
@@ -219,10 +221,15 @@ fn store_one(tx: &Connection, m: &NewMessage) -> Result<Outcome> {
 
     // Inbox positions: the recipient's copy, then the sender's (one for a message to oneself).
     let mut useqs = Vec::with_capacity(2);
-    let owners = [Some(&msg.recipient), (msg.sender != msg.recipient).then_some(&msg.sender)];
+    let owners = [
+        Some(&msg.recipient),
+        (msg.sender != msg.recipient).then_some(&msg.sender),
+    ];
     for user in owners.into_iter().flatten() {
         let useq: Option<i64> = tx
-            .prepare_cached("UPDATE users SET inbox_seq = inbox_seq + 1 WHERE app_id = ?1 AND username = ?2 RETURNING inbox_seq")?
+            .prepare_cached(
+                "UPDATE users SET inbox_seq = inbox_seq + 1 WHERE app_id = ?1 AND username = ?2 RETURNING inbox_seq",
+            )?
             .query_row(params![app, user], |row| row.get(0))
             .optional()?;
         if let Some(useq) = useq {
