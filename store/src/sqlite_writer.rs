@@ -9,7 +9,9 @@
 //! VALUES` (BENCHMARKS.md, "where a batch's time goes"). Here the whole batch is one job: a
 //! closure run on this thread against cached prepared statements, row by row, inside one
 //! `BEGIN IMMEDIATE` transaction with `synchronous=FULL`, so an `Ok` still means committed and
-//! durable. The job's answer comes back on a oneshot channel.
+//! durable. The counters a batch moves (inbox and conversation seqs) and the
+//! conversation-list positions are read once per batch and written once at its end
+//! ([`Counters`]). The job's answer comes back on a oneshot channel.
 //!
 //! The rules are the ones the sqlx path applies (same refusals, same order of seqs and inbox
 //! positions, same push record); the helpers that decide them live in [`crate::messages`] and
@@ -21,6 +23,8 @@
 //! their pool: SQLite takes one writer at a time across connections, and both sides wait for
 //! the write lock (`busy_timeout`) rather than fail.
 
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -100,10 +104,12 @@ pub(crate) fn takes(batch: &[NewMessage]) -> bool {
 /// of each (as [`crate::Store::store_batch`] does). An `Err` means nothing was stored.
 pub(crate) fn store_one_to_one(conn: &mut Connection, batch: &[NewMessage]) -> Result<Vec<Outcome>> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut counters = Counters::default();
     let mut outcomes = Vec::with_capacity(batch.len());
     for m in batch {
-        outcomes.push(store_one(&tx, m)?);
+        outcomes.push(store_one(&tx, &mut counters, m)?);
     }
+    counters.write(&tx)?;
     let ids = to_push(batch, &outcomes);
     if !ids.is_empty() {
         tx.prepare_cached("INSERT INTO push_pending (id, messages, locked_until, created_at) VALUES (?1, ?2, 0, ?3)")?
@@ -117,9 +123,117 @@ pub(crate) fn store_one_to_one(conn: &mut Connection, batch: &[NewMessage]) -> R
     Ok(outcomes)
 }
 
+/// (app id, name): a user, or a conversation.
+type Key = (String, String);
+
+/// The counters a batch moves (each user's `inbox_seq`, each conversation's `last_seq`) and
+/// the conversation-list positions it sets: read once per batch, moved in memory, written
+/// once at its end. A user in five messages of a batch costs one read and one write, not
+/// five of each. The transaction holds SQLite's write lock throughout, so nothing else
+/// moves them in between.
+#[derive(Default)]
+struct Counters {
+    /// `None`: no such user (deleted while their message was in flight).
+    users: HashMap<Key, Option<UserCounter>>,
+    convs: HashMap<Key, ConvCounter>,
+    /// (app id, user, conversation) -> the furthest position to set (read and delivered).
+    positions: HashMap<(String, String, String), i64>,
+}
+
+struct UserCounter {
+    muted_until: i64,
+    inbox_seq: i64,
+    moved: bool,
+}
+
+struct ConvCounter {
+    last_seq: i64,
+    last_ts: i64,
+    last_id: String,
+}
+
+impl Counters {
+    /// A user of the batch, read on first use.
+    fn user(&mut self, tx: &Connection, app: &str, name: &str) -> Result<Option<&mut UserCounter>> {
+        let key = (app.to_string(), name.to_string());
+        if !self.users.contains_key(&key) {
+            let found = tx
+                .prepare_cached("SELECT mute_chat_until, inbox_seq FROM users WHERE app_id = ?1 AND username = ?2")?
+                .query_row(params![app, name], |row| {
+                    Ok(UserCounter {
+                        muted_until: row.get(0)?,
+                        inbox_seq: row.get(1)?,
+                        moved: false,
+                    })
+                })
+                .optional()?;
+            self.users.insert(key.clone(), found);
+        }
+        Ok(self.users.get_mut(&key).and_then(Option::as_mut))
+    }
+
+    /// The next seq of a conversation, which `msg` takes.
+    fn next_seq(&mut self, tx: &Connection, app: &str, msg: &StoredMessage) -> Result<i64> {
+        let key = (app.to_string(), msg.conv.clone());
+        let conv = match self.convs.entry(key) {
+            Entry::Occupied(conv) => conv.into_mut(),
+            Entry::Vacant(vacant) => {
+                let last_seq: Option<i64> = tx
+                    .prepare_cached("SELECT last_seq FROM conversations WHERE app_id = ?1 AND conv = ?2")?
+                    .query_row(params![app, msg.conv], |row| row.get(0))
+                    .optional()?;
+                vacant.insert(ConvCounter {
+                    last_seq: last_seq.unwrap_or(0),
+                    last_ts: 0,
+                    last_id: String::new(),
+                })
+            }
+        };
+        conv.last_seq += 1;
+        conv.last_ts = msg.ts;
+        conv.last_id.clone_from(&msg.id);
+        Ok(conv.last_seq)
+    }
+
+    /// The user's conversation-list row moves to at least `seq`.
+    fn position(&mut self, app: &str, user: &str, conv: &str, seq: i64) {
+        let at = self
+            .positions
+            .entry((app.to_string(), user.to_string(), conv.to_string()))
+            .or_insert(seq);
+        *at = (*at).max(seq);
+    }
+
+    /// Writes what the batch moved.
+    fn write(self, tx: &Connection) -> Result<()> {
+        let mut conv = tx.prepare_cached(
+            "INSERT INTO conversations (app_id, conv, last_seq, last_ts, last_message_id) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (app_id, conv) DO UPDATE SET last_seq = excluded.last_seq,
+             last_ts = excluded.last_ts, last_message_id = excluded.last_message_id",
+        )?;
+        for ((app, id), c) in &self.convs {
+            conv.execute(params![app, id, c.last_seq, c.last_ts, c.last_id])?;
+        }
+        let mut user = tx.prepare_cached("UPDATE users SET inbox_seq = ?3 WHERE app_id = ?1 AND username = ?2")?;
+        for ((app, name), u) in &self.users {
+            if let Some(u) = u.as_ref().filter(|u| u.moved) {
+                user.execute(params![app, name, u.inbox_seq])?;
+            }
+        }
+        let mut position = tx.prepare_cached(&format!(
+            "INSERT INTO user_conversations (app_id, username, conv, read_seq, delivered_seq)
+             VALUES (?1, ?2, ?3, ?4, ?4) {KEEP_FURTHEST_POSITIONS}"
+        ))?;
+        for ((app, name, conv), seq) in &self.positions {
+            position.execute(params![app, name, conv, seq])?;
+        }
+        Ok(())
+    }
+}
+
 /// One message of the batch: a repeat of an earlier send (in an earlier batch or earlier in
 /// this one), a refusal, or stored with its seq and its inbox positions.
-fn store_one(tx: &Connection, m: &NewMessage) -> Result<Outcome> {
+fn store_one(tx: &Connection, counters: &mut Counters, m: &NewMessage) -> Result<Outcome> {
     let app = m.app_id.as_str();
     let earlier = tx
         .prepare_cached(&format!(
@@ -135,16 +249,10 @@ fn store_one(tx: &Connection, m: &NewMessage) -> Result<Outcome> {
         return Ok(Outcome::Duplicate { msg, sender_useq });
     }
 
-    // A user's mute (0: none), if they exist: a participant may have been deleted while the
-    // message was in flight.
-    let user = |name: &str| -> Result<Option<i64>> {
-        Ok(tx
-            .prepare_cached("SELECT mute_chat_until FROM users WHERE app_id = ?1 AND username = ?2")?
-            .query_row(params![app, name], |row| row.get(0))
-            .optional()?)
-    };
-    let recipient_exists = user(&m.to)?.is_some();
-    let sender = user(&m.sender)?;
+    // A participant may have been deleted while the message was in flight.
+    let recipient_exists = counters.user(tx, app, &m.to)?.is_some();
+    let sender = counters.user(tx, app, &m.sender)?.map(|u| u.muted_until);
+    let sender_exists = sender.is_some();
     let blocked = recipient_exists
         && tx
             .prepare_cached("SELECT 1 FROM blocks WHERE app_id = ?1 AND owner = ?2 AND blocked = ?3")?
@@ -166,14 +274,7 @@ fn store_one(tx: &Connection, m: &NewMessage) -> Result<Outcome> {
     }
 
     let mut msg = accepted_message(m);
-    msg.seq = tx
-        .prepare_cached(
-            "INSERT INTO conversations (app_id, conv, last_seq, last_ts, last_message_id) VALUES (?1, ?2, 1, ?3, ?4)
-             ON CONFLICT (app_id, conv) DO UPDATE SET last_seq = conversations.last_seq + 1,
-             last_ts = excluded.last_ts, last_message_id = excluded.last_message_id
-             RETURNING last_seq",
-        )?
-        .query_row(params![app, msg.conv, msg.ts, msg.id], |row| row.get(0))?;
+    msg.seq = counters.next_seq(tx, app, &msg)?;
     let (destroy_after, destroy_from, destroy_at) = match msg.destroy {
         Some(d) => (d.after, d.from.as_str(), destroy_at(d, msg.ts)),
         None => (0, "", 0),
@@ -209,14 +310,10 @@ fn store_one(tx: &Connection, m: &NewMessage) -> Result<Outcome> {
     }
 
     // Conversation list rows: the recipient's appears, the sender has read up to what they
-    // sent (never moving back). A sender deleted in flight gets none.
-    let mut positions = tx.prepare_cached(&format!(
-        "INSERT INTO user_conversations (app_id, username, conv, read_seq, delivered_seq)
-         VALUES (?1, ?2, ?3, ?4, ?4) {KEEP_FURTHEST_POSITIONS}"
-    ))?;
-    positions.execute(params![app, msg.recipient, msg.conv, 0])?;
-    if sender.is_some() {
-        positions.execute(params![app, msg.sender, msg.conv, msg.seq])?;
+    // sent (never moving back).
+    counters.position(app, &msg.recipient, &msg.conv, 0);
+    if sender_exists {
+        counters.position(app, &msg.sender, &msg.conv, msg.seq);
     }
 
     // Inbox positions: the recipient's copy, then the sender's (one for a message to oneself).
@@ -226,17 +323,15 @@ fn store_one(tx: &Connection, m: &NewMessage) -> Result<Outcome> {
         (msg.sender != msg.recipient).then_some(&msg.sender),
     ];
     for user in owners.into_iter().flatten() {
-        let useq: Option<i64> = tx
-            .prepare_cached(
-                "UPDATE users SET inbox_seq = inbox_seq + 1 WHERE app_id = ?1 AND username = ?2 RETURNING inbox_seq",
-            )?
-            .query_row(params![app, user], |row| row.get(0))
-            .optional()?;
-        if let Some(useq) = useq {
-            tx.prepare_cached("INSERT INTO inbox (app_id, username, useq, message_id) VALUES (?1, ?2, ?3, ?4)")?
-                .execute(params![app, user, useq, msg.id])?;
-            useqs.push((user.clone(), useq));
-        }
+        let Some(counter) = counters.user(tx, app, user)? else {
+            continue;
+        };
+        counter.inbox_seq += 1;
+        counter.moved = true;
+        let useq = counter.inbox_seq;
+        tx.prepare_cached("INSERT INTO inbox (app_id, username, useq, message_id) VALUES (?1, ?2, ?3, ?4)")?
+            .execute(params![app, user, useq, msg.id])?;
+        useqs.push((user.clone(), useq));
     }
     Ok(Outcome::Stored { msg, useqs })
 }
