@@ -50,8 +50,8 @@ pub(crate) struct PendingSend {
 /// A batch, checked: messages to store, and the ops that wait for them.
 #[derive(Default)]
 pub struct Prepared {
-    /// Sends and ops refused while checking: answered when the batch commits, so a device
-    /// hears of them after it has heard of everything it sent before them.
+    /// Sends and ops refused while checking: answered when the batch commits (first), so they
+    /// never overtake the answers to an earlier batch that is still being stored.
     refused: Vec<(Sender, OpError)>,
     sends: Vec<(PendingSend, NewMessage)>,
     /// Ops that run after the batch's messages are stored: a `sync` must see them, and a
