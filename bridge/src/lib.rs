@@ -15,11 +15,11 @@
 //! 2. a device that gets no `ack` (the process died mid-batch) retries with the same `cid`,
 //!    which is stored once.
 //!
-//! Batches go through two stages ([`process`]): the bridge reads and checks the next batch
-//! (envelopes, the app's rules, rate limits) while the previous one is being stored and
-//! answered. Commits never overlap: each starts when the one before has answered everything,
-//! so seqs, acks and deliveries follow arrival, and an op that waits for its batch (a `sync`)
-//! sees every message sent before it.
+//! Batches go through three stages ([`process`]): checked (envelopes, the app's rules, rate
+//! limits), stored, answered. Consecutive batches overlap: while one is answered the next is
+//! stored and the one after is checked. Stores follow one another in batch order, and so do
+//! answers, so seqs, acks and deliveries follow arrival, and an op that waits for its batch
+//! (a `sync`) sees every message sent before it ([`Committing`]).
 //!
 //! The broker's publish is acknowledged as soon as it is queued for a batch, not after the
 //! commit. Holding that ack would buy nothing: rumqttd keeps nothing across a restart and
@@ -40,10 +40,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use process::Bridge;
+use process::{Bridge, Committer, Prepared};
 use store::live::Live;
 use store::Store;
 
@@ -128,8 +128,8 @@ pub async fn run(
     let most_waiting = settings.max_batch * 8;
     let mut arrived = Vec::with_capacity(settings.max_batch);
     let mut batch = Vec::with_capacity(settings.max_batch);
-    // The batch being stored and answered while the next one is read and checked.
-    let mut committing: Option<JoinHandle<()>> = None;
+    // The batches past checking: at most one being stored and one being answered.
+    let mut committing = Committing::default();
     loop {
         if waiting.is_empty() {
             let draining = *drain.requested.borrow();
@@ -139,7 +139,7 @@ pub async fn run(
                 && received.load(Ordering::Acquire) >= drain.published.load(Ordering::Acquire)
             {
                 // Everything the gate passed on is stored and answered.
-                settle(&mut committing).await;
+                committing.settle().await;
                 let _ = drain.done.send(true);
             }
             tokio::select! {
@@ -150,7 +150,7 @@ pub async fn run(
                 }
                 // Messages an app's moderation approved: stored as a batch of their own.
                 Some(approved) = bridge.moderation.approved.recv() => {
-                    settle(&mut committing).await;
+                    committing.settle().await;
                     bridge.store_moderated(approved).await;
                     continue;
                 }
@@ -177,35 +177,85 @@ pub async fn run(
         let size = batch.len();
         let prepared = bridge.prepare(&batch).await;
         batch.clear();
-        // One commit at a time, in batch order: seqs, acks and deliveries follow arrival.
-        settle(&mut committing).await;
         if !prepared.is_empty() {
-            let committer = bridge.committer.clone();
-            committing = Some(tokio::spawn(async move {
-                committer.commit(prepared).await;
-                let took = started.elapsed();
-                metrics::histogram!("chatd_bridge_batch_size").record(size as f64);
-                metrics::histogram!("chatd_bridge_batch_seconds").record(took.as_secs_f64());
-                tracing::debug!(size, took_us = took.as_micros() as u64, "batch");
-            }));
+            committing
+                .start(bridge.committer.clone(), prepared, started, size)
+                .await;
         }
         while let Ok(approved) = bridge.moderation.approved.try_recv() {
-            settle(&mut committing).await;
+            committing.settle().await;
             bridge.store_moderated(approved).await;
         }
     }
     // What was taken from the broker is stored and answered before the bridge stops.
-    settle(&mut committing).await;
+    committing.settle().await;
     consumer_task.abort();
     Ok(())
 }
 
-/// Waits for the commit in flight, if any, to finish.
-async fn settle(committing: &mut Option<JoinHandle<()>>) {
-    if let Some(commit) = committing.take() {
-        if let Err(e) = commit.await {
-            tracing::error!(error = %e, "a batch's commit failed");
+/// The batches being stored and answered. A batch's store starts once the previous batch is
+/// stored (and, if answering it runs ops that write, answered); its answers go out once the
+/// previous batch's have. So the database stores one batch while the bridge answers the one
+/// before, and order holds: seqs, acks and deliveries follow arrival, and an op that waits
+/// for its batch (a `sync`) sees every message sent before it.
+#[derive(Default)]
+struct Committing {
+    tasks: VecDeque<JoinHandle<()>>,
+    /// The last batch's signals: stored (and its writes done), and answered.
+    last: Option<(oneshot::Receiver<()>, oneshot::Receiver<()>)>,
+}
+
+impl Committing {
+    /// Starts a batch's store and answer, behind the batches already started.
+    async fn start(&mut self, committer: Arc<Committer>, prepared: Prepared, started: std::time::Instant, size: usize) {
+        while self.tasks.len() >= 2 {
+            self.settle_oldest().await;
         }
+        let (stored_tx, stored_rx) = oneshot::channel::<()>();
+        let (answered_tx, answered_rx) = oneshot::channel::<()>();
+        let before = self.last.replace((stored_rx, answered_rx));
+        self.tasks.push_back(tokio::spawn(async move {
+            let (before_stored, before_answered) = before.unzip();
+            // A signal's sender dropped (its task failed) frees the next batch as well.
+            if let Some(stored) = before_stored {
+                let _ = stored.await;
+            }
+            let stored = committer.store(prepared).await;
+            // The next batch's store may begin, unless answering this one runs ops that write:
+            // then it waits until they are done.
+            let hold = if stored.writes_later() {
+                Some(stored_tx)
+            } else {
+                drop(stored_tx);
+                None
+            };
+            if let Some(answered) = before_answered {
+                let _ = answered.await;
+            }
+            committer.answer(stored).await;
+            drop(hold);
+            drop(answered_tx);
+            let took = started.elapsed();
+            metrics::histogram!("chatd_bridge_batch_size").record(size as f64);
+            metrics::histogram!("chatd_bridge_batch_seconds").record(took.as_secs_f64());
+            tracing::debug!(size, took_us = took.as_micros() as u64, "batch");
+        }));
+    }
+
+    async fn settle_oldest(&mut self) {
+        if let Some(task) = self.tasks.pop_front() {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "a batch's store or answer failed");
+            }
+        }
+    }
+
+    /// Waits until every batch started is stored and answered.
+    async fn settle(&mut self) {
+        while !self.tasks.is_empty() {
+            self.settle_oldest().await;
+        }
+        self.last = None;
     }
 }
 

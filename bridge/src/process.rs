@@ -1,8 +1,9 @@
-//! One batch of outbox publishes, in two stages: [`Bridge::prepare`] parses and checks it
-//! (the app's rules, rate limits, files, moderation), and [`Committer::commit`] stores its
-//! messages together, then answers and delivers, then runs the ops that had to wait for
-//! them. The bridge prepares the next batch while the committer stores this one (see
-//! `crate::run`); commits follow one another in batch order.
+//! One batch of outbox publishes, in three stages: [`Bridge::prepare`] parses and checks it
+//! (the app's rules, rate limits, files, moderation); [`Committer::store`] stores its
+//! messages together; [`Committer::answer`] answers and delivers them, then runs the ops
+//! that had to wait for them. Consecutive batches overlap (see `crate::run`): while one is
+//! answered the next is stored and the one after is checked, but stores follow one another
+//! in batch order, and so do answers.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -277,17 +278,45 @@ impl Bridge {
     }
 }
 
+/// A batch whose messages are stored (or refused by storage), waiting to be answered.
+pub struct Stored {
+    refused: Vec<(Sender, OpError)>,
+    sends: Vec<(PendingSend, Result<Outcome, store::Error>)>,
+    later: Vec<(Sender, ClientOp)>,
+}
+
+impl Stored {
+    /// Whether answering it runs ops that may write (receipts, recalls, joins, ...): the
+    /// next batch's store waits for those, so the two do not contend for SQLite's write lock.
+    pub fn writes_later(&self) -> bool {
+        !self.later.is_empty()
+    }
+}
+
 impl Committer {
-    /// Stores a prepared batch's messages, answers and delivers them, then runs the ops that
-    /// waited for them, in the order they came.
-    pub async fn commit(&self, prepared: Prepared) {
+    /// Stores a prepared batch's messages; nothing is answered yet.
+    pub async fn store(&self, prepared: Prepared) -> Stored {
         let Prepared { refused, sends, later } = prepared;
+        let outcomes = if sends.is_empty() {
+            Vec::new()
+        } else {
+            self.store_sends(&sends).await
+        };
+        Stored {
+            refused,
+            sends: sends.into_iter().map(|(pending, _)| pending).zip(outcomes).collect(),
+            later,
+        }
+    }
+
+    /// Answers a stored batch: the refusals, then acks and deliveries, then the ops that
+    /// waited for its messages, in the order they came.
+    pub async fn answer(&self, stored: Stored) {
+        let Stored { refused, sends, later } = stored;
         for (from, error) in refused {
             self.reply(&from, &error);
         }
-        if !sends.is_empty() {
-            self.store_and_deliver(sends).await;
-        }
+        self.deliver_all(sends).await;
         for (from, op) in later {
             match op {
                 ClientOp::Sync(op) => self.sync(&from, op).await,
@@ -303,12 +332,20 @@ impl Committer {
         }
     }
 
-    async fn store_and_deliver(&self, sends: Vec<(PendingSend, NewMessage)>) {
+    /// Stores and answers messages (those an app's moderation approved).
+    pub(crate) async fn store_and_deliver(&self, sends: Vec<(PendingSend, NewMessage)>) {
+        let outcomes = self.store_sends(&sends).await;
+        let sends = sends.into_iter().map(|(pending, _)| pending).zip(outcomes).collect();
+        self.deliver_all(sends).await;
+    }
+
+    /// Stores messages in one batch; what became of each, in order.
+    async fn store_sends(&self, sends: &[(PendingSend, NewMessage)]) -> Vec<Result<Outcome, store::Error>> {
         let news: Vec<NewMessage> = sends.iter().map(|(_, m)| m.clone()).collect();
         let started = std::time::Instant::now();
         let stored = self.store.store_batch(&news).await;
         metrics::histogram!("chatd_bridge_commit_seconds").record(started.elapsed().as_secs_f64());
-        let outcomes = match stored {
+        match stored {
             Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
             Err(e) => {
                 // One bad message must not sink the others: retry each on its own.
@@ -324,10 +361,14 @@ impl Committer {
                 }
                 outcomes
             }
-        };
+        }
+    }
+
+    /// Answers and delivers stored messages, in order, and wakes the push worker if any may push.
+    async fn deliver_all(&self, sends: Vec<(PendingSend, Result<Outcome, store::Error>)>) {
         let mut may_push = false;
-        for ((pending, _), outcome) in sends.iter().zip(outcomes) {
-            may_push |= self.deliver(pending, outcome).await;
+        for (pending, outcome) in sends {
+            may_push |= self.deliver(&pending, outcome).await;
         }
         // The batch's stored messages were recorded for the push planner in their own
         // transaction; wake the worker so it plans them now rather than at its next poll.
