@@ -392,10 +392,15 @@ impl Store {
                  (SELECT * FROM messages WHERE app_id = $1 AND sender = j.sender AND cid = j.cid LIMIT 1) m"
             ),
         };
-        let query = sqlx::query(&sql).bind(app_id).bind(json_rows(
-            run.iter()
-                .map(|m| serde_json::json!({"sender": m.sender, "cid": m.cid})),
-        ));
+        #[derive(serde::Serialize)]
+        struct Key<'a> {
+            sender: &'a str,
+            cid: &'a str,
+        }
+        let query = sqlx::query(&sql).bind(app_id).bind(json_rows(run.iter().map(|m| Key {
+            sender: &m.sender,
+            cid: &m.cid,
+        })));
         let mut earlier: HashMap<(String, String), StoredMessage> = HashMap::new();
         for row in query.fetch_all(&mut **tx).await? {
             let msg = message_from_row(&row)?;
@@ -429,7 +434,7 @@ impl Store {
             );
             let query = sqlx::query_as::<_, (String, Option<String>, i64)>(&sql)
                 .bind(app_id)
-                .bind(json_rows(names.iter().map(|name| serde_json::json!({"name": name}))));
+                .bind(json_rows(names.iter().map(|name| Name { name })));
             for (user, blocks, muted_until) in query.fetch_all(&mut **tx).await? {
                 if let Some(blocks) = blocks {
                     blocked.insert((user.clone(), blocks));
@@ -520,11 +525,21 @@ impl Store {
              last_ts = excluded.last_ts, last_message_id = excluded.last_message_id
              RETURNING conv, last_seq"
         );
-        let query = sqlx::query_as::<_, (String, i64)>(&sql).bind(app_id).bind(json_rows(
-            convs.sorted().map(|(conv, (count, last))| {
-                serde_json::json!({"conv": conv, "n": count, "ts": accepted[*last].ts, "id": accepted[*last].id})
-            }),
-        ));
+        #[derive(serde::Serialize)]
+        struct Conv<'a> {
+            conv: &'a str,
+            n: i64,
+            ts: i64,
+            id: &'a str,
+        }
+        let query = sqlx::query_as::<_, (String, i64)>(&sql)
+            .bind(app_id)
+            .bind(json_rows(convs.sorted().map(|(conv, (count, last))| Conv {
+                conv,
+                n: *count,
+                ts: accepted[*last].ts,
+                id: &accepted[*last].id,
+            })));
         let mut next_seq: HashMap<String, i64> = HashMap::new();
         for (conv, last_seq) in query.fetch_all(&mut **tx).await? {
             let count = convs.get(conv.as_str()).map_or(0, |(n, _)| *n);
@@ -564,9 +579,11 @@ impl Store {
             );
             sqlx::query(&sql)
                 .bind(app_id)
-                .bind(json_rows(positions.sorted().map(
-                    |((user, conv), seq)| serde_json::json!({"name": user, "conv": conv, "seq": seq}),
-                )))
+                .bind(json_rows(positions.sorted().map(|((name, conv), seq)| Position {
+                    name,
+                    conv,
+                    seq: *seq,
+                })))
                 .execute(&mut **tx)
                 .await?;
         }
@@ -586,22 +603,35 @@ impl Store {
              RETURNING username, inbox_seq",
             rows.has("users.username", "name")
         );
-        let query = sqlx::query_as::<_, (String, i64)>(&sql).bind(app_id).bind(json_rows(
-            counts
-                .sorted()
-                .map(|(user, count)| serde_json::json!({"name": user, "n": count})),
-        ));
+        #[derive(serde::Serialize)]
+        struct Count<'a> {
+            name: &'a str,
+            n: i64,
+        }
+        let query = sqlx::query_as::<_, (String, i64)>(&sql)
+            .bind(app_id)
+            .bind(json_rows(counts.sorted().map(|(name, n)| Count { name, n: *n })));
         let mut next_useq: HashMap<String, i64> = HashMap::new();
         for (user, last) in query.fetch_all(&mut **tx).await? {
             let count = counts.get(user.as_str()).copied().unwrap_or(0);
             next_useq.insert(user, last - count + 1);
         }
-        let mut entries: Vec<Value> = Vec::new();
+        #[derive(serde::Serialize)]
+        struct Entry<'a> {
+            name: &'a str,
+            useq: i64,
+            id: &'a str,
+        }
+        let mut entries: Vec<Entry> = Vec::new();
         for (msg, places) in accepted.iter().zip(useqs.iter_mut()) {
             for user in participants(msg) {
                 if let Some(next) = next_useq.get_mut(user) {
                     places.push((user.to_string(), *next));
-                    entries.push(serde_json::json!({"name": user, "useq": *next, "id": msg.id}));
+                    entries.push(Entry {
+                        name: user,
+                        useq: *next,
+                        id: &msg.id,
+                    });
                     *next += 1;
                 }
             }
@@ -1010,12 +1040,19 @@ async fn insert_messages(
     );
     sqlx::query(&sql)
         .bind(app_id)
-        .bind(json_rows(msgs.iter().map(|m| {
-            serde_json::json!({
-                "id": m.id, "conv": m.conv, "seq": m.seq, "chat": m.chat, "sender": m.sender,
-                "sender_device": m.sender_device, "recipient": m.recipient, "cid": m.cid,
-                "msg_type": m.kind, "body": m.body, "ext": m.ext, "ts": m.ts,
-            })
+        .bind(json_rows(msgs.iter().map(|m| MessageRow {
+            id: &m.id,
+            conv: &m.conv,
+            seq: m.seq,
+            chat: &m.chat,
+            sender: &m.sender,
+            sender_device: &m.sender_device,
+            recipient: &m.recipient,
+            cid: &m.cid,
+            msg_type: &m.kind,
+            body: &m.body,
+            ext: m.ext.as_deref(),
+            ts: m.ts,
         })))
         .execute(&mut **tx)
         .await?;
@@ -1239,9 +1276,43 @@ impl std::fmt::Display for JsonRows {
     }
 }
 
-/// The JSON array of rows for [`JsonRows`].
-fn json_rows(rows: impl IntoIterator<Item = Value>) -> String {
-    Value::Array(rows.into_iter().collect()).to_string()
+/// The JSON array of rows for [`JsonRows`], written straight from borrowed row structs: a
+/// `Value` tree in between cloned every string of every row (message bodies included) and
+/// allocated a map per row.
+fn json_rows<T: serde::Serialize>(rows: impl IntoIterator<Item = T>) -> String {
+    let rows: Vec<T> = rows.into_iter().collect();
+    serde_json::to_string(&rows).unwrap_or_else(|_| "[]".into())
+}
+
+/// A row of [`JsonRows`] with a name.
+#[derive(serde::Serialize)]
+struct Name<'a> {
+    name: &'a str,
+}
+
+/// A conversation-list position of [`JsonRows`].
+#[derive(serde::Serialize)]
+struct Position<'a> {
+    name: &'a str,
+    conv: &'a str,
+    seq: i64,
+}
+
+/// A message row of [`JsonRows`].
+#[derive(serde::Serialize)]
+struct MessageRow<'a> {
+    id: &'a str,
+    conv: &'a str,
+    seq: i64,
+    chat: &'a str,
+    sender: &'a str,
+    sender_device: &'a str,
+    recipient: &'a str,
+    cid: &'a str,
+    msg_type: &'a str,
+    body: &'a str,
+    ext: Option<&'a str>,
+    ts: i64,
 }
 
 /// Notes the batch's newly stored one-to-one and group messages for the push planner, in the
