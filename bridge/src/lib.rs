@@ -129,7 +129,7 @@ pub async fn run(
     let mut arrived = Vec::with_capacity(settings.max_batch);
     let mut batch = Vec::with_capacity(settings.max_batch);
     // The batches past checking: at most one being stored and one being answered.
-    let mut committing = Committing::default();
+    let mut committing = Committing::new();
     loop {
         if waiting.is_empty() {
             let draining = *drain.requested.borrow();
@@ -158,6 +158,20 @@ pub async fn run(
                 // Draining: look again soon (what is still in rumqttd arrives by itself).
                 _ = tokio::time::sleep(Duration::from_millis(10)), if draining => continue,
                 _ = drain.requested.changed(), if !draining => continue,
+            }
+        }
+        // While the last batch is being stored, let the next one grow rather than start a
+        // small one behind it: each commit has a fixed cost, so at a moderate rate commits
+        // stay few and large (as when the bridge did one batch at a time). A full batch does
+        // not wait.
+        while committing.storing() && waiting.len() + arrived.len() < settings.max_batch {
+            tokio::select! {
+                _ = committing.stored() => {}
+                n = incoming.recv_many(&mut arrived, settings.max_batch) => {
+                    if n == 0 {
+                        break;
+                    }
+                }
             }
         }
         // Take what else has arrived, up to a bound: past it the queue (and then rumqttd)
@@ -198,14 +212,48 @@ pub async fn run(
 /// previous batch's have. So the database stores one batch while the bridge answers the one
 /// before, and order holds: seqs, acks and deliveries follow arrival, and an op that waits
 /// for its batch (a `sync`) sees every message sent before it.
-#[derive(Default)]
 struct Committing {
     tasks: VecDeque<JoinHandle<()>>,
     /// The last batch's signals: stored (and its writes done), and answered.
     last: Option<(oneshot::Receiver<()>, oneshot::Receiver<()>)>,
+    /// Batches started, and batches stored (counted by their tasks).
+    started: u64,
+    stored: Arc<watch::Sender<u64>>,
+    stored_rx: watch::Receiver<u64>,
+}
+
+/// Counts a batch as stored when dropped: after its store, or as its task fails.
+struct CountStored(Arc<watch::Sender<u64>>);
+
+impl Drop for CountStored {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n += 1);
+    }
 }
 
 impl Committing {
+    fn new() -> Committing {
+        let (stored, stored_rx) = watch::channel(0);
+        Committing {
+            tasks: VecDeque::new(),
+            last: None,
+            started: 0,
+            stored: Arc::new(stored),
+            stored_rx,
+        }
+    }
+
+    /// Whether a batch is being stored (or waits to be).
+    fn storing(&self) -> bool {
+        *self.stored_rx.borrow() < self.started
+    }
+
+    /// Waits until every batch started is stored.
+    async fn stored(&mut self) {
+        let started = self.started;
+        let _ = self.stored_rx.wait_for(|&n| n >= started).await;
+    }
+
     /// Starts a batch's store and answer, behind the batches already started.
     async fn start(&mut self, committer: Arc<Committer>, prepared: Prepared, started: std::time::Instant, size: usize) {
         while self.tasks.len() >= 2 {
@@ -214,6 +262,8 @@ impl Committing {
         let (stored_tx, stored_rx) = oneshot::channel::<()>();
         let (answered_tx, answered_rx) = oneshot::channel::<()>();
         let before = self.last.replace((stored_rx, answered_rx));
+        self.started += 1;
+        let count_stored = CountStored(self.stored.clone());
         self.tasks.push_back(tokio::spawn(async move {
             let (before_stored, before_answered) = before.unzip();
             // A signal's sender dropped (its task failed) frees the next batch as well.
@@ -221,6 +271,7 @@ impl Committing {
                 let _ = stored.await;
             }
             let stored = committer.store(prepared).await;
+            drop(count_stored);
             // The next batch's store may begin, unless answering this one runs ops that write:
             // then it waits until they are done.
             let hold = if stored.writes_later() {
