@@ -455,7 +455,7 @@ outbox_segment_bytes = 16777216
 max_inflight = 1000
 
 [bridge]
-max_batch = 512
+max_batch = 1024
 
 [push]
 worker = true

@@ -53,6 +53,10 @@ pub struct Server {
 /// How long the bridge may take to subscribe to the embedded broker at start.
 const BRIDGE_START: Duration = Duration::from_secs(10);
 
+/// The most `bridge.max_batch` may be: past it one transaction holds SQLite's write lock, or
+/// PostgreSQL's row locks, for longer than any other writer should wait.
+const MAX_BATCH: usize = 8192;
+
 /// Starts every component. All listeners are bound before anything is spawned, so a taken
 /// port is a clear error at start rather than a half-running server.
 pub async fn start(mut config: Config) -> anyhow::Result<Server> {
@@ -62,6 +66,11 @@ pub async fn start(mut config: Config) -> anyhow::Result<Server> {
     let others = config.api.max_connections + config.mqtt.max_pending;
     config.mqtt.max_connections = fit_connections_to_open_files(config.mqtt.max_connections, others);
     let cluster_settings = config.cluster.settings()?;
+    anyhow::ensure!(
+        (1..=MAX_BATCH).contains(&config.bridge.max_batch),
+        "bridge.max_batch must be 1 to {MAX_BATCH} (it is {})",
+        config.bridge.max_batch
+    );
     let url = config.database_url();
     if url.starts_with("sqlite:") && config.database_url.is_empty() {
         std::fs::create_dir_all(&config.data_dir)

@@ -28,6 +28,20 @@ async fn a_bad_database_url_is_a_clear_error() {
 }
 
 #[tokio::test]
+async fn a_batch_size_out_of_bounds_is_a_clear_error() {
+    for size in [0, 8193] {
+        let db = common::fresh_database(Backend::Sqlite).await;
+        let mut config = common::test_config(&db.url);
+        config.bridge.max_batch = size;
+        let err = chatd::start(config).await.err().expect("start fails");
+        assert!(
+            format!("{err:#}").contains("bridge.max_batch must be 1 to 8192"),
+            "{err:#}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn tls_needs_readable_pem_files() {
     let db = common::fresh_database(Backend::Sqlite).await;
     let mut config = common::test_config(&db.url);

@@ -35,8 +35,10 @@ pub struct MetricsSettings {
 const SECONDS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
-/// Batch sizes, up to `bridge.max_batch` (512 by default) and beyond.
-const SIZES: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+/// Batch sizes, up to `bridge.max_batch` (1,024 by default) and beyond.
+const SIZES: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0,
+];
 
 /// The process's recorder (one per process: tests start many servers in one, and they
 /// share it). Installed on first use; its upkeep runs every 5 s.

@@ -61,7 +61,7 @@ pub struct BridgeSettings {
 impl Default for BridgeSettings {
     fn default() -> Self {
         BridgeSettings {
-            max_batch: 512,
+            max_batch: 1024,
             file_links: store::files::FileLinks::new("http://localhost"),
             moderation_allow: hooks::guard::Allow::default(),
         }
