@@ -139,15 +139,15 @@ pub(crate) fn not_contact(m: &NewMessage) -> (&'static str, String) {
     )
 }
 
-/// A one-to-one message as it will be stored: its id and conversation; `seq` is set when
-/// the conversation's counter moves.
-pub(crate) fn accepted_message(m: &NewMessage) -> StoredMessage {
+/// A message as it will be stored in conversation `conv`: a new id, and its time; `seq` is
+/// set when the conversation's counter moves.
+pub(crate) fn accepted_message(m: &NewMessage, conv: String) -> StoredMessage {
     StoredMessage {
         id: uuid::Uuid::now_v7().to_string(),
-        conv: user_conv(&m.sender, &m.to),
+        conv,
         seq: 0,
         ts: m.sent_at.unwrap_or_else(crate::now_ms),
-        chat: ChatType::User.as_str().into(),
+        chat: m.chat.as_str().into(),
         sender: m.sender.clone(),
         sender_device: m.sender_device.clone(),
         recipient: m.to.clone(),
@@ -471,7 +471,7 @@ impl Store {
             };
             fates.push(match refusal {
                 Some((code, message)) => Fate::Done(Outcome::Refused { code, message }),
-                None => Fate::Accepted(accepted_message(m)),
+                None => Fate::Accepted(accepted_message(m, user_conv(&m.sender, &m.to))),
             });
         }
         let mut accepted: Vec<&mut StoredMessage> = fates
@@ -774,12 +774,8 @@ impl Store {
             }
             _ => {}
         }
-        let conv = format!("{}:{}", &kind.as_str()[..1], m.to);
-        let (id, ts) = (
-            uuid::Uuid::now_v7().to_string(),
-            m.sent_at.unwrap_or_else(crate::now_ms),
-        );
-        let seq: i64 = match kind {
+        let mut msg = accepted_message(m, format!("{}:{}", &kind.as_str()[..1], m.to));
+        msg.seq = match kind {
             ChannelKind::Room => {
                 sqlx::query_scalar("UPDATE channels SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq")
                     .bind(&m.to)
@@ -794,30 +790,12 @@ impl Store {
                      RETURNING last_seq",
                 )
                 .bind(&m.app_id)
-                .bind(&conv)
-                .bind(ts)
-                .bind(&id)
+                .bind(&msg.conv)
+                .bind(msg.ts)
+                .bind(&msg.id)
                 .fetch_one(&mut **tx)
                 .await?
             }
-        };
-        let msg = StoredMessage {
-            id,
-            conv,
-            seq,
-            ts,
-            chat: m.chat.as_str().into(),
-            sender: m.sender.clone(),
-            sender_device: m.sender_device.clone(),
-            recipient: m.to.clone(),
-            cid: m.cid.clone(),
-            kind: m.kind.as_str().into(),
-            body: m.body.clone(),
-            ext: m.ext.clone(),
-            recalled: false,
-            edited_at: 0,
-            destroy: m.destroy,
-            destroyed: false,
         };
         let useqs = match kind {
             ChannelKind::Room => {

@@ -34,8 +34,8 @@ use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use crate::envelope::ChatType;
 use crate::error::{Error, Result};
 use crate::messages::{
-    accepted_message, destroy_at, destroy_of, needs_contact_check, not_contact, refusal, to_push, NewMessage, Outcome,
-    StoredMessage, KEEP_FURTHEST_POSITIONS, MSG_COLUMNS,
+    accepted_message, destroy_at, destroy_of, needs_contact_check, not_contact, refusal, to_push, user_conv,
+    NewMessage, Outcome, StoredMessage, KEEP_FURTHEST_POSITIONS, MSG_COLUMNS,
 };
 
 /// A job for the writer thread.
@@ -276,7 +276,7 @@ fn store_one(tx: &Connection, counters: &mut Counters, m: &NewMessage) -> Result
         return Ok(Outcome::Refused { code, message });
     }
 
-    let mut msg = accepted_message(m);
+    let mut msg = accepted_message(m, user_conv(&m.sender, &m.to));
     msg.seq = counters.next_seq(tx, app, &msg)?;
     let (destroy_after, destroy_from, destroy_at) = match msg.destroy {
         Some(d) => (d.after, d.from.as_str(), destroy_at(d, msg.ts)),
