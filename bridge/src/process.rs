@@ -192,6 +192,7 @@ impl Bridge {
         }
         Prepared { refused, sends, later }
     }
+
     /// Applies the app's rules to a send and turns it into a message to store, or a command
     /// to relay.
     fn admit(
@@ -241,7 +242,11 @@ impl Bridge {
     /// Stores what an app's moderation approved (as a batch of its own).
     pub(crate) async fn store_moderated(&self, approved: Vec<(PendingSend, NewMessage)>) {
         let count = approved.len();
-        self.committer.store_and_deliver(approved).await;
+        let prepared = Prepared {
+            sends: approved,
+            ..Prepared::default()
+        };
+        self.committer.answer(self.committer.store(prepared).await).await;
         self.moderation.done(count);
     }
 
@@ -330,13 +335,6 @@ impl Committer {
                 ClientOp::Send(op) => self.relay_command(&from, op).await,
             }
         }
-    }
-
-    /// Stores and answers messages (those an app's moderation approved).
-    pub(crate) async fn store_and_deliver(&self, sends: Vec<(PendingSend, NewMessage)>) {
-        let outcomes = self.store_sends(&sends).await;
-        let sends = sends.into_iter().map(|(pending, _)| pending).zip(outcomes).collect();
-        self.deliver_all(sends).await;
     }
 
     /// Stores messages in one batch; what became of each, in order.
