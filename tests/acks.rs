@@ -159,15 +159,7 @@ async fn acks_over_the_wire(backend: Backend) {
             raw.connect4(&format!("{user}-phone"), user, &tokens[user], 30).await,
             v4::ConnectReturnCode::Success
         );
-        raw.send4(v4::Packet::Subscribe(v4::Subscribe::new(
-            t.inbox(user),
-            QoS::AtLeastOnce,
-        )))
-        .await;
-        match raw.recv4().await {
-            Some(v4::Packet::SubAck(_)) => {}
-            other => panic!("expected SUBACK, got {other:?}"),
-        }
+        raw.subscribe4(&t.inbox(user)).await;
         senders.push((user, raw));
     }
 

@@ -562,13 +562,7 @@ async fn websocket_v4_and_v5_and_keepalive_zero(backend: Backend) {
         alice.connect4("alice-web", "alice", &alice_token, 0).await,
         v4::ConnectReturnCode::Success
     );
-    alice
-        .send4(v4::Packet::Subscribe(v4::Subscribe::new(
-            t.inbox("alice"),
-            QoS::AtLeastOnce,
-        )))
-        .await;
-    assert!(matches!(alice.recv4().await, Some(v4::Packet::SubAck(_))));
+    alice.subscribe4(&t.inbox("alice")).await;
     let mut p = v4::Publish::new(
         t.outbox("alice"),
         QoS::AtLeastOnce,

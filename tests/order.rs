@@ -35,15 +35,7 @@ async fn order_holds_across_overlapping_batches(backend: Backend) {
             raw.connect4(&format!("{user}-phone"), &user, &token, 30).await,
             v4::ConnectReturnCode::Success
         );
-        raw.send4(v4::Packet::Subscribe(v4::Subscribe::new(
-            t.inbox(&user),
-            QoS::AtLeastOnce,
-        )))
-        .await;
-        match raw.recv4().await {
-            Some(v4::Packet::SubAck(_)) => {}
-            other => panic!("expected SUBACK, got {other:?}"),
-        }
+        raw.subscribe4(&t.inbox(&user)).await;
         senders.push((user, raw));
     }
 

@@ -240,12 +240,7 @@ async fn compact_envelope_and_server_topic_aliases(backend: Backend) {
     let mut ben = Raw::tcp(t.mqtt_port()).await;
     let code = ben.connect4("ben-phone", "ben?enc=compact", &ben_token, 30).await;
     assert_eq!(code, v4::ConnectReturnCode::Success);
-    ben.send4(v4::Packet::Subscribe(v4::Subscribe::new(
-        t.inbox("ben"),
-        QoS::AtLeastOnce,
-    )))
-    .await;
-    assert!(matches!(ben.recv4().await, Some(v4::Packet::SubAck(_))));
+    ben.subscribe4(&t.inbox("ben")).await;
     // cal: plain JSON, as before.
     let mut cal = t.device("cal", &cal_token, "cal-phone").await;
 

@@ -111,6 +111,19 @@ impl Raw {
         self.write(&out).await;
     }
 
+    /// Subscribes to `topic` at QoS 1 (3.1.1); the next packet must be its SUBACK.
+    pub async fn subscribe4(&mut self, topic: &str) {
+        self.send4(v4::Packet::Subscribe(v4::Subscribe::new(
+            topic,
+            rumqttc::QoS::AtLeastOnce,
+        )))
+        .await;
+        match self.recv4().await {
+            Some(v4::Packet::SubAck(_)) => {}
+            other => panic!("expected SUBACK, got {other:?}"),
+        }
+    }
+
     pub async fn send5(&mut self, packet: v5::Packet) {
         let mut out = BytesMut::new();
         packet.write(&mut out, None).unwrap();
