@@ -185,17 +185,29 @@ pub(crate) fn destroy_at(destroy: Destroy, ts: i64) -> i64 {
     }
 }
 
-/// The ids of a batch's messages that the push planner must look at: the newly stored
-/// one-to-one and group messages. Imported messages (sent elsewhere, long ago) are not pushed.
-pub(crate) fn to_push<'a>(batch: &[NewMessage], outcomes: &'a [Outcome]) -> Vec<&'a str> {
-    batch
+/// Notes a batch's messages for the push planner: `$1` the record's id, `$2` its messages
+/// (a JSON array of ids), `$3` when (ms). SQLite numbers `$n` parameters in the order they
+/// first appear, so the writer thread binds the same text by position.
+pub(crate) const INSERT_PUSH_RECORD: &str =
+    "INSERT INTO push_pending (id, messages, locked_until, created_at) VALUES ($1, $2, 0, $3)";
+
+/// A batch's row for the push planner ([`INSERT_PUSH_RECORD`]), if it needs one: the ids of
+/// its newly stored one-to-one and group messages. Imported messages (sent elsewhere, long
+/// ago) are not pushed.
+pub(crate) fn push_record(batch: &[NewMessage], outcomes: &[Outcome]) -> Option<(String, String, i64)> {
+    let ids: Vec<&str> = batch
         .iter()
         .zip(outcomes)
         .filter_map(|(m, o)| match o {
             Outcome::Stored { msg, .. } if msg.chat != "room" && m.sent_at.is_none() => Some(msg.id.as_str()),
             _ => None,
         })
-        .collect()
+        .collect();
+    if ids.is_empty() {
+        return None;
+    }
+    let messages = serde_json::to_string(&ids).unwrap_or_default();
+    Some((uuid::Uuid::now_v7().to_string(), messages, crate::now_ms()))
 }
 
 pub(crate) const MSG_COLUMNS: &str =
@@ -1298,16 +1310,14 @@ struct MessageRow<'a> {
 /// finds them (a transactional outbox). One row per batch. Imported messages (sent
 /// elsewhere, long ago) are not pushed.
 async fn record_for_push(tx: &mut Transaction<'static, Any>, batch: &[NewMessage], outcomes: &[Outcome]) -> Result<()> {
-    let ids = to_push(batch, outcomes);
-    if ids.is_empty() {
-        return Ok(());
+    if let Some((id, messages, at)) = push_record(batch, outcomes) {
+        sqlx::query(INSERT_PUSH_RECORD)
+            .bind(id)
+            .bind(messages)
+            .bind(at)
+            .execute(&mut **tx)
+            .await?;
     }
-    sqlx::query("INSERT INTO push_pending (id, messages, locked_until, created_at) VALUES ($1, $2, 0, $3)")
-        .bind(uuid::Uuid::now_v7().to_string())
-        .bind(serde_json::to_string(&ids).unwrap_or_default())
-        .bind(crate::now_ms())
-        .execute(&mut **tx)
-        .await?;
     Ok(())
 }
 

@@ -34,8 +34,8 @@ use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use crate::envelope::ChatType;
 use crate::error::{Error, Result};
 use crate::messages::{
-    accepted_message, destroy_at, destroy_of, needs_contact_check, not_contact, refusal, to_push, user_conv,
-    NewMessage, Outcome, StoredMessage, KEEP_FURTHEST_POSITIONS, MSG_COLUMNS,
+    accepted_message, destroy_at, destroy_of, needs_contact_check, not_contact, push_record, refusal, user_conv,
+    NewMessage, Outcome, StoredMessage, INSERT_PUSH_RECORD, KEEP_FURTHEST_POSITIONS, MSG_COLUMNS,
 };
 
 /// A job for the writer thread.
@@ -113,14 +113,9 @@ pub(crate) fn store_one_to_one(conn: &mut Connection, batch: &[NewMessage]) -> R
         outcomes.push(store_one(&tx, &mut counters, m)?);
     }
     counters.write(&tx)?;
-    let ids = to_push(batch, &outcomes);
-    if !ids.is_empty() {
-        tx.prepare_cached("INSERT INTO push_pending (id, messages, locked_until, created_at) VALUES (?1, ?2, 0, ?3)")?
-            .execute(params![
-                uuid::Uuid::now_v7().to_string(),
-                serde_json::to_string(&ids).unwrap_or_default(),
-                crate::now_ms()
-            ])?;
+    if let Some((id, messages, at)) = push_record(batch, &outcomes) {
+        tx.prepare_cached(INSERT_PUSH_RECORD)?
+            .execute(params![id, messages, at])?;
     }
     tx.commit()?;
     Ok(outcomes)
@@ -158,21 +153,21 @@ struct ConvCounter {
 impl Counters {
     /// A user of the batch, read on first use.
     fn user(&mut self, tx: &Connection, app: &str, name: &str) -> Result<Option<&mut UserCounter>> {
-        let key = (app.to_string(), name.to_string());
-        if !self.users.contains_key(&key) {
-            let found = tx
-                .prepare_cached("SELECT mute_chat_until, inbox_seq FROM users WHERE app_id = ?1 AND username = ?2")?
-                .query_row(params![app, name], |row| {
-                    Ok(UserCounter {
-                        muted_until: row.get(0)?,
-                        inbox_seq: row.get(1)?,
-                        moved: false,
+        let user = match self.users.entry((app.to_string(), name.to_string())) {
+            Entry::Occupied(user) => user.into_mut(),
+            Entry::Vacant(vacant) => vacant.insert(
+                tx.prepare_cached("SELECT mute_chat_until, inbox_seq FROM users WHERE app_id = ?1 AND username = ?2")?
+                    .query_row(params![app, name], |row| {
+                        Ok(UserCounter {
+                            muted_until: row.get(0)?,
+                            inbox_seq: row.get(1)?,
+                            moved: false,
+                        })
                     })
-                })
-                .optional()?;
-            self.users.insert(key.clone(), found);
-        }
-        Ok(self.users.get_mut(&key).and_then(Option::as_mut))
+                    .optional()?,
+            ),
+        };
+        Ok(user.as_mut())
     }
 
     /// The next seq of a conversation, which `msg` takes.
