@@ -197,7 +197,6 @@ pub async fn start(mut config: Config) -> anyhow::Result<Server> {
             ..push::WorkerSettings::default()
         },
     );
-    let push_wake = push_worker.waker();
     if config.push.worker {
         tasks.spawn(push_worker.run(shutdown_rx.clone()));
     }
@@ -233,7 +232,6 @@ pub async fn start(mut config: Config) -> anyhow::Result<Server> {
             bridge_options,
             bridge_store,
             bridge_live,
-            push_wake,
             bridge_settings,
             bridge_drain,
             bridge_subscribed,

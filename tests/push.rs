@@ -868,7 +868,117 @@ async fn notification_settings_decide_pushes(backend: Backend) {
     );
 }
 
+/// A batch is recorded for the push planner only for the apps in it that could push (a push
+/// device bound) or tell a webhook: for any other app the planner would find nothing to do,
+/// and its claim and delete would be two more commits per batch. The record of a batch that
+/// mixes apps holds only those apps' messages, one row per app.
+async fn only_apps_that_could_push_are_recorded_for_the_planner(backend: Backend) {
+    let db = common::fresh_database(backend).await;
+    let mut config = test_config(&db.url);
+    config.push.worker = false;
+    let t = spawn_app_with(config, db).await;
+    let store = &t.server.store;
+    let quiet = store.find_app(&t.org, &t.app).await.unwrap().id;
+    let (pushing, _) = store.create_app("acme", "pushing").await.unwrap();
+    let (hooked, _) = store.create_app("acme", "hooked").await.unwrap();
+    let users = |names: &[&str]| -> Vec<store::users::NewUser> {
+        names
+            .iter()
+            .map(|n| store::users::NewUser {
+                username: n.to_string(),
+                password: String::new(),
+                nickname: None,
+            })
+            .collect()
+    };
+    for app in [&quiet, &pushing.id, &hooked.id] {
+        store.create_users(app, &users(&["ann", "ben"])).await.unwrap();
+    }
+    let text = |app: &str, cid: &str| store::messages::NewMessage {
+        app_id: app.into(),
+        chat: store::envelope::ChatType::User,
+        sender: "ann".into(),
+        sender_device: "d".into(),
+        to: "ben".into(),
+        cid: cid.into(),
+        kind: store::envelope::MsgType::Txt,
+        body: json!({"msg": cid}).to_string(),
+        ext: None,
+        require_contacts: false,
+        room_history: 100,
+        as_app: false,
+        files: Vec::new(),
+        destroy: None,
+        sent_at: None,
+    };
+    let records = || async {
+        let rows: Vec<String> = sqlx::query_scalar("SELECT messages FROM push_pending ORDER BY created_at, id")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+        rows.iter()
+            .map(|r| serde_json::from_str::<Vec<String>>(r).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let ids = |outcomes: &[store::messages::Outcome]| -> Vec<String> {
+        outcomes
+            .iter()
+            .map(|o| match o {
+                store::messages::Outcome::Stored { msg, .. } => msg.id.clone(),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    };
+    let batch = |n: &str| {
+        vec![
+            text(&quiet, &format!("q{n}")),
+            text(&pushing.id, &format!("p{n}")),
+            text(&hooked.id, &format!("h{n}")),
+        ]
+    };
+
+    // No app has a device or a webhook: nothing to plan.
+    store.store_batch(&batch("1")).await.unwrap();
+    assert!(records().await.is_empty(), "recorded for apps that cannot push");
+
+    // One app binds a device, another adds a webhook: each gets a row of its own messages.
+    store
+        .bind_push(&pushing.id, "ben", "phone", store::push::Notifier::Fcm, "tok")
+        .await
+        .unwrap();
+    store
+        .create_webhook(&hooked.id, "https://hooks.example.com/in", &["message".to_string()])
+        .await
+        .unwrap();
+    let woken = store.push_recorded();
+    let outcomes = store.store_batch(&batch("2")).await.unwrap();
+    let stored = ids(&outcomes);
+    let mut found = records().await;
+    found.sort();
+    let mut expected = vec![vec![stored[1].clone()], vec![stored[2].clone()]];
+    expected.sort();
+    assert_eq!(
+        found, expected,
+        "one row per app that could push, with only its messages"
+    );
+    // The push worker is woken by the store itself.
+    tokio::time::timeout(Duration::from_secs(1), woken.notified())
+        .await
+        .expect("the store did not wake the push worker");
+
+    // A batch of only the quiet app's messages records nothing, and wakes no one.
+    store.store_batch(&[text(&quiet, "q3")]).await.unwrap();
+    assert_eq!(records().await.len(), 2);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), woken.notified())
+            .await
+            .is_err(),
+        "woken for a batch with nothing to plan"
+    );
+}
+
 on_both_backends!(
+    only_apps_that_could_push_are_recorded_for_the_planner,
     notification_settings_decide_pushes,
     mqtt_ops_and_config_validation,
     fcm_end_to_end,

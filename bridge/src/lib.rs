@@ -95,7 +95,6 @@ pub async fn run(
     options: MqttOptions,
     store: Store,
     live: Arc<dyn Live>,
-    push_wake: Arc<tokio::sync::Notify>,
     settings: BridgeSettings,
     mut drain: Drain,
     subscribed: watch::Sender<bool>,
@@ -117,13 +116,7 @@ pub async fn run(
         received.clone(),
         subscribed,
     ));
-    let mut bridge = Bridge::new(
-        store,
-        live,
-        push_wake,
-        settings.file_links.clone(),
-        settings.moderation_allow,
-    );
+    let mut bridge = Bridge::new(store, live, settings.file_links.clone(), settings.moderation_allow);
     let mut waiting = FairQueue::default();
     let most_waiting = settings.max_batch * 8;
     let mut arrived = Vec::with_capacity(settings.max_batch);

@@ -82,28 +82,15 @@ pub struct Bridge {
 pub struct Committer {
     pub(crate) store: Store,
     live: Arc<dyn Live>,
-    /// Wakes the push worker when pushes were queued.
-    push_wake: Arc<tokio::sync::Notify>,
     /// The URLs of this server's files.
     pub(crate) links: FileLinks,
 }
 
 impl Bridge {
-    pub fn new(
-        store: Store,
-        live: Arc<dyn Live>,
-        push_wake: Arc<tokio::sync::Notify>,
-        links: FileLinks,
-        moderation_allow: hooks::guard::Allow,
-    ) -> Bridge {
+    pub fn new(store: Store, live: Arc<dyn Live>, links: FileLinks, moderation_allow: hooks::guard::Allow) -> Bridge {
         Bridge {
             moderation: crate::moderation::Moderation::new(live.clone(), moderation_allow),
-            committer: Arc::new(Committer {
-                store,
-                live,
-                push_wake,
-                links,
-            }),
+            committer: Arc::new(Committer { store, live, links }),
             apps: HashMap::new(),
             rates: SendRates::default(),
             typing: TypingLimits::default(),
@@ -362,16 +349,11 @@ impl Committer {
         }
     }
 
-    /// Answers and delivers stored messages, in order, and wakes the push worker if any may push.
+    /// Answers and delivers stored messages, in order. (The push worker was woken by the
+    /// store, if the batch was recorded for it.)
     async fn deliver_all(&self, sends: Vec<(PendingSend, Result<Outcome, store::Error>)>) {
-        let mut may_push = false;
         for (pending, outcome) in sends {
-            may_push |= self.deliver(&pending, outcome).await;
-        }
-        // The batch's stored messages were recorded for the push planner in their own
-        // transaction; wake the worker so it plans them now rather than at its next poll.
-        if may_push {
-            self.push_wake.notify_one();
+            self.deliver(&pending, outcome).await;
         }
     }
 
@@ -396,9 +378,8 @@ impl Committer {
             .map_err(|why| OpError::new(Some(op.cid.clone()), "invalid", why))
     }
 
-    /// Answers and delivers one message of the batch; true if it was newly stored and may
-    /// push (one-to-one or group: chatroom messages never push).
-    async fn deliver(&self, pending: &PendingSend, outcome: Result<Outcome, store::Error>) -> bool {
+    /// Answers and delivers one message of the batch.
+    async fn deliver(&self, pending: &PendingSend, outcome: Result<Outcome, store::Error>) {
         let from = &pending.from;
         // `deliveries`: the inbox positions to deliver at; none for a duplicate, which was
         // delivered when it was first stored (only its ack is repeated).
@@ -413,7 +394,7 @@ impl Committer {
             Ok(Outcome::Refused { code, message }) => {
                 metrics::counter!("chatd_messages_refused_total", "code" => code).increment(1);
                 self.reply(from, &OpError::new(Some(pending.cid.clone()), code, message));
-                return false;
+                return;
             }
             Err(e) => {
                 tracing::error!(error = %e, user = %from.user, "storing a message failed");
@@ -423,7 +404,7 @@ impl Committer {
                     "the message was not stored; retry with the same cid",
                 );
                 self.reply(from, &e);
-                return false;
+                return;
             }
         };
         let ack = Ack {
@@ -436,10 +417,10 @@ impl Committer {
             useq: own_useq,
         };
         self.reply(from, &ack);
-        let Some(useqs) = deliveries else { return false };
+        let Some(useqs) = deliveries else { return };
         if msg.chat == "room" {
             self.deliver_to_room(from, &msg);
-            return false;
+            return;
         }
         for (user, useq) in useqs {
             let route = if user == from.user {
@@ -450,7 +431,6 @@ impl Committer {
             let copy = serde_json::to_vec(&msg.delivered(&user, Some(useq))).unwrap_or_default();
             self.publish_inbox(from, &user, route, copy);
         }
-        true
     }
 
     /// Chatrooms are delivered by the broker to whoever is subscribed (the gate lets only

@@ -75,23 +75,19 @@ pub struct Worker {
     live: Arc<dyn Live>,
     settings: WorkerSettings,
     senders: Arc<Mutex<HashMap<String, Arc<AppSenders>>>>,
+    /// The store's [`Store::push_recorded`]: messages to plan were just stored.
     wake: Arc<Notify>,
 }
 
 impl Worker {
     pub fn new(store: Store, live: Arc<dyn Live>, settings: WorkerSettings) -> Worker {
         Worker {
-            store,
             live,
             settings,
             senders: Arc::default(),
-            wake: Arc::new(Notify::new()),
+            wake: store.push_recorded(),
+            store,
         }
-    }
-
-    /// What wakes the worker at once (pushes were just queued).
-    pub fn waker(&self) -> Arc<Notify> {
-        self.wake.clone()
     }
 
     /// Runs until `shutdown` turns true.

@@ -25,6 +25,8 @@ pub struct Store {
     backend: Backend,
     /// On SQLite, the thread that stores one-to-one batches (`sqlite_writer`).
     pub(crate) sqlite_writer: Option<std::sync::Arc<crate::sqlite_writer::SqliteWriter>>,
+    /// Notified after a commit that recorded stored messages for the push planner.
+    pub(crate) push_recorded: std::sync::Arc<tokio::sync::Notify>,
 }
 
 /// The PostgreSQL advisory lock key migrations run under (any constant; "chatd" in ASCII).
@@ -433,6 +435,7 @@ impl Store {
             pool,
             backend,
             sqlite_writer: None,
+            push_recorded: std::sync::Arc::default(),
         };
         store.migrate().await?;
         if backend == Backend::Sqlite {
@@ -452,6 +455,13 @@ impl Store {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
             Backend::Postgres => self.pool.begin().await,
         }
+    }
+
+    /// Notified after this process commits stored messages the push planner has to plan (see
+    /// `messages::INSERT_PUSH_RECORD`): what wakes the push worker. Other nodes' records are
+    /// found by its poll.
+    pub fn push_recorded(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        self.push_recorded.clone()
     }
 
     pub fn backend(&self) -> Backend {

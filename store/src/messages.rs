@@ -185,29 +185,52 @@ pub(crate) fn destroy_at(destroy: Destroy, ts: i64) -> i64 {
     }
 }
 
-/// Notes a batch's messages for the push planner: `$1` the record's id, `$2` its messages
-/// (a JSON array of ids), `$3` when (ms). SQLite numbers `$n` parameters in the order they
-/// first appear, so the writer thread binds the same text by position.
-pub(crate) const INSERT_PUSH_RECORD: &str =
-    "INSERT INTO push_pending (id, messages, locked_until, created_at) VALUES ($1, $2, 0, $3)";
+/// Notes a batch's messages of one app for the push planner: `$1` the record's id, `$2` its
+/// messages (a JSON array of ids), `$3` when (ms), `$4` the app. Only if the app has a push
+/// device bound or a webhook: otherwise the planner would find nothing to do, and its claim
+/// and delete of the record are two more commits per batch (on SQLite, each also empties the
+/// writer thread's page cache). Checked in the batch's own transaction, so the answer is never
+/// stale, on any node: a device bound after the batch is stored pushes the messages stored
+/// after it. SQLite numbers `$n` parameters in the order they first appear, so the writer
+/// thread binds the same text by position.
+pub(crate) const INSERT_PUSH_RECORD: &str = "INSERT INTO push_pending (id, messages, locked_until, created_at)
+     SELECT $1, $2, 0, $3
+     WHERE EXISTS (SELECT 1 FROM push_devices WHERE app_id = $4) OR EXISTS (SELECT 1 FROM webhooks WHERE app_id = $4)";
 
-/// A batch's row for the push planner ([`INSERT_PUSH_RECORD`]), if it needs one: the ids of
-/// its newly stored one-to-one and group messages. Imported messages (sent elsewhere, long
-/// ago) are not pushed.
-pub(crate) fn push_record(batch: &[NewMessage], outcomes: &[Outcome]) -> Option<(String, String, i64)> {
-    let ids: Vec<&str> = batch
-        .iter()
-        .zip(outcomes)
-        .filter_map(|(m, o)| match o {
-            Outcome::Stored { msg, .. } if msg.chat != "room" && m.sent_at.is_none() => Some(msg.id.as_str()),
-            _ => None,
-        })
-        .collect();
-    if ids.is_empty() {
-        return None;
+/// One app's part of a batch, for the push planner ([`INSERT_PUSH_RECORD`]).
+pub(crate) struct PushRecord<'a> {
+    pub(crate) app_id: &'a str,
+    pub(crate) id: String,
+    /// The ids of the app's newly stored messages, as a JSON array.
+    pub(crate) messages: String,
+    pub(crate) at: i64,
+}
+
+/// A batch's rows for the push planner, one per app (a batch may hold several apps'
+/// messages): the ids of its newly stored one-to-one and group messages. Imported messages
+/// (sent elsewhere, long ago) are not pushed.
+pub(crate) fn push_records<'a>(batch: &'a [NewMessage], outcomes: &[Outcome]) -> Vec<PushRecord<'a>> {
+    let mut by_app: Vec<(&str, Vec<&str>)> = Vec::new();
+    for (m, o) in batch.iter().zip(outcomes) {
+        let Outcome::Stored { msg, .. } = o else { continue };
+        if msg.chat == "room" || m.sent_at.is_some() {
+            continue;
+        }
+        match by_app.iter_mut().find(|(app, _)| *app == m.app_id) {
+            Some((_, ids)) => ids.push(msg.id.as_str()),
+            None => by_app.push((m.app_id.as_str(), vec![msg.id.as_str()])),
+        }
     }
-    let messages = serde_json::to_string(&ids).unwrap_or_default();
-    Some((uuid::Uuid::now_v7().to_string(), messages, crate::now_ms()))
+    let at = crate::now_ms();
+    by_app
+        .into_iter()
+        .map(|(app_id, ids)| PushRecord {
+            app_id,
+            id: uuid::Uuid::now_v7().to_string(),
+            messages: serde_json::to_string(&ids).unwrap_or_default(),
+            at,
+        })
+        .collect()
 }
 
 pub(crate) const MSG_COLUMNS: &str =
@@ -287,9 +310,13 @@ impl Store {
         if let Some(writer) = &self.sqlite_writer {
             if crate::sqlite_writer::takes(batch) {
                 let batch = batch.to_vec();
-                return writer
+                let (outcomes, recorded) = writer
                     .run(move |conn| crate::sqlite_writer::store_one_to_one(conn, &batch))
-                    .await?;
+                    .await??;
+                if recorded {
+                    self.push_recorded.notify_one();
+                }
+                return Ok(outcomes);
             }
         }
         let mut tx = self.write_tx().await?;
@@ -342,9 +369,12 @@ impl Store {
             .into_iter()
             .map(|o| o.ok_or_else(|| crate::Error::Internal("a message of the batch has no outcome".into())))
             .collect::<Result<Vec<Outcome>>>()?;
-        record_for_push(&mut tx, batch, &outcomes).await?;
+        let recorded = record_for_push(&mut tx, batch, &outcomes).await?;
         settle_files_and_timers(&mut tx, batch, &outcomes).await?;
         tx.commit().await?;
+        if recorded {
+            self.push_recorded.notify_one();
+        }
         Ok(outcomes)
     }
 
@@ -1307,18 +1337,26 @@ struct MessageRow<'a> {
 
 /// Notes the batch's newly stored one-to-one and group messages for the push planner, in the
 /// batch's own transaction: if the process dies right after the commit, the planner still
-/// finds them (a transactional outbox). One row per batch. Imported messages (sent
-/// elsewhere, long ago) are not pushed.
-async fn record_for_push(tx: &mut Transaction<'static, Any>, batch: &[NewMessage], outcomes: &[Outcome]) -> Result<()> {
-    if let Some((id, messages, at)) = push_record(batch, outcomes) {
-        sqlx::query(INSERT_PUSH_RECORD)
-            .bind(id)
-            .bind(messages)
-            .bind(at)
+/// finds them (a transactional outbox). One row per app of the batch, and none for an app
+/// with neither push devices nor webhooks ([`INSERT_PUSH_RECORD`]). True if a row was
+/// written.
+async fn record_for_push(
+    tx: &mut Transaction<'static, Any>,
+    batch: &[NewMessage],
+    outcomes: &[Outcome],
+) -> Result<bool> {
+    let mut recorded = false;
+    for record in push_records(batch, outcomes) {
+        let done = sqlx::query(INSERT_PUSH_RECORD)
+            .bind(record.id)
+            .bind(record.messages)
+            .bind(record.at)
+            .bind(record.app_id)
             .execute(&mut **tx)
             .await?;
+        recorded |= done.rows_affected() > 0;
     }
-    Ok(())
+    Ok(recorded)
 }
 
 #[cfg(test)]

@@ -34,7 +34,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use crate::envelope::ChatType;
 use crate::error::{Error, Result};
 use crate::messages::{
-    accepted_message, destroy_at, destroy_of, needs_contact_check, not_contact, push_record, refusal, user_conv,
+    accepted_message, destroy_at, destroy_of, needs_contact_check, not_contact, push_records, refusal, user_conv,
     NewMessage, Outcome, StoredMessage, INSERT_PUSH_RECORD, KEEP_FURTHEST_POSITIONS, MSG_COLUMNS,
 };
 
@@ -104,8 +104,9 @@ pub(crate) fn takes(batch: &[NewMessage]) -> bool {
 }
 
 /// Stores a batch of one-to-one messages in one transaction, in order, and says what became
-/// of each (as [`crate::Store::store_batch`] does). An `Err` means nothing was stored.
-pub(crate) fn store_one_to_one(conn: &mut Connection, batch: &[NewMessage]) -> Result<Vec<Outcome>> {
+/// of each (as [`crate::Store::store_batch`] does), and whether it was recorded for the push
+/// planner. An `Err` means nothing was stored.
+pub(crate) fn store_one_to_one(conn: &mut Connection, batch: &[NewMessage]) -> Result<(Vec<Outcome>, bool)> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut counters = Counters::default();
     let mut outcomes = Vec::with_capacity(batch.len());
@@ -113,12 +114,17 @@ pub(crate) fn store_one_to_one(conn: &mut Connection, batch: &[NewMessage]) -> R
         outcomes.push(store_one(&tx, &mut counters, m)?);
     }
     counters.write(&tx)?;
-    if let Some((id, messages, at)) = push_record(batch, &outcomes) {
-        tx.prepare_cached(INSERT_PUSH_RECORD)?
-            .execute(params![id, messages, at])?;
+    let mut recorded = false;
+    for record in push_records(batch, &outcomes) {
+        recorded |= tx.prepare_cached(INSERT_PUSH_RECORD)?.execute(params![
+            record.id,
+            record.messages,
+            record.at,
+            record.app_id
+        ])? > 0;
     }
     tx.commit()?;
-    Ok(outcomes)
+    Ok((outcomes, recorded))
 }
 
 /// (app id, name): a user, or a conversation.
