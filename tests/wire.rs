@@ -335,3 +335,34 @@ on_both_backends!(
     one_to_one_runs_keep_every_rule,
     compact_envelope_and_server_topic_aliases
 );
+
+/// SQLite: once the message writer has been idle for a moment it checkpoints the WAL (copies
+/// its pages into the database file), so the work falls between bursts rather than inside
+/// the commit of whichever batch took the WAL past SQLite's own threshold (1,000 pages, far
+/// more than this batch writes: without the idle checkpoint the file would not grow).
+#[tokio::test]
+async fn sqlite_checkpoints_the_wal_once_the_writer_is_idle() {
+    let t = common::spawn_app(Backend::Sqlite).await;
+    t.user("ann").await;
+    t.user("ben").await;
+    let store = &t.server.store;
+    let app_id = store.find_app(&t.org, &t.app).await.unwrap().id;
+    let path = t.database_url.trim_start_matches("sqlite://").to_string();
+    let size = || std::fs::metadata(&path).unwrap().len();
+    // Whatever setting up wrote, checkpointed and settled.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let before = size();
+    let batch: Vec<NewMessage> = (0..300)
+        .map(|n| text(&app_id, "ann", "ben", &format!("c{n}")))
+        .collect();
+    let outcomes = store.store_batch(&batch).await.unwrap();
+    assert!(outcomes.iter().all(|o| matches!(o, Outcome::Stored { .. })));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while size() <= before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the database file is still {before} bytes: the WAL was not checkpointed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

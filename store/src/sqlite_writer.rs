@@ -11,7 +11,9 @@
 //! `BEGIN IMMEDIATE` transaction with `synchronous=FULL`, so an `Ok` still means committed and
 //! durable. The counters a batch moves (inbox and conversation seqs) and the
 //! conversation-list positions are read once per batch and written once at its end
-//! ([`Counters`]). The job's answer comes back on a oneshot channel.
+//! ([`Counters`]). The job's answer comes back on a oneshot channel. When no job has come
+//! for a moment, the thread checkpoints the WAL, so that work falls between bursts rather
+//! than inside a batch's commit ([`IDLE_BEFORE_CHECKPOINT`]).
 //!
 //! The rules are the ones the sqlx path applies (same refusals, same order of seqs and inbox
 //! positions, same push record); the helpers that decide them live in [`crate::messages`] and
@@ -70,11 +72,30 @@ impl SqliteWriter {
             .name("sqlite-writer".into())
             .spawn(move || {
                 let mut conn = conn;
-                for job in queue {
+                // Whether a job has written since the last checkpoint.
+                let mut written = false;
+                loop {
+                    let job = if written {
+                        match queue.recv_timeout(IDLE_BEFORE_CHECKPOINT) {
+                            Ok(job) => job,
+                            Err(mpsc::RecvTimeoutError::Timeout) => {
+                                checkpoint(&conn);
+                                written = false;
+                                continue;
+                            }
+                            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                        }
+                    } else {
+                        match queue.recv() {
+                            Ok(job) => job,
+                            Err(_) => break,
+                        }
+                    };
                     // A job that panics answers nothing (its caller sees an error); the
                     // thread goes on with the next. Its transaction was rolled back as the
                     // panic unwound through it.
                     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut conn)));
+                    written = true;
                 }
             })
             .map_err(|e| Error::Internal(format!("starting the SQLite writer thread: {e}")))?;
@@ -95,6 +116,26 @@ impl SqliteWriter {
         answered
             .await
             .map_err(|_| Error::Internal("the SQLite writer failed in the middle of a job".into()))
+    }
+}
+
+/// How long the writer waits with no job before it checkpoints the WAL.
+///
+/// SQLite checkpoints on its own inside a `COMMIT` once the WAL holds 1,000 pages: that
+/// commit, and so every message of its batch, waits while the WAL's pages are copied into the
+/// database file and both are fsynced (12% of the writer's time at 1,000 msg/s in bursts,
+/// all of it on one batch in several). Checkpointing when the writer has been idle this long
+/// does that work between bursts instead, and keeps the WAL short enough that the automatic
+/// one rarely fires. Under a steady load that leaves no such gap, the automatic checkpoint
+/// still bounds the WAL as before. Long enough for the batch just stored to be answered and
+/// delivered first (the checkpoint would take a core from them).
+const IDLE_BEFORE_CHECKPOINT: Duration = Duration::from_millis(10);
+
+/// Copies what it can of the WAL into the database file without waiting for readers
+/// (`PASSIVE`), so the next write can start the WAL over from its beginning.
+fn checkpoint(conn: &Connection) {
+    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+        tracing::warn!(error = %e, "checkpointing the SQLite WAL failed");
     }
 }
 
