@@ -428,7 +428,7 @@ impl Committer {
             } else {
                 Route::All
             };
-            let copy = serde_json::to_vec(&msg.delivered(&user, Some(useq))).unwrap_or_default();
+            let copy = msg.delivered_json(&user, Some(useq));
             self.publish_inbox(from, &user, route, copy);
         }
     }
@@ -436,7 +436,7 @@ impl Committer {
     /// Chatrooms are delivered by the broker to whoever is subscribed (the gate lets only
     /// members subscribe); the sender's own devices get it there too.
     pub(crate) fn deliver_to_room(&self, from: &Sender, msg: &StoredMessage) {
-        let payload = serde_json::to_vec(&msg.delivered("", None)).unwrap_or_default();
+        let payload = msg.delivered_json("", None);
         self.live.deliver_room(&from.org, &from.app, &msg.recipient, payload);
     }
 

@@ -314,7 +314,9 @@ pub fn parse_client_op(payload: &[u8]) -> Result<ClientOp, OpError> {
             let cid = cid
                 .clone()
                 .ok_or_else(|| invalid("'send' needs a 'cid' (the client's message id)".into()))?;
-            let raw: RawSend = serde_json::from_value(value.clone()).map_err(|e| invalid(e.to_string()))?;
+            // `value` is not needed past this point: moved, not cloned (every send's whole
+            // envelope was copied once here).
+            let raw: RawSend = serde_json::from_value(value).map_err(|e| invalid(e.to_string()))?;
             raw.kind.validate_body(&raw.body).map_err(invalid)?;
             if let Some(destroy) = &raw.destroy {
                 destroy.validate(raw.chat).map_err(invalid)?;

@@ -298,6 +298,77 @@ impl StoredMessage {
     }
 }
 
+impl StoredMessage {
+    /// [`StoredMessage::delivered`] as JSON, for the live path (the copies each recipient's
+    /// devices get as a batch is answered): the body and `ext`, stored as JSON text, are
+    /// checked and copied as they are rather than parsed into a tree and written out again
+    /// for every recipient. The same bytes, since every road that stores a body writes it as
+    /// `serde_json::Value` does (keys sorted, no spaces).
+    pub fn delivered_json(&self, viewer: &str, useq: Option<i64>) -> Vec<u8> {
+        let own = viewer == self.sender;
+        let gone = self.recalled || self.destroyed;
+        let view = DeliveredView {
+            op: "msg",
+            id: &self.id,
+            conv: &self.conv,
+            seq: self.seq,
+            useq,
+            ts: self.ts,
+            chat: &self.chat,
+            from: &self.sender,
+            from_device: own.then_some(self.sender_device.as_str()),
+            to: &self.recipient,
+            cid: own.then_some(self.cid.as_str()),
+            kind: &self.kind,
+            body: if gone {
+                None
+            } else {
+                serde_json::from_str(&self.body).ok()
+            },
+            ext: self.ext.as_deref().and_then(|e| serde_json::from_str(e).ok()),
+            recalled: self.recalled,
+            edited: (self.edited_at > 0).then_some(self.edited_at),
+            destroy: self.destroy,
+            destroyed: self.destroyed,
+        };
+        serde_json::to_vec(&view).unwrap_or_default()
+    }
+}
+
+/// [`Delivered`], borrowed, with its fields in the same order (`hidden` and `reactions` are
+/// never set on the live path, and skipped when unset).
+#[derive(serde::Serialize)]
+struct DeliveredView<'a> {
+    op: &'static str,
+    id: &'a str,
+    conv: &'a str,
+    seq: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    useq: Option<i64>,
+    ts: i64,
+    chat: &'a str,
+    from: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    from_device: Option<&'a str>,
+    to: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cid: Option<&'a str>,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    /// `None` is written as `null`: recalled, destroyed, or not JSON.
+    body: Option<&'a serde_json::value::RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ext: Option<&'a serde_json::value::RawValue>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    recalled: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    edited: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    destroy: Option<Destroy>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    destroyed: bool,
+}
+
 impl Store {
     /// Stores a batch of messages in one transaction and says what became of each.
     /// An `Err` means nothing of the batch was stored.
@@ -1361,6 +1432,66 @@ async fn record_for_push(
 
 #[cfg(test)]
 mod tests {
+    use super::StoredMessage;
+    use crate::envelope::{Destroy, DestroyFrom};
+
+    /// The live path's JSON is byte for byte what serializing [`StoredMessage::delivered`]
+    /// gives, for every field that can be set or not. Bodies and `ext`s are stored as
+    /// `serde_json::Value` writes them (keys sorted, no spaces), by every road that stores one.
+    #[test]
+    fn delivered_json_is_delivered_serialized() {
+        let plain = StoredMessage {
+            id: "0193-id".into(),
+            conv: "u:ann:ben".into(),
+            seq: 7,
+            ts: 1_764_500_000_123,
+            chat: "user".into(),
+            sender: "ann".into(),
+            sender_device: "phone".into(),
+            recipient: "ben".into(),
+            cid: "c-\"1\"".into(),
+            kind: "txt".into(),
+            body: serde_json::json!({"msg": "hé \"you\"\n", "z": [1, 2.5, null], "a": {"b": true}}).to_string(),
+            ext: None,
+            recalled: false,
+            edited_at: 0,
+            destroy: None,
+            destroyed: false,
+        };
+        let mut cases = vec![plain.clone()];
+        let mut m = plain.clone();
+        m.ext = Some(serde_json::json!({"t": 12, "k": "v"}).to_string());
+        m.edited_at = 99;
+        m.destroy = Some(Destroy {
+            after: 30,
+            from: DestroyFrom::Read,
+        });
+        cases.push(m.clone());
+        m.recalled = true;
+        cases.push(m.clone());
+        m.recalled = false;
+        m.destroyed = true;
+        cases.push(m.clone());
+        let mut m = plain.clone();
+        m.body = "not json".into();
+        m.ext = Some("{broken".into());
+        cases.push(m);
+        let mut m = plain;
+        m.ext = Some("null".into());
+        m.chat = "room".into();
+        cases.push(m);
+        for m in &cases {
+            for (viewer, useq) in [("ann", Some(3)), ("ben", Some(4)), ("", None)] {
+                let expected = serde_json::to_vec(&m.delivered(viewer, useq)).unwrap();
+                assert_eq!(
+                    String::from_utf8(m.delivered_json(viewer, useq)).unwrap(),
+                    String::from_utf8(expected).unwrap(),
+                    "{m:?} seen by {viewer:?}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn v7_floor_orders_like_the_ids() {
         let ms = 1_764_500_000_123_u64;
