@@ -296,9 +296,7 @@ impl StoredMessage {
             destroyed: self.destroyed,
         }
     }
-}
 
-impl StoredMessage {
     /// [`StoredMessage::delivered`] as JSON, for the live path (the copies each recipient's
     /// devices get as a batch is answered): the body and `ext`, stored as JSON text, are
     /// checked and copied as they are rather than parsed into a tree and written out again
