@@ -376,18 +376,25 @@ impl Store {
     /// chatroom messages one at a time ([`Store::store_channel_message`]). Order is kept: seqs
     /// and inbox positions follow the batch's order.
     pub async fn store_batch(&self, batch: &[NewMessage]) -> Result<Vec<Outcome>> {
-        if let Some(writer) = &self.sqlite_writer {
-            if crate::sqlite_writer::takes(batch) {
+        let (outcomes, recorded) = match &self.sqlite_writer {
+            Some(writer) if crate::sqlite_writer::takes(batch) => {
                 let batch = batch.to_vec();
-                let (outcomes, recorded) = writer
+                writer
                     .run(move |conn| crate::sqlite_writer::store_one_to_one(conn, &batch))
-                    .await??;
-                if recorded {
-                    self.push_recorded.notify_one();
-                }
-                return Ok(outcomes);
+                    .await??
             }
+            _ => self.store_batch_in_tx(batch).await?,
+        };
+        // Committed: the push worker may plan what was recorded for it.
+        if recorded {
+            self.push_recorded.notify_one();
         }
+        Ok(outcomes)
+    }
+
+    /// [`Store::store_batch`] through the pool, in one transaction: the outcomes, and whether
+    /// the batch was recorded for the push planner.
+    async fn store_batch_in_tx(&self, batch: &[NewMessage]) -> Result<(Vec<Outcome>, bool)> {
         let mut tx = self.write_tx().await?;
         // Each outcome is written at its message's position in the batch, never appended:
         // runs are stored when they end, so outcomes are settled out of order (a repeat of
@@ -441,10 +448,7 @@ impl Store {
         let recorded = record_for_push(&mut tx, batch, &outcomes).await?;
         settle_files_and_timers(&mut tx, batch, &outcomes).await?;
         tx.commit().await?;
-        if recorded {
-            self.push_recorded.notify_one();
-        }
-        Ok(outcomes)
+        Ok((outcomes, recorded))
     }
 
     /// Stores the waiting run of one-to-one messages and settles their outcomes, each at its
