@@ -17,26 +17,15 @@ use common::Backend;
 use rumqttc::mqttbytes::v4;
 use rumqttc::QoS;
 use serde_json::{json, Value};
-use store::envelope::{ChatType, MsgType};
+use store::envelope::ChatType;
 use store::messages::{NewMessage, Outcome};
 
 fn message(app_id: &str, chat: ChatType, from: &str, to: &str, cid: &str) -> NewMessage {
     NewMessage {
-        app_id: app_id.into(),
         chat,
-        sender: from.into(),
         sender_device: format!("{from}-d"),
-        to: to.into(),
-        cid: cid.into(),
-        kind: MsgType::Txt,
         body: json!({"msg": format!("{from}/{cid}")}).to_string(),
-        ext: None,
-        require_contacts: false,
-        room_history: 100,
-        as_app: false,
-        files: Vec::new(),
-        destroy: None,
-        sent_at: None,
+        ..common::text_message(app_id, from, to, cid)
     }
 }
 

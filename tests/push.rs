@@ -894,23 +894,6 @@ async fn only_apps_that_could_push_are_recorded_for_the_planner(backend: Backend
     for app in [&quiet, &pushing.id, &hooked.id] {
         store.create_users(app, &users(&["ann", "ben"])).await.unwrap();
     }
-    let text = |app: &str, cid: &str| store::messages::NewMessage {
-        app_id: app.into(),
-        chat: store::envelope::ChatType::User,
-        sender: "ann".into(),
-        sender_device: "d".into(),
-        to: "ben".into(),
-        cid: cid.into(),
-        kind: store::envelope::MsgType::Txt,
-        body: json!({"msg": cid}).to_string(),
-        ext: None,
-        require_contacts: false,
-        room_history: 100,
-        as_app: false,
-        files: Vec::new(),
-        destroy: None,
-        sent_at: None,
-    };
     let records = || async {
         let rows: Vec<String> = sqlx::query_scalar("SELECT messages FROM push_pending ORDER BY created_at, id")
             .fetch_all(store.pool())
@@ -931,9 +914,9 @@ async fn only_apps_that_could_push_are_recorded_for_the_planner(backend: Backend
     };
     let batch = |n: &str| {
         vec![
-            text(&quiet, &format!("q{n}")),
-            text(&pushing.id, &format!("p{n}")),
-            text(&hooked.id, &format!("h{n}")),
+            common::text_message(&quiet, "ann", "ben", &format!("q{n}")),
+            common::text_message(&pushing.id, "ann", "ben", &format!("p{n}")),
+            common::text_message(&hooked.id, "ann", "ben", &format!("h{n}")),
         ]
     };
 
@@ -967,7 +950,10 @@ async fn only_apps_that_could_push_are_recorded_for_the_planner(backend: Backend
         .expect("the store did not wake the push worker");
 
     // A batch of only the quiet app's messages records nothing, and wakes no one.
-    store.store_batch(&[text(&quiet, "q3")]).await.unwrap();
+    store
+        .store_batch(&[common::text_message(&quiet, "ann", "ben", "q3")])
+        .await
+        .unwrap();
     assert_eq!(records().await.len(), 2);
     assert!(
         tokio::time::timeout(Duration::from_millis(200), woken.notified())

@@ -5,33 +5,14 @@
 mod common;
 
 use common::raw::Raw;
+use common::text_message;
 use common::Backend;
 use rumqttc::mqttbytes::v4;
 use rumqttc::v5::mqttbytes::v5;
 use rumqttc::QoS;
 use serde_json::{json, Value};
-use store::envelope::{ChatType, MsgType};
+use store::envelope::ChatType;
 use store::messages::{NewMessage, Outcome};
-
-fn text(app_id: &str, from: &str, to: &str, cid: &str) -> NewMessage {
-    NewMessage {
-        app_id: app_id.into(),
-        chat: ChatType::User,
-        sender: from.into(),
-        sender_device: "d".into(),
-        to: to.into(),
-        cid: cid.into(),
-        kind: MsgType::Txt,
-        body: json!({"msg": cid}).to_string(),
-        ext: None,
-        require_contacts: false,
-        room_history: 100,
-        as_app: false,
-        files: Vec::new(),
-        destroy: None,
-        sent_at: None,
-    }
-}
 
 async fn one_to_one_runs_keep_every_rule(backend: Backend) {
     let t = common::spawn_app(backend).await;
@@ -58,18 +39,18 @@ async fn one_to_one_runs_keep_every_rule(backend: Backend) {
         .await;
     assert_eq!(status, 200, "{body}");
     let group = body["data"]["groupid"].as_str().unwrap().to_string();
-    let mut in_group = text(&app_id, "ann", &group, "g1");
+    let mut in_group = text_message(&app_id, "ann", &group, "g1");
     in_group.chat = ChatType::Group;
 
     let batch = vec![
-        text(&app_id, "ann", "ben", "c1"),
-        text(&app_id, "ben", "ann", "c2"),
-        text(&app_id, "ann", "ben", "c1"), // repeat within the batch
-        text(&app_id, "ann", "nobody", "c3"),
-        text(&app_id, "ann", "cat", "c4"), // blocked
-        in_group,                          // splits the run
-        text(&app_id, "ann", "ann", "c5"), // to oneself
-        text(&app_id, "ben", "ann", "c6"),
+        text_message(&app_id, "ann", "ben", "c1"),
+        text_message(&app_id, "ben", "ann", "c2"),
+        text_message(&app_id, "ann", "ben", "c1"), // repeat within the batch
+        text_message(&app_id, "ann", "nobody", "c3"),
+        text_message(&app_id, "ann", "cat", "c4"), // blocked
+        in_group,                                  // splits the run
+        text_message(&app_id, "ann", "ann", "c5"), // to oneself
+        text_message(&app_id, "ben", "ann", "c6"),
     ];
     let outcomes = store.store_batch(&batch).await.unwrap();
     let stored = |i: usize| match &outcomes[i] {
@@ -145,7 +126,10 @@ async fn one_to_one_runs_keep_every_rule(backend: Backend) {
 
     // A later batch: c2 again is a duplicate from the database; the next message follows on.
     let outcomes = store
-        .store_batch(&[text(&app_id, "ben", "ann", "c2"), text(&app_id, "ben", "ann", "c7")])
+        .store_batch(&[
+            text_message(&app_id, "ben", "ann", "c2"),
+            text_message(&app_id, "ben", "ann", "c7"),
+        ])
         .await
         .unwrap();
     match &outcomes[0] {
@@ -162,7 +146,7 @@ async fn one_to_one_runs_keep_every_rule(backend: Backend) {
 
     // Rows travel to the database as JSON: whatever a body, ext or cid holds comes back
     // byte for byte (quotes, backslashes, escapes spelled in the text, non-ASCII, emoji).
-    let mut odd = text(&app_id, "ann", "ben", "cid \"é\" \\ 😀");
+    let mut odd = text_message(&app_id, "ann", "ben", "cid \"é\" \\ 😀");
     odd.body = json!({"msg": "a \"quote\", a \\ backslash, \\u0000 spelled, é, ✓, 😀, \u{1}"}).to_string();
     odd.ext = Some(json!({"k": ["v", 1, null], "nested": {"x": "\n"}}).to_string());
     let outcomes = store.store_batch(std::slice::from_ref(&odd)).await.unwrap();
@@ -353,7 +337,7 @@ async fn sqlite_checkpoints_the_wal_once_the_writer_is_idle() {
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let before = size();
     let batch: Vec<NewMessage> = (0..300)
-        .map(|n| text(&app_id, "ann", "ben", &format!("c{n}")))
+        .map(|n| text_message(&app_id, "ann", "ben", &format!("c{n}")))
         .collect();
     let outcomes = store.store_batch(&batch).await.unwrap();
     assert!(outcomes.iter().all(|o| matches!(o, Outcome::Stored { .. })));

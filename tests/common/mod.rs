@@ -166,6 +166,28 @@ pub async fn app_with(backend: Backend, tune: impl FnOnce(&mut chatd::Config)) -
 }
 
 /// The texts (`body.msg`) of a list of messages, in order.
+/// A one-to-one text message to store with `Store::store_batch` directly (no device, no
+/// bridge): body `{"msg": cid}`, from device `d`, none of the app's rules asked for.
+pub fn text_message(app_id: &str, from: &str, to: &str, cid: &str) -> store::messages::NewMessage {
+    store::messages::NewMessage {
+        app_id: app_id.into(),
+        chat: store::envelope::ChatType::User,
+        sender: from.into(),
+        sender_device: "d".into(),
+        to: to.into(),
+        cid: cid.into(),
+        kind: store::envelope::MsgType::Txt,
+        body: json!({"msg": cid}).to_string(),
+        ext: None,
+        require_contacts: false,
+        room_history: 100,
+        as_app: false,
+        files: Vec::new(),
+        destroy: None,
+        sent_at: None,
+    }
+}
+
 pub fn msg_texts(list: &Value) -> Vec<String> {
     list.as_array()
         .unwrap()
