@@ -189,7 +189,7 @@ impl Bridge {
         files: Vec<String>,
         settings: &AppSettings,
     ) -> Result<Admitted, OpError> {
-        check_content(settings, &mut op)?;
+        let text = check_content(settings, &mut op)?;
         if let Err(wait) = self.rates.take(&from.app_id, &from.user, settings) {
             return Err(OpError::new(
                 Some(op.cid.clone()),
@@ -208,8 +208,8 @@ impl Bridge {
             to: op.to,
             cid: op.cid.clone(),
             kind: op.kind,
-            body: op.body.to_string(),
-            ext: op.ext.map(|e| e.to_string()),
+            body: text.body,
+            ext: text.ext,
             require_contacts: settings.require_contacts,
             room_history: settings.room_history,
             as_app: false,
@@ -289,14 +289,15 @@ impl Committer {
     /// Stores a prepared batch's messages; nothing is answered yet.
     pub async fn store(&self, prepared: Prepared) -> Stored {
         let Prepared { refused, sends, later } = prepared;
-        let outcomes = if sends.is_empty() {
+        let (pendings, news): (Vec<PendingSend>, Vec<NewMessage>) = sends.into_iter().unzip();
+        let outcomes = if news.is_empty() {
             Vec::new()
         } else {
-            self.store_sends(&sends).await
+            self.store_sends(news.into()).await
         };
         Stored {
             refused,
-            sends: sends.into_iter().map(|(pending, _)| pending).zip(outcomes).collect(),
+            sends: pendings.into_iter().zip(outcomes).collect(),
             later,
         }
     }
@@ -325,10 +326,9 @@ impl Committer {
     }
 
     /// Stores messages in one batch; what became of each, in order.
-    async fn store_sends(&self, sends: &[(PendingSend, NewMessage)]) -> Vec<Result<Outcome, store::Error>> {
-        let news: Vec<NewMessage> = sends.iter().map(|(_, m)| m.clone()).collect();
+    async fn store_sends(&self, news: Arc<[NewMessage]>) -> Vec<Result<Outcome, store::Error>> {
         let started = std::time::Instant::now();
-        let stored = self.store.store_batch(&news).await;
+        let stored = self.store.store_shared_batch(news.clone()).await;
         metrics::histogram!("chatd_bridge_commit_seconds").record(started.elapsed().as_secs_f64());
         match stored {
             Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
@@ -336,7 +336,7 @@ impl Committer {
                 // One bad message must not sink the others: retry each on its own.
                 tracing::warn!(error = %e, size = news.len(), "batch failed; storing one by one");
                 let mut outcomes = Vec::with_capacity(news.len());
-                for m in &news {
+                for m in news.iter() {
                     outcomes.push(
                         self.store
                             .store_batch(std::slice::from_ref(m))

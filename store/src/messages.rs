@@ -376,14 +376,19 @@ impl Store {
     /// chatroom messages one at a time ([`Store::store_channel_message`]). Order is kept: seqs
     /// and inbox positions follow the batch's order.
     pub async fn store_batch(&self, batch: &[NewMessage]) -> Result<Vec<Outcome>> {
+        self.store_shared_batch(batch.into()).await
+    }
+
+    /// [`Store::store_batch`] for a batch the caller hands over shared, so that the writer
+    /// thread can hold it without a copy of every message (the bridge's road).
+    pub async fn store_shared_batch(&self, batch: std::sync::Arc<[NewMessage]>) -> Result<Vec<Outcome>> {
         let (outcomes, recorded) = match &self.sqlite_writer {
-            Some(writer) if crate::sqlite_writer::takes(batch) => {
-                let batch = batch.to_vec();
+            Some(writer) if crate::sqlite_writer::takes(&batch) => {
                 writer
                     .run(move |conn| crate::sqlite_writer::store_one_to_one(conn, &batch))
                     .await??
             }
-            _ => self.store_batch_in_tx(batch).await?,
+            _ => self.store_batch_in_tx(&batch).await?,
         };
         // Committed: the push worker may plan what was recorded for it.
         if recorded {
