@@ -68,6 +68,9 @@ enum AppCommand {
     List,
 }
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     keep_large_allocations_mapped();
