@@ -20,6 +20,7 @@ pub mod messages;
 pub mod moderation;
 pub mod names;
 pub mod notification;
+mod pool_writer;
 pub mod push;
 mod sqlite_writer;
 pub mod tenants;

@@ -15,11 +15,11 @@
 //! for a moment, the thread checkpoints the WAL, so that work falls between bursts rather
 //! than inside a batch's commit ([`IDLE_BEFORE_CHECKPOINT`]).
 //!
-//! The rules are the ones the sqlx path applies (same refusals, same order of seqs and inbox
-//! positions, same push record); the helpers that decide them live in [`crate::messages`] and
-//! serve both. Group and chatroom batches, and batches that mix them in, still take the sqlx
-//! path; so does everything on PostgreSQL, where a statement is a network round trip and the
-//! fixed count of statements is what matters.
+//! The rules are the ones the sqlx path ([`crate::pool_writer`]) applies (same refusals, same
+//! order of seqs and inbox positions, same push record); the helpers that decide them live
+//! in [`crate::messages`] and serve both. Group and chatroom batches, and batches that mix
+//! them in, still take the sqlx path; so does everything on PostgreSQL, where a statement is
+//! a network round trip and the fixed count of statements is what matters.
 //!
 //! The other writers (the API, the push and webhook workers, the bridge's other ops) keep
 //! their pool: SQLite takes one writer at a time across connections, and both sides wait for
