@@ -751,6 +751,29 @@ mod tests {
         assert!(e.message.contains("needs a 'cid'"), "{}", e.message);
     }
 
+    /// An envelope nested as deep as the size limit allows neither overflows the stack nor
+    /// reaches storage: in a field nobody reads it is skipped without recursion (serde_json
+    /// skips iteratively), like any unknown field; in the body it is refused at serde_json's
+    /// recursion limit.
+    #[test]
+    fn deep_nesting_is_skipped_or_refused() {
+        let depth = MAX_ENVELOPE_BYTES / 2 - 100;
+        let deep = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        let skipped = format!(
+            r#"{{"op":"send","cid":"c1","x":{deep},"chat":"user","to":"bob","type":"txt","body":{{"msg":"x"}}}}"#
+        );
+        let Ok(ClientOp::Send(send)) = parse_client_op(skipped.as_bytes()) else {
+            panic!("an unknown field is skipped, however deep");
+        };
+        assert_eq!(send.body, serde_json::json!({"msg": "x"}));
+        let body = format!(
+            r#"{{"op":"send","cid":"c2","chat":"user","to":"bob","type":"txt","body":{{"msg":"x","y":{deep}}}}}"#
+        );
+        let e = err(&body);
+        assert_eq!((e.code, e.cid.as_deref()), ("invalid", Some("c2")));
+        assert!(e.message.contains("recursion limit"), "{}", e.message);
+    }
+
     #[test]
     fn frames_round_trip() {
         let f = frame_inbox(Route::Except("phone"), b"{}");
