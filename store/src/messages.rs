@@ -373,19 +373,30 @@ impl Store {
     /// (`sqlite_writer`); every other batch takes the pool's road (`pool_writer`). Both keep
     /// order: seqs and inbox positions follow the batch's order.
     pub async fn store_batch(&self, batch: &[NewMessage]) -> Result<Vec<Outcome>> {
-        self.store_shared_batch(batch.into()).await
+        self.store_batch_with(batch, || batch.into()).await
     }
 
     /// [`Store::store_batch`] for a batch the caller hands over shared, so that the writer
     /// thread can hold it without a copy of every message (the bridge's road).
     pub async fn store_shared_batch(&self, batch: std::sync::Arc<[NewMessage]>) -> Result<Vec<Outcome>> {
+        self.store_batch_with(&batch, || batch.clone()).await
+    }
+
+    /// Stores `batch` by its road; `shared` gives the batch for the writer thread to hold,
+    /// asked for only when it takes the batch (the pool's road borrows it as it is).
+    async fn store_batch_with(
+        &self,
+        batch: &[NewMessage],
+        shared: impl FnOnce() -> std::sync::Arc<[NewMessage]>,
+    ) -> Result<Vec<Outcome>> {
         let (outcomes, recorded) = match &self.sqlite_writer {
-            Some(writer) if crate::sqlite_writer::takes(&batch) => {
+            Some(writer) if crate::sqlite_writer::takes(batch) => {
+                let batch = shared();
                 writer
                     .run(move |conn| crate::sqlite_writer::store_one_to_one(conn, &batch))
                     .await??
             }
-            _ => self.store_batch_in_tx(&batch).await?,
+            _ => self.store_batch_in_tx(batch).await?,
         };
         // Committed: the push worker may plan what was recorded for it.
         if recorded {
