@@ -333,7 +333,7 @@ fn apply(item: Item, verdict: Verdict) -> Applied {
             Applied::Refuse(pending, OpError::new(cid, "moderated", reason))
         }
         Verdict::Replace(body) => {
-            let text = body.to_string();
+            let text = crate::rules::json_text(&body);
             let fits = !message.kind.carries_files()
                 && message.kind != MsgType::Cmd
                 && message.kind.validate_body(&body).is_ok()

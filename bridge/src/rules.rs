@@ -73,7 +73,7 @@ pub fn check_content(settings: &AppSettings, op: &mut SendOp) -> Result<ContentT
 /// A JSON value as compact text, by serde_json's writer rather than `Display` (the same text,
 /// without a `fmt::Write` call per token: `Display` took 4% of chatd's instructions per
 /// message here).
-fn json_text(value: &Value) -> String {
+pub(crate) fn json_text(value: &Value) -> String {
     // Writing a `Value` to a `Vec` cannot fail: its keys are strings, its numbers finite.
     serde_json::to_string(value).unwrap_or_default()
 }
